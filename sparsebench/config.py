@@ -1,0 +1,296 @@
+"""Structured-config schemas, registered in Hydra's ConfigStore.
+
+Each config group's yaml starts from one of these schemas (``defaults: [schema_name]``), so a
+wrong type or an unknown key fails while Hydra composes the config. Ranges (``max_epochs >= 1``,
+``lr > 0`` ...) are checked by :func:`validate`, before anything is built or trained: every
+check raises :class:`ConfigError` with one sentence naming the bad value and what is allowed.
+
+Fields carrying ``metadata={"hash": False}`` do not change results (workers, progress bars,
+logging cadence) and are left out of the run hash (see :mod:`sparsebench.tracking.identity`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+"""The Hydra config tree. Lives at the repository top level (see ARCHITECTURE.md)."""
+
+NO_HASH = {"hash": False}
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message is one sentence for the user."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass
+class ModelConfig:
+    """Arguments of ``timm.create_model`` (our small models register with timm too).
+
+    timm drops keyword arguments that are ``None``, so model-specific options default to None
+    and only reach the models that take them.
+    """
+
+    _target_: str = "timm.create_model"
+    model_name: str = MISSING
+    pretrained: bool = False
+    num_classes: int = MISSING
+    in_chans: int = MISSING
+    img_size: Any = None  # vision transformers: int or [H, W]
+    in_features: int | None = None  # mlp
+    hidden_dims: list[int] | None = None  # mlp
+    width: int | None = None  # cifar resnet20 base width
+    drop_rate: float | None = None
+    drop_path_rate: float | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.num_classes >= 2, f"model.num_classes must be >= 2, got {self.num_classes}.")
+        _require(self.in_chans >= 1, f"model.in_chans must be >= 1, got {self.in_chans}.")
+        if self.drop_rate is not None:
+            _require(
+                0 <= self.drop_rate < 1, f"model.drop_rate must be in [0, 1), got {self.drop_rate}."
+            )
+
+
+@dataclass
+class DatasetConfig:
+    """A LightningDataModule and the shape of its samples.
+
+    ``input_shape`` is (C, H, W) for images and (C, L) for 1-D signals; models take
+    ``num_classes``, ``in_chans`` and the input size from here.
+    """
+
+    _target_: str = MISSING
+    name: str = MISSING
+    num_classes: int = MISSING
+    input_shape: list[int] = MISSING
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2  # in-memory sets without a published test split
+    split_seed: int = 0
+    num_samples: int | None = None  # synthetic / mnist1d
+    data_dir: str | None = field(default=None, metadata=NO_HASH)
+    download: bool = field(default=False, metadata=NO_HASH)
+    verify_checksums: bool = field(default=True, metadata=NO_HASH)
+    augment: bool = False
+    num_workers: int = field(default=0, metadata=NO_HASH)
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, f"dataset.batch_size must be >= 1, got {self.batch_size}.")
+        _require(
+            self.eval_batch_size >= 1,
+            f"dataset.eval_batch_size must be >= 1, got {self.eval_batch_size}.",
+        )
+        _require(
+            0 < self.val_fraction < 1,
+            f"dataset.val_fraction must be in (0, 1), got {self.val_fraction}.",
+        )
+        _require(
+            0 < self.test_fraction < 1,
+            f"dataset.test_fraction must be in (0, 1), got {self.test_fraction}.",
+        )
+        _require(
+            self.val_fraction + self.test_fraction < 1,
+            "dataset.val_fraction + dataset.test_fraction must be < 1, "
+            f"got {self.val_fraction} + {self.test_fraction}.",
+        )
+        _require(
+            self.num_classes >= 2, f"dataset.num_classes must be >= 2, got {self.num_classes}."
+        )
+        _require(
+            len(self.input_shape) in (2, 3) and all(d >= 1 for d in self.input_shape),
+            f"dataset.input_shape must be [C, L] or [C, H, W] of positive sizes, got {list(self.input_shape)}.",
+        )
+        if self.num_samples is not None:
+            _require(
+                self.num_samples >= 10,
+                f"dataset.num_samples must be >= 10, got {self.num_samples}.",
+            )
+        _require(
+            self.num_workers >= 0, f"dataset.num_workers must be >= 0, got {self.num_workers}."
+        )
+
+
+@dataclass
+class OptimizerConfig:
+    """A ``torch.optim`` class, built with ``_partial_`` and given the parameters later.
+
+    The fields are the union of the options of the optimizers in conf/; ``None`` ones are
+    not passed, so SGD never sees ``betas`` and AdamW never sees ``momentum``.
+    """
+
+    _target_: str = "torch.optim.SGD"
+    _partial_: bool = True
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    momentum: float | None = None
+    nesterov: bool | None = None
+    betas: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, f"trainer.optimizer.lr must be > 0, got {self.lr}.")
+        _require(
+            self.weight_decay >= 0,
+            f"trainer.optimizer.weight_decay must be >= 0, got {self.weight_decay}.",
+        )
+        if self.momentum is not None:
+            _require(
+                0 <= self.momentum < 1,
+                f"trainer.optimizer.momentum must be in [0, 1), got {self.momentum}.",
+            )
+
+
+SCHEDULERS = ("cosine", "constant", "step")
+
+
+@dataclass
+class TrainerConfig:
+    """The training budget and the Lightning ``Trainer`` options sparsebench exposes."""
+
+    max_epochs: int = 10
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: str = "cosine"
+    warmup_epochs: int = 0
+    accelerator: str = "cpu"
+    devices: Any = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    gradient_clip_val: float | None = None
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    deterministic: bool = False
+    enable_progress_bar: bool = field(default=True, metadata=NO_HASH)
+    log_every_n_steps: int = field(default=10, metadata=NO_HASH)
+    enable_checkpointing: bool = field(default=True, metadata=NO_HASH)
+
+    def __post_init__(self) -> None:
+        _require(self.max_epochs >= 1, f"trainer.max_epochs must be >= 1, got {self.max_epochs}.")
+        _require(
+            self.scheduler in SCHEDULERS,
+            f"trainer.scheduler must be one of {', '.join(SCHEDULERS)}, got '{self.scheduler}'.",
+        )
+        _require(
+            0 <= self.warmup_epochs < self.max_epochs,
+            f"trainer.warmup_epochs must be in [0, max_epochs), got {self.warmup_epochs}.",
+        )
+        _require(self.num_nodes >= 1, f"trainer.num_nodes must be >= 1, got {self.num_nodes}.")
+        if self.gradient_clip_val is not None:
+            _require(
+                self.gradient_clip_val > 0,
+                f"trainer.gradient_clip_val must be > 0, got {self.gradient_clip_val}.",
+            )
+
+
+@dataclass
+class HardwareConfig:
+    """Where latency is measured. The metrics/hardware issue adds sparse-kernel targets."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+    threads: int | None = None  # None: the number of physical cores
+    batch_size: int = 1
+    min_run_time: float = field(default=0.5, metadata=NO_HASH)
+    warmup: int = field(default=5, metadata=NO_HASH)
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, f"hardware.batch_size must be >= 1, got {self.batch_size}.")
+        if self.threads is not None:
+            _require(self.threads >= 1, f"hardware.threads must be >= 1, got {self.threads}.")
+        _require(
+            self.min_run_time > 0, f"hardware.min_run_time must be > 0, got {self.min_run_time}."
+        )
+
+
+@dataclass
+class LoggerConfig:
+    """MLflow tracking. ``tracking_uri`` None means ``$MLFLOW_TRACKING_URI`` or sqlite:///mlflow.db."""
+
+    enabled: bool = True
+    tracking_uri: str | None = None
+    experiment_name: str = "sparsebench"
+    run_name: str | None = None
+    connect_timeout_s: float = 5.0
+
+
+@dataclass
+class PathsConfig:
+    output_dir: str = "${hydra:runtime.output_dir}"
+    data_dir: str = "${oc.env:SPARSEBENCH_DATA_DIR,data}"
+
+
+@dataclass
+class SparsebenchConfig:
+    """The whole resolved config of one run."""
+
+    model: ModelConfig = MISSING
+    dataset: DatasetConfig = MISSING
+    method: Any = None  # absent: dense training; ``+method=NAME`` adds one
+    hardware: HardwareConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = MISSING
+    paths: PathsConfig = MISSING
+    runner: str = "train"
+    seed: int = 0
+    tags: dict[str, str] = field(default_factory=dict)
+    print_summary: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.seed >= 0, f"seed must be >= 0, got {self.seed}.")
+        _require(
+            self.runner in RUNNERS,
+            f"runner must be one of {', '.join(RUNNERS)}, got '{self.runner}'.",
+        )
+
+
+RUNNERS = ("train",)
+
+SCHEMAS: dict[str, type] = {
+    "model": ModelConfig,
+    "dataset": DatasetConfig,
+    "hardware": HardwareConfig,
+    "trainer": TrainerConfig,
+    "logger": LoggerConfig,
+    "paths": PathsConfig,
+}
+
+
+def register_configs() -> None:
+    """Store the schemas; group yamls name them in their defaults list."""
+    cs = ConfigStore.instance()
+    cs.store(name="sparsebench_schema", node=SparsebenchConfig)
+    for group, schema in SCHEMAS.items():
+        cs.store(group=group, name=f"{group}_schema", node=schema)
+
+
+def validate(cfg: DictConfig) -> SparsebenchConfig:
+    """Check every range in the composed config; raises :class:`ConfigError` (one sentence)."""
+    try:
+        return OmegaConf.to_object(cfg)  # runs each schema's __post_init__
+    except ConfigError:
+        raise
+    except Exception as exc:  # OmegaConf validation errors: keep their first line
+        raise ConfigError(str(exc).splitlines()[0]) from exc
+
+
+def register_resolvers() -> None:
+    """``${sb.prod:${dataset.input_shape}}`` (flattened size) and ``${sb.size:...}`` (H)."""
+    import math
+
+    if not OmegaConf.has_resolver("sb.prod"):
+        OmegaConf.register_new_resolver("sb.prod", lambda shape: math.prod(int(d) for d in shape))
+    if not OmegaConf.has_resolver("sb.size"):
+        OmegaConf.register_new_resolver("sb.size", lambda shape: int(shape[-1]))

@@ -1,0 +1,1 @@
+"""Metrics of the results contract: parameters, sparsity, FLOPs, storage size."""

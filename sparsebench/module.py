@@ -1,0 +1,76 @@
+"""The LightningModule: a classifier with its optimizer and schedule. It knows nothing of sparsity."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ClassificationModule(L.LightningModule):
+    """Cross-entropy training of ``model``; logs ``{train,val,test}/{loss,acc}`` per epoch.
+
+    ``optimizer`` is a partial ``torch.optim`` class (from the config's ``_partial_`` node),
+    given the parameters here, so adding an optimizer needs only a yaml.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: str = "cosine",
+        warmup_epochs: int = 0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler = scheduler
+        self.warmup_epochs = warmup_epochs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y)
+        acc = (logits.argmax(dim=1) == y).float().mean()
+        on_step = stage == "train"
+        self.log(
+            f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=on_step, batch_size=len(y)
+        )
+        self.log(
+            f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y)
+        )
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler == "constant":
+            return optimizer
+        total = max(1, self.trainer.estimated_stepping_batches)
+        warmup = int(total * self.warmup_epochs / max(1, self.trainer.max_epochs))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total - warmup)
+            if self.scheduler == "step":  # x0.1 at 50% and 75% of training
+                return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

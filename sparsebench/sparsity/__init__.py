@@ -1,0 +1,1 @@
+"""Sparsity: which weights are prunable, masks, patterns, distributions, schedules and methods."""

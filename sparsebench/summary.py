@@ -1,0 +1,46 @@
+"""The summary table printed at the end of a run."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+ROWS = (
+    ("test/acc", "test accuracy", "{:.4f}"),
+    ("val/acc", "val accuracy", "{:.4f}"),
+    ("test/loss", "test loss", "{:.4f}"),
+    ("params/total", "parameters", "{:,.0f}"),
+    ("params/nonzero", "nonzero parameters", "{:,.0f}"),
+    ("sparsity/actual", "sparsity (prunable)", "{:.3f}"),
+    ("flops/dense", "FLOPs/sample dense", "{:,.0f}"),
+    ("flops/sparse", "FLOPs/sample sparse", "{:,.0f}"),
+    ("flops/train", "training FLOPs", "{:.3e}"),
+    ("latency/p50_ms", "latency p50 (ms)", "{:.3f}"),
+    ("latency/p90_ms", "latency p90 (ms)", "{:.3f}"),
+    ("time/train_s", "train time (s)", "{:.1f}"),
+)
+
+
+def summary_table(
+    metrics: dict[str, float], tags: dict[str, str], title: str = "sparsebench"
+) -> Table:
+    table = Table(
+        title=f"{title}: {tags.get('method')} {tags.get('model')} on {tags.get('dataset')}"
+    )
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, label, fmt in ROWS:
+        if key in metrics:
+            table.add_row(label, fmt.format(metrics[key]))
+    table.add_row("hardware", f"{tags.get('hardware')} ({tags.get('hw/threads', '?')} threads)")
+    table.add_row("run_hash", tags.get("run_hash", ""))
+    return table
+
+
+def print_summary(
+    metrics: dict[str, float], tags: dict[str, str], notes: list[str] | None = None
+) -> None:
+    console = Console()
+    console.print(summary_table(metrics, tags))
+    for note in notes or []:
+        console.print(note)

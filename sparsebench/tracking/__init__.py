@@ -1,0 +1,1 @@
+"""Run identity, results.json and MLflow logging."""

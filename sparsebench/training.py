@@ -1,0 +1,116 @@
+"""Building blocks of the training runner: objects from config, and the final measurements."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from sparsebench.config import ConfigError
+from sparsebench.data.base import SparseBenchDataModule
+from sparsebench.hardware.base import HardwareTarget
+from sparsebench.metrics.flops import flops_per_sample
+from sparsebench.metrics.params import actual_sparsity, count_params
+from sparsebench.module import ClassificationModule
+from sparsebench.tracking.results import Results
+
+
+class ResultsCallback(Callback):
+    """Mirrors per-epoch metrics into results.json and counts training samples seen."""
+
+    def __init__(self, results: Results) -> None:
+        self.results = results
+        self.samples_seen = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.samples_seen += len(batch[1]) * trainer.world_size
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith(("train/", "val/"))
+        }
+        self.results.add_epoch(trainer.current_epoch, metrics)
+
+
+def build_datamodule(cfg: DictConfig) -> SparseBenchDataModule:
+    return instantiate(cfg.dataset, _convert_="all")
+
+
+def build_hardware(cfg: DictConfig) -> HardwareTarget:
+    return instantiate(cfg.hardware, _convert_="all")
+
+
+def build_module(cfg: DictConfig, model: nn.Module) -> ClassificationModule:
+    return ClassificationModule(
+        model,
+        optimizer=instantiate(_without_none(cfg.trainer.optimizer)),
+        scheduler=cfg.trainer.scheduler,
+        warmup_epochs=cfg.trainer.warmup_epochs,
+    )
+
+
+def _without_none(node: DictConfig) -> dict:
+    # The optimizer schema is the union of several optimizers' options; unset ones are None.
+    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if v is not None}
+
+
+def check_method(cfg: DictConfig) -> None:
+    """Only dense training exists until the sparsity engine lands; say so for anything else."""
+    method = cfg.get("method")
+    if method is not None and method.get("name", "dense") != "dense":
+        raise ConfigError(f"method '{method.name}' has a config but no implementation yet.")
+
+
+TRAINER_KEYS = (
+    "max_epochs", "accelerator", "devices", "strategy", "num_nodes", "precision", "gradient_clip_val",
+    "limit_train_batches", "limit_val_batches", "limit_test_batches", "deterministic",
+    "enable_progress_bar", "log_every_n_steps", "enable_checkpointing",
+)  # fmt: skip
+
+
+def build_trainer(
+    cfg: DictConfig, output_dir: Path, logger: Any, callbacks: list[Callback]
+) -> L.Trainer:
+    """A Lightning Trainer from ``cfg.trainer``; checkpoints go to ``output_dir/checkpoints``."""
+    options = {k: cfg.trainer[k] for k in TRAINER_KEYS if cfg.trainer.get(k) is not None}
+    if options.get("enable_checkpointing", True):
+        callbacks = [
+            *callbacks,
+            ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True),
+        ]
+    return L.Trainer(
+        default_root_dir=str(output_dir),
+        logger=logger if logger is not None else False,
+        callbacks=callbacks,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        **options,
+    )
+
+
+def model_metrics(cfg: DictConfig, model: nn.Module, example: torch.Tensor) -> dict[str, float]:
+    """Parameters, sparsity and forward FLOPs of the trained model."""
+    method = cfg.get("method")
+    target = float(method.get("sparsity", 0.0)) if method is not None else 0.0
+    return {
+        **count_params(model),
+        "sparsity/target": target,
+        "sparsity/actual": actual_sparsity(model),
+        **flops_per_sample(model, example),
+    }
+
+
+def size_metrics(model: nn.Module) -> dict[str, float]:
+    """Weights stored dense (fp32) vs in the target's format (dense for the CPU target)."""
+    dense = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {"size/dense_bytes": dense, "size/sparse_bytes": dense}
