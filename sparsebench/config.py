@@ -11,6 +11,7 @@ logging cadence) and are left out of the run hash (see :mod:`sparsebench.trackin
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,8 +277,26 @@ def register_configs() -> None:
         cs.store(group=group, name=f"{group}_schema", node=schema)
 
 
+def _check_unknown_keys(node: DictConfig, path: str = "") -> None:
+    """Reject keys a schema does not declare (``+trainer.max_epoch=3`` slips past Hydra)."""
+    schema = OmegaConf.get_type(node)
+    if dataclasses.is_dataclass(schema):
+        allowed = [f.name for f in dataclasses.fields(schema)]
+        for key in node.keys():
+            if key not in allowed:
+                where = path.rstrip(".") or "the top level"
+                raise ConfigError(
+                    f"unknown key '{path}{key}'; {where} takes: {', '.join(allowed)}."
+                )
+    for key in node.keys():
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+            _check_unknown_keys(child, f"{path}{key}.")
+
+
 def validate(cfg: DictConfig) -> SparsebenchConfig:
-    """Check every range in the composed config; raises :class:`ConfigError` (one sentence)."""
+    """Check every key and range of the composed config; raises :class:`ConfigError`."""
+    _check_unknown_keys(cfg)
     try:
         return OmegaConf.to_object(cfg)  # runs each schema's __post_init__
     except ConfigError:

@@ -43,4 +43,4 @@ def print_summary(
     console = Console()
     console.print(summary_table(metrics, tags))
     for note in notes or []:
-        console.print(note)
+        console.print(note, soft_wrap=True)  # keep commands copy-pasteable

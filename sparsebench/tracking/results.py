@@ -21,6 +21,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from sparsebench.tracking.identity import benchmark_key, run_hash
 
+# The results contract (ARCHITECTURE.md): every run writes these metrics and tags.
+CONTRACT_METRICS = (
+    "test/acc", "test/loss", "val/acc", "params/total", "params/nonzero", "sparsity/target",
+    "sparsity/actual", "flops/dense", "flops/sparse", "flops/train", "latency/p50_ms",
+    "latency/p90_ms", "latency/dense_p50_ms", "speedup/measured", "speedup/theoretical",
+    "size/dense_bytes", "size/sparse_bytes", "time/train_s",
+)  # fmt: skip
+CONTRACT_TAGS = (
+    "run_hash", "benchmark_key", "model", "dataset", "method", "hardware", "seed", "git_sha",
+    "version/torch", "version/sparsebench", "hw/cpu", "hw/threads",
+)  # fmt: skip
+
 PACKAGES = (
     "sparsebench",
     "torch",

@@ -1,0 +1,65 @@
+"""Shared fixtures: a Hydra ``compose`` shrunk to a seconds-long CPU run, in a temp folder."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from sparsebench.config import CONF_DIR, register_configs, register_resolvers
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Two xdist workers share 2 cores: one thread each keeps them from fighting.
+torch.set_num_threads(1)
+register_configs()
+register_resolvers()
+
+
+def compose_config(overrides: list[str] | None = None, output_dir: Path | None = None) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides or []))
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose the real config with ``debug=fast``, its outputs and MLflow store under tmp_path."""
+
+    def make(*overrides: str, fast: bool = True) -> DictConfig:
+        base = ["debug=fast", "hardware.threads=1"] if fast else []
+        base.append(f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db")
+        return compose_config([*base, *overrides], output_dir=tmp_path / "run")
+
+    return make
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m sparsebench ARGS`` in ``cwd``; never reads the user's MLflow settings."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "sparsebench", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )

@@ -1,0 +1,88 @@
+"""End to end through the command line: Hydra, multirun, MLflow, and bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from sparsebench.tracking.results import CONTRACT_METRICS, CONTRACT_TAGS
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+FAST = ["debug=fast", "hardware.threads=1"]
+
+
+def _results_files(cwd: Path) -> list[Path]:
+    return sorted(cwd.glob("outputs/**/results.json"))
+
+
+@pytest.mark.parametrize("args", [["model=mlp", "dataset=mnist1d"], ["model=resnet20", "dataset=synthetic"]])
+def test_cli_runs_and_prints_summary(tmp_path: Path, args: list[str]) -> None:
+    proc = run_cli([*FAST, *args, "print_summary=true"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test accuracy" in proc.stdout and "FLOPs/sample dense" in proc.stdout
+    (results,) = _results_files(tmp_path)
+    data = json.loads(results.read_text())
+    assert data["status"] == "ok" and data["tags"]["model"] == args[0].split("=")[1]
+    assert (tmp_path / "mlflow.db").is_file()  # the embedded default store, in the working folder
+
+
+def test_multirun_seeds_share_benchmark_key(tmp_path: Path) -> None:
+    # The acceptance command: python -m sparsebench -m seed=0,1 trainer.max_epochs=1
+    proc = run_cli(["-m", "seed=0,1", "trainer.max_epochs=1", "hardware.min_run_time=0.1"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("sparsebench").experiment_id])
+    assert len(runs) == 2
+    assert {r.data.tags["seed"] for r in runs} == {"0", "1"}
+    assert len({r.data.tags["benchmark_key"] for r in runs}) == 1
+    assert len({r.data.tags["run_hash"] for r in runs}) == 1  # replicates share the config hash
+    for r in runs:
+        assert set(CONTRACT_METRICS) <= set(r.data.metrics), set(CONTRACT_METRICS) - set(r.data.metrics)
+        assert set(CONTRACT_TAGS) <= set(r.data.tags)
+        assert r.info.status == "FINISHED"
+        assert "val/acc" in {m.key for m in client.get_metric_history(r.info.run_id, "val/acc")}
+    assert len(_results_files(tmp_path)) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["model=resnet1"], "error: unknown model 'resnet1'; available: efficientnet_b0, mlp, mobilenetv2_100,"),
+        (["dataset=imagenet"], "error: unknown dataset 'imagenet'; available: cifar10, cifar100, digits,"),
+        (["+method=magic"], "error: unknown method 'magic'; available: dense"),
+        (["hardware=tpu"], "error: unknown hardware 'tpu'; available: cpu"),
+        (["trainer.max_epochs=0"], "error: trainer.max_epochs must be >= 1, got 0."),
+        (["trainer.optimizer.lr=0"], "error: trainer.optimizer.lr must be > 0, got 0.0."),
+        (["dataset.batch_size=0"], "error: dataset.batch_size must be >= 1, got 0."),
+        (["+trainer.max_epoch=3"], "error: unknown key 'trainer.max_epoch'; trainer takes: max_epochs,"),
+    ],
+)
+def test_bad_input_is_one_sentence_before_training(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = run_cli(args, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith(message), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert _results_files(tmp_path) == [] and not list(tmp_path.glob("outputs/**/*.ckpt"))
+
+
+def test_unknown_key_without_plus_names_the_key(tmp_path: Path) -> None:
+    proc = run_cli(["trainer.max_epoch=3"], cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0
+    assert "Could not override 'trainer.max_epoch'" in proc.stderr
+    assert _results_files(tmp_path) == []
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "sparsebench"
+    assert script.is_file()
+    import subprocess
+
+    proc = subprocess.run([str(script), "upload", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "RUN_DIR" in proc.stdout.upper().replace("RUN_DIRS", "RUN_DIR")

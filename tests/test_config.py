@@ -1,0 +1,115 @@
+"""Config composition and validation: every bad input gets one sentence before training."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from sparsebench.__main__ import CHOICE_GROUPS, available, check_group_choices
+from sparsebench.config import CONF_DIR, ConfigError, validate
+from tests.conftest import compose_config
+
+MODELS = available("model")
+DATASETS = available("dataset")
+
+
+def test_every_group_has_configs() -> None:
+    for group in CHOICE_GROUPS:
+        assert (CONF_DIR / group).is_dir(), group
+    assert {"resnet18", "resnet50", "mobilenetv2_100", "efficientnet_b0", "vit_tiny_patch16_224",
+            "mlp", "resnet20"} <= set(MODELS)  # fmt: skip
+    assert {"digits", "mnist1d", "synthetic", "cifar10", "cifar100", "mnist", "fashion_mnist",
+            "imagefolder"} <= set(DATASETS)  # fmt: skip
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_and_dataset_compose_and_validate(model: str, dataset: str) -> None:
+    cfg = compose_config([f"model={model}", f"dataset={dataset}"], output_dir="/tmp/x")
+    validate(cfg)
+    assert cfg.model.num_classes == cfg.dataset.num_classes
+    assert cfg.model.in_chans == cfg.dataset.input_shape[0]
+
+
+def test_default_is_dense_resnet18_on_digits() -> None:
+    cfg = compose_config(output_dir="/tmp/x")
+    assert cfg.model.model_name == "resnet18"
+    assert cfg.dataset.name == "digits"
+    assert cfg.hardware.name == "cpu"
+    assert cfg.method is None
+
+
+def test_method_is_optional_and_added_with_plus() -> None:
+    cfg = compose_config(["+method=dense"], output_dir="/tmp/x")
+    assert cfg.method.name == "dense"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.max_epochs=0", "trainer.max_epochs must be >= 1, got 0."),
+        ("trainer.optimizer.lr=0", "trainer.optimizer.lr must be > 0, got 0.0."),
+        ("trainer.optimizer.lr=-0.1", "trainer.optimizer.lr must be > 0, got -0.1."),
+        ("dataset.batch_size=0", "dataset.batch_size must be >= 1, got 0."),
+        ("trainer.scheduler=linear", "trainer.scheduler must be one of cosine, constant, step, got 'linear'."),
+        ("dataset.val_fraction=1.5", "dataset.val_fraction must be in (0, 1), got 1.5."),
+        ("hardware.threads=0", "hardware.threads must be >= 1, got 0."),
+    ],
+)
+def test_out_of_range_values_are_one_sentence(override: str, message: str) -> None:
+    cfg = compose_config([override], output_dir="/tmp/x")
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert str(err.value) == message
+
+
+def test_wrong_type_fails_at_composition() -> None:
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config(["trainer.max_epochs=ten"])
+    assert isinstance(err.value.__cause__, ValidationError)
+    assert "trainer.max_epochs" in str(err.value.__cause__)
+
+
+def test_unknown_key_fails_at_composition() -> None:
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config(["trainer.max_epoch=3"])
+    assert "Could not override 'trainer.max_epoch'" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+trainer.max_epoch=3", "unknown key 'trainer.max_epoch'; trainer takes: max_epochs, optimizer,"),
+        ("+dataset.colour=red", "unknown key 'dataset.colour'; dataset takes: _target_, name,"),
+        ("+trainer.optimizer.moment=0.9", "unknown key 'trainer.optimizer.moment'; trainer.optimizer takes: "),
+        ("+sead=1", "unknown key 'sead'; the top level takes: model, dataset,"),
+    ],
+)
+def test_added_unknown_keys_are_one_sentence(override: str, message: str) -> None:
+    cfg = compose_config([override], output_dir="/tmp/x")
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert str(err.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("args", "group", "bad"),
+    [
+        (["model=resnet1"], "model", "resnet1"),
+        (["dataset=imagenet"], "dataset", "imagenet"),
+        (["+method=rigl_typo"], "method", "rigl_typo"),
+        (["hardware=tpu"], "hardware", "tpu"),
+        (["-m", "model=mlp,resnet99"], "model", "resnet99"),
+    ],
+)
+def test_unknown_names_list_what_exists(args: list[str], group: str, bad: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        check_group_choices(args)
+    message = str(err.value)
+    assert message.startswith(f"unknown {group} '{bad}'; available: ")
+    assert ", ".join(available(group)) in message
+
+
+def test_known_names_pass() -> None:
+    check_group_choices(["model=mlp", "dataset=mnist1d", "+method=dense", "hydra/launcher=basic", "seed=1"])

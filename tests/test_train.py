@@ -1,0 +1,100 @@
+"""The training runner in-process: the results contract, MLflow, and nothing lost on failure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from runners.train import run
+from sparsebench.hardware.cpu import CPUTarget
+from sparsebench.tracking.results import CONTRACT_METRICS, CONTRACT_TAGS
+from sparsebench.tracking.upload import main as upload
+from tests.conftest import free_port
+
+
+def _results(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "run" / "results.json").read_text())
+
+
+def _runs(tmp_path: Path, uri: str | None = None):
+    client = MlflowClient(tracking_uri=uri or f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("sparsebench")
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def test_mlp_on_mnist1d_fills_the_contract(make_cfg, tmp_path: Path) -> None:
+    metrics = run(make_cfg("model=mlp", "dataset=mnist1d", "dataset.num_samples=600", "trainer.max_epochs=2",
+                           "trainer.limit_train_batches=null"))  # fmt: skip
+    data = _results(tmp_path)
+    assert data["status"] == "ok"
+    assert set(CONTRACT_METRICS) <= set(data["metrics"]) and set(CONTRACT_TAGS) <= set(data["tags"])
+    assert metrics == data["metrics"]
+    assert 0 <= metrics["test/acc"] <= 1 and metrics["sparsity/actual"] == 0.0
+    assert metrics["flops/sparse"] == metrics["flops/dense"] > 0
+    # 480 training samples (600 - 20% test... minus val) x 2 epochs, 3 FLOPs-per-FLOP of forward.
+    assert metrics["flops/train"] == 3 * metrics["flops/dense"] * 2 * 432
+    assert [row["epoch"] for row in data["history"]] == [0, 1]
+    (mlflow_run,) = _runs(tmp_path)
+    assert mlflow_run.info.status == "FINISHED"
+    assert set(CONTRACT_METRICS) <= set(mlflow_run.data.metrics)
+    assert mlflow_run.data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
+    assert mlflow_run.data.tags["run_hash"] == data["tags"]["run_hash"]
+    assert mlflow_run.data.params["trainer.optimizer.lr"] == "0.05"
+    assert data["mlflow"]["run_id"] == mlflow_run.info.run_id
+
+
+def test_resnet20_on_synthetic(make_cfg, tmp_path: Path) -> None:
+    metrics = run(make_cfg("model=resnet20", "dataset=synthetic", "logger=none"))
+    assert metrics["params/total"] == pytest.approx(0.275e6, rel=0.02)
+    assert _results(tmp_path)["status"] == "ok"
+    assert _runs(tmp_path) == []  # logger=none
+
+
+def test_failure_mid_run_keeps_results_and_checkpoint(make_cfg, tmp_path: Path, monkeypatch) -> None:
+    def broken(self, model, example):
+        raise RuntimeError("latency probe exploded")
+
+    monkeypatch.setattr(CPUTarget, "benchmark", broken)
+    with pytest.raises(RuntimeError, match="exploded"):
+        run(make_cfg("model=mlp", "dataset=digits", "trainer.enable_checkpointing=true"))
+    data = _results(tmp_path)
+    assert data["status"] == "failed" and "latency probe exploded" in data["error"]
+    assert "test/acc" in data["metrics"] and "flops/dense" in data["metrics"]
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    (mlflow_run,) = _runs(tmp_path)
+    assert mlflow_run.info.status == "FAILED"
+    assert "test/acc" in mlflow_run.data.metrics
+
+
+def test_unreachable_server_then_upload_once(make_cfg, tmp_path: Path, capsys) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    cfg = make_cfg("model=mlp", "dataset=digits", f"logger.tracking_uri={dead}", "print_summary=true")
+    metrics = run(cfg)
+    out = capsys.readouterr().out
+    assert f"tracking server {dead} cannot be reached" in out
+    assert f"sparsebench upload {tmp_path / 'run'}" in out
+    data = _results(tmp_path)
+    assert data["status"] == "ok" and data["mlflow"] == {}
+
+    store = f"sqlite:///{tmp_path}/later.db"
+    for _ in range(2):  # the second upload finds the run and adds nothing
+        assert upload([str(tmp_path / "run"), "--tracking-uri", store]) == 0
+    (uploaded,) = _runs(tmp_path, store)
+    assert uploaded.data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
+    assert uploaded.data.tags["run_hash"] == data["tags"]["run_hash"]
+    assert "already there" in capsys.readouterr().out
+
+
+def test_server_failing_mid_run_does_not_stop_training(make_cfg, tmp_path: Path, monkeypatch, caplog) -> None:
+    def refuse(self, metrics, step=None):
+        raise ConnectionError("server went away")
+
+    monkeypatch.setattr("lightning.pytorch.loggers.MLFlowLogger.log_metrics", refuse)
+    metrics = run(make_cfg("model=mlp", "dataset=digits"))
+    data = _results(tmp_path)
+    assert data["status"] == "ok" and "test/acc" in metrics
+    assert data["mlflow"] == {}  # not marked as logged: upload will send it
+    assert "MLflow log_metrics failed (ConnectionError: server went away)" in caplog.text
