@@ -17,12 +17,12 @@ run: $(STAMP)
 	$(PY) -m sparsebench
 
 test: $(STAMP)
-	$(PY) -m ruff check sparsebench runners tests benchmarks
+	$(PY) -m ruff check sparsebench runners tests benchmarks hydra_plugins
 	$(PY) -m pytest -n 2 --timeout 600 tests
 
 lint: $(STAMP)
-	$(PY) -m ruff check sparsebench runners tests benchmarks
-	$(PY) -m ruff format --check sparsebench runners tests benchmarks
+	$(PY) -m ruff check sparsebench runners tests benchmarks hydra_plugins
+	$(PY) -m ruff format --check sparsebench runners tests benchmarks hydra_plugins
 
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py

@@ -15,7 +15,12 @@ import warnings
 import hydra
 from omegaconf import DictConfig
 
-from sparsebench.config import CONF_DIR, ConfigError, register_configs, register_resolvers
+from sparsebench.config import (
+    CONF_DIR,
+    ConfigError,
+    register_configs,
+    register_resolvers,
+)
 
 log = logging.getLogger("sparsebench")
 

@@ -21,6 +21,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 """The Hydra config tree. Lives at the repository top level (see ARCHITECTURE.md)."""
+SWEEPS_DIR = CONF_DIR.parent / "sweeps"
+"""Sweep definitions; on Hydra's search path through hydra_plugins/sparsebench_searchpath."""
 
 NO_HASH = {"hash": False}
 
@@ -282,13 +284,13 @@ def _check_unknown_keys(node: DictConfig, path: str = "") -> None:
     schema = OmegaConf.get_type(node)
     if dataclasses.is_dataclass(schema):
         allowed = [f.name for f in dataclasses.fields(schema)]
-        for key in node.keys():
+        for key in node:
             if key not in allowed:
                 where = path.rstrip(".") or "the top level"
                 raise ConfigError(
                     f"unknown key '{path}{key}'; {where} takes: {', '.join(allowed)}."
                 )
-    for key in node.keys():
+    for key in node:
         child = node._get_node(key)
         if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
             _check_unknown_keys(child, f"{path}{key}.")

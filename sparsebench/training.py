@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import psutil
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -27,6 +29,12 @@ class ResultsCallback(Callback):
     def __init__(self, results: Results) -> None:
         self.results = results
         self.samples_seen = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.samples_seen == 0 and trainer.current_epoch == 0:
+            # Start-up cost as a user feels it: process start to the first training step.
+            started = psutil.Process().create_time()
+            self.results.update({"time/startup_s": time.time() - started})
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.samples_seen += len(batch[1]) * trainer.world_size

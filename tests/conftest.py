@@ -24,7 +24,9 @@ register_configs()
 register_resolvers()
 
 
-def compose_config(overrides: list[str] | None = None, output_dir: Path | None = None) -> DictConfig:
+def compose_config(
+    overrides: list[str] | None = None, output_dir: Path | None = None
+) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(overrides or []))
     if output_dir is not None:
@@ -51,7 +53,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """``python -m sparsebench ARGS`` in ``cwd``; never reads the user's MLflow settings."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     full_env.update(env or {})

@@ -21,7 +21,9 @@ def _results_files(cwd: Path) -> list[Path]:
     return sorted(cwd.glob("outputs/**/results.json"))
 
 
-@pytest.mark.parametrize("args", [["model=mlp", "dataset=mnist1d"], ["model=resnet20", "dataset=synthetic"]])
+@pytest.mark.parametrize(
+    "args", [["model=mlp", "dataset=mnist1d"], ["model=resnet20", "dataset=synthetic"]]
+)
 def test_cli_runs_and_prints_summary(tmp_path: Path, args: list[str]) -> None:
     proc = run_cli([*FAST, *args, "print_summary=true"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -34,7 +36,9 @@ def test_cli_runs_and_prints_summary(tmp_path: Path, args: list[str]) -> None:
 
 def test_multirun_seeds_share_benchmark_key(tmp_path: Path) -> None:
     # The acceptance command: python -m sparsebench -m seed=0,1 trainer.max_epochs=1
-    proc = run_cli(["-m", "seed=0,1", "trainer.max_epochs=1", "hardware.min_run_time=0.1"], cwd=tmp_path)
+    proc = run_cli(
+        ["-m", "seed=0,1", "trainer.max_epochs=1", "hardware.min_run_time=0.1"], cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("sparsebench").experiment_id])
@@ -43,7 +47,9 @@ def test_multirun_seeds_share_benchmark_key(tmp_path: Path) -> None:
     assert len({r.data.tags["benchmark_key"] for r in runs}) == 1
     assert len({r.data.tags["run_hash"] for r in runs}) == 1  # replicates share the config hash
     for r in runs:
-        assert set(CONTRACT_METRICS) <= set(r.data.metrics), set(CONTRACT_METRICS) - set(r.data.metrics)
+        assert set(CONTRACT_METRICS) <= set(r.data.metrics), set(CONTRACT_METRICS) - set(
+            r.data.metrics
+        )
         assert set(CONTRACT_TAGS) <= set(r.data.tags)
         assert r.info.status == "FINISHED"
         assert "val/acc" in {m.key for m in client.get_metric_history(r.info.run_id, "val/acc")}
@@ -53,17 +59,28 @@ def test_multirun_seeds_share_benchmark_key(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["model=resnet1"], "error: unknown model 'resnet1'; available: efficientnet_b0, mlp, mobilenetv2_100,"),
-        (["dataset=imagenet"], "error: unknown dataset 'imagenet'; available: cifar10, cifar100, digits,"),
+        (
+            ["model=resnet1"],
+            "error: unknown model 'resnet1'; available: efficientnet_b0, mlp, mobilenetv2_100,",
+        ),
+        (
+            ["dataset=imagenet"],
+            "error: unknown dataset 'imagenet'; available: cifar10, cifar100, digits,",
+        ),
         (["+method=magic"], "error: unknown method 'magic'; available: dense"),
         (["hardware=tpu"], "error: unknown hardware 'tpu'; available: cpu"),
         (["trainer.max_epochs=0"], "error: trainer.max_epochs must be >= 1, got 0."),
         (["trainer.optimizer.lr=0"], "error: trainer.optimizer.lr must be > 0, got 0.0."),
         (["dataset.batch_size=0"], "error: dataset.batch_size must be >= 1, got 0."),
-        (["+trainer.max_epoch=3"], "error: unknown key 'trainer.max_epoch'; trainer takes: max_epochs,"),
+        (
+            ["+trainer.max_epoch=3"],
+            "error: unknown key 'trainer.max_epoch'; trainer takes: max_epochs,",
+        ),
     ],
 )
-def test_bad_input_is_one_sentence_before_training(tmp_path: Path, args: list[str], message: str) -> None:
+def test_bad_input_is_one_sentence_before_training(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
     proc = run_cli(args, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -84,5 +101,7 @@ def test_console_script_is_installed() -> None:
     assert script.is_file()
     import subprocess
 
-    proc = subprocess.run([str(script), "upload", "--help"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(script), "upload", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0 and "RUN_DIR" in proc.stdout.upper().replace("RUN_DIRS", "RUN_DIR")

@@ -52,7 +52,10 @@ def test_method_is_optional_and_added_with_plus() -> None:
         ("trainer.optimizer.lr=0", "trainer.optimizer.lr must be > 0, got 0.0."),
         ("trainer.optimizer.lr=-0.1", "trainer.optimizer.lr must be > 0, got -0.1."),
         ("dataset.batch_size=0", "dataset.batch_size must be >= 1, got 0."),
-        ("trainer.scheduler=linear", "trainer.scheduler must be one of cosine, constant, step, got 'linear'."),
+        (
+            "trainer.scheduler=linear",
+            "trainer.scheduler must be one of cosine, constant, step, got 'linear'.",
+        ),
         ("dataset.val_fraction=1.5", "dataset.val_fraction must be in (0, 1), got 1.5."),
         ("hardware.threads=0", "hardware.threads must be >= 1, got 0."),
     ],
@@ -80,9 +83,15 @@ def test_unknown_key_fails_at_composition() -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("+trainer.max_epoch=3", "unknown key 'trainer.max_epoch'; trainer takes: max_epochs, optimizer,"),
+        (
+            "+trainer.max_epoch=3",
+            "unknown key 'trainer.max_epoch'; trainer takes: max_epochs, optimizer,",
+        ),
         ("+dataset.colour=red", "unknown key 'dataset.colour'; dataset takes: _target_, name,"),
-        ("+trainer.optimizer.moment=0.9", "unknown key 'trainer.optimizer.moment'; trainer.optimizer takes: "),
+        (
+            "+trainer.optimizer.moment=0.9",
+            "unknown key 'trainer.optimizer.moment'; trainer.optimizer takes: ",
+        ),
         ("+sead=1", "unknown key 'sead'; the top level takes: model, dataset,"),
     ],
 )
@@ -112,4 +121,30 @@ def test_unknown_names_list_what_exists(args: list[str], group: str, bad: str) -
 
 
 def test_known_names_pass() -> None:
-    check_group_choices(["model=mlp", "dataset=mnist1d", "+method=dense", "hydra/launcher=basic", "seed=1"])
+    check_group_choices(
+        ["model=mlp", "dataset=mnist1d", "+method=dense", "hydra/launcher=basic", "seed=1"]
+    )
+
+
+def test_grids_in_sweeps_are_on_the_search_path() -> None:
+    from hydra import compose, initialize_config_dir
+
+    check_group_choices(["+grid=seeds"])
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["+grid=seeds"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params.seed == "0,1,2"
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+
+
+def test_docker_compose_is_well_formed() -> None:
+    import yaml
+
+    compose_file = yaml.safe_load((CONF_DIR.parent / "docker-compose.yml").read_text())
+    services = compose_file["services"]
+    assert {"postgres", "mlflow"} <= set(services)
+    for name, service in services.items():
+        assert "image" in service, name
+        for dep in service.get("depends_on", {}):
+            assert dep in services
+    for volume in (v.split(":")[0] for s in services.values() for v in s.get("volumes", [])):
+        assert volume in compose_file["volumes"]

@@ -75,7 +75,9 @@ def test_mnist1d_generated_offline() -> None:
 
 
 def test_synthetic_any_shape_and_learnable_labels() -> None:
-    dm = SyntheticDataModule(name="synthetic", num_classes=7, input_shape=[2, 5, 3], num_samples=300)
+    dm = SyntheticDataModule(
+        name="synthetic", num_classes=7, input_shape=[2, 5, 3], num_samples=300
+    )
     dm.setup()
     x, y = dm.train_set.tensors
     assert x.shape[1:] == (2, 5, 3) and int(y.max()) < 7
@@ -84,7 +86,9 @@ def test_synthetic_any_shape_and_learnable_labels() -> None:
     assert float(((x.flatten(1) @ w).argmax(1) == y).float().mean()) > 0.6
 
 
-def _write_cifar(root: Path, folder: str, files: list[str], meta: str, label_key: str, n_classes: int) -> None:
+def _write_cifar(
+    root: Path, folder: str, files: list[str], meta: str, label_key: str, n_classes: int
+) -> None:
     base = root / folder
     base.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -105,7 +109,9 @@ def test_cifar_reads_torchvision_pickles(tmp_path: Path, name: str) -> None:
         _write_cifar(tmp_path, "cifar-10-batches-py", files, "batches.meta", "labels", 10)
     else:
         _write_cifar(tmp_path, "cifar-100-python", ["train", "test"], "meta", "fine_labels", 100)
-    cfg = compose_config([f"dataset={name}", f"dataset.data_dir={tmp_path}", "dataset.verify_checksums=false"])
+    cfg = compose_config(
+        [f"dataset={name}", f"dataset.data_dir={tmp_path}", "dataset.verify_checksums=false"]
+    )
     dm = build_datamodule(cfg)
     dm.setup()
     train_total = 100 if name == "cifar10" else 20
@@ -118,7 +124,9 @@ def test_cifar_reads_torchvision_pickles(tmp_path: Path, name: str) -> None:
 def test_cifar_checksums_verified_by_default(tmp_path: Path) -> None:
     files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     _write_cifar(tmp_path, "cifar-10-batches-py", files, "batches.meta", "labels", 10)
-    dm = TorchvisionDataModule(name="cifar10", num_classes=10, input_shape=[3, 32, 32], data_dir=str(tmp_path))
+    dm = TorchvisionDataModule(
+        name="cifar10", num_classes=10, input_shape=[3, 32, 32], data_dir=str(tmp_path)
+    )
     with pytest.raises(FileNotFoundError, match="dataset 'cifar10' not found under"):
         dm.setup()
 
@@ -128,11 +136,17 @@ def _write_idx(raw: Path, prefix: str, n: int) -> None:
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, n, dtype=np.uint8)
-    (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
-    (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.tobytes())
+    (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+        struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes()
+    )
+    (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+        struct.pack(">II", 2049, n) + labels.tobytes()
+    )
 
 
-@pytest.mark.parametrize(("name", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+@pytest.mark.parametrize(
+    ("name", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")]
+)
 def test_mnist_reads_idx_files(tmp_path: Path, name: str, folder: str) -> None:
     _write_idx(tmp_path / folder / "raw", "train", 50)
     _write_idx(tmp_path / folder / "raw", "t10k", 10)
@@ -146,7 +160,9 @@ def test_mnist_reads_idx_files(tmp_path: Path, name: str, folder: str) -> None:
 
 
 def test_mnist_missing_files_is_one_sentence(tmp_path: Path) -> None:
-    dm = TorchvisionDataModule(name="mnist", num_classes=10, input_shape=[1, 28, 28], data_dir=str(tmp_path))
+    dm = TorchvisionDataModule(
+        name="mnist", num_classes=10, input_shape=[1, 28, 28], data_dir=str(tmp_path)
+    )
     with pytest.raises(FileNotFoundError, match="set dataset.data_dir to a folder"):
         dm.setup()
 
@@ -160,7 +176,11 @@ def test_imagefolder_reads_jpeg_folders(tmp_path: Path) -> None:
                 pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(tmp_path / split / cls / f"{i}.JPEG", format="JPEG")
     dm = ImageFolderDataModule(
-        name="imagefolder", num_classes=3, input_shape=[3, 32, 32], data_dir=str(tmp_path), augment=True
+        name="imagefolder",
+        num_classes=3,
+        input_shape=[3, 32, 32],
+        data_dir=str(tmp_path),
+        augment=True,
     )
     dm.setup()
     assert len(dm.train_set) + len(dm.val_set) == 18 and len(dm.test_set) == 6
@@ -172,6 +192,8 @@ def test_imagefolder_class_count_mismatch(tmp_path: Path) -> None:
     for split in ("train", "val"):
         (tmp_path / split / "only").mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(tmp_path / split / "only" / "a.png")
-    dm = ImageFolderDataModule(name="imagefolder", num_classes=5, input_shape=[3, 8, 8], data_dir=str(tmp_path))
+    dm = ImageFolderDataModule(
+        name="imagefolder", num_classes=5, input_shape=[3, 8, 8], data_dir=str(tmp_path)
+    )
     with pytest.raises(ValueError, match="has 1 class folders .* but dataset.num_classes=5"):
         dm.setup()

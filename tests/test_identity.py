@@ -46,7 +46,12 @@ def test_hash_changes_with_any_option(override: str) -> None:
 
 def test_hash_ignores_seed_workers_and_data_dir() -> None:
     base = run_hash(compose_config(["dataset=cifar10"]))
-    for override in ("seed=7", "dataset.num_workers=4", "dataset.data_dir=/elsewhere", "trainer.enable_progress_bar=false"):
+    for override in (
+        "seed=7",
+        "dataset.num_workers=4",
+        "dataset.data_dir=/elsewhere",
+        "trainer.enable_progress_bar=false",
+    ):
         assert run_hash(compose_config(["dataset=cifar10", override])) == base
 
 

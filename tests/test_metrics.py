@@ -28,7 +28,12 @@ class Tiny(nn.Module):
 def test_prunable_layers_skip_stem_and_head() -> None:
     model = Tiny()
     assert list(prunable_layers(model)) == ["body", "mid"]
-    assert list(prunable_layers(model, dense_stem=False, dense_head=False)) == ["stem", "body", "mid", "head"]
+    assert list(prunable_layers(model, dense_stem=False, dense_head=False)) == [
+        "stem",
+        "body",
+        "mid",
+        "head",
+    ]
 
 
 def test_flops_hand_computed() -> None:

@@ -50,12 +50,18 @@ def test_mlp_hidden_dims_and_in_features() -> None:
     cfg = compose_config(["model=mlp", "dataset=digits", "model.hidden_dims=[32,16]"])
     assert cfg.model.in_features == 1 * 32 * 32
     model = build_model(cfg.model)
-    assert [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)] == [32, 16, 10]
+    assert [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)] == [
+        32,
+        16,
+        10,
+    ]
 
 
 def test_pretrained_without_weights_is_one_sentence() -> None:
     cfg = compose_config(["model=mlp", "dataset=mnist1d", "model.pretrained=true"])
-    with pytest.raises(ConfigError, match="model 'mlp' has no pretrained weights; set model.pretrained=false"):
+    with pytest.raises(
+        ConfigError, match="model 'mlp' has no pretrained weights; set model.pretrained=false"
+    ):
         build_model(cfg.model)
 
 

@@ -53,7 +53,9 @@ def test_resnet20_on_synthetic(make_cfg, tmp_path: Path) -> None:
     assert _runs(tmp_path) == []  # logger=none
 
 
-def test_failure_mid_run_keeps_results_and_checkpoint(make_cfg, tmp_path: Path, monkeypatch) -> None:
+def test_failure_mid_run_keeps_results_and_checkpoint(
+    make_cfg, tmp_path: Path, monkeypatch
+) -> None:
     def broken(self, model, example):
         raise RuntimeError("latency probe exploded")
 
@@ -71,7 +73,9 @@ def test_failure_mid_run_keeps_results_and_checkpoint(make_cfg, tmp_path: Path, 
 
 def test_unreachable_server_then_upload_once(make_cfg, tmp_path: Path, capsys) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    cfg = make_cfg("model=mlp", "dataset=digits", f"logger.tracking_uri={dead}", "print_summary=true")
+    cfg = make_cfg(
+        "model=mlp", "dataset=digits", f"logger.tracking_uri={dead}", "print_summary=true"
+    )
     metrics = run(cfg)
     out = capsys.readouterr().out
     assert f"tracking server {dead} cannot be reached" in out
@@ -88,7 +92,9 @@ def test_unreachable_server_then_upload_once(make_cfg, tmp_path: Path, capsys) -
     assert "already there" in capsys.readouterr().out
 
 
-def test_server_failing_mid_run_does_not_stop_training(make_cfg, tmp_path: Path, monkeypatch, caplog) -> None:
+def test_server_failing_mid_run_does_not_stop_training(
+    make_cfg, tmp_path: Path, monkeypatch, caplog
+) -> None:
     def refuse(self, metrics, step=None):
         raise ConnectionError("server went away")
 
