@@ -39,13 +39,11 @@ class ClassificationModule(L.LightningModule):
         logits = self.model(x)
         loss = F.cross_entropy(logits, y)
         acc = (logits.argmax(dim=1) == y).float().mean()
-        on_step = stage == "train"
-        self.log(
-            f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=on_step, batch_size=len(y)
-        )
-        self.log(
-            f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y)
-        )
+        train = stage == "train"
+        # Epoch-level only: under DDP the averages are synced across ranks once per epoch.
+        opts = {"on_step": False, "on_epoch": True, "batch_size": len(y), "sync_dist": True}
+        self.log(f"{stage}/loss", loss, prog_bar=train, **opts)
+        self.log(f"{stage}/acc", acc, prog_bar=True, **opts)
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

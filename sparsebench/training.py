@@ -106,19 +106,25 @@ def build_trainer(
     )
 
 
-def model_metrics(cfg: DictConfig, model: nn.Module, example: torch.Tensor) -> dict[str, float]:
-    """Parameters, sparsity and forward FLOPs of the trained model."""
+def model_metrics(
+    cfg: DictConfig, model: nn.Module, example: torch.Tensor, samples_seen: int
+) -> dict[str, float]:
+    """Parameters, sparsity, FLOPs and weight storage of the trained model.
+
+    ``flops/train`` is 3 forward FLOPs (forward + backward) per training sample seen, the
+    dense-training count of ../METHODS.md; sparse methods refine it.
+    """
     method = cfg.get("method")
-    target = float(method.get("sparsity", 0.0)) if method is not None else 0.0
+    flops = flops_per_sample(model, example)
+    dense_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     return {
         **count_params(model),
-        "sparsity/target": target,
+        "sparsity/target": float(method.get("sparsity", 0.0)) if method is not None else 0.0,
         "sparsity/actual": actual_sparsity(model),
-        **flops_per_sample(model, example),
+        **flops,
+        "flops/train": 3 * flops["flops/dense"] * samples_seen,
+        "speedup/theoretical": flops["flops/dense"] / flops["flops/sparse"],
+        # The cpu target stores weights dense; sparse formats come with sparse-kernel targets.
+        "size/dense_bytes": dense_bytes,
+        "size/sparse_bytes": dense_bytes,
     }
-
-
-def size_metrics(model: nn.Module) -> dict[str, float]:
-    """Weights stored dense (fp32) vs in the target's format (dense for the CPU target)."""
-    dense = sum(p.numel() * p.element_size() for p in model.parameters())
-    return {"size/dense_bytes": dense, "size/sparse_bytes": dense}

@@ -105,3 +105,15 @@ def test_console_script_is_installed() -> None:
         [str(script), "upload", "--help"], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0 and "RUN_DIR" in proc.stdout.upper().replace("RUN_DIRS", "RUN_DIR")
+
+
+def test_ddp_on_two_cpu_processes_records_one_run(tmp_path: Path) -> None:
+    proc = run_cli([*FAST, "trainer=ddp", "model=mlp", "dataset=digits"], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stderr  # really two processes
+    (results,) = _results_files(tmp_path)  # rank zero writes; rank one does not
+    data = json.loads(results.read_text())
+    assert data["status"] == "ok" and data["config"]["trainer"]["strategy"] == "ddp"
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("sparsebench").experiment_id])
+    assert len(runs) == 1 and "test/acc" in runs[0].data.metrics

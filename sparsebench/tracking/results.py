@@ -93,9 +93,11 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
 class Results:
     """The results of one run, mirrored to ``results.json`` in the run directory."""
 
-    def __init__(self, output_dir: str | Path, cfg: DictConfig) -> None:
+    def __init__(self, output_dir: str | Path, cfg: DictConfig, write: bool = True) -> None:
         self.path = Path(output_dir) / "results.json"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.write = write  # False on DDP ranks other than zero
+        if write:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         uid = uuid.uuid4().hex  # identifies this run on upload, so it is never duplicated
         self.data: dict[str, Any] = {
             "run_uid": uid,
@@ -138,6 +140,8 @@ class Results:
         self.save()
 
     def save(self) -> None:
+        if not self.write:
+            return
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True, default=str))
         os.replace(tmp, self.path)  # atomic: a crash never leaves half a file
