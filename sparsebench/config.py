@@ -276,7 +276,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="sparsebench_schema", node=SparsebenchConfig)
     for group, schema in SCHEMAS.items():
-        cs.store(group=group, name=f"{group}_schema", node=schema)
+        cs.store(group="schema", name=group, node=schema)
 
 
 def _check_unknown_keys(node: DictConfig, path: str = "") -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
 from sparsebench.tracking.results import CONTRACT_METRICS, CONTRACT_TAGS
-from tests.conftest import run_cli
+from tests.conftest import free_port, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +57,46 @@ def test_multirun_seeds_share_benchmark_key(tmp_path: Path) -> None:
         assert r.info.status == "FINISHED"
         assert "val/acc" in {m.key for m in client.get_metric_history(r.info.run_id, "val/acc")}
     assert len(_results_files(tmp_path)) == 2
+    _check_mlflow_ui_serves(tmp_path, {r.info.run_id for r in runs})
+
+
+def _check_mlflow_ui_serves(tmp_path: Path, run_ids: set[str]) -> None:
+    """`mlflow ui` on the same store lists the runs with every contract metric and tag."""
+    port = free_port()
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    cmd = [str(mlflow_bin), "ui", "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db",
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+    server = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2).close()
+                break
+            except OSError:
+                assert time.time() < deadline, "mlflow ui did not start within 60 s"
+                time.sleep(0.5)
+        with urllib.request.urlopen(
+            f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=sparsebench"
+        ) as r:
+            experiment_id = json.load(r)["experiment"]["experiment_id"]
+        request = urllib.request.Request(
+            f"{base}/api/2.0/mlflow/runs/search",
+            data=json.dumps({"experiment_ids": [experiment_id]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request) as r:
+            served = json.load(r)["runs"]
+        assert {run["info"]["run_id"] for run in served} == run_ids
+        for run in served:
+            assert set(CONTRACT_METRICS) <= {m["key"] for m in run["data"]["metrics"]}
+            assert set(CONTRACT_TAGS) <= {t["key"] for t in run["data"]["tags"]}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 @pytest.mark.parametrize(
@@ -99,8 +142,6 @@ def test_unknown_key_without_plus_names_the_key(tmp_path: Path) -> None:
 def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "sparsebench"
     assert script.is_file()
-    import subprocess
-
     proc = subprocess.run(
         [str(script), "upload", "--help"], capture_output=True, text=True, timeout=60
     )
