@@ -30,6 +30,7 @@ from rich.table import Table
 
 from runners.train import run as train_run  # noqa: F401  (same imports as the CLI)
 from sparsebench.config import CONF_DIR, register_configs, register_resolvers
+from sparsebench.logs import quiet_lightning
 from sparsebench.models import build_model
 from sparsebench.tracking.mlflow_logging import make_logger
 from sparsebench.tracking.results import Results
@@ -115,6 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     register_configs()
     register_resolvers()
+    quiet_lightning()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

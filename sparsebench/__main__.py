@@ -8,9 +8,7 @@ composed config are reported the same way (:func:`sparsebench.config.validate`).
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
-import warnings
 
 import hydra
 from omegaconf import DictConfig
@@ -21,8 +19,7 @@ from sparsebench.config import (
     register_configs,
     register_resolvers,
 )
-
-log = logging.getLogger("sparsebench")
+from sparsebench.logs import quiet_lightning
 
 CHOICE_GROUPS = (
     "model",
@@ -67,24 +64,8 @@ def check_group_choices(args: list[str]) -> None:
                 raise ConfigError(f"unknown {group} '{value}'; available: {', '.join(known)}.")
 
 
-class _DropTips(logging.Filter):
-    """Drops Lightning's advertisement for its cloud logger (we log to MLflow)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
-
-
-def _quiet_lightning() -> None:
-    lightning_log = logging.getLogger("lightning.pytorch")
-    lightning_log.propagate = (
-        False  # Lightning has its own console handler; Hydra's would repeat it
-    )
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTips())
-    warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
-
-
 def _dispatch(cfg: DictConfig) -> None:
-    _quiet_lightning()
+    quiet_lightning()
     runner = importlib.import_module(f"runners.{cfg.runner}")
     try:
         runner.run(cfg)
