@@ -15,9 +15,9 @@ from sparsebench.training import (
     ResultsCallback,
     build_datamodule,
     build_hardware,
+    build_method,
     build_module,
     build_trainer,
-    check_method,
     model_metrics,
 )
 
@@ -25,17 +25,18 @@ from sparsebench.training import (
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train ``cfg``'s model on its dataset and write the results contract; returns the metrics."""
     validate(cfg)
-    check_method(cfg)
     output_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg.model)
     hardware = build_hardware(cfg)
+    method = build_method(cfg)
 
     with RunRecorder(cfg, output_dir, hardware.fingerprint()) as record:
         results = record.results
         progress = ResultsCallback(results)
-        trainer = build_trainer(cfg, output_dir, record.logger, [progress])
+        callbacks = [progress] if method is None else [method, progress]
+        trainer = build_trainer(cfg, output_dir, record.logger, callbacks)
         module = build_module(cfg, model)
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule)
@@ -45,7 +46,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         results.update(test)
 
         example = datamodule.example_input(1)
-        results.update(model_metrics(cfg, model, example, samples_seen=progress.samples_seen))
+        results.update(model_metrics(cfg, model, example, progress.samples_seen, method))
         if hardware.enabled and record.is_zero:
             results.update(hardware.benchmark(model, example), tags={"latency/estimated": "false"})
     return results.metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,8 @@ from typing import Any
 import lightning as L
 import psutil
 import torch
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -20,6 +22,7 @@ from sparsebench.hardware.base import HardwareTarget
 from sparsebench.metrics.flops import flops_per_sample
 from sparsebench.metrics.params import actual_sparsity, count_params
 from sparsebench.module import ClassificationModule
+from sparsebench.sparsity.methods.base import SparsityMethod
 from sparsebench.tracking.results import Results
 
 
@@ -72,11 +75,25 @@ def _without_none(node: DictConfig) -> dict:
     return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if v is not None}
 
 
-def check_method(cfg: DictConfig) -> None:
-    """Only dense training exists until the sparsity engine lands; say so for anything else."""
-    method = cfg.get("method")
-    if method is not None and method.get("name", "dense") != "dense":
-        raise ConfigError(f"method '{method.name}' has a config but no implementation yet.")
+def build_method(cfg: DictConfig) -> SparsityMethod | None:
+    """The configured sparsity method, or None for dense training (no method, or ``dense``)."""
+    node = cfg.get("method")
+    if node is None or node.get("_target_") is None:
+        return None
+    try:
+        return instantiate(node, _convert_="all")
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        if isinstance(cause, TypeError) and "unexpected keyword" in str(cause):
+            target = get_class(node._target_)
+            allowed = [p for p in inspect.signature(target).parameters if p != "kwargs"]
+            allowed += [p for p in inspect.signature(SparsityMethod).parameters if p not in allowed]
+            raise ConfigError(
+                f"method '{node.get('name')}' {cause}; it takes: {', '.join(allowed)}."
+            ) from None
+        raise
 
 
 TRAINER_KEYS = (
@@ -107,22 +124,32 @@ def build_trainer(
 
 
 def model_metrics(
-    cfg: DictConfig, model: nn.Module, example: torch.Tensor, samples_seen: int
+    cfg: DictConfig,
+    model: nn.Module,
+    example: torch.Tensor,
+    samples_seen: int,
+    method: SparsityMethod | None = None,
 ) -> dict[str, float]:
     """Parameters, sparsity, FLOPs and weight storage of the trained model.
 
-    ``flops/train`` is 3 forward FLOPs (forward + backward) per training sample seen, the
-    dense-training count of ../METHODS.md; sparse methods refine it.
+    Sparsity and sparse FLOPs are over the method's layers (default selection when dense);
+    ``flops/train`` follows ../METHODS.md: 3 forward FLOPs per training sample for dense
+    training, the method's own accounting otherwise.
     """
-    method = cfg.get("method")
-    flops = flops_per_sample(model, example)
+    layers = method.masks.layers if method is not None and method.masks is not None else None
+    flops = flops_per_sample(model, example, layers)
     dense_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    train = (
+        method.train_flops(flops["flops/dense"], flops["flops/sparse"], samples_seen)
+        if method is not None
+        else 3 * flops["flops/dense"] * samples_seen
+    )
     return {
         **count_params(model),
-        "sparsity/target": float(method.get("sparsity", 0.0)) if method is not None else 0.0,
-        "sparsity/actual": actual_sparsity(model),
+        "sparsity/target": method.target_sparsity if method is not None else 0.0,
+        "sparsity/actual": actual_sparsity(model, layers),
         **flops,
-        "flops/train": 3 * flops["flops/dense"] * samples_seen,
+        "flops/train": train,
         "speedup/theoretical": flops["flops/dense"] / flops["flops/sparse"],
         # The cpu target stores weights dense; sparse formats come with sparse-kernel targets.
         "size/dense_bytes": dense_bytes,

@@ -42,7 +42,9 @@ def module_flops(model: nn.Module, example: torch.Tensor) -> tuple[int, dict[str
     return int(counter.get_total_flops()), per_layer
 
 
-def flops_per_sample(model: nn.Module, example: torch.Tensor) -> dict[str, float]:
+def flops_per_sample(
+    model: nn.Module, example: torch.Tensor, layers: dict[str, nn.Module] | None = None
+) -> dict[str, float]:
     """``flops/dense`` and ``flops/sparse`` per sample, and the MAC count.
 
     ``flops/sparse`` scales each prunable layer's FLOPs by its density (fraction of nonzero
@@ -50,7 +52,7 @@ def flops_per_sample(model: nn.Module, example: torch.Tensor) -> dict[str, float
     """
     batch = example.shape[0]
     total, per_layer = module_flops(model, example)
-    densities = layer_densities(model)
+    densities = layer_densities(model, layers)
     saved = sum(per_layer.get(name, 0) * (1.0 - d) for name, d in densities.items())
     return {
         "flops/dense": total / batch,

@@ -2,10 +2,14 @@
 
 Conv and Linear weights are prunable; biases, norms and embeddings are not. By default the stem
 (the first Conv/Linear the input meets) and the classifier head stay dense, as in the rigl and
-Sparse-IFT code. Downsample 1x1 shortcut convs are prunable.
+Sparse-IFT code. Downsample 1x1 shortcut convs are prunable. ``include``/``exclude`` take
+module-name patterns (``fnmatch``: ``layer4.*``, ``*.downsample.0``) to choose further.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
 
 from torch import nn
 
@@ -23,11 +27,22 @@ def _head(model: nn.Module) -> nn.Module | None:
 
 
 def prunable_layers(
-    model: nn.Module, dense_stem: bool = True, dense_head: bool = True
+    model: nn.Module,
+    dense_stem: bool = True,
+    dense_head: bool = True,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> dict[str, nn.Module]:
-    """Map of qualified name -> Conv/Linear module whose ``weight`` may be pruned."""
+    """Map of qualified name -> Conv/Linear module whose ``weight`` may be pruned.
+
+    ``include`` (if given) keeps only names matching one of its patterns; ``exclude`` then
+    drops matching names. Stem and head are dropped unless ``dense_stem``/``dense_head`` are off.
+    """
     layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
     if dense_stem and layers:
         layers.pop(next(iter(layers)))
     head = _head(model) if dense_head else None
-    return {name: m for name, m in layers.items() if m is not head}
+    layers = {name: m for name, m in layers.items() if m is not head}
+    if include:
+        layers = {n: m for n, m in layers.items() if any(fnmatchcase(n, p) for p in include)}
+    return {n: m for n, m in layers.items() if not any(fnmatchcase(n, p) for p in exclude)}

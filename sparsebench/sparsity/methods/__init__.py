@@ -1,0 +1,19 @@
+"""Sparsity methods: one small class each, one yaml each in conf/method/."""
+
+from sparsebench.sparsity.methods.base import SparsityMethod
+from sparsebench.sparsity.methods.dst import SET, RigL
+from sparsebench.sparsity.methods.gmp import GradualMagnitudePruning
+from sparsebench.sparsity.methods.magnitude import MagnitudePruning
+from sparsebench.sparsity.methods.nm import SRSTE, NMOneShot
+from sparsebench.sparsity.methods.static import RandomPruning
+
+__all__ = [
+    "SET",
+    "SRSTE",
+    "GradualMagnitudePruning",
+    "MagnitudePruning",
+    "NMOneShot",
+    "RandomPruning",
+    "RigL",
+    "SparsityMethod",
+]

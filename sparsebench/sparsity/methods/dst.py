@@ -1,0 +1,126 @@
+"""Dynamic sparse training: SET and RigL (drop by magnitude, grow at random or by gradient)."""
+
+from __future__ import annotations
+
+import torch
+
+from sparsebench.config import ConfigError
+from sparsebench.sparsity.masks import reset_optimizer_state
+from sparsebench.sparsity.methods.base import SparsityMethod, _check_fraction
+from sparsebench.sparsity.patterns import Unstructured
+from sparsebench.sparsity.schedules import cosine_drop_fraction, update_due
+
+
+class DynamicSparseTraining(SparsityMethod):
+    """Shared machinery: random ERK masks at init; every ``update_interval`` steps until ``end``
+    (fraction of training), each layer drops the cosine-decayed fraction of its active weights
+    with the smallest |w| and grows as many; grown weights start at 0 with no optimizer state.
+    """
+
+    sparse_from_start = True
+
+    def __init__(self, name: str, distribution: str = "erk", drop_fraction: float = 0.3, update_interval: int = 100,
+                 end: float = 0.75, **kwargs) -> None:  # fmt: skip
+        super().__init__(name=name, distribution=distribution, **kwargs)
+        if not isinstance(self.pattern, Unstructured):
+            raise ConfigError(
+                f"method '{name}' grows single weights: it needs pattern kind 'unstructured'."
+            )
+        _check_fraction("drop_fraction", drop_fraction, high_open=False)
+        _check_fraction("end", end, high_open=False)
+        if update_interval < 1:
+            raise ConfigError(f"method.update_interval must be >= 1, got {update_interval}.")
+        self.drop_fraction, self.update_interval, self.end = drop_fraction, update_interval, end
+
+    def init_masks(self) -> None:
+        gen = self.generator(0)
+        self.prune_by({name: torch.rand(m.weight.shape, generator=gen) for name, m in self.masks})
+
+    def end_step(self) -> int:
+        return int(self.end * self.total_steps)
+
+    def is_update_step(self, step: int) -> bool:
+        return step > 0 and update_due(step, 0, self.end_step(), self.update_interval)
+
+    def grow_scores(self, name: str, step: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def drop_and_grow(self, step: int) -> dict[str, int]:
+        """One mask update; returns the number of connections regrown per layer."""
+        fraction = cosine_drop_fraction(step, self.drop_fraction, self.end_step())
+        moved = {}
+        for name, module in self.masks:
+            mask = self.masks.mask(name)
+            active = int(mask.sum())
+            k = min(round(fraction * active), int((~mask).sum()))
+            if k == 0:
+                moved[name] = 0
+                continue
+            # Drop: the k active weights of smallest magnitude (inactive ones can't be chosen).
+            magnitude = torch.where(mask, module.weight.detach().abs(), torch.inf)
+            dropped = torch.zeros_like(mask).view(-1)
+            dropped[torch.topk(magnitude.view(-1), k, largest=False).indices] = True
+            kept = mask & ~dropped.view_as(mask)
+            # Grow: the k best positions not kept (dropped ones may come back, as in rigl).
+            scores = torch.where(kept, -torch.inf, self.grow_scores(name, step))
+            grown = torch.zeros_like(mask).view(-1)
+            grown[torch.topk(scores.view(-1), k).indices] = True
+            grown = grown.view_as(mask)
+            with torch.no_grad():
+                module.weight.masked_fill_(grown, 0.0)  # grown connections start at zero
+            if self.optimizer is not None:
+                reset_optimizer_state(self.optimizer, module.weight, grown)
+            self.masks.set(name, kept | grown)
+            moved[name] = k
+        return moved
+
+
+class SET(DynamicSparseTraining):
+    """Mocanu et al., "Scalable training of artificial neural networks with adaptive sparse
+    connectivity inspired by network science", Nature Communications 2018: regrow at random.
+    The random draw is seeded by (seed, step), so every DDP rank grows the same weights.
+    """
+
+    def __init__(self, name: str = "set", **kwargs) -> None:
+        super().__init__(name=name, **kwargs)
+
+    def update_due(self, step: int) -> bool:
+        return self.is_update_step(step)
+
+    def update(self, step: int) -> None:
+        self.drop_and_grow(step)
+
+    def grow_scores(self, name: str, step: int) -> torch.Tensor:
+        # One generator per (step, layer index): identical across ranks and layers' order.
+        index = list(self.masks.layers).index(name)
+        return torch.rand(
+            self.masks.mask(name).shape, generator=self.generator(step * 4099 + index)
+        )
+
+
+class RigL(DynamicSparseTraining):
+    """Evci et al., "Rigging the Lottery: Making All Tickets Winners", ICML 2020: regrow where
+    the dense gradient |dL/dw| is largest. The gradient of the full weight tensor is computed by
+    backward anyway; it is read on update steps before gradients are masked (after DDP's
+    all-reduce, so every rank sees the same one).
+    """
+
+    def __init__(self, name: str = "rigl", **kwargs) -> None:
+        super().__init__(name=name, **kwargs)
+
+    def after_backward(self, step: int) -> None:
+        if self.is_update_step(step):
+            self.drop_and_grow(step)
+
+    def grow_scores(self, name: str, step: int) -> torch.Tensor:
+        grad = self.masks.weight(name).grad
+        if grad is None:
+            raise RuntimeError(
+                f"RigL needs the gradient of '{name}' on update steps; it is missing."
+            )
+        return grad.detach().abs()
+
+    def train_flops(self, dense_flops: float, sparse_flops: float, samples: int) -> float:
+        # Per step: 3 f_s, plus a dense gradient (f_D + 2 f_s in all) every dT steps (Sparse-IFT).
+        dt = self.update_interval
+        return samples * (3 * sparse_flops * dt + 2 * sparse_flops + dense_flops) / (dt + 1)

@@ -1,0 +1,56 @@
+"""Gradual magnitude pruning on the cubic schedule."""
+
+from __future__ import annotations
+
+from sparsebench.config import ConfigError
+from sparsebench.sparsity.methods.base import SparsityMethod, _check_fraction
+from sparsebench.sparsity.schedules import cubic_sparsity, update_due
+
+
+class GradualMagnitudePruning(SparsityMethod):
+    """Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of pruning for model
+    compression", 2017: every ``update_interval`` steps from ``start`` to ``end`` (fractions of
+    training) the smallest |w| are pruned to s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3.
+    """
+
+    def __init__(self, name: str = "gmp", start: float = 0.1, end: float = 0.75, update_interval: int = 100,
+                 initial_sparsity: float = 0.0, **kwargs) -> None:  # fmt: skip
+        super().__init__(name=name, **kwargs)
+        _check_fraction("start", start)
+        _check_fraction("end", end, high_open=False)
+        _check_fraction("initial_sparsity", initial_sparsity)
+        if end <= start:
+            raise ConfigError(
+                f"method.end must be after method.start, got start={start}, end={end}."
+            )
+        if update_interval < 1:
+            raise ConfigError(f"method.update_interval must be >= 1, got {update_interval}.")
+        self.start, self.end, self.update_interval = start, end, update_interval
+        self.initial_sparsity = initial_sparsity
+
+    def steps(self) -> tuple[int, int, int]:
+        """(start step, end step, interval), the interval shrunk for very short runs."""
+        start, end = int(self.start * self.total_steps), max(1, int(self.end * self.total_steps))
+        return start, end, max(1, min(self.update_interval, (end - start) // 4 or 1))
+
+    def sparsity_at(self, step: int) -> float:
+        start, end, interval = self.steps()
+        return cubic_sparsity(step, self.sparsity, start, end, interval, self.initial_sparsity)
+
+    def update_due(self, step: int) -> bool:
+        start, end, interval = self.steps()
+        return update_due(step, start, end, interval) or step == end
+
+    def update(self, step: int) -> None:
+        self.prune_by(self.magnitudes(), sparsity=self.sparsity_at(step))
+
+    def train_flops(self, dense_flops: float, sparse_flops: float, samples: int) -> float:
+        # FLOPs fall linearly with each layer's sparsity: average the cubic ramp over training.
+        grid = 1000
+        start, end = int(self.start * grid), int(self.end * grid)
+        ramp = [
+            cubic_sparsity(t, self.sparsity, start, end, 1, self.initial_sparsity)
+            for t in range(grid)
+        ]
+        mean_fraction = sum(ramp) / grid / self.sparsity if self.sparsity else 0.0
+        return 3 * samples * (dense_flops - (dense_flops - sparse_flops) * mean_fraction)

@@ -1,0 +1,31 @@
+"""Magnitude pruning: one-shot after dense training, then fine-tuning with the mask fixed."""
+
+from __future__ import annotations
+
+from sparsebench.sparsity.methods.base import SparsityMethod, _check_fraction
+
+
+class MagnitudePruning(SparsityMethod):
+    """Train dense until ``prune_at`` of training, prune the smallest |w| once, fine-tune.
+
+    Han et al., "Learning both Weights and Connections for Efficient Neural Networks",
+    NeurIPS 2015; the global variant is ShrinkBench's baseline (Blalock et al., MLSys 2020).
+    """
+
+    def __init__(self, name: str = "magnitude", distribution: str = "global", prune_at: float = 0.5,
+                 **kwargs) -> None:  # fmt: skip
+        super().__init__(name=name, distribution=distribution, **kwargs)
+        _check_fraction("prune_at", prune_at)
+        self.prune_at = prune_at
+
+    def prune_step(self) -> int:
+        return int(self.prune_at * self.total_steps)
+
+    def update_due(self, step: int) -> bool:
+        return step == self.prune_step()
+
+    def update(self, step: int) -> None:
+        self.prune_by(self.magnitudes())
+
+    def train_flops(self, dense_flops: float, sparse_flops: float, samples: int) -> float:
+        return 3 * samples * (self.prune_at * dense_flops + (1 - self.prune_at) * sparse_flops)

@@ -1,0 +1,174 @@
+"""Sparsity patterns: which sets of weights are kept or removed together.
+
+A pattern turns per-weight scores (e.g. |w|) into a boolean keep-mask at a given density:
+- :class:`Unstructured`: any weights (top-k scores per layer).
+- :class:`NM`: N of every M consecutive weights along the input dimension (for convs, along
+  input channels), as NVIDIA's ASP does (Mishra et al. 2021, "Accelerating Sparse Deep Neural
+  Networks"); the density is always N/M.
+- :class:`Block`: whole (bh, bw) tiles of the [out, in*k*k] weight matrix, scored by their sum,
+  for block-sparse kernels (1x4, 4x4, 32x32, ...).
+- :class:`Channel`: whole output filters (rows), scored by their sum (filter norm for |w|).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from sparsebench.config import ConfigError
+
+
+def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the k largest entries of ``scores`` (any shape), exactly k of them."""
+    flat = scores.reshape(-1)
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    if k > 0:
+        mask[torch.topk(flat, k, sorted=False).indices] = True
+    return mask.view_as(scores)
+
+
+def as_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """A weight as [out, in * prod(kernel)], input channels varying slowest within a row."""
+    return weight.reshape(weight.shape[0], -1)
+
+
+class Pattern(ABC):
+    kind: str = "base"
+
+    @abstractmethod
+    def mask(self, scores: torch.Tensor, density: float) -> torch.Tensor:
+        """Keep-mask of the same shape as ``scores`` with the given fraction kept."""
+
+    def granularity(self, shape: torch.Size) -> int:
+        """Weights removed together (the tolerance of a layer's achieved density)."""
+        return 1
+
+    def check(self, name: str, shape: torch.Size) -> None:
+        """Raise ConfigError if a layer of this shape cannot take the pattern."""
+        return None
+
+    def fixed_density(self) -> float | None:
+        """The density the pattern imposes on every layer (N:M), else None."""
+        return None
+
+
+@dataclass
+class Unstructured(Pattern):
+    kind: str = "unstructured"
+
+    def mask(self, scores: torch.Tensor, density: float) -> torch.Tensor:
+        return topk_mask(scores, round(density * scores.numel()))
+
+
+def _nm_groups(t: torch.Tensor, m: int) -> torch.Tensor:
+    """[out, in, *k] -> [out, *k, in/m, m]: groups of m consecutive input channels."""
+    if t.dim() == 2:
+        return t.reshape(t.shape[0], -1, m)
+    moved = t.movedim(1, -1)  # [out, *k, in]
+    return moved.reshape(*moved.shape[:-1], -1, m)
+
+
+def _nm_ungroup(groups: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    if len(shape) == 2:
+        return groups.reshape(shape)
+    moved_shape = (shape[0], *shape[2:], shape[1])
+    return groups.reshape(moved_shape).movedim(-1, 1)
+
+
+@dataclass
+class NM(Pattern):
+    n: int = 2
+    m: int = 4
+    kind: str = "nm"
+
+    def __post_init__(self) -> None:
+        if not (0 < self.n < self.m):
+            raise ConfigError(f"N:M sparsity needs 0 < N < M, got {self.n}:{self.m}.")
+
+    def check(self, name: str, shape: torch.Size) -> None:
+        if shape[1] % self.m:
+            raise ConfigError(
+                f"N:M pattern {self.n}:{self.m} needs every pruned layer's input dimension divisible "
+                f"by {self.m}; layer '{name}' has {shape[1]} (exclude it with method.exclude)."
+            )
+
+    def fixed_density(self) -> float:
+        return self.n / self.m
+
+    def granularity(self, shape: torch.Size) -> int:
+        return self.m
+
+    def mask(self, scores: torch.Tensor, density: float | None = None) -> torch.Tensor:
+        groups = _nm_groups(scores, self.m)
+        keep = torch.zeros_like(groups, dtype=torch.bool)
+        keep.scatter_(-1, groups.topk(self.n, dim=-1, sorted=False).indices, True)
+        return _nm_ungroup(keep, scores.shape)
+
+
+def is_nm(mask: torch.Tensor, n: int, m: int) -> bool:
+    """True if every group of m along the input dimension has at most n kept entries."""
+    return bool((_nm_groups(mask.to(torch.int32), m).sum(-1) <= n).all())
+
+
+@dataclass
+class Block(Pattern):
+    block: tuple[int, int] = (1, 4)
+    kind: str = "block"
+
+    def __post_init__(self) -> None:
+        self.block = tuple(int(b) for b in self.block)  # type: ignore[assignment]
+        if len(self.block) != 2 or min(self.block) < 1:
+            raise ConfigError(f"block pattern needs [rows, cols] >= 1, got {list(self.block)}.")
+
+    def check(self, name: str, shape: torch.Size) -> None:
+        rows, cols = shape[0], int(torch.Size(shape[1:]).numel())
+        if rows % self.block[0] or cols % self.block[1]:
+            raise ConfigError(
+                f"block pattern {self.block[0]}x{self.block[1]} does not tile layer '{name}' "
+                f"({rows}x{cols} as a matrix)."
+            )
+
+    def granularity(self, shape: torch.Size) -> int:
+        return self.block[0] * self.block[1]
+
+    def mask(self, scores: torch.Tensor, density: float) -> torch.Tensor:
+        bh, bw = self.block
+        mat = as_matrix(scores)
+        tiles = mat.reshape(mat.shape[0] // bh, bh, mat.shape[1] // bw, bw).sum(dim=(1, 3))
+        keep = topk_mask(tiles, round(density * tiles.numel()))
+        return keep.repeat_interleave(bh, 0).repeat_interleave(bw, 1).reshape(scores.shape)
+
+
+@dataclass
+class Channel(Pattern):
+    kind: str = "channel"
+
+    def granularity(self, shape: torch.Size) -> int:
+        return int(torch.Size(shape[1:]).numel())
+
+    def mask(self, scores: torch.Tensor, density: float) -> torch.Tensor:
+        rows = as_matrix(scores).sum(dim=1)
+        keep = topk_mask(rows, max(1, round(density * rows.numel())))
+        return keep.view(-1, *([1] * (scores.dim() - 1))).expand_as(scores).clone()
+
+
+PATTERNS: dict[str, type[Pattern]] = {
+    "unstructured": Unstructured,
+    "nm": NM,
+    "block": Block,
+    "channel": Channel,
+}
+
+
+def make_pattern(kind: str = "unstructured", **options) -> Pattern:
+    """Build a pattern from its config node (``{kind: nm, n: 2, m: 4}``)."""
+    if kind not in PATTERNS:
+        raise ConfigError(f"unknown sparsity pattern '{kind}'; available: {', '.join(PATTERNS)}.")
+    try:
+        return PATTERNS[kind](**options)
+    except TypeError as exc:
+        raise ConfigError(
+            f"pattern '{kind}' got invalid options {sorted(options)}: {exc}."
+        ) from exc
