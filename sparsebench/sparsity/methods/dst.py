@@ -14,7 +14,7 @@ from sparsebench.sparsity.schedules import cosine_drop_fraction, update_due
 class DynamicSparseTraining(SparsityMethod):
     """Shared machinery: random ERK masks at init; every ``update_interval`` steps until ``end``
     (fraction of training), each layer drops the cosine-decayed fraction of its active weights
-    with the smallest |w| and grows as many; grown weights start at 0 with no optimizer state.
+    with the smallest |w| and grows as many; grown weights start with no optimizer state.
     """
 
     sparse_from_start = True
@@ -45,6 +45,14 @@ class DynamicSparseTraining(SparsityMethod):
     def grow_scores(self, name: str, step: int) -> torch.Tensor:
         raise NotImplementedError
 
+    def layer_generator(self, name: str, step: int) -> torch.Generator:
+        """Seeded by (seed, step, layer): identical on every DDP rank."""
+        return self.generator(step * 4099 + list(self.masks.layers).index(name))
+
+    def grow_values(self, name: str, grown: torch.Tensor, step: int) -> torch.Tensor:
+        """Initial values of newly grown connections: zero (RigL)."""
+        return torch.zeros(int(grown.sum()), dtype=self.masks.weight(name).dtype)
+
     def drop_and_grow(self, step: int) -> dict[str, int]:
         """One mask update; returns the number of connections regrown per layer."""
         fraction = cosine_drop_fraction(step, self.drop_fraction, self.end_step())
@@ -67,7 +75,7 @@ class DynamicSparseTraining(SparsityMethod):
             grown[torch.topk(scores.view(-1), k).indices] = True
             grown = grown.view_as(mask)
             with torch.no_grad():
-                module.weight.masked_fill_(grown, 0.0)  # grown connections start at zero
+                module.weight[grown] = self.grow_values(name, grown, step)
             if self.optimizer is not None:
                 reset_optimizer_state(self.optimizer, module.weight, grown)
             self.masks.set(name, kept | grown)
@@ -75,14 +83,35 @@ class DynamicSparseTraining(SparsityMethod):
         return moved
 
 
+GROW_INITS = ("random", "zeros")
+
+
 class SET(DynamicSparseTraining):
     """Mocanu et al., "Scalable training of artificial neural networks with adaptive sparse
     connectivity inspired by network science", Nature Communications 2018: regrow at random.
-    The random draw is seeded by (seed, step), so every DDP rank grows the same weights.
+
+    As in the paper, grown weights get random values (``grow_init=random``: normal with the
+    standard deviation of the layer's kept weights); ``zeros`` is rigl's variant. A zero-valued
+    weight grown where its gradient is structurally zero (a dead input) would stay zero
+    forever. The draws are seeded by (seed, step, layer), so every DDP rank agrees.
     """
 
-    def __init__(self, name: str = "set", **kwargs) -> None:
+    def __init__(self, name: str = "set", grow_init: str = "random", **kwargs) -> None:
         super().__init__(name=name, **kwargs)
+        if grow_init not in GROW_INITS:
+            raise ConfigError(
+                f"method.grow_init must be one of {', '.join(GROW_INITS)}, got '{grow_init}'."
+            )
+        self.grow_init = grow_init
+
+    def grow_values(self, name: str, grown: torch.Tensor, step: int) -> torch.Tensor:
+        if self.grow_init == "zeros":
+            return super().grow_values(name, grown, step)
+        weight = self.masks.weight(name).detach()
+        kept = weight[self.masks.mask(name)]
+        std = float(kept.std()) if kept.numel() > 1 else 0.01
+        gen = self.layer_generator(name, step + 1)  # not the stream that chose the positions
+        return torch.randn(int(grown.sum()), generator=gen, dtype=weight.dtype) * std
 
     def update_due(self, step: int) -> bool:
         return self.is_update_step(step)

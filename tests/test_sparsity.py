@@ -1,0 +1,215 @@
+"""Hand-computed unit tests of masks, patterns, distributions, schedules and RigL/SET updates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sparsebench.config import ConfigError
+from sparsebench.sparsity.distributions import layer_densities
+from sparsebench.sparsity.masks import MaskError, MaskSet
+from sparsebench.sparsity.methods import SET, GradualMagnitudePruning, RigL
+from sparsebench.sparsity.patterns import NM, Block, Channel, Unstructured, is_nm
+from sparsebench.sparsity.schedules import cosine_drop_fraction, cubic_sparsity, imp_density
+
+TOY = {"a": torch.Size([8, 4]), "b": torch.Size([8, 8]), "c": torch.Size([2, 8])}
+
+
+def test_er_densities_hand_computed() -> None:
+    # raw = (in + out) / (in * out): a 12/32, b 16/64, c 10/16; sizes 32, 64, 16; kept = 56.
+    eps = 56 / (12 + 16 + 10)
+    got = layer_densities(TOY, 0.5, "er")
+    assert got == pytest.approx({"a": eps * 12 / 32, "b": eps * 16 / 64, "c": eps * 10 / 16})
+
+
+def test_er_resolves_layers_that_would_exceed_density_one() -> None:
+    # At 20% sparsity c would get 1.47: it is made dense and the rest re-solved.
+    eps = (0.8 * 112 - 16) / (12 + 16)
+    got = layer_densities(TOY, 0.2, "er")
+    assert got == pytest.approx({"a": eps * 12 / 32, "b": eps * 16 / 64, "c": 1.0})
+    assert sum(got[n] * TOY[n].numel() for n in TOY) == pytest.approx(0.8 * 112)
+
+
+def test_erk_uses_every_dimension_and_power() -> None:
+    shapes = {"conv": torch.Size([4, 2, 3, 3]), "fc": torch.Size([10, 8])}
+    raw = {"conv": (4 + 2 + 3 + 3) / 72, "fc": 18 / 80}
+    eps = (0.5 * 152) / (raw["conv"] * 72 + raw["fc"] * 80)
+    assert layer_densities(shapes, 0.5, "erk") == pytest.approx(
+        {n: eps * r for n, r in raw.items()}
+    )
+    raw2 = {n: r**2 for n, r in raw.items()}
+    eps2 = (0.5 * 152) / (raw2["conv"] * 72 + raw2["fc"] * 80)
+    assert layer_densities(shapes, 0.5, "erk", power=2.0) == pytest.approx(
+        {n: eps2 * r for n, r in raw2.items()}
+    )
+
+
+def test_uniform_plus_keeps_last_layer_at_20_percent() -> None:
+    got = layer_densities(TOY, 0.9, "uniform_plus")
+    assert got["c"] == 0.2
+    assert sum(got[n] * TOY[n].numel() for n in TOY) == pytest.approx(0.1 * 112)
+    assert layer_densities(TOY, 0.5, "uniform_plus") == {n: 0.5 for n in TOY}
+
+
+def test_global_distribution_is_one_threshold() -> None:
+    scores = {"a": torch.tensor([1.0, 2.0, 3.0, 4.0]), "b": torch.tensor([5.0, 6.0, 0.5, 0.1])}
+    got = layer_densities({n: s.shape for n, s in scores.items()}, 0.5, "global", scores=scores)
+    assert got == {"a": 0.5, "b": 0.5}  # kept: 3, 4, 5, 6
+
+
+def test_unknown_distribution_and_bad_sparsity() -> None:
+    with pytest.raises(ConfigError, match="unknown distribution 'zipf'; available: uniform"):
+        layer_densities(TOY, 0.5, "zipf")
+    with pytest.raises(ConfigError, match=r"sparsity must be in \[0, 1\), got 1.0"):
+        layer_densities(TOY, 1.0)
+
+
+def test_gmp_cubic_schedule_at_start_midway_end() -> None:
+    assert cubic_sparsity(0, 0.9, 100, 300, 10) == 0.0  # before t0
+    assert cubic_sparsity(100, 0.9, 100, 300, 10) == 0.0  # at t0
+    assert cubic_sparsity(200, 0.9, 100, 300, 10) == pytest.approx(0.9 - 0.9 * 0.5**3)
+    assert cubic_sparsity(205, 0.9, 100, 300, 10) == cubic_sparsity(200, 0.9, 100, 300, 10)  # held
+    assert cubic_sparsity(300, 0.9, 100, 300, 10) == 0.9
+    assert cubic_sparsity(10_000, 0.9, 100, 300, 10) == 0.9
+
+
+def test_gmp_method_schedule_reaches_target() -> None:
+    gmp = GradualMagnitudePruning(sparsity=0.8, start=0.0, end=0.5, update_interval=10)
+    gmp.total_steps = 200
+    assert gmp.sparsity_at(0) == 0.0
+    assert gmp.sparsity_at(50) == pytest.approx(0.8 - 0.8 * 0.5**3)
+    assert gmp.sparsity_at(100) == 0.8 and gmp.update_due(100)
+
+
+def test_drop_fraction_and_imp_density() -> None:
+    assert cosine_drop_fraction(0, 0.3, 100) == pytest.approx(0.3)
+    assert cosine_drop_fraction(50, 0.3, 100) == pytest.approx(0.15)
+    assert cosine_drop_fraction(100, 0.3, 100) == 0.0
+    assert imp_density(3) == pytest.approx(0.512)
+
+
+@pytest.mark.parametrize(("n", "m"), [(2, 4), (1, 4), (4, 8)])
+@pytest.mark.parametrize("shape", [(16, 32), (8, 16, 3, 3)])
+def test_nm_masks_are_valid(n: int, m: int, shape: tuple[int, ...]) -> None:
+    scores = torch.rand(shape, generator=torch.Generator().manual_seed(n * m))
+    mask = NM(n, m).mask(scores)
+    assert is_nm(mask, n, m)
+    assert int(mask.sum()) == scores.numel() * n // m  # exactly n in every group
+    if len(shape) == 4:  # groups run along input channels: same (out, kh, kw), channels c..c+m
+        group = mask[3, :m, 1, 2]
+        assert int(group.sum()) == n
+        assert set(torch.topk(scores[3, :m, 1, 2], n).indices.tolist()) == set(
+            group.nonzero().view(-1).tolist()
+        )
+
+
+def test_nm_rejects_bad_layers_and_values() -> None:
+    with pytest.raises(ConfigError, match="0 < N < M, got 4:4"):
+        NM(4, 4)
+    with pytest.raises(ConfigError, match="layer 'fc' has 6"):
+        NM(2, 4).check("fc", torch.Size([8, 6]))
+
+
+def test_unstructured_block_channel_exact_counts() -> None:
+    scores = torch.arange(64, dtype=torch.float32).reshape(8, 8)
+    assert int(Unstructured().mask(scores, 0.25).sum()) == 16
+    assert Unstructured().mask(scores, 0.25)[6:].all()  # the largest scores
+    block = Block((2, 4)).mask(scores, 0.25)
+    assert int(block.sum()) == 16 and block[6:].all() and block[:6].sum() == 0  # two 2x4 tiles
+    channel = Channel().mask(scores.reshape(8, 2, 2, 2), 0.5)
+    assert channel[4:].all() and not channel[:4].any()
+
+
+def _toy_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 3)
+    )
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True),
+        lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.05),
+    ],
+)
+def test_masked_weights_stay_exactly_zero(make_optimizer) -> None:
+    model = _toy_model()
+    masks = MaskSet({"0": model[0], "2": model[2]})
+    masks.set("0", torch.rand(12, 6) > 0.5)
+    masks.set("2", torch.rand(12, 12) > 0.7)
+    optimizer = make_optimizer(model.parameters())
+    for _ in range(5):
+        loss = model(torch.randn(16, 6)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        masks.mask_grads()
+        optimizer.step()
+        masks.apply()
+        for name, module in masks:
+            assert (module.weight[~masks.mask(name)] == 0).all()
+            assert (module.weight[masks.mask(name)] != 0).all()
+
+
+def test_mask_validation() -> None:
+    model = _toy_model()
+    masks = MaskSet({"0": model[0]})
+    with pytest.raises(MaskError, match="layer '0' already has a mask attached"):
+        MaskSet({"0": model[0]})
+    with pytest.raises(MaskError, match=r"mask for '0' has shape \(6, 12\), the weight \(12, 6\)"):
+        masks.set("0", torch.ones(6, 12, dtype=torch.bool))
+    assert "0.weight_mask" in model.state_dict()  # saved with every checkpoint
+
+
+def _dst(cls, optimizer: bool = True):
+    model = _toy_model()
+    method = cls(sparsity=0.5, distribution="uniform", drop_fraction=0.3, update_interval=1, end=1.0,
+                 dense_stem=False, dense_head=False)  # fmt: skip
+    method.total_steps = 100
+    method.attach(model)
+    method.init_masks()
+    if optimizer:
+        method.optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return model, method
+
+
+def test_rigl_grows_as_many_as_it_drops_where_gradients_are_largest() -> None:
+    model, rigl = _dst(RigL)
+    model(torch.randn(32, 6)).pow(2).mean().backward()
+    rigl.optimizer.step()  # momentum buffers exist, so the reset is visible
+    rigl.masks.apply()
+    before = {name: rigl.masks.mask(name).clone() for name, _ in rigl.masks}
+    grads = {name: m.weight.grad.clone() for name, m in rigl.masks}
+    moved = rigl.drop_and_grow(step=1)
+    for name, module in rigl.masks:
+        after = rigl.masks.mask(name)
+        assert int(after.sum()) == int(before[name].sum())  # constant per layer
+        grown = after & ~before[name]
+        dropped = before[name] & ~after
+        assert int(grown.sum()) == int(dropped.sum()) <= moved[name]
+        assert moved[name] == round(cosine_drop_fraction(1, 0.3, 100) * int(before[name].sum()))
+        assert (module.weight[grown] == 0).all()
+        momentum = rigl.optimizer.state[module.weight]["momentum_buffer"]
+        assert (momentum[grown] == 0).all()
+        if grown.any():  # grown where |grad| is largest among positions not kept
+            candidates = grads[name].abs()[~(before[name] & after)]
+            assert (
+                grads[name].abs()[grown].min() >= torch.topk(candidates, moved[name]).values.min()
+            )
+
+
+def test_set_growth_is_seeded_so_ranks_agree() -> None:
+    masks, weights = [], []
+    for _ in range(2):
+        _, method = _dst(SET, optimizer=False)
+        before = {name: method.masks.mask(name).clone() for name, _ in method.masks}
+        method.drop_and_grow(step=3)
+        masks.append({name: method.masks.mask(name).clone() for name, _ in method.masks})
+        weights.append({name: m.weight.detach().clone() for name, m in method.masks})
+        for name, module in method.masks:  # grown weights get random nonzero values (Mocanu 2018)
+            grown = masks[-1][name] & ~before[name]
+            assert grown.any() and (module.weight[grown] != 0).all()
+    assert all(torch.equal(masks[0][n], masks[1][n]) for n in masks[0])
+    assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
