@@ -33,6 +33,8 @@ FAST_SCHEDULE = {
     "set": ["method.update_interval=1"],
     "rigl": ["method.update_interval=1"],
     "gmp": ["method.update_interval=1", "method.start=0.0", "method.end=0.5"],
+    "pgf": ["method.rate=0.2", "method.end=0.5"],
+    "iss_p": ["method.end=0.5"],
 }
 # resnet18 at 64x64 so that layer4 maps are 2x2: at 1x1 every off-centre 3x3 tap gets a zero
 # gradient, and a weight SET grows there stays exactly zero (counted by sparsity/actual).
@@ -59,7 +61,7 @@ def _fit(cfg, out: Path, ckpt: str | None = None, max_epochs: int = 2):
 def test_method_contract(make_cfg, tmp_path: Path, method_name: str, model_name: str) -> None:
     overrides = [f"+method={method_name}", *MODEL_DATA[model_name], *FAST_SCHEDULE.get(method_name, []),
                  "trainer.limit_train_batches=4", "trainer.enable_checkpointing=true", "logger=none"]  # fmt: skip
-    if method_name not in ("nm", "sr_ste"):
+    if method_name not in ("nm", "sr_ste", "pgf"):  # N:M methods: sparsity is 1 - n/m
         overrides.append("method.sparsity=0.8")
     cfg = make_cfg(*overrides)
     model, method, trainer, datamodule = _fit(cfg, tmp_path)

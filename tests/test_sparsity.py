@@ -213,3 +213,48 @@ def test_set_growth_is_seeded_so_ranks_agree() -> None:
             assert grown.any() and (module.weight[grown] != 0).all()
     assert all(torch.equal(masks[0][n], masks[1][n]) for n in masks[0])
     assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
+
+
+def test_pgf_schedules() -> None:
+    from sparsebench.sparsity.methods import ProgressiveGradientFlow
+
+    linear = ProgressiveGradientFlow(n=2, m=4, decay="linear", rate=0.01, dense_until=0.1, end=0.9)
+    linear.total_steps = 1000
+    assert linear.phase(50) == (1.0, (2, 4))  # dense phase
+    assert linear.phase(150)[0] == pytest.approx(0.5)  # 50 steps after the dense phase
+    assert linear.phase(500)[0] == 0.0
+    exponential = ProgressiveGradientFlow(decay="exponential", rate=1e-2, end=0.9)
+    exponential.total_steps = 1000
+    assert exponential.phase(100)[0] == pytest.approx(torch.e**-1)
+    stepwise = ProgressiveGradientFlow(n=2, m=8, decay="stepwise", end=0.9)
+    stepwise.total_steps = 900
+    assert stepwise.stages() == [(7, 8), (4, 8), (2, 8)]
+    assert [stepwise.phase(t)[1] for t in (0, 299, 300, 600, 899)] == [
+        (7, 8),
+        (7, 8),
+        (4, 8),
+        (2, 8),
+        (2, 8),
+    ]
+    geometric = ProgressiveGradientFlow(n=1, m=4, decay="geometric", end=1.0)
+    assert geometric.stages() == [(8, 32), (4, 16), (2, 8), (1, 4)]
+
+
+def test_iss_p_shrinks_the_smallest_instead_of_zeroing() -> None:
+    from sparsebench.sparsity.methods import ISSP
+
+    model = _toy_model()
+    method = ISSP(sparsity=0.5, alpha=0.9, dense_stem=False, dense_head=False)
+    method.total_steps = 10
+    method.attach(model)
+    before = {name: m.weight.detach().clone() for name, m in method.masks}
+    method.shrink(step=10)  # at the end of the schedule: the smallest 50% of each layer
+    for name, module in method.masks:
+        w0, w1 = before[name].view(-1), module.weight.detach().view(-1)
+        smallest = torch.topk(w0.abs(), w0.numel() // 2, largest=False).indices
+        assert torch.allclose(w1[smallest], 0.9 * w0[smallest])
+        others = torch.ones_like(w0, dtype=torch.bool)
+        others[smallest] = False
+        assert torch.equal(w1[others], w0[others]) and (w1 != 0).all()
+    method.finalize()
+    assert method.masks.sparsity() == pytest.approx(0.5)

@@ -16,6 +16,14 @@ from torch import nn
 MASK = "weight_mask"
 
 
+def stored_weight(module: nn.Module) -> torch.Tensor:
+    """The weight Parameter the optimizer updates (the original under a parametrization)."""
+    parametrizations = getattr(module, "parametrizations", None)
+    if parametrizations is not None and "weight" in parametrizations:
+        return parametrizations.weight.original
+    return module.weight
+
+
 class MaskError(ValueError):
     """A mask does not fit the layer it is meant for."""
 
@@ -49,7 +57,7 @@ class MaskSet:
         return getattr(self.layers[name], MASK)
 
     def weight(self, name: str) -> torch.Tensor:
-        return self.layers[name].weight
+        return stored_weight(self.layers[name])
 
     def set(self, name: str, mask: torch.Tensor) -> None:
         """Replace a layer's mask (validated) and zero its newly masked weights."""
@@ -60,20 +68,21 @@ class MaskSet:
             )
         current.copy_(mask.to(torch.bool))
         with torch.no_grad():
-            self.layers[name].weight.mul_(current)
+            self.weight(name).mul_(current)
 
     @torch.no_grad()
     def apply(self) -> None:
         """Zero every masked weight (call after each optimizer step)."""
         for _, module in self:
-            module.weight.mul_(getattr(module, MASK))
+            stored_weight(module).mul_(getattr(module, MASK))
 
     @torch.no_grad()
     def mask_grads(self) -> None:
         """Zero the gradients of masked weights (call before each optimizer step)."""
         for _, module in self:
-            if module.weight.grad is not None:
-                module.weight.grad.mul_(getattr(module, MASK))
+            weight = stored_weight(module)
+            if weight.grad is not None:
+                weight.grad.mul_(getattr(module, MASK))
 
     def densities(self) -> dict[str, float]:
         return {name: float(self.mask(name).float().mean()) for name in self.layers}

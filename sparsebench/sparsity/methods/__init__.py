@@ -3,16 +3,20 @@
 from sparsebench.sparsity.methods.base import SparsityMethod
 from sparsebench.sparsity.methods.dst import SET, RigL
 from sparsebench.sparsity.methods.gmp import GradualMagnitudePruning
+from sparsebench.sparsity.methods.iss_p import ISSP
 from sparsebench.sparsity.methods.magnitude import MagnitudePruning
 from sparsebench.sparsity.methods.nm import SRSTE, NMOneShot
+from sparsebench.sparsity.methods.pgf import ProgressiveGradientFlow
 from sparsebench.sparsity.methods.static import RandomPruning
 
 __all__ = [
     "SET",
     "SRSTE",
     "GradualMagnitudePruning",
+    "ISSP",
     "MagnitudePruning",
     "NMOneShot",
+    "ProgressiveGradientFlow",
     "RandomPruning",
     "RigL",
     "SparsityMethod",

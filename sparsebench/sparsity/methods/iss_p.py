@@ -1,0 +1,78 @@
+"""ISS-P: iterative soft shrinkage of the smallest weights instead of zeroing them."""
+
+from __future__ import annotations
+
+import torch
+
+from sparsebench.config import ConfigError
+from sparsebench.sparsity.methods.base import SparsityMethod, _check_fraction
+from sparsebench.sparsity.patterns import Unstructured
+from sparsebench.sparsity.schedules import cubic_sparsity
+
+
+class ISSP(SparsityMethod):
+    """Iterative Soft Shrinkage-Percentage (Wang et al., "Iterative Soft Shrinkage Learning for
+    Efficient Image Super-Resolution", ICCV 2023): after each optimizer step, per layer, the
+    smallest p_t fraction of |w| is multiplied by ``alpha`` (0.95) rather than set to zero, so
+    pruned candidates can still recover; p_t follows the cubic schedule to the target between
+    ``start`` and ``end``; at ``end`` the layer is hard-pruned to its target and the mask is
+    fixed (alpha = 0 would be hard iterative thresholding).
+    """
+
+    def __init__(self, name: str = "iss_p", alpha: float = 0.95, start: float = 0.0, end: float = 1.0,
+                 shrink_interval: int = 1, **kwargs) -> None:  # fmt: skip
+        super().__init__(name=name, **kwargs)
+        if not isinstance(self.pattern, Unstructured):
+            raise ConfigError(
+                "method 'iss_p' shrinks single weights: it needs pattern kind 'unstructured'."
+            )
+        _check_fraction("alpha", alpha)
+        _check_fraction("start", start)
+        _check_fraction("end", end, high_open=False)
+        if end <= start:
+            raise ConfigError(
+                f"method.end must be after method.start, got start={start}, end={end}."
+            )
+        if shrink_interval < 1:
+            raise ConfigError(f"method.shrink_interval must be >= 1, got {shrink_interval}.")
+        self.alpha, self.start, self.end, self.shrink_interval = alpha, start, end, shrink_interval
+        self.hard_pruned = False
+
+    def steps(self) -> tuple[int, int]:
+        return int(self.start * self.total_steps), max(1, int(self.end * self.total_steps))
+
+    def shrink_fraction(self, step: int) -> float:
+        start, end = self.steps()
+        return cubic_sparsity(step, self.sparsity, start, end, 1)
+
+    @torch.no_grad()
+    def shrink(self, step: int) -> None:
+        densities = self.densities()
+        target = self.shrink_fraction(step)
+        for name, module in self.masks:
+            weight = module.weight
+            k = round(target * (1 - densities[name]) / max(1e-12, self.sparsity) * weight.numel())
+            if k > 0:
+                smallest = torch.topk(weight.abs().view(-1), k, largest=False).indices
+                weight.view(-1)[smallest] *= self.alpha
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step  # already advanced past the optimizer step just taken
+        if not self.hard_pruned:
+            start, end = self.steps()
+            if step >= end:
+                self.finalize()
+            elif step >= start and step % self.shrink_interval == 0:
+                self.shrink(step)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def finalize(self) -> None:
+        if not self.hard_pruned:
+            self.prune_by(self.magnitudes())
+            self.hard_pruned = True
+
+    def state_dict(self) -> dict:
+        return {"hard_pruned": self.hard_pruned}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.hard_pruned = bool(state_dict.get("hard_pruned", False))
