@@ -35,6 +35,7 @@ FAST_SCHEDULE = {
     "gmp": ["method.update_interval=1", "method.start=0.0", "method.end=0.5"],
     "pgf": ["method.rate=0.2", "method.end=0.5"],
     "iss_p": ["method.end=0.5"],
+    "imp": ["method.rate=0.5"],  # 3 levels: 4 rounds of 2 steps
 }
 # resnet18 at 64x64 so that layer4 maps are 2x2: at 1x1 every off-centre 3x3 tap gets a zero
 # gradient, and a weight SET grows there stays exactly zero (counted by sparsity/actual).

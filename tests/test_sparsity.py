@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -259,3 +261,40 @@ def test_iss_p_shrinks_the_smallest_instead_of_zeroing() -> None:
         assert torch.equal(w1[others], w0[others]) and (w1 != 0).all()
     method.finalize()
     assert method.masks.sparsity() == pytest.approx(0.5)
+
+
+def test_imp_levels_rewind_and_reset() -> None:
+    from sparsebench.sparsity.methods import IterativeMagnitudePruning
+
+    imp = IterativeMagnitudePruning(
+        sparsity=0.8, rate=0.2, rewind_step=0, dense_stem=False, dense_head=False
+    )
+    assert imp.levels == 8  # 0.8^7 = 0.21 > 0.2 >= 0.8^8
+    assert [round(imp.density_at(r), 4) for r in (0, 1, 2, 8)] == [1.0, 0.8, 0.64, 0.2]
+
+    class Holder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = _toy_model()
+
+    holder = Holder()
+    imp.total_steps = 90
+    imp.attach(holder.model)
+    initial = copy.deepcopy(holder.model.state_dict())
+    imp.snapshot = copy.deepcopy(holder.model.state_dict())
+    optimizer = torch.optim.SGD(holder.model.parameters(), lr=0.1, momentum=0.9)
+    holder.model(torch.randn(8, 6)).sum().backward()
+    optimizer.step()  # "training": weights move, momentum exists
+    trained = {n: m.weight.detach().clone() for n, m in imp.masks}
+    imp.next_level(1, holder, optimizer)
+    assert imp.masks.sparsity() == pytest.approx(0.2, abs=0.01)
+    assert not optimizer.state  # fresh optimizer state
+    for name, module in imp.masks:
+        mask = imp.masks.mask(name)
+        assert torch.equal(
+            module.weight[mask], initial[f"{name}.weight"][mask]
+        )  # rewound survivors
+        assert (module.weight[~mask] == 0).all()
+    # The pruned ones were the smallest trained magnitudes, over all layers at once.
+    threshold = max(float(trained[n][~imp.masks.mask(n)].abs().max()) for n, _ in imp.masks)
+    assert all(float(trained[n][imp.masks.mask(n)].abs().min()) >= threshold for n, _ in imp.masks)

@@ -3,6 +3,7 @@
 from sparsebench.sparsity.methods.base import SparsityMethod
 from sparsebench.sparsity.methods.dst import SET, RigL
 from sparsebench.sparsity.methods.gmp import GradualMagnitudePruning
+from sparsebench.sparsity.methods.imp import IterativeMagnitudePruning
 from sparsebench.sparsity.methods.iss_p import ISSP
 from sparsebench.sparsity.methods.magnitude import MagnitudePruning
 from sparsebench.sparsity.methods.nm import SRSTE, NMOneShot
@@ -14,6 +15,7 @@ __all__ = [
     "SRSTE",
     "GradualMagnitudePruning",
     "ISSP",
+    "IterativeMagnitudePruning",
     "MagnitudePruning",
     "NMOneShot",
     "ProgressiveGradientFlow",
