@@ -178,6 +178,8 @@ class TrainerConfig:
     enable_progress_bar: bool = field(default=True, metadata=NO_HASH)
     log_every_n_steps: int = field(default=10, metadata=NO_HASH)
     enable_checkpointing: bool = field(default=True, metadata=NO_HASH)
+    # Extra Lightning callbacks, each a node with _target_ (e.g. EarlyStopping).
+    callbacks: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _require(self.max_epochs >= 1, f"trainer.max_epochs must be >= 1, got {self.max_epochs}.")

@@ -108,6 +108,10 @@ def build_trainer(
 ) -> L.Trainer:
     """A Lightning Trainer from ``cfg.trainer``; checkpoints go to ``output_dir/checkpoints``."""
     options = {k: cfg.trainer[k] for k in TRAINER_KEYS if cfg.trainer.get(k) is not None}
+    callbacks = [
+        *callbacks,
+        *(instantiate(node, _convert_="all") for node in cfg.trainer.get("callbacks") or []),
+    ]
     if options.get("enable_checkpointing", True):
         callbacks = [
             *callbacks,

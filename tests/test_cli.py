@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from sparsebench.tracking.results import CONTRACT_METRICS, CONTRACT_TAGS
-from tests.conftest import free_port, run_cli
+from tests.conftest import REPO, free_port, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -35,6 +35,35 @@ def test_cli_runs_and_prints_summary(tmp_path: Path, args: list[str]) -> None:
     data = json.loads(results.read_text())
     assert data["status"] == "ok" and data["tags"]["model"] == args[0].split("=")[1]
     assert (tmp_path / "mlflow.db").is_file()  # the embedded default store, in the working folder
+
+
+@pytest.mark.parametrize(
+    ("args", "target"),
+    [
+        (
+            [
+                "+method=rigl",
+                "method.sparsity=0.9",
+                "model=mlp",
+                "dataset=mnist1d",
+                "method.update_interval=2",
+            ],
+            0.9,
+        ),
+        (["+method=nm", "method.n=2", "method.m=4", "model=resnet18"], 0.5),
+    ],
+)
+def test_sparse_methods_end_to_end(tmp_path: Path, args: list[str], target: float) -> None:
+    proc = run_cli([*FAST, *args], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (results,) = _results_files(tmp_path)
+    data = json.loads(results.read_text())
+    metrics = data["metrics"]
+    assert data["status"] == "ok" and set(CONTRACT_METRICS) <= set(metrics)
+    assert metrics["sparsity/target"] == target
+    assert metrics["sparsity/actual"] == pytest.approx(target, abs=1e-4)
+    assert metrics["flops/sparse"] < metrics["flops/dense"]
+    assert data["tags"]["method"] == args[0].removeprefix("+method=")
 
 
 def test_multirun_seeds_share_benchmark_key(tmp_path: Path) -> None:
@@ -158,3 +187,22 @@ def test_ddp_on_two_cpu_processes_records_one_run(tmp_path: Path) -> None:
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("sparsebench").experiment_id])
     assert len(runs) == 1 and "test/acc" in runs[0].data.metrics
+
+
+@pytest.mark.parametrize("method", ["set", "rigl"])
+def test_ddp_masks_identical_on_every_rank(tmp_path: Path, method: str) -> None:
+    # Each rank dumps its masks at the end; SET's random growth must agree too.
+    dump = f"[{{_target_:tests.helpers.DumpMasks,dirpath:'{tmp_path / 'masks'}'}}]"
+    proc = run_cli([*FAST, "trainer=ddp", "model=mlp", "dataset=digits", f"+method={method}",
+                    "method.update_interval=1", "trainer.max_epochs=2", "trainer.limit_train_batches=4",
+                    "logger=none", f"trainer.callbacks={dump}"], cwd=tmp_path, timeout=300,
+                   env={"PYTHONPATH": str(REPO)})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import torch
+
+    dumps = [torch.load(p) for p in sorted((tmp_path / "masks").glob("rank*.pt"))]
+    assert len(dumps) == 2
+    assert dumps[0]["updates"] > 0  # masks really changed during training
+    assert dumps[0]["masks"].keys() == dumps[1]["masks"].keys()
+    for name, mask in dumps[0]["masks"].items():
+        assert torch.equal(mask, dumps[1]["masks"][name]), name
