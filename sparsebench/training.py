@@ -142,6 +142,9 @@ def model_metrics(
     """
     layers = method.masks.layers if method is not None and method.masks is not None else None
     flops = flops_per_sample(model, example, layers)
+    deployed = method.deployed_model(model) if method is not None else None
+    if deployed is not None:  # structured: count the physically smaller network
+        flops["flops/sparse"] = flops_per_sample(deployed, example)["flops/dense"]
     dense_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     train = (
         method.train_flops(flops["flops/dense"], flops["flops/sparse"], samples_seen)

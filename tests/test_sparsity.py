@@ -298,3 +298,40 @@ def test_imp_levels_rewind_and_reset() -> None:
     # The pruned ones were the smallest trained magnitudes, over all layers at once.
     threshold = max(float(trained[n][~imp.masks.mask(n)].abs().max()) for n, _ in imp.masks)
     assert all(float(trained[n][imp.masks.mask(n)].abs().min()) >= threshold for n, _ in imp.masks)
+
+
+@pytest.mark.parametrize("model_name", ["resnet20", "resnet18"])
+def test_channel_pruning_removes_channels_physically_without_changing_outputs(
+    model_name: str,
+) -> None:
+    import timm
+
+    import sparsebench.models  # noqa: F401  (registers resnet20)
+    from sparsebench.metrics.flops import flops_per_sample
+    from sparsebench.sparsity.methods import ChannelPruning
+
+    torch.manual_seed(0)
+    model = timm.create_model(model_name, num_classes=10, in_chans=3)
+    method = ChannelPruning(sparsity=0.5)
+    method.example = torch.randn(2, 3, 32, 32)
+    method.attach(model)
+    chosen = list(method.masks.layers)
+    assert chosen and all(
+        name.endswith("conv1") and name != "conv1" for name in chosen
+    )  # block-internal
+    with torch.no_grad():  # non-trivial norm statistics and affine parameters
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.bias.uniform_(-0.5, 0.5)
+    method.prune_by(method.magnitudes())
+    method.zero_channels()
+    model.eval()
+    slim = method.deployed_model(model)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), slim(x), atol=1e-5)
+    for name in chosen:
+        assert slim.get_submodule(name).out_channels == model.get_submodule(name).out_channels // 2
+    dense = flops_per_sample(model, x[:1])["flops/dense"]
+    assert flops_per_sample(slim, x[:1])["flops/dense"] < 0.8 * dense

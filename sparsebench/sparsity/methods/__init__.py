@@ -1,6 +1,7 @@
 """Sparsity methods: one small class each, one yaml each in conf/method/."""
 
 from sparsebench.sparsity.methods.base import SparsityMethod
+from sparsebench.sparsity.methods.channel import ChannelPruning
 from sparsebench.sparsity.methods.dst import SET, RigL
 from sparsebench.sparsity.methods.gmp import GradualMagnitudePruning
 from sparsebench.sparsity.methods.imp import IterativeMagnitudePruning
@@ -13,6 +14,7 @@ from sparsebench.sparsity.methods.static import RandomPruning
 __all__ = [
     "SET",
     "SRSTE",
+    "ChannelPruning",
     "GradualMagnitudePruning",
     "ISSP",
     "IterativeMagnitudePruning",

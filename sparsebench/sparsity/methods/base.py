@@ -142,6 +142,10 @@ class SparsityMethod(Callback):
     def finalize(self) -> None:
         """End of training (soft methods hard-prune here)."""
 
+    def deployed_model(self, model: nn.Module) -> nn.Module | None:
+        """A physically smaller network (structured methods), else None."""
+        return None
+
     def train_flops(self, dense_flops: float, sparse_flops: float, samples: int) -> float:
         """Training FLOPs of the run (Sparse-IFT's accounting); dense-then-prune counts dense."""
         per_sample = 3 * sparse_flops if self.sparse_from_start else 3 * dense_flops

@@ -1,0 +1,126 @@
+"""Structured channel (filter) pruning, gradual, with the physically smaller network measured."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from sparsebench.config import ConfigError
+from sparsebench.sparsity.masks import MaskSet
+from sparsebench.sparsity.methods.gmp import GradualMagnitudePruning
+from sparsebench.sparsity.prunable import prunable_layers
+
+OUT_HANDLERS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
+NORM_HANDLERS = (tp.prune_batchnorm_out_channels,)
+
+
+class ChannelPruning(GradualMagnitudePruning):
+    """Filter pruning by filter L2 norm (Li et al., "Pruning Filters for Efficient ConvNets",
+    ICLR 2017) on the cubic schedule of Zhu & Gupta (2017), ``sparsity`` being the fraction
+    of output channels removed per layer.
+
+    Only layers whose output channels feed nothing else that writes the same channels are
+    pruned (e.g. the first conv of a residual block, not convs adding into the residual
+    stream): Torch-Pruning's dependency graph (Fang et al., "DepGraph", CVPR 2023) finds them.
+    With a channel pruned, its filter, conv bias and the following BatchNorm's weight and bias
+    are held at exactly zero, so the channel's activation is exactly zero and removing it
+    physically (Torch-Pruning again) leaves the function unchanged; ``flops/sparse`` is the
+    physically smaller network's FLOPs.
+    """
+
+    def __init__(self, name: str = "channel", sparsity: float = 0.5, **kwargs) -> None:
+        kwargs.pop("pattern", None)
+        kwargs.pop("distribution", None)
+        super().__init__(
+            name=name,
+            sparsity=sparsity,
+            pattern={"kind": "channel"},
+            distribution="uniform",
+            **kwargs,
+        )
+        self.norms: dict[str, list[nn.Module]] = {}
+        self.example: torch.Tensor | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and self.masks is None:
+            self.example = trainer.datamodule.example_input(1)
+        super().setup(trainer, pl_module, stage)
+
+    def attach(self, model: nn.Module):
+        if self.example is None:
+            raise ConfigError("method 'channel' needs an example input to trace the model.")
+        candidates = prunable_layers(model, **self.layer_options)
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=self.example)
+        chosen: dict[str, nn.Module] = {}
+        for name, module in candidates.items():
+            handler = (
+                tp.prune_conv_out_channels
+                if isinstance(module, nn.Conv2d)
+                else tp.prune_linear_out_channels
+            )
+            group = graph.get_pruning_group(module, handler, idxs=[0])
+            writers = [dep.target.module for dep, _ in group if dep.handler in OUT_HANDLERS]
+            if writers == [module]:
+                chosen[name] = module
+                self.norms[name] = [
+                    dep.target.module for dep, _ in group if dep.handler in NORM_HANDLERS
+                ]
+        if not chosen:
+            raise ConfigError(
+                "method 'channel' found no layer whose output channels can be removed alone."
+            )
+        self.norms = {n: ms for n, ms in self.norms.items() if n in chosen}
+        self.layer_options = {**self.layer_options, "include": tuple(chosen)}
+        return super().attach(model)
+
+    def magnitudes(self) -> dict[str, torch.Tensor]:
+        # Squared magnitudes: the Channel pattern sums them per filter (ordering = L2 norm).
+        return {name: m.weight.detach().pow(2) for name, m in self.masks}
+
+    @torch.no_grad()
+    def zero_channels(self, grads: bool = False) -> None:
+        """Hold biases and the following norms of pruned channels at zero (and their gradients)."""
+        for name, module in self.masks:
+            dead = ~self.masks.mask(name).reshape(module.weight.shape[0], -1)[:, 0]
+            params = [module.bias]
+            for norm in self.norms[name]:
+                params += [norm.weight, norm.bias]
+            for param in params:
+                if param is None:
+                    continue
+                target = param.grad if grads else param
+                if target is not None:
+                    target[dead] = 0
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        super().on_after_backward(trainer, pl_module)
+        self.zero_channels(grads=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self.zero_channels()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)
+        self.zero_channels()
+
+    def deployed_model(self, model: nn.Module) -> nn.Module:
+        """A copy of ``model`` with the pruned channels physically removed."""
+        slim = copy.deepcopy(model).eval()
+        MaskSet.detach(slim)  # Torch-Pruning reshapes parameters, not our mask buffers
+        graph = tp.DependencyGraph().build_dependency(slim, example_inputs=self.example)
+        for name, module in self.masks:
+            rows = self.masks.mask(name).reshape(module.weight.shape[0], -1)[:, 0]
+            idxs = (~rows).nonzero().view(-1).tolist()
+            if idxs:
+                target = slim.get_submodule(name)
+                handler = (
+                    tp.prune_conv_out_channels
+                    if isinstance(target, nn.Conv2d)
+                    else tp.prune_linear_out_channels
+                )
+                graph.get_pruning_group(target, handler, idxs=idxs).prune()
+        return slim
