@@ -25,7 +25,8 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check sparsebench runners tests benchmarks hydra_plugins
 
 bench: $(STAMP)
-	$(PY) benchmarks/overhead.py
+	$(PY) -m benchmarks.overhead
+	$(PY) -m benchmarks.method_overhead
 
 clean:
 	rm -rf outputs multirun mlflow.db mlruns mlartifacts
