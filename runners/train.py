@@ -18,6 +18,7 @@ from sparsebench.training import (
     build_method,
     build_module,
     build_trainer,
+    fit,
     model_metrics,
 )
 
@@ -36,10 +37,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         results = record.results
         progress = ResultsCallback(results)
         callbacks = [progress] if method is None else [method, progress]
-        trainer = build_trainer(cfg, output_dir, record.logger, callbacks)
         module = build_module(cfg, model)
         start = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule)
+        trainer = fit(module, datamodule, method,
+                      lambda **kw: build_trainer(cfg, output_dir, record.logger, callbacks, **kw))  # fmt: skip
         results.update({"time/train_s": time.perf_counter() - start})
         results.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
         (test,) = trainer.test(module, datamodule=datamodule, verbose=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,10 +105,12 @@ TRAINER_KEYS = (
 
 
 def build_trainer(
-    cfg: DictConfig, output_dir: Path, logger: Any, callbacks: list[Callback]
+    cfg: DictConfig, output_dir: Path, logger: Any, callbacks: list[Callback], **overrides: Any
 ) -> L.Trainer:
-    """A Lightning Trainer from ``cfg.trainer``; checkpoints go to ``output_dir/checkpoints``."""
+    """A Lightning Trainer from ``cfg.trainer`` (``overrides`` win, e.g. ``max_epochs``);
+    checkpoints go to ``output_dir/checkpoints``."""
     options = {k: cfg.trainer[k] for k in TRAINER_KEYS if cfg.trainer.get(k) is not None}
+    options.update(overrides)
     callbacks = [
         *callbacks,
         *(instantiate(node, _convert_="all") for node in cfg.trainer.get("callbacks") or []),
@@ -125,6 +128,24 @@ def build_trainer(
         enable_model_summary=False,
         **options,
     )
+
+
+def fit(
+    module: ClassificationModule,
+    datamodule: SparseBenchDataModule,
+    method: SparsityMethod | None,
+    make_trainer: Callable[..., L.Trainer],
+) -> L.Trainer:
+    """Train; a method that trains in several runs (Sparse Model Soups) drives them itself.
+
+    ``make_trainer(**overrides)`` builds a Trainer with the run's logger and callbacks.
+    Returns the trainer to test with.
+    """
+    if method is not None:
+        return method.fit(module, datamodule, make_trainer)
+    trainer = make_trainer()
+    trainer.fit(module, datamodule=datamodule)
+    return trainer
 
 
 def model_metrics(

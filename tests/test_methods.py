@@ -8,6 +8,7 @@ optimizer state intact.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import lightning as L
@@ -24,6 +25,7 @@ from sparsebench.training import (
     build_method,
     build_module,
     build_trainer,
+    fit,
     model_metrics,
 )
 
@@ -36,6 +38,7 @@ FAST_SCHEDULE = {
     "pgf": ["method.rate=0.2", "method.end=0.5"],
     "iss_p": ["method.end=0.5"],
     "imp": ["method.rate=0.5"],  # 3 levels: 4 rounds of 2 steps
+    "soups": ["method.phases=2", "method.copies=2", "method.recalibrate_batches=2"],
     "channel": ["method.update_interval=1", "method.start=0.0", "method.end=0.5"],
 }
 # resnet18 at 64x64 so that layer4 maps are 2x2: at 1x1 every off-centre 3x3 tap gets a zero
@@ -46,15 +49,20 @@ MODEL_DATA = {
 }
 
 
-def _fit(cfg, out: Path, ckpt: str | None = None, max_epochs: int = 2):
+def _fit(cfg, out: Path, ckpt: str | None = None, max_epochs: int = 2, extra: list | None = None):
     L.seed_everything(0, verbose=False)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg.model)
     method = build_method(cfg)
     cfg.trainer.max_epochs = max_epochs
-    trainer = build_trainer(cfg, out, None, [method])
     module = build_module(cfg, model)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    if ckpt is None:  # the method's own training (several fits for soups)
+        trainer = fit(
+            module, datamodule, method, lambda **kw: build_trainer(cfg, out, None, [method], **kw)
+        )
+    else:  # resume one fit from a checkpoint
+        trainer = build_trainer(cfg, out, None, [method, *(extra or [])])
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
     return model, method, trainer, datamodule
 
 
@@ -88,22 +96,39 @@ def test_method_contract(make_cfg, tmp_path: Path, method_name: str, model_name:
     )
     assert metrics["flops/sparse"] < metrics["flops/dense"]
 
-    # Resume from the last checkpoint: masks, weights and optimizer state come back.
+    # Resume from the last checkpoint and train one more epoch: masks, weights and optimizer
+    # state come back at the start, and masked weights stay zero after more steps.
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, weights_only=False)
     saved_masks = {k: v for k, v in state["state_dict"].items() if k.endswith(MASK)}
     assert len(saved_masks) == len(method.masks)
-    resumed, method2, trainer2, _ = _fit(cfg, tmp_path / "resumed", ckpt=str(ckpt), max_epochs=2)
+    probe = RestoredState()
+    resumed, method2, _, _ = _fit(cfg, tmp_path / "resumed", ckpt=str(ckpt), max_epochs=state["epoch"] + 2,
+                                  extra=[probe])  # fmt: skip
     for key, mask in saved_masks.items():
         module_name = key.removeprefix("model.").removesuffix("." + MASK)
-        assert torch.equal(getattr(resumed.get_submodule(module_name), MASK), mask)
+        assert torch.equal(probe.buffers[key], mask)
+        assert (
+            resumed.get_submodule(module_name).weight[
+                ~getattr(resumed.get_submodule(module_name), MASK)
+            ]
+            == 0
+        ).all()
     saved_opt = state["optimizer_states"][0]["state"]
-    assert saved_opt and trainer2.optimizers[0].state_dict()["state"].keys() == saved_opt.keys()
+    assert saved_opt and probe.optimizer.keys() == saved_opt.keys()
     for p_id, values in saved_opt.items():
-        restored = trainer2.optimizers[0].state_dict()["state"][p_id]
+        restored = probe.optimizer[p_id]
         assert all(
             torch.equal(v, restored[k]) for k, v in values.items() if isinstance(v, torch.Tensor)
         )
+
+
+class RestoredState(L.Callback):
+    """Captures masks and optimizer state as restored, before the resumed run trains."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.buffers = {k: v.clone() for k, v in pl_module.state_dict().items() if k.endswith(MASK)}
+        self.optimizer = copy.deepcopy(trainer.optimizers[0].state_dict()["state"])
 
 
 def test_method_options_are_validated_before_training(make_cfg) -> None:

@@ -335,3 +335,22 @@ def test_channel_pruning_removes_channels_physically_without_changing_outputs(
         assert slim.get_submodule(name).out_channels == model.get_submodule(name).out_channels // 2
     dense = flops_per_sample(model, x[:1])["flops/dense"]
     assert flops_per_sample(slim, x[:1])["flops/dense"] < 0.8 * dense
+
+
+def test_soup_averages_floats_and_keeps_masks_and_zeros() -> None:
+    from sparsebench.sparsity.methods.soups import average_states, recalibrate_batchnorm
+
+    mask = torch.tensor([True, False, True])
+    a = {"w": torch.tensor([1.0, 0.0, 3.0]), "m": mask, "n": torch.tensor(5)}
+    b = {"w": torch.tensor([3.0, 0.0, 5.0]), "m": mask.clone(), "n": torch.tensor(7)}
+    soup = average_states([a, b])
+    assert torch.equal(soup["w"], torch.tensor([2.0, 0.0, 4.0]))  # shared zeros stay exactly zero
+    assert torch.equal(soup["m"], mask) and int(soup["n"]) == 5
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    data = [(torch.randn(16, 3) * 2 + 1, None) for _ in range(4)]
+    recalibrate_batchnorm(model, data, batches=4)
+    with torch.no_grad():
+        features = model[0](torch.cat([x for x, _ in data]))
+    assert torch.allclose(model[1].running_mean, features.mean(0), atol=1e-5)
+    assert model[1].momentum == 0.1  # restored

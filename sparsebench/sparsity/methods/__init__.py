@@ -9,11 +9,13 @@ from sparsebench.sparsity.methods.iss_p import ISSP
 from sparsebench.sparsity.methods.magnitude import MagnitudePruning
 from sparsebench.sparsity.methods.nm import SRSTE, NMOneShot
 from sparsebench.sparsity.methods.pgf import ProgressiveGradientFlow
+from sparsebench.sparsity.methods.soups import SparseModelSoups
 from sparsebench.sparsity.methods.static import RandomPruning
 
 __all__ = [
     "SET",
     "SRSTE",
+    "SparseModelSoups",
     "ChannelPruning",
     "GradualMagnitudePruning",
     "ISSP",

@@ -14,7 +14,7 @@ Subclasses set ``schedule`` hooks by overriding:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -141,6 +141,13 @@ class SparsityMethod(Callback):
 
     def finalize(self) -> None:
         """End of training (soft methods hard-prune here)."""
+
+    def fit(self, module: L.LightningModule, datamodule: L.LightningDataModule,
+            make_trainer: Callable[..., L.Trainer]) -> L.Trainer:  # fmt: skip
+        """Train with this method; the default is one Lightning fit."""
+        trainer = make_trainer()
+        trainer.fit(module, datamodule=datamodule)
+        return trainer
 
     def deployed_model(self, model: nn.Module) -> nn.Module | None:
         """A physically smaller network (structured methods), else None."""
