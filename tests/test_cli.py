@@ -139,7 +139,10 @@ def _check_mlflow_ui_serves(tmp_path: Path, run_ids: set[str]) -> None:
             ["dataset=imagenet"],
             "error: unknown dataset 'imagenet'; available: cifar10, cifar100, digits,",
         ),
-        (["+method=magic"], "error: unknown method 'magic'; available: channel, dense, gmp, imp, iss_p,"),
+        (
+            ["+method=magic"],
+            "error: unknown method 'magic'; available: channel, dense, gmp, imp, iss_p,",
+        ),
         (["hardware=tpu"], "error: unknown hardware 'tpu'; available: cpu"),
         (["trainer.max_epochs=0"], "error: trainer.max_epochs must be >= 1, got 0."),
         (["trainer.optimizer.lr=0"], "error: trainer.optimizer.lr must be > 0, got 0.0."),

@@ -78,3 +78,16 @@ def test_benchmark_key_groups_comparable_runs() -> None:
     assert benchmark_key(compose_config(["seed=3", "+method=dense"])) == key
     assert benchmark_key(compose_config(["trainer.max_epochs=20"])) != key
     assert benchmark_key(compose_config(["model=mlp"])) != key
+
+
+def test_method_hash_omits_signature_defaults_and_seed() -> None:
+    options = hashed_options(compose_config(["+method=rigl", "method.sparsity=0.8"]))
+    method_keys = {k for k in options if k.startswith("method.")}
+    assert method_keys == {
+        "method._target_",
+        "method.sparsity",
+    }  # name, seed and the rest: defaults
+    base = run_hash(compose_config(["+method=rigl"]))
+    assert run_hash(compose_config(["+method=rigl", "seed=5"])) == base
+    assert run_hash(compose_config(["+method=rigl", "method.drop_fraction=0.5"])) != base
+    assert run_hash(compose_config(["+method=set"])) != base

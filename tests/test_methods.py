@@ -144,3 +144,27 @@ def test_method_options_are_validated_before_training(make_cfg) -> None:
         ConfigError, match="method 'rigl' .*unexpected keyword argument 'drop_frac'.*it takes: "
     ):
         build_method(make_cfg("+method=rigl", "+method.drop_frac=0.1"))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "check"),
+    [
+        (
+            "{kind:block,block:[1,4]}",
+            lambda mask: bool((mask.reshape(mask.shape[0], -1, 4).float().std(-1) == 0).all()),
+        ),
+        (
+            "{kind:channel}",
+            lambda mask: bool((mask.reshape(mask.shape[0], -1).float().std(-1) == 0).all()),
+        ),
+    ],
+)
+def test_patterns_compose_with_methods(make_cfg, tmp_path: Path, pattern: str, check) -> None:
+    cfg = make_cfg("+method=magnitude", "method.distribution=uniform", f"method.pattern={pattern}",
+                   "method.sparsity=0.75", "model=resnet20", "dataset=synthetic", "logger=none")  # fmt: skip
+    _, method, _, _ = _fit(cfg, tmp_path)
+    assert method.masks.sparsity() == pytest.approx(0.75, abs=0.01)
+    for name, module in method.masks:
+        mask = method.masks.mask(name)
+        assert check(mask), name  # whole blocks / whole filters kept or removed
+        assert (module.weight[~mask] == 0).all()

@@ -163,7 +163,8 @@ PATTERNS: dict[str, type[Pattern]] = {
 
 
 def make_pattern(kind: str = "unstructured", **options) -> Pattern:
-    """Build a pattern from its config node (``{kind: nm, n: 2, m: 4}``)."""
+    """Build a pattern from its config node (``{kind: nm, n: 2, m: 4}``; unset options are None)."""
+    options = {k: v for k, v in options.items() if v is not None}
     if kind not in PATTERNS:
         raise ConfigError(f"unknown sparsity pattern '{kind}'; available: {', '.join(PATTERNS)}.")
     try:

@@ -14,7 +14,8 @@ Subclasses set ``schedule`` hooks by overriding:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import lightning as L
@@ -27,6 +28,10 @@ from sparsebench.sparsity.distributions import DISTRIBUTIONS, layer_densities
 from sparsebench.sparsity.masks import MaskSet
 from sparsebench.sparsity.patterns import Pattern, make_pattern
 from sparsebench.sparsity.prunable import prunable_layers
+
+UNSTRUCTURED: Mapping[str, Any] = MappingProxyType(
+    {"kind": "unstructured", "n": None, "m": None, "block": None}
+)
 
 
 def _check_fraction(
@@ -50,7 +55,7 @@ class SparsityMethod(Callback):
         sparsity: float = 0.9,
         distribution: str = "uniform",
         erk_power: float = 1.0,
-        pattern: dict[str, Any] | None = None,
+        pattern: Mapping[str, Any] = UNSTRUCTURED,
         dense_stem: bool = True,
         dense_head: bool = True,
         include: Sequence[str] = (),
@@ -69,7 +74,7 @@ class SparsityMethod(Callback):
         self.sparsity = sparsity
         self.distribution = distribution
         self.erk_power = erk_power
-        self.pattern: Pattern = make_pattern(**(pattern or {"kind": "unstructured"}))
+        self.pattern: Pattern = make_pattern(**pattern)
         self.layer_options = {"dense_stem": dense_stem, "dense_head": dense_head,
                               "include": tuple(include), "exclude": tuple(exclude)}  # fmt: skip
         self.seed = seed
