@@ -131,7 +131,9 @@ class RigL(DynamicSparseTraining):
     """Evci et al., "Rigging the Lottery: Making All Tickets Winners", ICML 2020: regrow where
     the dense gradient |dL/dw| is largest. The gradient of the full weight tensor is computed by
     backward anyway; it is read on update steps before gradients are masked (after DDP's
-    all-reduce, so every rank sees the same one).
+    all-reduce, so every rank sees the same one). On an update step the optimizer step still
+    runs with the new mask (grown weights take their first step from zero); rigl's TF code
+    skips the weight update on mask-update steps, a difference of one step in every dT.
     """
 
     def __init__(self, name: str = "rigl", **kwargs) -> None:
