@@ -20,6 +20,7 @@ from sparsebench.training import (
     build_trainer,
     fit,
     model_metrics,
+    pruned_layers,
 )
 
 
@@ -32,6 +33,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     model = build_model(cfg.model)
     hardware = build_hardware(cfg)
     method = build_method(cfg)
+    hardware.check(method.pattern if method else None, method.name if method else "dense")
 
     with RunRecorder(cfg, output_dir, hardware.fingerprint()) as record:
         results = record.results
@@ -47,7 +49,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         results.update(test)
 
         example = datamodule.example_input(1)
-        results.update(model_metrics(cfg, model, example, progress.samples_seen, method))
+        results.update(model_metrics(cfg, model, example, progress.samples_seen, method, hardware))
         if hardware.enabled and record.is_zero:
-            results.update(hardware.benchmark(model, example), tags={"latency/estimated": "false"})
+            results.update(hardware.benchmark(model, example, pruned_layers(model, method)))
+            results.data["kernels"] = hardware.kernels  # per-layer kernel chosen by the target
     return results.metrics

@@ -201,7 +201,7 @@ class TrainerConfig:
 
 @dataclass
 class HardwareConfig:
-    """Where latency is measured. The metrics/hardware issue adds sparse-kernel targets."""
+    """Where latency is measured: the union of the targets' options (unset ones are None)."""
 
     _target_: str = MISSING
     name: str = MISSING
@@ -210,6 +210,15 @@ class HardwareConfig:
     min_run_time: float = field(default=0.5, metadata=NO_HASH)
     warmup: int = field(default=5, metadata=NO_HASH)
     enabled: bool = True
+    dense_fallback: bool = False  # time a pattern the target cannot accelerate with dense kernels
+    dtype: str = "fp32"
+    storage_format: str = "dense"
+    kernels: list[str] | None = None  # cpu_sparse: candidate sparse kernels (csr, bsr)
+    block_sizes: list[int] | None = None  # cpu_sparse: square BSR block sizes to try
+    min_sparsity: float | None = None  # cpu_sparse: layers below it stay dense
+    peak_tflops: float | None = None  # estimated targets (roofline)
+    bandwidth_gbs: float | None = None
+    accelerations: dict[str, float] | None = None  # pattern -> compute speed-up it gets
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, f"hardware.batch_size must be >= 1, got {self.batch_size}.")

@@ -17,6 +17,10 @@ ROWS = (
     ("flops/train", "training FLOPs", "{:.3e}"),
     ("latency/p50_ms", "latency p50 (ms)", "{:.3f}"),
     ("latency/p90_ms", "latency p90 (ms)", "{:.3f}"),
+    ("latency/dense_p50_ms", "dense latency p50 (ms)", "{:.3f}"),
+    ("speedup/measured", "speed-up measured", "{:.2f}x"),
+    ("speedup/theoretical", "speed-up theoretical", "{:.2f}x"),
+    ("size/sparse_bytes", "weights stored (bytes)", "{:,.0f}"),
     ("time/train_s", "train time (s)", "{:.1f}"),
 )
 
@@ -32,7 +36,10 @@ def summary_table(
     for key, label, fmt in ROWS:
         if key in metrics:
             table.add_row(label, fmt.format(metrics[key]))
-    table.add_row("hardware", f"{tags.get('hardware')} ({tags.get('hw/threads', '?')} threads)")
+    estimated = " (estimated)" if tags.get("latency/estimated") == "true" else ""
+    table.add_row(
+        "hardware", f"{tags.get('hardware')}{estimated} ({tags.get('hw/threads', '?')} threads)"
+    )
     table.add_row("run_hash", tags.get("run_hash", ""))
     return table
 

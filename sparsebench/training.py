@@ -22,8 +22,10 @@ from sparsebench.data.base import SparseBenchDataModule
 from sparsebench.hardware.base import HardwareTarget
 from sparsebench.metrics.flops import flops_per_sample
 from sparsebench.metrics.params import actual_sparsity, count_params
+from sparsebench.metrics.size import model_bytes
 from sparsebench.module import ClassificationModule
 from sparsebench.sparsity.methods.base import SparsityMethod
+from sparsebench.sparsity.prunable import prunable_layers
 from sparsebench.tracking.results import Results
 
 
@@ -154,23 +156,28 @@ def model_metrics(
     example: torch.Tensor,
     samples_seen: int,
     method: SparsityMethod | None = None,
+    hardware: HardwareTarget | None = None,
 ) -> dict[str, float]:
     """Parameters, sparsity, FLOPs and weight storage of the trained model.
 
     Sparsity and sparse FLOPs are over the method's layers (default selection when dense);
     ``flops/train`` follows ../METHODS.md: 3 forward FLOPs per training sample for dense
-    training, the method's own accounting otherwise.
+    training, the method's own accounting otherwise. Storage is in the hardware target's format.
     """
-    layers = method.masks.layers if method is not None and method.masks is not None else None
+    layers = pruned_layers(model, method)
     flops = flops_per_sample(model, example, layers)
     deployed = method.deployed_model(model) if method is not None else None
     if deployed is not None:  # structured: count the physically smaller network
         flops["flops/sparse"] = flops_per_sample(deployed, example)["flops/dense"]
-    dense_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     train = (
         method.train_flops(flops["flops/dense"], flops["flops/sparse"], samples_seen)
         if method is not None
         else 3 * flops["flops/dense"] * samples_seen
+    )
+    size = (
+        hardware.size(model, layers)
+        if hardware is not None
+        else model_bytes(model, layers, "dense")
     )
     return {
         **count_params(model),
@@ -179,7 +186,12 @@ def model_metrics(
         **flops,
         "flops/train": train,
         "speedup/theoretical": flops["flops/dense"] / flops["flops/sparse"],
-        # The cpu target stores weights dense; sparse formats come with sparse-kernel targets.
-        "size/dense_bytes": dense_bytes,
-        "size/sparse_bytes": dense_bytes,
+        **size,
     }
+
+
+def pruned_layers(model: nn.Module, method: SparsityMethod | None) -> dict[str, nn.Module]:
+    """The method's layers, or the default prunable selection for dense training."""
+    if method is not None and method.masks is not None:
+        return method.masks.layers
+    return prunable_layers(model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -88,3 +89,60 @@ def test_cpu_latency_percentiles() -> None:
     assert torch.get_num_threads() == 1  # restored
     tags = target.fingerprint()
     assert tags["hw/threads"] == "1" and tags["hw/cpu"]
+
+
+def test_resnet18_flops_at_224() -> None:
+    import timm
+
+    model = timm.create_model("resnet18", num_classes=1000)
+    flops = flops_per_sample(model, torch.zeros(1, 3, 224, 224))["flops/dense"]
+    assert abs(flops - 3.63e9) / 3.63e9 < 0.01
+
+
+def test_resnet18_sparse_flops_equal_the_hand_sum() -> None:
+    import timm
+
+    from sparsebench.sparsity.methods import RandomPruning
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=10)
+    method = RandomPruning(sparsity=0.9, distribution="uniform")
+    method.attach(model)
+    method.init_masks()
+    # By hand: every Conv/Linear costs 2 * H_out * W_out * C_out * C_in/groups * kh * kw (Linear:
+    # 2 * in * out), scaled by its density; stem and head stay dense.
+    outputs = {}
+    hooks = [m.register_forward_hook(lambda m, a, out, n=n: outputs.__setitem__(n, out.shape))
+             for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]  # fmt: skip
+    x = torch.zeros(1, 3, 64, 64)
+    with torch.no_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    dense = sparse = 0.0
+    for name, shape in outputs.items():
+        m = model.get_submodule(name)
+        if isinstance(m, nn.Conv2d):
+            cost = (
+                2
+                * shape[2]
+                * shape[3]
+                * m.out_channels
+                * m.in_channels
+                // m.groups
+                * m.kernel_size[0]
+                * m.kernel_size[1]
+            )
+        else:
+            cost = 2 * m.in_features * m.out_features
+        density = (
+            float(m.weight.count_nonzero()) / m.weight.numel()
+            if name in method.masks.layers
+            else 1.0
+        )
+        assert name in method.masks.layers or name in ("conv1", "fc")
+        dense += cost
+        sparse += cost * density
+    got = flops_per_sample(model, x, method.masks.layers)
+    assert got["flops/dense"] == dense
+    assert got["flops/sparse"] == pytest.approx(sparse, rel=1e-9)

@@ -1,4 +1,9 @@
-"""The hardware-target interface: which sparsity patterns it runs, how to convert, how to time."""
+"""The hardware-target interface: which sparsity patterns it runs, how to convert, how to time.
+
+Finding masks (methods) is separate from deploying them: a target takes the trained model with
+its zeros, converts what it can to its sparse kernels, checks the converted model computes the
+same outputs, and times it next to the same target's dense kernels.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,10 @@ from abc import ABC, abstractmethod
 import psutil
 import torch
 from torch import nn
+
+from sparsebench.config import ConfigError
+from sparsebench.metrics.size import DTYPE_BYTES, FORMATS, model_bytes
+from sparsebench.sparsity.patterns import NM, Block, Pattern
 
 
 def cpu_model() -> str:
@@ -22,36 +31,77 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def pattern_name(pattern: Pattern | None) -> str:
+    """``dense``, ``unstructured``, ``nm:2:4``, ``block:1x4`` or ``channel``."""
+    if pattern is None:
+        return "dense"
+    if isinstance(pattern, NM):
+        return f"nm:{pattern.n}:{pattern.m}"
+    if isinstance(pattern, Block):
+        return f"block:{pattern.block[0]}x{pattern.block[1]}"
+    return pattern.kind
+
+
 class HardwareTarget(ABC):
     """A place to deploy a (sparse) model and measure its latency."""
 
-    name: str = "base"
+    #: Pattern names (or prefixes such as "block") this target runs with sparse kernels.
+    accelerates: tuple[str, ...] = ()
+    #: Whether it runs any other pattern with its dense kernels (a dense target does).
+    runs_dense: bool = True
     estimated: bool = False
 
-    def __init__(
-        self,
-        name: str,
-        threads: int | None = None,
-        batch_size: int = 1,
-        enabled: bool = True,
-        **_: object,
-    ) -> None:
+    def __init__(self, name: str, threads: int | None = None, batch_size: int = 1, enabled: bool = True,
+                 dense_fallback: bool = False, dtype: str = "fp32", storage_format: str = "dense",
+                 **_: object) -> None:  # fmt: skip
+        if dtype not in DTYPE_BYTES:
+            raise ConfigError(
+                f"hardware.dtype must be one of {', '.join(DTYPE_BYTES)}, got '{dtype}'."
+            )
+        if storage_format not in FORMATS:
+            raise ConfigError(
+                f"hardware.storage_format must be one of {', '.join(FORMATS)}, got '{storage_format}'."
+            )
         self.name = name
         self.threads = threads or psutil.cpu_count(logical=False) or 1
         self.batch_size = batch_size
         self.enabled = enabled
+        self.dense_fallback = dense_fallback
+        self.dtype = dtype
+        self.storage_format = storage_format
+        self.kernels: dict[str, str] = {}  # layer -> kernel chosen at conversion
 
-    def supports(self, pattern: str) -> bool:
-        """Whether this target runs ``pattern`` (``dense``, ``unstructured``, ``nm``, ...)."""
-        return pattern == "dense"
+    def supports(self, pattern: Pattern | None) -> bool:
+        """Whether this target runs ``pattern`` (None: a dense model)."""
+        name = pattern_name(pattern)
+        return (
+            self.runs_dense or name == "dense" or any(name.startswith(a) for a in self.accelerates)
+        )
 
-    def convert(self, model: nn.Module) -> nn.Module:
+    def check(self, pattern: Pattern | None, method_name: str) -> None:
+        """Fail before training if the method's pattern cannot run here (unless dense fallback)."""
+        if self.supports(pattern) or self.dense_fallback:
+            return
+        raise ConfigError(
+            f"hardware '{self.name}' runs only {', '.join(self.accelerates)} sparsity, but method "
+            f"'{method_name}' produces {pattern_name(pattern)}; choose another target or set "
+            "hardware.dense_fallback=true to time it with dense kernels."
+        )
+
+    def convert(
+        self, model: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor
+    ) -> nn.Module:
         """The model as it runs on this target (dense targets run it unchanged)."""
         return model
 
     @abstractmethod
-    def benchmark(self, model: nn.Module, example: torch.Tensor) -> dict[str, float]:
+    def benchmark(self, model: nn.Module, example: torch.Tensor, layers: dict[str, nn.Module] | None = None
+                  ) -> dict[str, float]:  # fmt: skip
         """Latency metrics of ``model`` on a batch like ``example`` (results-contract names)."""
+
+    def size(self, model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, float]:
+        """``size/dense_bytes`` and ``size/sparse_bytes`` in this target's storage format."""
+        return model_bytes(model, layers, self.storage_format, self.dtype)
 
     def fingerprint(self) -> dict[str, str]:
         """Tags that identify the machine a latency was measured on."""
@@ -59,6 +109,7 @@ class HardwareTarget(ABC):
             "hw/cpu": cpu_model(),
             "hw/threads": str(self.threads),
             "hw/torch": torch.__version__,
+            "latency/estimated": str(self.estimated).lower(),
         }
         if torch.cuda.is_available():
             tags["hw/gpu"] = torch.cuda.get_device_name()

@@ -1,0 +1,84 @@
+"""CUDA targets: dense kernels, and 2:4 semi-structured sparse kernels (cuSPARSELt/CUTLASS)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from sparsebench.config import ConfigError
+from sparsebench.hardware.cpu import CPUTarget, batch_like
+from sparsebench.sparsity.patterns import is_nm
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def require_cuda(name: str) -> None:
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"hardware '{name}' needs a CUDA GPU, and none is visible (torch.cuda.is_available() is False)."
+        )
+
+
+class CUDATarget(CPUTarget):
+    """Dense kernels on the GPU at ``dtype``; torch.utils.benchmark synchronises CUDA around
+    every timed block, so the latencies are device time, not launch time."""
+
+    def check(self, pattern, method_name: str) -> None:
+        super().check(pattern, method_name)  # the pattern first: it is the user's choice
+        require_cuda(self.name)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return copy.deepcopy(model).to(device="cuda", dtype=DTYPES[self.dtype]).eval()
+
+    def batch(self, example: torch.Tensor) -> torch.Tensor:
+        return batch_like(example, self.batch_size).to(device="cuda", dtype=DTYPES[self.dtype])
+
+    def benchmark(self, model, example, layers=None) -> dict[str, float]:
+        p50, p90 = self.time_model(self.prepare(model), self.batch(example))
+        return self.latency_metrics(p50, p90, p50)
+
+
+class CUDA2to4Target(CUDATarget):
+    """2:4 semi-structured sparsity (``torch.sparse.to_sparse_semi_structured``) for prunable
+    Linear layers at fp16/bf16; the dense reference is the same model with dense fp16 kernels.
+    Only 2:4 masks are accepted (NVIDIA's sparse tensor cores run nothing else)."""
+
+    accelerates = ("nm:2:4",)
+    runs_dense = False
+
+    def __init__(self, dtype: str = "fp16", storage_format: str = "nm", **kwargs) -> None:
+        if dtype not in ("fp16", "bf16"):
+            raise ConfigError(f"hardware 'cuda_2to4' runs fp16 or bf16, got dtype '{dtype}'.")
+        super().__init__(dtype=dtype, storage_format=storage_format, **kwargs)
+
+    def convert(self, model, layers, example):
+        from torch.sparse import to_sparse_semi_structured
+
+        converted = self.prepare(model)
+        self.kernels = {}
+        for name in layers:
+            target = converted.get_submodule(name)
+            if isinstance(target, nn.Linear) and is_nm(target.weight != 0, 2, 4):
+                target.weight = nn.Parameter(
+                    to_sparse_semi_structured(target.weight.detach()), requires_grad=False
+                )
+                self.kernels[name] = "2:4"
+            else:
+                self.kernels[name] = "dense"
+        return converted
+
+    def benchmark(self, model, example, layers=None) -> dict[str, float]:
+        x = self.batch(example)
+        dense = self.prepare(model)
+        dense_p50, _ = self.time_model(dense, x)
+        converted = self.convert(model, layers or {}, x)
+        with torch.inference_mode():
+            expected, got = dense(x), converted(x)
+        if not torch.allclose(expected.float(), got.float(), rtol=1e-2, atol=1e-2):
+            raise RuntimeError(f"hardware '{self.name}': 2:4 kernels changed the outputs.")
+        p50, p90 = self.time_model(converted, x)
+        metrics = self.latency_metrics(p50, p90, dense_p50)
+        metrics["kernels/sparse_layers"] = sum(k != "dense" for k in self.kernels.values())
+        return metrics

@@ -1,0 +1,164 @@
+"""Hardware targets and storage sizes: hand-computed sizes, sparse kernels equal to dense,
+pattern checks before training, roofline estimates. CUDA tests need a GPU and skip without."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sparsebench.config import ConfigError
+from sparsebench.hardware import (
+    CPUSparseTarget,
+    CPUTarget,
+    CUDA2to4Target,
+    CUDATarget,
+    RooflineTarget,
+)
+from sparsebench.hardware.cpu import SparseLinear
+from sparsebench.metrics.size import layer_bytes, model_bytes
+from sparsebench.sparsity.patterns import NM, Block, Unstructured
+from tests.conftest import compose_config
+
+NO_GPU = "needs a CUDA GPU; torch.cuda.is_available() is False on this machine"
+
+
+def test_storage_bytes_hand_computed() -> None:
+    w = torch.zeros(4, 8)
+    w[0, :2] = 1.0
+    w[3, 4:8] = 2.0  # 6 nonzeros; one full 1x4 block and one half block
+    assert layer_bytes(w, "dense", 4) == 32 * 4
+    assert layer_bytes(w, "csr", 4) == 6 * (4 + 4) + 5 * 4
+    assert layer_bytes(w, "bitmap", 2) == 6 * 2 + 4
+    assert layer_bytes(w, "bcsr", 4, block=(1, 4)) == 2 * (4 * 4 + 4) + 5 * 4
+    nm = NM(2, 4).mask(torch.rand(4, 8)).float()
+    assert layer_bytes(nm, "nm", 2, m=4) == 16 * 2 + 16 * 2 // 8  # 2-bit index per kept value
+    with pytest.raises(ConfigError, match="does not tile a 4x8 weight"):
+        layer_bytes(w, "bcsr", 4, block=(3, 4))
+
+
+def test_model_bytes_keep_unpruned_layers_dense() -> None:
+    model = nn.Sequential(nn.Linear(8, 4), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[0].weight.zero_()
+    got = model_bytes(model, {"0": model[0]}, "csr", "fp16")
+    total = sum(p.numel() for p in model.parameters())
+    assert got["size/dense_bytes"] == total * 2
+    assert got["size/sparse_bytes"] == (total - 32) * 2 + 5 * 4  # empty CSR: row pointers only
+
+
+def _sparse(layer: nn.Module, sparsity: float) -> nn.Module:
+    with torch.no_grad():
+        layer.weight[torch.rand_like(layer.weight) < sparsity] = 0
+    return layer
+
+
+def test_sparse_linear_and_1x1_conv_match_dense() -> None:
+    torch.manual_seed(0)
+    linear = _sparse(nn.Linear(64, 32), 0.8)
+    x = torch.randn(5, 7, 64)
+    for weight in (
+        linear.weight.detach().to_sparse_csr(),
+        linear.weight.detach().to_sparse_bsr((16, 16)),
+    ):
+        assert torch.allclose(SparseLinear(weight, linear.bias)(x), linear(x), atol=1e-5)
+    conv = _sparse(nn.Conv2d(16, 32, 1, stride=2), 0.8)
+    image = torch.randn(2, 16, 9, 9)
+    sparse = SparseLinear(
+        conv.weight.detach().reshape(32, 16).to_sparse_csr(), conv.bias, conv_stride=2
+    )
+    assert torch.allclose(sparse(image), conv(image), atol=1e-5)
+
+
+def test_cpu_sparse_converts_checks_and_reports_kernels() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 512), nn.ReLU(), _sparse(nn.Linear(512, 512), 0.95), nn.ReLU(),
+                          _sparse(nn.Linear(512, 512), 0.1), nn.Linear(512, 4))  # fmt: skip
+    target = CPUSparseTarget(
+        name="cpu_sparse", threads=1, batch_size=16, min_run_time=0.05, warmup=1
+    )
+    layers = {"2": model[2], "4": model[4]}
+    metrics = target.benchmark(model, torch.randn(1, 32), layers)
+    assert set(target.kernels) == {"2"}  # layer 4 is below min_sparsity
+    assert target.kernels["2"] in {"dense", "csr", "bsr4x4", "bsr16x16"}
+    assert metrics["latency/p50_ms"] <= metrics["latency/p90_ms"]
+    assert metrics["speedup/measured"] == pytest.approx(
+        metrics["latency/dense_p50_ms"] / metrics["latency/p50_ms"]
+    )
+    converted = target.convert(model, layers, torch.randn(16, 32))
+    x = torch.randn(3, 32)
+    with torch.no_grad():
+        assert torch.allclose(converted(x), model(x), atol=1e-5)
+
+
+def test_unsupported_pattern_fails_before_training_unless_fallback() -> None:
+    target = CUDA2to4Target(name="cuda_2to4")
+    with pytest.raises(ConfigError) as err:
+        target.check(Unstructured(), "rigl")
+    assert str(err.value) == (
+        "hardware 'cuda_2to4' runs only nm:2:4 sparsity, but method 'rigl' produces unstructured; choose "
+        "another target or set hardware.dense_fallback=true to time it with dense kernels."
+    )
+    with pytest.raises(ConfigError, match="produces block:1x4"):
+        target.check(Block((1, 4)), "gmp")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="hardware 'cuda_2to4' needs a CUDA GPU"):
+            target.check(NM(2, 4), "nm")
+    CPUTarget(name="cpu").check(Unstructured(), "rigl")  # dense targets run everything
+
+
+def test_cli_rejects_pattern_before_training(tmp_path) -> None:
+    from tests.conftest import run_cli
+
+    proc = run_cli(["+method=rigl", "hardware=cuda_2to4", "model=mlp"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert (
+        "error: hardware 'cuda_2to4' runs only nm:2:4 sparsity, but method 'rigl' produces unstructured"
+        in proc.stderr
+    )
+    assert not list(tmp_path.glob("outputs/**/results.json"))
+
+
+def _two_four_model() -> tuple[nn.Module, dict[str, nn.Module]]:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 8)
+    )
+    with torch.no_grad():
+        model[2].weight.mul_(NM(2, 4).mask(model[2].weight.abs()))
+    return model, {"2": model[2]}
+
+
+def test_roofline_estimates_are_labelled_and_sensible() -> None:
+    cfg = compose_config(["hardware=a100"])
+    from sparsebench.training import build_hardware
+
+    target = build_hardware(cfg)
+    assert (
+        isinstance(target, RooflineTarget) and target.fingerprint()["latency/estimated"] == "true"
+    )
+    model, layers = _two_four_model()
+    target.check(NM(2, 4), "nm")
+    nm = target.benchmark(model, torch.randn(1, 64), layers)
+    assert 1.0 < nm["speedup/measured"] <= 2.0
+    target.check(Unstructured(), "rigl")
+    unstructured = target.benchmark(model, torch.randn(1, 64), layers)
+    assert unstructured["speedup/measured"] == pytest.approx(1.0)  # no unstructured kernels
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
+def test_cuda_dense_timing() -> None:
+    model, _ = _two_four_model()
+    metrics = CUDATarget(name="cuda", batch_size=64, min_run_time=0.1).benchmark(
+        model, torch.randn(1, 64)
+    )
+    assert 0 < metrics["latency/p50_ms"] <= metrics["latency/p90_ms"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
+def test_cuda_2to4_kernels_match_dense() -> None:
+    model, layers = _two_four_model()
+    target = CUDA2to4Target(name="cuda_2to4", batch_size=64, min_run_time=0.1)
+    target.check(NM(2, 4), "nm")
+    metrics = target.benchmark(model, torch.randn(1, 64), layers)
+    assert target.kernels == {"2": "2:4"} and metrics["speedup/measured"] > 0
