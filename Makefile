@@ -27,6 +27,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.overhead
 	$(PY) -m benchmarks.method_overhead
+	$(PY) -m benchmarks.sparse_kernels
 
 clean:
 	rm -rf outputs multirun mlflow.db mlruns mlartifacts

@@ -66,6 +66,26 @@ def test_sparse_methods_end_to_end(tmp_path: Path, args: list[str], target: floa
     assert data["tags"]["method"] == args[0].removeprefix("+method=")
 
 
+def test_cpu_sparse_target_end_to_end(tmp_path: Path) -> None:
+    # The acceptance command with a short budget; timing is only printed, never asserted.
+    args = ["+method=random", "method.sparsity=0.9", "model=mlp", "dataset=mnist1d", "model.hidden_dims=[1024,1024]",
+            "hardware=cpu_sparse", "hardware.min_run_time=0.1"]  # fmt: skip
+    proc = run_cli([*FAST, *args], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (results,) = _results_files(tmp_path)
+    data = json.loads(results.read_text())
+    assert data["kernels"] == {
+        "features.4": data["kernels"]["features.4"]
+    }  # the one prunable layer
+    assert data["kernels"]["features.4"] in {"dense", "csr", "bsr4x4", "bsr16x16"}
+    metrics = data["metrics"]
+    assert metrics["speedup/measured"] == pytest.approx(
+        metrics["latency/dense_p50_ms"] / metrics["latency/p50_ms"]
+    )
+    assert metrics["size/sparse_bytes"] < 0.5 * metrics["size/dense_bytes"]  # CSR storage
+    assert data["tags"]["latency/estimated"] == "false"
+
+
 def test_multirun_seeds_share_benchmark_key(tmp_path: Path) -> None:
     # The acceptance command: python -m sparsebench -m seed=0,1 trainer.max_epochs=1
     proc = run_cli(

@@ -1,0 +1,82 @@
+"""Dense vs CSR vs BSR latency of one Linear layer on the CPU, side by side in one run.
+
+For a 4096x4096 weight with random unstructured sparsity s (and, for BSR, 16x16-block sparsity
+s), batch sizes 1 and 64: median latency of F.linear (dense), torch.sparse.mm with CSR and with
+BSR (MKL), the measured speed-ups next to the ideal 1/(1-s), and the break-even sparsity per
+batch size (the lowest s at which CSR beats dense, interpolated between measured points).
+
+    python -m benchmarks.sparse_kernels [--features 4096] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+import psutil
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+
+from sparsebench.hardware.cpu import time_forward
+from sparsebench.sparsity.patterns import Block, Unstructured
+
+SPARSITIES = (0.5, 0.7, 0.9, 0.95, 0.99)
+
+
+def latency_ms(fn, threads: int) -> float:
+    return time_forward(torch.inference_mode()(fn), threads, warmup=3, min_run_time=0.3)[0] * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--features", type=int, default=4096)
+    parser.add_argument("--threads", type=int, default=psutil.cpu_count(logical=False) or 1)
+    parser.add_argument("--block", type=int, default=16)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", message=".*Sparse (CSR|BSR) tensor support is in beta.*")
+    torch.manual_seed(0)
+    n = args.features
+    dense_weight = torch.randn(n, n)
+    table = Table(
+        title=f"Linear {n}x{n}, CPU, {args.threads} threads, torch {torch.__version__} (median ms)"
+    )
+    for col in ("batch", "sparsity", "dense", "CSR", f"BSR {args.block}x{args.block}", "CSR speed-up",
+                "BSR speed-up", "ideal 1/(1-s)"):  # fmt: skip
+        table.add_column(col, justify="right")
+    break_even = {}
+    for batch in (1, 64):
+        x = torch.randn(batch, n)
+        xt = x.t().contiguous()
+        dense = latency_ms(lambda: F.linear(x, dense_weight), args.threads)
+        previous = None
+        for s in SPARSITIES:
+            unstructured = dense_weight * Unstructured().mask(torch.rand(n, n), 1 - s)
+            blocked = dense_weight * Block((args.block, args.block)).mask(torch.rand(n, n), 1 - s)
+            csr, bsr = unstructured.to_sparse_csr(), blocked.to_sparse_bsr((args.block, args.block))
+            assert torch.allclose(
+                torch.sparse.mm(csr, xt).t(), F.linear(x, unstructured), atol=1e-3
+            )
+            assert torch.allclose(torch.sparse.mm(bsr, xt).t(), F.linear(x, blocked), atol=1e-3)
+            t_csr = latency_ms(lambda csr=csr: torch.sparse.mm(csr, xt), args.threads)
+            t_bsr = latency_ms(lambda bsr=bsr: torch.sparse.mm(bsr, xt), args.threads)
+            table.add_row(str(batch), f"{s:.2f}", f"{dense:.3f}", f"{t_csr:.3f}", f"{t_bsr:.3f}",
+                          f"{dense / t_csr:.2f}x", f"{dense / t_bsr:.2f}x", f"{1 / (1 - s):.0f}x")  # fmt: skip
+            ratio = dense / t_csr
+            if batch not in break_even and ratio >= 1:
+                if previous is None:
+                    break_even[batch] = f"<= {s}"
+                else:  # linear interpolation of the speed-up between the two sparsities
+                    s0, r0 = previous
+                    break_even[batch] = f"~{s0 + (1 - r0) * (s - s0) / (ratio - r0):.2f}"
+            previous = (s, ratio)
+        break_even.setdefault(batch, f"> {SPARSITIES[-1]}")
+    console = Console(width=130)
+    console.print(table)
+    for batch, value in break_even.items():
+        console.print(f"break-even sparsity for CSR at batch {batch}: {value}")
+
+
+if __name__ == "__main__":
+    main()
