@@ -49,7 +49,7 @@ def main() -> None:
     for batch in (1, 64):
         x = torch.randn(batch, n)
         xt = x.t().contiguous()
-        dense = latency_ms(lambda: F.linear(x, dense_weight), args.threads)
+        dense = latency_ms(lambda x=x: F.linear(x, dense_weight), args.threads)
         previous = None
         for s in SPARSITIES:
             unstructured = dense_weight * Unstructured().mask(torch.rand(n, n), 1 - s)
@@ -59,8 +59,8 @@ def main() -> None:
                 torch.sparse.mm(csr, xt).t(), F.linear(x, unstructured), atol=1e-3
             )
             assert torch.allclose(torch.sparse.mm(bsr, xt).t(), F.linear(x, blocked), atol=1e-3)
-            t_csr = latency_ms(lambda csr=csr: torch.sparse.mm(csr, xt), args.threads)
-            t_bsr = latency_ms(lambda bsr=bsr: torch.sparse.mm(bsr, xt), args.threads)
+            t_csr = latency_ms(lambda csr=csr, xt=xt: torch.sparse.mm(csr, xt), args.threads)
+            t_bsr = latency_ms(lambda bsr=bsr, xt=xt: torch.sparse.mm(bsr, xt), args.threads)
             table.add_row(str(batch), f"{s:.2f}", f"{dense:.3f}", f"{t_csr:.3f}", f"{t_bsr:.3f}",
                           f"{dense / t_csr:.2f}x", f"{dense / t_bsr:.2f}x", f"{1 / (1 - s):.0f}x")  # fmt: skip
             ratio = dense / t_csr
