@@ -33,10 +33,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
     model = build_model(cfg.model)
     hardware = build_hardware(cfg)
     method = build_method(cfg)
+    if method is not None:  # Sparse-IFT trains a transformed model
+        model = method.transform_model(model, cfg.model, datamodule.example_input(1))
     hardware.check(method.pattern if method else None, method.name if method else "dense")
 
     with RunRecorder(cfg, output_dir, hardware.fingerprint()) as record:
         results = record.results
+        if method is not None and method.description:
+            results.data["transform"] = method.description
+            record.lines += method.description
         progress = ResultsCallback(results)
         callbacks = [progress] if method is None else [method, progress]
         module = build_module(cfg, model)

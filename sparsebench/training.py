@@ -166,6 +166,10 @@ def model_metrics(
     """
     layers = pruned_layers(model, method)
     flops = flops_per_sample(model, example, layers)
+    if method is not None and method.reference_flops is not None:
+        flops["flops/dense"] = (
+            method.reference_flops
+        )  # Sparse-IFT: the dense original (iso-FLOP reference)
     deployed = method.deployed_model(model) if method is not None else None
     if deployed is not None:  # structured: count the physically smaller network
         flops["flops/sparse"] = flops_per_sample(deployed, example)["flops/dense"]

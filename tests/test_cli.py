@@ -163,7 +163,10 @@ def _check_mlflow_ui_serves(tmp_path: Path, run_ids: set[str]) -> None:
             ["+method=magic"],
             "error: unknown method 'magic'; available: channel, dense, gmp, imp, iss_p,",
         ),
-        (["hardware=tpu"], "error: unknown hardware 'tpu'; available: a100, arm_cpu, cpu, cpu_sparse,"),
+        (
+            ["hardware=tpu"],
+            "error: unknown hardware 'tpu'; available: a100, arm_cpu, cpu, cpu_sparse,",
+        ),
         (["trainer.max_epochs=0"], "error: trainer.max_epochs must be >= 1, got 0."),
         (["trainer.optimizer.lr=0"], "error: trainer.optimizer.lr must be > 0, got 0.0."),
         (["dataset.batch_size=0"], "error: dataset.batch_size must be >= 1, got 0."),

@@ -32,7 +32,8 @@ class RunRecorder:
         self.is_zero = getattr(rank_zero_only, "rank", 0) == 0
         self.results = Results(self.output_dir, cfg, write=self.is_zero)
         self.results.update(tags=tags)
-        self.notes: list[str] = []
+        self.notes: list[str] = []  # tracking problems (each followed by how to upload)
+        self.lines: list[str] = []  # anything else the summary should show (e.g. transformations)
         self.logger: SafeMLFlowLogger | None = None
         if self.is_zero:
             self.logger, problem = make_logger(cfg, self.results.tags)
@@ -72,7 +73,7 @@ class RunRecorder:
                 f"Send them to a tracking server later with: sparsebench upload {self.output_dir}"
             )
         if error is None and self.cfg.print_summary:
-            print_summary(self.results.metrics, self.results.tags, self.notes)
+            print_summary(self.results.metrics, self.results.tags, self.lines + self.notes)
         else:
             for note in self.notes:
                 log.warning(note)

@@ -86,6 +86,10 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
         "git_sha": git_sha(),
         **package_versions(),
     }
+    method = cfg.get("method")
+    if method is not None and method.get("family"):  # Sparse-IFT: pair with the dense baseline
+        tags["method/family"] = str(method.family)
+        tags["baseline_benchmark_key"] = tags["benchmark_key"]
     tags.update({str(k): str(v) for k, v in (cfg.get("tags") or {}).items()})
     return tags
 

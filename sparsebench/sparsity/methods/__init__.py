@@ -10,11 +10,13 @@ from sparsebench.sparsity.methods.magnitude import MagnitudePruning
 from sparsebench.sparsity.methods.nm import SRSTE, NMOneShot
 from sparsebench.sparsity.methods.pgf import ProgressiveGradientFlow
 from sparsebench.sparsity.methods.soups import SparseModelSoups
+from sparsebench.sparsity.methods.sparse_ift import SparseIFT
 from sparsebench.sparsity.methods.static import RandomPruning
 
 __all__ = [
     "SET",
     "SRSTE",
+    "SparseIFT",
     "SparseModelSoups",
     "ChannelPruning",
     "GradualMagnitudePruning",

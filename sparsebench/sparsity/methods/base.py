@@ -154,6 +154,14 @@ class SparsityMethod(Callback):
         trainer.fit(module, datamodule=datamodule)
         return trainer
 
+    def transform_model(self, model: nn.Module, model_cfg: Any, example: torch.Tensor) -> nn.Module:
+        """The model this method trains (Sparse-IFT transforms it; the default keeps it)."""
+        return model
+
+    #: Forward FLOPs per sample of the dense original when the model was transformed.
+    reference_flops: float | None = None
+    description: list[str] = []
+
     def deployed_model(self, model: nn.Module) -> nn.Module | None:
         """A physically smaller network (structured methods), else None."""
         return None
