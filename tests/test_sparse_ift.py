@@ -69,3 +69,43 @@ def test_sparsity_without_a_matching_width() -> None:
         build_method(cfg).transform_model(
             build_model(cfg.model), cfg.model, torch.randn(1, 1, 32, 32)
         )
+
+
+@pytest.mark.parametrize(
+    ("shape", "nblocks"),
+    [((256, 256), 4), ((192, 768), 4), ((768, 192), 4), ((1024, 1024), 8), ((512, 512), 2)],
+)
+def test_monarch_params_and_flops_are_2_over_b(shape: tuple[int, int], nblocks: int) -> None:
+    from torch import nn
+
+    from sparsebench.models.transforms.monarch import MonarchLinear
+
+    dense = nn.Linear(*shape, bias=False)
+    monarch = MonarchLinear(*shape, nblocks=nblocks, bias=False)
+    ratio = 2 / nblocks
+    params = sum(p.numel() for p in monarch.parameters())
+    assert abs(params / dense.weight.numel() - ratio) / ratio <= 0.01
+    x = torch.randn(3, shape[0])
+    flops = flops_per_sample(monarch, x)["flops/dense"]
+    assert abs(flops / flops_per_sample(dense, x)["flops/dense"] - ratio) / ratio <= 0.01
+    assert monarch(x).shape == (3, shape[1])
+    assert 0.2 < float(monarch(torch.randn(256, shape[0])).std()) < 2.0  # sensible initial scale
+
+
+def test_monarch_is_a_full_rank_structured_map() -> None:
+    from sparsebench.models.transforms.monarch import MonarchLinear
+
+    torch.manual_seed(0)
+    monarch = MonarchLinear(64, 64, nblocks=4, bias=False).double()
+    with torch.no_grad():
+        matrix = monarch(torch.eye(64, dtype=torch.float64))  # rows: images of the basis vectors
+    assert torch.linalg.matrix_rank(matrix) == 64  # the permutation mixes all blocks
+    assert (matrix != 0).all()  # every output depends on every input
+
+
+def test_monarch_method_trains(make_cfg, tmp_path) -> None:
+    from runners.train import run
+
+    metrics = run(make_cfg("model=mlp", "dataset=mnist1d", "+method=monarch", "logger=none"))
+    assert metrics["flops/sparse"] < 0.75 * metrics["flops/dense"]  # 256x256 hidden layer at 2/4
+    assert metrics["sparsity/actual"] == 0.0 and 0 <= metrics["test/acc"] <= 1

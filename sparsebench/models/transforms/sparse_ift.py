@@ -96,7 +96,8 @@ def _following_norms(model: nn.Module, names: list[str]) -> dict[str, str]:
     return found
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted ``name``."""
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
@@ -129,9 +130,9 @@ def transform_layers(model: nn.Module, layers: dict[str, nn.Module], family: str
                 branches.append(
                     nn.Sequential(conv, _clone_norm(norm)) if norm is not None else conv
                 )
-            _set(model, name, Parallel(branches))
+            set_module(model, name, Parallel(branches))
             if norm is not None:
-                _set(model, norms[name], nn.Identity())
+                set_module(model, norms[name], nn.Identity())
             notes.append(
                 f"{name}: {c_in}->{c_out} as {count} parallel sparse branches"
                 + (" (own norms)" if norm else "")
@@ -139,7 +140,7 @@ def transform_layers(model: nn.Module, layers: dict[str, nn.Module], family: str
         elif family == "sparse_factorized":
             d = max(1, round(k2 * c_in * c_out / ((1 - sparsity) * (k2 * c_in + c_out))))
             mid = nn.Sequential(_norm_for(layer, d), activation())
-            _set(
+            set_module(
                 model,
                 name,
                 Factorized(
@@ -149,7 +150,7 @@ def transform_layers(model: nn.Module, layers: dict[str, nn.Module], family: str
             notes.append(f"{name}: {c_in}->{c_out} as sparse {c_in}->{d}->{c_out}")
         else:  # sparse_doped
             r = max(1, round(sparsity * k2 * c_in * c_out / (k2 * c_in + c_out)))
-            _set(model, name, Doped(_like(layer, c_in, c_out, True, bias), _like(layer, c_in, r, True, False),
+            set_module(model, name, Doped(_like(layer, c_in, c_out, True, bias), _like(layer, c_in, r, True, False),
                                     _like(layer, r, c_out, False, False)))  # fmt: skip
             notes.append(f"{name}: {c_in}->{c_out} sparse + dense rank {r}")
     return notes

@@ -7,6 +7,7 @@ from sparsebench.sparsity.methods.gmp import GradualMagnitudePruning
 from sparsebench.sparsity.methods.imp import IterativeMagnitudePruning
 from sparsebench.sparsity.methods.iss_p import ISSP
 from sparsebench.sparsity.methods.magnitude import MagnitudePruning
+from sparsebench.sparsity.methods.monarch import Monarch
 from sparsebench.sparsity.methods.nm import SRSTE, NMOneShot
 from sparsebench.sparsity.methods.pgf import ProgressiveGradientFlow
 from sparsebench.sparsity.methods.soups import SparseModelSoups
@@ -23,6 +24,7 @@ __all__ = [
     "ISSP",
     "IterativeMagnitudePruning",
     "MagnitudePruning",
+    "Monarch",
     "NMOneShot",
     "ProgressiveGradientFlow",
     "RandomPruning",
