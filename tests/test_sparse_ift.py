@@ -109,3 +109,46 @@ def test_monarch_method_trains(make_cfg, tmp_path) -> None:
     metrics = run(make_cfg("model=mlp", "dataset=mnist1d", "+method=monarch", "logger=none"))
     assert metrics["flops/sparse"] < 0.75 * metrics["flops/dense"]  # 256x256 hidden layer at 2/4
     assert metrics["sparsity/actual"] == 0.0 and 0 <= metrics["test/acc"] <= 1
+
+
+def test_parallel_branches_get_their_own_norms() -> None:
+    _, method, model, _ = _transformed("resnet18", "sparse_parallel", 0.75)
+    assert all("4 parallel sparse branches (own norms)" in line for line in method.description)
+    block = model.layer1[0]
+    assert len(block.conv1.branches) == 4 and isinstance(block.bn1, torch.nn.Identity)
+    assert all(isinstance(branch[1], torch.nn.BatchNorm2d) for branch in block.conv1.branches)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vit_mlp_blocks_are_iso_flop(family: str) -> None:
+    cfg = compose_config(["model=vit_tiny_patch16_224", "+method=sparse_ift", f"method.family={family}",
+                          "method.inner=static"])  # fmt: skip
+    model = build_model(cfg.model)
+    example = torch.randn(1, *cfg.dataset.input_shape)
+    method = build_method(cfg)
+    model = method.transform_model(model, cfg.model, example)
+    method.inner.attach(model)
+    method.inner.init_masks()
+    assert all(".mlp." in name for name in method.masks.layers)
+    flops = flops_per_sample(model.eval(), example, method.masks.layers)["flops/sparse"]
+    assert abs(flops - method.reference_flops) / method.reference_flops <= 0.01
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_short_training_fills_the_contract(
+    make_cfg, tmp_path, model_name: str, family: str
+) -> None:
+    import json
+
+    from runners.train import run
+    from sparsebench.tracking.results import CONTRACT_METRICS
+
+    metrics = run(make_cfg(*MODELS[model_name], "+method=sparse_ift", f"method.family={family}",
+                           "method.update_interval=1", "logger=none"))  # fmt: skip
+    data = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert data["status"] == "ok" and set(CONTRACT_METRICS) <= set(metrics)
+    assert abs(metrics["flops/sparse"] - metrics["flops/dense"]) / metrics["flops/dense"] <= 0.01
+    assert metrics["sparsity/actual"] == pytest.approx(0.75, abs=0.01)
+    assert data["tags"]["baseline_benchmark_key"] == data["tags"]["benchmark_key"]
+    assert data["transform"]

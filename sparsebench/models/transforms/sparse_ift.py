@@ -103,9 +103,11 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def transform_layers(model: nn.Module, layers: dict[str, nn.Module], family: str, sparsity: float,
-                     activation: Callable[[], nn.Module] = nn.ReLU) -> list[str]:  # fmt: skip
+                     activation: Callable[[], nn.Module] = nn.ReLU, token_norm: bool = False) -> list[str]:  # fmt: skip
     """Replace each of ``layers`` in ``model`` by ``family``'s construction; returns a description
-    per layer (old -> new shape). ``sparse_wide`` is a whole-model change: see :func:`widen`."""
+    per layer (old -> new shape). ``sparse_wide`` is a whole-model change: see :func:`widen`.
+    Factorized layers get BatchNorm and ``activation`` between U and V, or LayerNorm for
+    Linear layers on token sequences (``token_norm``, vision transformers)."""
     if family not in FAMILIES or family == "sparse_wide":
         raise ConfigError(
             f"unknown per-layer family '{family}'; available: {', '.join(FAMILIES[1:])}."
@@ -139,7 +141,7 @@ def transform_layers(model: nn.Module, layers: dict[str, nn.Module], family: str
             )
         elif family == "sparse_factorized":
             d = max(1, round(k2 * c_in * c_out / ((1 - sparsity) * (k2 * c_in + c_out))))
-            mid = nn.Sequential(_norm_for(layer, d), activation())
+            mid = nn.Sequential(_norm_for(layer, d, token_norm), activation())
             set_module(
                 model,
                 name,
@@ -163,8 +165,10 @@ def _clone_norm(norm: nn.Module) -> nn.Module:
     return fresh
 
 
-def _norm_for(layer: nn.Module, channels: int) -> nn.Module:
-    return nn.BatchNorm1d(channels) if isinstance(layer, nn.Linear) else nn.BatchNorm2d(channels)
+def _norm_for(layer: nn.Module, channels: int, token_norm: bool) -> nn.Module:
+    if isinstance(layer, nn.Linear):
+        return nn.LayerNorm(channels) if token_norm else nn.BatchNorm1d(channels)
+    return nn.BatchNorm2d(channels)
 
 
 def widen(build: Callable[[float], nn.Module], sparse_flops: Callable[[nn.Module], float], dense_flops: float,

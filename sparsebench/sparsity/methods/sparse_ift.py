@@ -138,5 +138,9 @@ class SparseIFT(SparsityMethod):
             ]
             return wide
         layers = self.layer_selection(model)
-        self.description = transform_layers(model, layers, self.family, self.sparsity)
+        vit = isinstance(model, timm.models.vision_transformer.VisionTransformer)
+        activation = nn.GELU if vit else nn.ReLU
+        self.description = transform_layers(
+            model, layers, self.family, self.sparsity, activation, token_norm=vit
+        )
         return model
