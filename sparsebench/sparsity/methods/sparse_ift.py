@@ -17,8 +17,10 @@ from sparsebench.sparsity.methods.static import RandomPruning
 from sparsebench.sparsity.prunable import prunable_layers
 
 INNER = {"rigl": RigL, "set": SET, "static": RandomPruning}
-HOOKS = ("setup", "on_train_start", "on_train_batch_start", "on_after_backward", "on_train_batch_end",
-         "on_train_end", "state_dict", "load_state_dict", "train_flops", "densities", "magnitudes")  # fmt: skip
+# Served by the inner method: Lightning hooks, callback state, and what metrics and tests read.
+DELEGATED = ("setup", "on_train_start", "on_train_batch_start", "on_after_backward", "on_train_batch_end",
+             "on_train_end", "state_dict", "load_state_dict", "train_flops", "densities", "magnitudes",
+             "distribution")  # fmt: skip
 
 
 def _width_arguments(model: nn.Module, model_cfg: dict, k: float) -> dict:
@@ -91,7 +93,7 @@ class SparseIFT(SparsityMethod):
         return self.inner.target_sparsity
 
     def __getattribute__(self, item: str):
-        if item in HOOKS:
+        if item in DELEGATED:
             return getattr(object.__getattribute__(self, "inner"), item)
         return object.__getattribute__(self, item)
 
