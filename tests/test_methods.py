@@ -56,7 +56,9 @@ def _fit(cfg, out: Path, ckpt: str | None = None, max_epochs: int = 2, extra: li
     datamodule = build_datamodule(cfg)
     model = build_model(cfg.model)
     method = build_method(cfg)
-    model = method.transform_model(model, cfg.model, datamodule.example_input(1))  # as the runner does
+    model = method.transform_model(
+        model, cfg.model, datamodule.example_input(1)
+    )  # as the runner does
     cfg.trainer.max_epochs = max_epochs
     module = build_module(cfg, model)
     if ckpt is None:  # the method's own training (several fits for soups)
