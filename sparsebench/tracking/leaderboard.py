@@ -1,0 +1,111 @@
+"""Leaderboard rows: replicates aggregated over seeds, ranked, with Pareto fronts.
+
+Runs are comparable only within one ``benchmark_key`` (dataset, model, hardware, budget).
+Inside a key, runs with the same ``run_hash`` are replicates (they differ by seed only) and
+become one row with mean, std and n. A row is on the accuracy-FLOPs front if no other row of
+its key has accuracy >= and ``flops/sparse`` <= with one of them strictly better (equal rows are
+both on it); the latency front is the same with ``latency/p50_ms``, computed only among rows
+whose latencies are all measured or all estimated, never mixed.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+Run = dict  # {"metrics": {...}, "tags": {...}}
+
+
+@dataclass
+class Row:
+    benchmark_key: str
+    run_hash: str
+    method: str
+    n: int
+    acc_mean: float
+    acc_std: float
+    flops_sparse: float | None
+    flops_dense: float | None
+    flops_train: float | None
+    latency_ms: float | None
+    latency_estimated: bool
+    sparsity: float | None
+    seeds: list[str] = field(default_factory=list)
+    rank: int = 0
+    flops_front: bool = False
+    latency_front: bool = False
+    budget_differs: bool = False
+
+
+def _mean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.fmean(values) if values else None
+
+
+def aggregate(runs: Iterable[Run]) -> list[Row]:
+    """One row per (benchmark_key, run_hash): mean/std/n of test/acc and means of the rest."""
+    groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    for run in runs:
+        tags = run["tags"]
+        if "test/acc" not in run["metrics"] or "benchmark_key" not in tags:
+            continue  # failed or foreign runs have no place on a leaderboard
+        groups[(tags["benchmark_key"], tags.get("run_hash", ""))].append(run)
+    rows = []
+    for (key, run_hash), members in groups.items():
+        accs = [m["metrics"]["test/acc"] for m in members]
+
+        def mean_of(name: str, members=members) -> float | None:
+            return _mean([m["metrics"].get(name) for m in members])
+
+        rows.append(Row(
+            benchmark_key=key, run_hash=run_hash, method=members[0]["tags"].get("method", "?"), n=len(members),
+            acc_mean=statistics.fmean(accs), acc_std=statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            flops_sparse=mean_of("flops/sparse"), flops_dense=mean_of("flops/dense"),
+            flops_train=mean_of("flops/train"), latency_ms=mean_of("latency/p50_ms"),
+            latency_estimated=members[0]["tags"].get("latency/estimated") == "true",
+            sparsity=mean_of("sparsity/actual"), seeds=sorted(m["tags"].get("seed", "?") for m in members),
+        ))  # fmt: skip
+    mark(rows)
+    return sorted(rows, key=lambda r: (r.benchmark_key, r.rank))
+
+
+def _front(rows: list[Row], cost: str) -> set[int]:
+    """Indices of rows not dominated in (higher acc_mean, lower cost); rows without cost skipped."""
+    candidates = [(i, r) for i, r in enumerate(rows) if getattr(r, cost) is not None]
+    front = set()
+    for i, a in candidates:
+        dominated = any(
+            b.acc_mean >= a.acc_mean and getattr(b, cost) <= getattr(a, cost)
+            and (b.acc_mean > a.acc_mean or getattr(b, cost) < getattr(a, cost))
+            for j, b in candidates if j != i
+        )  # fmt: skip
+        if not dominated:
+            front.add(i)
+    return front
+
+
+def mark(rows: list[Row], budget_tolerance: float = 0.1) -> None:
+    """Set rank, both fronts and the budget flag within each benchmark_key."""
+    by_key: dict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        by_key[row.benchmark_key].append(row)
+    for members in by_key.values():
+        for rank, row in enumerate(sorted(members, key=lambda r: -r.acc_mean), start=1):
+            row.rank = rank
+        for i in _front(members, "flops_sparse"):
+            members[i].flops_front = True
+        for estimated in (False, True):  # never mix measured and estimated latency
+            subset = [r for r in members if r.latency_estimated == estimated]
+            for i in _front(subset, "latency_ms"):
+                subset[i].latency_front = True
+        budgets = [r.flops_train for r in members if r.flops_train]
+        if budgets:
+            reference = statistics.median(budgets)
+            for row in members:
+                row.budget_differs = (
+                    bool(row.flops_train)
+                    and abs(row.flops_train / reference - 1) > budget_tolerance
+                )

@@ -1,0 +1,63 @@
+"""Leaderboard aggregation and Pareto fronts on hand-made runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from sparsebench.tracking.leaderboard import aggregate
+
+
+def run(key="digits|mlp|cpu|e1", run_hash="h", method="m", seed="0", acc=0.9, flops=100.0, latency=1.0,
+        estimated="false", train=1e9):  # fmt: skip
+    metrics = {"test/acc": acc, "flops/sparse": flops, "flops/dense": 200.0, "flops/train": train}
+    if latency is not None:
+        metrics["latency/p50_ms"] = latency
+    tags = {"benchmark_key": key, "run_hash": run_hash, "method": method, "seed": seed,
+            "latency/estimated": estimated}  # fmt: skip
+    return {"metrics": metrics, "tags": tags}
+
+
+def test_replicates_are_aggregated_with_mean_std_n() -> None:
+    rows = aggregate([run(seed="0", acc=0.8), run(seed="1", acc=0.9), run(run_hash="g", acc=0.5)])
+    top = rows[0]
+    assert (top.n, top.seeds, top.rank) == (2, ["0", "1"], 1)
+    assert top.acc_mean == pytest.approx(0.85) and top.acc_std == pytest.approx(0.0707107, rel=1e-5)
+    single = rows[1]
+    assert single.n == 1 and single.acc_std == 0.0 and single.rank == 2
+
+
+def test_flops_front_with_ties_and_dominance() -> None:
+    rows = {r.run_hash: r for r in aggregate([
+        run(run_hash="a", acc=0.9, flops=100), run(run_hash="b", acc=0.9, flops=100),  # tie: both on it
+        run(run_hash="c", acc=0.8, flops=50),  # cheaper: on it
+        run(run_hash="d", acc=0.85, flops=120),  # dominated by a
+        run(run_hash="e", acc=0.9, flops=110),  # same accuracy, more FLOPs: dominated
+    ])}  # fmt: skip
+    assert {h for h, r in rows.items() if r.flops_front} == {"a", "b", "c"}
+
+
+def test_missing_latency_and_never_mixed_estimates() -> None:
+    rows = {r.run_hash: r for r in aggregate([
+        run(run_hash="a", acc=0.9, latency=None),  # no latency: not on the latency front
+        run(run_hash="b", acc=0.8, latency=2.0),
+        run(run_hash="c", acc=0.7, latency=3.0),  # dominated among measured
+        run(run_hash="d", acc=0.6, latency=0.1, estimated="true"),  # estimated: its own front
+    ])}  # fmt: skip
+    assert rows["a"].latency_ms is None and not rows["a"].latency_front
+    assert rows["b"].latency_front and not rows["c"].latency_front
+    assert rows["d"].latency_front  # would dominate b and c if mixed; it is not compared with them
+
+
+def test_keys_are_separate_and_budgets_flagged() -> None:
+    rows = aggregate([run(key="k1", run_hash="a", acc=0.9), run(key="k2", run_hash="b", acc=0.5),
+                      run(key="k1", run_hash="c", acc=0.95, train=3e9), run(key="k1", run_hash="d", acc=0.7)])  # fmt: skip
+    k2 = [r for r in rows if r.benchmark_key == "k2"]
+    assert len(k2) == 1 and k2[0].rank == 1 and k2[0].flops_front
+    flagged = {r.run_hash for r in rows if r.budget_differs}
+    assert flagged == {"c"}  # soups-like run: 3x the training FLOPs of its key
+
+
+def test_failed_runs_are_skipped() -> None:
+    broken = run()
+    del broken["metrics"]["test/acc"]
+    assert aggregate([broken]) == []
