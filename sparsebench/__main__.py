@@ -79,6 +79,10 @@ def main() -> None:
         from sparsebench.tracking.upload import main as upload
 
         raise SystemExit(upload(sys.argv[2:]))
+    if sys.argv[1:2] == ["leaderboard"]:
+        from sparsebench.leaderboard import main as leaderboard
+
+        raise SystemExit(leaderboard(sys.argv[2:]))
     register_configs()
     register_resolvers()
     try:

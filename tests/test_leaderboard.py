@@ -61,3 +61,50 @@ def test_failed_runs_are_skipped() -> None:
     broken = run()
     del broken["metrics"]["test/acc"]
     assert aggregate([broken]) == []
+
+
+def test_cli_reads_mlflow_and_writes_csv_and_markdown(tmp_path, capsys) -> None:
+    import csv
+
+    from mlflow import MlflowClient
+
+    from sparsebench.leaderboard import main
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("sparsebench")
+    for r in [run(run_hash="a", seed="0", acc=0.9), run(run_hash="a", seed="1", acc=0.8),
+              run(run_hash="b", method="rigl", acc=0.7, flops=10), run(key="other", run_hash="c")]:  # fmt: skip
+        mlflow_run = client.create_run(experiment, tags={**r["tags"], "dataset": "digits"})
+        for name, value in r["metrics"].items():
+            client.log_metric(mlflow_run.info.run_id, name, value)
+        client.log_metric(
+            mlflow_run.info.run_id, "sparsity/actual", 0.9 if r["tags"]["method"] == "rigl" else 0.0
+        )
+        client.set_terminated(mlflow_run.info.run_id)
+    out_csv, out_md = tmp_path / "board.csv", tmp_path / "board.md"
+    code = main(["--tracking-uri", uri, "--benchmark-key", "digits|mlp|cpu|e1", "--csv", str(out_csv),
+                 "--markdown", str(out_md)])  # fmt: skip
+    assert code == 0
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [(r["run_hash"], r["n"], r["rank"]) for r in rows] == [("a", "2", "1"), ("b", "1", "2")]
+    assert all(r["flops_front"] == "True" for r in rows)  # a: most accurate, b: cheapest
+    assert "| digits|mlp|cpu|e1 | 1 | m | 2 |" in out_md.read_text()
+    assert "leaderboard" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "--tracking-uri",
+                uri,
+                "--min-sparsity",
+                "0.5",
+                "--method",
+                "rigl",
+                "--csv",
+                str(out_csv),
+            ]
+        )
+        == 0
+    )
+    assert [r["run_hash"] for r in csv.DictReader(out_csv.open())] == ["b"]
+    assert main(["--tracking-uri", uri, "--model", "nope"]) == 1

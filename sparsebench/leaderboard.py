@@ -1,0 +1,119 @@
+"""``sparsebench leaderboard`` / ``python -m sparsebench.leaderboard``: the runs in an MLflow
+store as a ranked table per benchmark_key, with Pareto fronts (terminal, CSV, Markdown)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from sparsebench.tracking.leaderboard import Row, aggregate
+from sparsebench.tracking.mlflow_logging import DEFAULT_URI
+
+COLUMNS = ("benchmark_key", "rank", "method", "n", "acc_mean", "acc_std", "sparsity", "flops_sparse", "latency_ms",
+           "latency_estimated", "flops_front", "latency_front", "budget_differs", "run_hash")  # fmt: skip
+
+
+def fetch_runs(tracking_uri: str, experiment: str | None, filters: dict[str, str]) -> list[dict]:
+    """Finished and failed runs of the experiment(s), as {"metrics", "tags"} dicts."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiments = (
+        [client.get_experiment_by_name(experiment)] if experiment else client.search_experiments()
+    )
+    ids = [e.experiment_id for e in experiments if e is not None]
+    if not ids:
+        return []
+    clauses = [f"tags.`{k}` = '{v}'" for k, v in filters.items() if v]
+    runs = client.search_runs(ids, filter_string=" and ".join(clauses), max_results=50_000)
+    return [{"metrics": dict(r.data.metrics), "tags": dict(r.data.tags)} for r in runs]
+
+
+def select(rows: list[Row], min_sparsity: float | None, max_sparsity: float | None) -> list[Row]:
+    def inside(row: Row) -> bool:
+        s = row.sparsity or 0.0
+        return (min_sparsity is None or s >= min_sparsity) and (
+            max_sparsity is None or s <= max_sparsity
+        )
+
+    return [r for r in rows if inside(r)]
+
+
+def _cell(row: Row, column: str) -> str:
+    value = getattr(row, column)
+    if isinstance(value, bool):
+        return "*" if value else ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def table(rows: list[Row]) -> Table:
+    out = Table(title="sparsebench leaderboard (* = on the Pareto front / budget differs)")
+    for column in COLUMNS:
+        out.add_column(
+            column,
+            justify="right" if column not in ("benchmark_key", "method", "run_hash") else "left",
+        )
+    for row in rows:
+        out.add_row(*(_cell(row, c) for c in COLUMNS))
+    return out
+
+
+def markdown(rows: list[Row]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cell(r, c) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[Row], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*COLUMNS, "flops_dense", "flops_train", "seeds"])
+        writer.writeheader()
+        for row in rows:
+            data = asdict(row)
+            writer.writerow({k: data[k] for k in writer.fieldnames})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="sparsebench leaderboard", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
+    )
+    parser.add_argument("--experiment", default=None, help="default: every experiment")
+    for tag in ("dataset", "model", "method", "hardware", "benchmark_key"):
+        parser.add_argument(
+            f"--{tag.replace('_', '-')}", default=None, help=f"only runs with this {tag} tag"
+        )
+    parser.add_argument("--min-sparsity", type=float, default=None)
+    parser.add_argument("--max-sparsity", type=float, default=None)
+    parser.add_argument("--csv", type=Path, default=None, help="also write the rows as CSV")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write a Markdown table")
+    args = parser.parse_args(argv)
+    filters = {
+        t: getattr(args, t) for t in ("dataset", "model", "method", "hardware", "benchmark_key")
+    }
+    rows = select(aggregate(fetch_runs(args.tracking_uri, args.experiment, filters)),
+                  args.min_sparsity, args.max_sparsity)  # fmt: skip
+    if not rows:
+        print(f"no finished runs in {args.tracking_uri} match these filters.", file=sys.stderr)
+        return 1
+    Console(width=200).print(table(rows))
+    if args.csv:
+        write_csv(rows, args.csv)
+    if args.markdown:
+        args.markdown.write_text(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
