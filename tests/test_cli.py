@@ -93,8 +93,9 @@ def test_multirun_seeds_share_benchmark_key(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("sparsebench").experiment_id])
-    assert len(runs) == 2
+    every = client.search_runs([client.get_experiment_by_name("sparsebench").experiment_id])
+    runs = [r for r in every if "sparsebench.sweep" not in r.data.tags]  # the jobs, not the parent
+    assert len(every) == 3 and len(runs) == 2
     assert {r.data.tags["seed"] for r in runs} == {"0", "1"}
     assert len({r.data.tags["benchmark_key"] for r in runs}) == 1
     assert len({r.data.tags["run_hash"] for r in runs}) == 1  # replicates share the config hash
@@ -106,6 +107,11 @@ def test_multirun_seeds_share_benchmark_key(tmp_path: Path) -> None:
         assert r.info.status == "FINISHED"
         assert "val/acc" in {m.key for m in client.get_metric_history(r.info.run_id, "val/acc")}
     assert len(_results_files(tmp_path)) == 2
+    # Nested under one parent run for the sweep.
+    parents = {r.data.tags.get("mlflow.parentRunId") for r in runs}
+    assert len(parents) == 1 and None not in parents
+    parent = client.get_run(parents.pop())
+    assert parent.info.status == "FINISHED" and "sparsebench.sweep" in parent.data.tags
     _check_mlflow_ui_serves(tmp_path, {r.info.run_id for r in runs})
 
 
@@ -138,7 +144,7 @@ def _check_mlflow_ui_serves(tmp_path: Path, run_ids: set[str]) -> None:
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request) as r:
-            served = json.load(r)["runs"]
+            served = [run for run in json.load(r)["runs"] if run["info"]["run_id"] in run_ids]
         assert {run["info"]["run_id"] for run in served} == run_ids
         for run in served:
             assert set(CONTRACT_METRICS) <= {m["key"] for m in run["data"]["metrics"]}

@@ -17,6 +17,7 @@ from sparsebench.summary import print_summary
 from sparsebench.tracking.identity import flatten
 from sparsebench.tracking.mlflow_logging import SafeMLFlowLogger, make_logger
 from sparsebench.tracking.results import Results
+from sparsebench.tracking.sweep import parent_run_id
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ class RunRecorder:
         self.lines: list[str] = []  # anything else the summary should show (e.g. transformations)
         self.logger: SafeMLFlowLogger | None = None
         if self.is_zero:
+            parent = parent_run_id(self.output_dir)
+            if parent:  # a job of a multirun sweep: nest under the sweep's run
+                self.results.update(tags={"mlflow.parentRunId": parent})
             self.logger, problem = make_logger(cfg, self.results.tags)
             if problem:
                 self.notes.append(f"MLflow: {problem}; results are kept in {self.results.path}.")
