@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-sparsity", type=float, default=None)
     parser.add_argument("--csv", type=Path, default=None, help="also write the rows as CSV")
     parser.add_argument("--markdown", type=Path, default=None, help="also write a Markdown table")
+    parser.add_argument(
+        "--html", type=Path, default=None, help="also write the self-contained HTML report"
+    )
     args = parser.parse_args(argv)
     filters = {
         t: getattr(args, t) for t in ("dataset", "model", "method", "hardware", "benchmark_key")
@@ -112,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(rows, args.csv)
     if args.markdown:
         args.markdown.write_text(markdown(rows))
+    if args.html:
+        from sparsebench.tracking.report import html_report
+
+        html_report(rows, args.html)
     return 0
 
 

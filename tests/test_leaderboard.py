@@ -108,3 +108,17 @@ def test_cli_reads_mlflow_and_writes_csv_and_markdown(tmp_path, capsys) -> None:
     )
     assert [r["run_hash"] for r in csv.DictReader(out_csv.open())] == ["b"]
     assert main(["--tracking-uri", uri, "--model", "nope"]) == 1
+
+
+def test_html_report_is_self_contained(tmp_path) -> None:
+    from sparsebench.tracking.report import html_report
+
+    rows = aggregate([run(run_hash="a", method="dense", acc=0.95, flops=200), run(run_hash="b", method="rigl"),
+                      run(run_hash="c", method="set", acc=0.7, latency=None)])  # fmt: skip
+    page = html_report(rows, tmp_path / "board.html").read_text()
+    assert page.count("<table class='leaderboard'>") == 1 and page.count("<tr>") == 4
+    assert "dense baseline 0.9500" in page and "accuracy vs latency" in page
+    assert page.count("Plotly.newPlot") == 2  # two interactive plots
+    assert (
+        '<script src="http' not in page and len(page) > 1_000_000
+    )  # plotly.js embedded: works offline
