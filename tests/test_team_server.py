@@ -1,0 +1,94 @@
+"""Cluster mode for real: an MLflow tracking server on the local PostgreSQL, a multirun sweep
+logging to it, and the leaderboard read back from it (PostgreSQL runs on 127.0.0.1:5432)."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port, run_cli
+
+pytestmark = pytest.mark.slow
+PG = "postgresql://postgres@127.0.0.1:5432"
+# SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3; the cluster extra ships psycopg2.
+STORE = "postgresql+psycopg2://postgres@127.0.0.1:5432"
+
+
+def _psql(sql: str) -> None:
+    import psycopg2
+
+    connection = psycopg2.connect(f"{PG}/postgres")
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+    connection.close()
+
+
+@pytest.fixture
+def tracking_server(tmp_path: Path):
+    """`mlflow server` on a free loopback port with a fresh PostgreSQL database; stopped after."""
+    try:
+        import psycopg2
+
+        psycopg2.connect(f"{PG}/postgres").close()
+    except Exception as exc:  # pragma: no cover - the project's machines all run PostgreSQL
+        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 is not reachable ({exc})")
+    database = f"sparsebench_{uuid.uuid4().hex[:10]}"
+    _psql(f"CREATE DATABASE {database}")
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"{STORE}/{database}", "--serve-artifacts",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2).close()
+                break
+            except OSError:
+                assert server.poll() is None, "mlflow server exited"
+                assert time.time() < deadline, "mlflow server did not start within 120 s"
+                time.sleep(0.5)
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        _psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+def test_sweep_to_postgres_server_and_leaderboard(tracking_server: str, tmp_path: Path) -> None:
+    # 2 methods x 2 sparsities x 2 seeds on digits/mlp, all to the team server.
+    proc = run_cli(["-m", "debug=fast", "hardware.threads=1", "hardware.min_run_time=0.05", "model=mlp",
+                    "dataset=digits", "+method=random,magnitude", "method.sparsity=0.5,0.9", "seed=0,1",
+                    "trainer.limit_train_batches=null"],
+                   cwd=tmp_path, timeout=900, env={"MLFLOW_TRACKING_URI": tracking_server})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "board.csv"
+    from sparsebench.leaderboard import main
+
+    assert main(["--tracking-uri", tracking_server, "--csv", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 4 and all(r["n"] == "2" for r in rows)
+    assert {(r["method"], round(float(r["sparsity"]), 1)) for r in rows} == {
+        ("random", 0.5),
+        ("random", 0.9),
+        ("magnitude", 0.5),
+        ("magnitude", 0.9),
+    }
+    # The front: a row is on it exactly when no other row is at least as accurate and cheaper.
+    for r in rows:
+        acc, flops = float(r["acc_mean"]), float(r["flops_sparse"])
+        dominated = any(float(o["acc_mean"]) >= acc and float(o["flops_sparse"]) <= flops
+                        and (float(o["acc_mean"]) > acc or float(o["flops_sparse"]) < flops) for o in rows)  # fmt: skip
+        assert (r["flops_front"] == "True") == (not dominated)
