@@ -141,7 +141,7 @@ def test_docker_compose_is_well_formed() -> None:
 
     compose_file = yaml.safe_load((CONF_DIR.parent / "docker-compose.yml").read_text())
     services = compose_file["services"]
-    assert {"postgres", "mlflow"} <= set(services)
+    assert {"postgres", "mlflow", "optuna-dashboard"} <= set(services)
     for name, service in services.items():
         assert "image" in service, name
         for dep in service.get("depends_on", {}):
