@@ -101,6 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--html", type=Path, default=None, help="also write the self-contained HTML report"
     )
+    parser.add_argument(
+        "--log-to-mlflow",
+        action="store_true",
+        help="log the table (CSV, Markdown) and the HTML report as artifacts of a leaderboard run",
+    )
     args = parser.parse_args(argv)
     filters = {
         t: getattr(args, t) for t in ("dataset", "model", "method", "hardware", "benchmark_key")
@@ -119,7 +124,37 @@ def main(argv: list[str] | None = None) -> int:
         from sparsebench.tracking.report import html_report
 
         html_report(rows, args.html)
+    if args.log_to_mlflow:
+        print(
+            f"leaderboard logged as MLflow run {log_artifacts(rows, args.tracking_uri, args.experiment)}"
+        )
     return 0
+
+
+def log_artifacts(rows: list[Row], tracking_uri: str, experiment: str | None) -> str:
+    """A ``leaderboard`` run holding the CSV, Markdown and HTML report; returns its id."""
+    import tempfile
+
+    from mlflow import MlflowClient
+
+    from sparsebench.tracking.report import html_report
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    name = experiment or "sparsebench"
+    found = client.get_experiment_by_name(name)
+    experiment_id = found.experiment_id if found else client.create_experiment(name)
+    run = client.create_run(
+        experiment_id, run_name="leaderboard", tags={"sparsebench.leaderboard": "true"}
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        write_csv(rows, folder / "leaderboard.csv")
+        (folder / "leaderboard.md").write_text(markdown(rows))
+        html_report(rows, folder / "leaderboard.html")
+        for path in sorted(folder.iterdir()):
+            client.log_artifact(run.info.run_id, str(path))
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
 
 
 if __name__ == "__main__":

@@ -108,6 +108,15 @@ def test_cli_reads_mlflow_and_writes_csv_and_markdown(tmp_path, capsys) -> None:
     )
     assert [r["run_hash"] for r in csv.DictReader(out_csv.open())] == ["b"]
     assert main(["--tracking-uri", uri, "--model", "nope"]) == 1
+    # The report as artifacts of a leaderboard run (which itself never enters the table).
+    assert main(["--tracking-uri", uri, "--log-to-mlflow"]) == 0
+    (board,) = client.search_runs(
+        [experiment], filter_string="tags.`sparsebench.leaderboard` = 'true'"
+    )
+    names = {a.path for a in client.list_artifacts(board.info.run_id)}
+    assert names == {"leaderboard.csv", "leaderboard.html", "leaderboard.md"}
+    assert main(["--tracking-uri", uri, "--csv", str(out_csv)]) == 0
+    assert len(list(csv.DictReader(out_csv.open()))) == 3
 
 
 def test_html_report_is_self_contained(tmp_path) -> None:
