@@ -67,3 +67,19 @@ def run_cli(
         timeout=timeout,
         env=full_env,
     )
+
+
+def wait_until_healthy(base_url: str, server: subprocess.Popen, timeout: float) -> None:
+    """Poll ``base_url/health`` until it answers; fail if the process exits or time runs out."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"{base_url}/health", timeout=2).close()
+            return
+        except OSError:
+            assert server.poll() is None, f"the server behind {base_url} exited"
+            assert time.time() < deadline, f"{base_url} did not answer within {timeout:.0f} s"
+            time.sleep(0.5)

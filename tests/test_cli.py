@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from sparsebench.tracking.results import CONTRACT_METRICS, CONTRACT_TAGS
-from tests.conftest import REPO, free_port, run_cli
+from tests.conftest import REPO, free_port, run_cli, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -126,14 +125,7 @@ def _check_mlflow_ui_serves(tmp_path: Path, run_ids: set[str]) -> None:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2).close()
-                break
-            except OSError:
-                assert time.time() < deadline, "mlflow ui did not start within 60 s"
-                time.sleep(0.5)
+        wait_until_healthy(base, server, timeout=60)
         with urllib.request.urlopen(
             f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=sparsebench"
         ) as r:

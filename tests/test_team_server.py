@@ -6,14 +6,12 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, run_cli
+from tests.conftest import free_port, run_cli, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 PG = "postgresql://postgres@127.0.0.1:5432"
@@ -51,15 +49,7 @@ def tracking_server(tmp_path: Path):
     )  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2).close()
-                break
-            except OSError:
-                assert server.poll() is None, "mlflow server exited"
-                assert time.time() < deadline, "mlflow server did not start within 120 s"
-                time.sleep(0.5)
+        wait_until_healthy(uri, server, timeout=120)
         yield uri
     finally:
         server.terminate()
