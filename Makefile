@@ -5,7 +5,11 @@ PY := $(VENV)/bin/python
 # pip takes torch==2.14.1 and torchvision==0.29.1 from this machine's disk.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean system-deps
+
+# Debian's chromium (renders the HTML report in a test) and docker-compose (validates
+# docker-compose.yml): installed when missing, where we are root with apt-get.
+SYSTEM_DEPS := chromium docker-compose
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +20,17 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m sparsebench
 
-test: $(STAMP)
+system-deps:
+	@missing=""; for c in $(SYSTEM_DEPS); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing$$missing (apt-get)"; \
+	  apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null; } || \
+	  echo "WARNING: apt-get could not install$$missing; the tests that need them skip"; \
+	else echo "note:$$missing not installed (Debian: apt-get install$$missing); their tests skip"; fi
+
+test: $(STAMP) system-deps
 	$(PY) -m ruff check sparsebench runners tests benchmarks hydra_plugins
 	$(PY) -m pytest -n 2 --timeout 600 tests
 

@@ -102,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         "--html", type=Path, default=None, help="also write the self-contained HTML report"
     )
     parser.add_argument(
+        "--png", type=Path, default=None,
+        help="also save a screenshot of the HTML report (needs Chromium or Chrome)",
+    )  # fmt: skip
+    parser.add_argument(
         "--log-to-mlflow",
         action="store_true",
         help="log the table (CSV, Markdown) and the HTML report as artifacts of a leaderboard run",
@@ -120,10 +124,18 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(rows, args.csv)
     if args.markdown:
         args.markdown.write_text(markdown(rows))
-    if args.html:
-        from sparsebench.tracking.report import html_report
+    if args.html or args.png:
+        from sparsebench.tracking.report import find_browser, html_report, screenshot
 
-        html_report(rows, args.html)
+        if args.png:
+            try:
+                find_browser()  # fail before writing anything
+            except FileNotFoundError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+        page = html_report(rows, args.html or args.png.with_suffix(".html"))
+        if args.png:
+            screenshot(page, args.png)
     if args.log_to_mlflow:
         print(
             f"leaderboard logged as MLflow run {log_artifacts(rows, args.tracking_uri, args.experiment)}"

@@ -3,6 +3,9 @@ pattern checks before training, roofline estimates. CUDA tests need a GPU and sk
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -18,7 +21,7 @@ from sparsebench.hardware import (
 from sparsebench.hardware.cpu import SparseLinear
 from sparsebench.metrics.size import layer_bytes, model_bytes
 from sparsebench.sparsity.patterns import NM, Block, Unstructured
-from tests.conftest import compose_config
+from tests.conftest import compose_config, run_cli
 
 NO_GPU = "needs a CUDA GPU; torch.cuda.is_available() is False on this machine"
 
@@ -162,3 +165,33 @@ def test_cuda_2to4_kernels_match_dense() -> None:
     target.check(NM(2, 4), "nm")
     metrics = target.benchmark(model, torch.randn(1, 64), layers)
     assert target.kernels == {"2": "2:4"} and metrics["speedup/measured"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
+def test_cuda_2to4_shape_the_kernels_refuse_stays_dense() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(40, 24), nn.ReLU(), nn.Linear(24, 8))  # 24x40: no 2:4 kernel
+    with torch.no_grad():
+        model[0].weight.mul_(NM(2, 4).mask(model[0].weight.abs()))
+    target = CUDA2to4Target(name="cuda_2to4", batch_size=16, min_run_time=0.05)
+    metrics = target.benchmark(model, torch.randn(1, 40), {"0": model[0]})
+    assert target.kernels["0"].startswith("dense (") and metrics["kernels/sparse_layers"] == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
+def test_cuda_2to4_end_to_end(tmp_path: Path) -> None:
+    # Train 2:4 on the CPU, then time it on the GPU's sparse tensor cores against dense fp16.
+    args = ["+method=nm", "model=mlp", "model.hidden_dims=[1024,1024]", "hardware=cuda_2to4",
+            "debug=fast", "logger=none"]  # fmt: skip
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (results,) = sorted(tmp_path.glob("outputs/**/results.json"))
+    data = json.loads(results.read_text())
+    assert "2:4" in data["kernels"].values(), data["kernels"]
+    metrics = data["metrics"]
+    assert metrics["speedup/measured"] == pytest.approx(
+        metrics["latency/dense_p50_ms"] / metrics["latency/p50_ms"]
+    )
+    assert metrics["sparsity/actual"] == pytest.approx(0.5, abs=0.01)
+    assert data["tags"]["latency/estimated"] == "false"
+    assert data["tags"]["hw/gpu"] == torch.cuda.get_device_name()

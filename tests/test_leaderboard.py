@@ -131,3 +131,33 @@ def test_html_report_is_self_contained(tmp_path) -> None:
     assert (
         '<script src="http' not in page and len(page) > 1_000_000
     )  # plotly.js embedded: works offline
+
+
+def test_report_renders_in_headless_chromium(tmp_path) -> None:
+    # Debian's chromium (make test installs it): the page's scripts run, the plots are drawn.
+    from PIL import Image
+
+    from sparsebench.tracking.report import find_browser, html_report, rendered_dom, screenshot
+
+    try:
+        find_browser()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    rows = aggregate([run(run_hash="a", method="dense", acc=0.95, flops=200, latency=2.0),
+                      run(run_hash="b", method="rigl", acc=0.93, flops=40, latency=1.2),
+                      run(run_hash="c", method="set", acc=0.90, flops=60, latency=1.5),
+                      run(run_hash="d", method="magnitude", acc=0.80, flops=20, latency=None)])  # fmt: skip
+    page = html_report(rows, tmp_path / "board.html")
+    dom = rendered_dom(page)
+    assert dom.count('class="main-svg"') >= 4  # two plots drawn, each with its SVG layers
+    assert dom.count('class="point"') >= 4 + 3  # 4 runs vs FLOPs, 3 with latency
+    assert "dense baseline 0.9500" in dom and "accuracy vs latency" in dom
+    for method in ("dense", "rigl", "set", "magnitude"):
+        assert f"<td>{method}</td>" in dom
+    png = screenshot(page, tmp_path / "board.png", height=1400)
+    image = Image.open(png).convert("RGB")
+    assert image.size == (1400, 1400)
+    colours = image.getcolors(maxcolors=1 << 20)
+    assert len(colours) > 50  # text, table borders, markers: not a blank page
+    plotly_blue = sum(n for n, rgb in colours if rgb == (99, 110, 250))  # plotly's first colour
+    assert plotly_blue > 20

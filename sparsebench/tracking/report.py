@@ -5,6 +5,9 @@ offline), with the dense baseline drawn as a line and Pareto-front rows highligh
 from __future__ import annotations
 
 import html
+import shutil
+import subprocess
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -38,11 +41,14 @@ def _figure(rows: list[Row], cost: str, title: str) -> go.Figure:
             continue
         suffix = " (estimated)" if estimated and cost != "flops_sparse" else ""
         figure.add_trace(go.Scatter(
-            x=[getattr(r, cost) for r in subset], y=[r.acc_mean for r in subset], mode="markers",
+            x=[getattr(r, cost) for r in subset], y=[r.acc_mean for r in subset],
+            mode="markers+text", textposition="top center",
             error_y={"type": "data", "array": [r.acc_std for r in subset]},
             marker={"size": [14 if getattr(r, front_attr) else 8 for r in subset],
                     "symbol": ["star" if getattr(r, front_attr) else "circle" for r in subset]},
-            text=[f"{r.method} (n={r.n}, sparsity {r.sparsity or 0:.2f})" for r in subset], name=f"runs{suffix}",
+            text=[r.method if r.sparsity is None else f"{r.method} {r.sparsity:.2f}" for r in subset],
+            hovertext=[f"{r.method} (n={r.n}, sparsity {r.sparsity or 0:.2f}, {r.run_hash})" for r in subset],
+            name=f"runs{suffix}",
         ))  # fmt: skip
     dense = [r for r in rows if r.method == "dense"]
     if dense:
@@ -83,3 +89,49 @@ def html_report(rows: list[Row], path: Path, title: str = "sparsebench leaderboa
     parts.append("</body></html>")
     path.write_text("\n".join(parts))
     return path
+
+
+# Headless Chromium renders the report exactly as a browser would (plotly draws with JavaScript,
+# so only a real browser engine shows whether the plots appear); no Python library renders it.
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+HEADLESS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--disable-background-networking", "--no-first-run", "--hide-scrollbars",
+            "--mute-audio", "--virtual-time-budget=15000")  # fmt: skip
+
+
+def find_browser() -> str:
+    for name in BROWSERS:
+        if found := shutil.which(name):
+            return found
+    raise FileNotFoundError(
+        f"rendering the report needs Chromium or Chrome on PATH ({', '.join(BROWSERS)}); "
+        "none was found (Debian: apt-get install chromium)."
+    )
+
+
+def _chromium(html_path: Path, *flags: str, timeout: float) -> str:
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.run(
+            [find_browser(), *HEADLESS, f"--user-data-dir={profile}", *flags,
+             Path(html_path).resolve().as_uri()],  # fmt: skip
+            capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"chromium failed on {html_path}: {proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+def rendered_dom(html_path: Path, timeout: float = 120) -> str:
+    """The page's DOM after its scripts ran (plotly's SVG included)."""
+    return _chromium(html_path, "--dump-dom", timeout=timeout)
+
+
+def screenshot(html_path: Path, png_path: Path, width: int = 1400, height: int | None = None,
+               timeout: float = 120) -> Path:  # fmt: skip
+    """A PNG of the rendered report; the default height fits a page with a few boards."""
+    if height is None:
+        boards = max(1, html_path.read_text().count("<table class='leaderboard'>"))
+        height = 200 + boards * 1200
+    _chromium(html_path, f"--screenshot={Path(png_path).resolve()}",
+              f"--window-size={width},{height}", timeout=timeout)  # fmt: skip
+    return Path(png_path)
