@@ -24,8 +24,13 @@ from sparsebench.training import (
 )
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    """Train ``cfg``'s model on its dataset and write the results contract; returns the metrics."""
+def run(
+    cfg: DictConfig, callbacks: list[L.Callback] | None = None, tags: dict[str, str] | None = None
+) -> dict[str, float]:
+    """Train ``cfg``'s model on its dataset and write the results contract; returns the metrics.
+
+    ``callbacks`` join the Trainer's (a search trial's pruning callback); ``tags`` join the run's
+    tags (the study and trial number of a search trial)."""
     validate(cfg)
     output_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -37,13 +42,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
         model = method.transform_model(model, cfg.model, datamodule.example_input(1))
     hardware.check(method.pattern if method else None, method.name if method else "dense")
 
-    with RunRecorder(cfg, output_dir, hardware.fingerprint()) as record:
+    with RunRecorder(cfg, output_dir, {**hardware.fingerprint(), **(tags or {})}) as record:
         results = record.results
         if method is not None and method.description:
             results.data["transform"] = method.description
             record.lines += method.description
         progress = ResultsCallback(results)
-        callbacks = [progress] if method is None else [method, progress]
+        callbacks = [*([] if method is None else [method]), progress, *(callbacks or [])]
         module = build_module(cfg, model)
         start = time.perf_counter()
         trainer = fit(module, datamodule, method,

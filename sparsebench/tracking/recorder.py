@@ -63,7 +63,8 @@ class RunRecorder:
             logger.log_final(
                 self.results.metrics, params, self.results.tags, [self.results.path, config_path]
             )
-            logger.finalize("failed" if error else "success")
+            status = self.results.data["status"]
+            logger.finalize({"ok": "success", "pruned": "KILLED"}.get(status, "failed"))
             if logger.failure:
                 self.notes.append(f"{logger.failure}; results are kept in {self.results.path}.")
             else:

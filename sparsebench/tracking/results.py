@@ -136,7 +136,9 @@ class Results:
         self.save()
 
     def finish(self, error: BaseException | None = None) -> None:
-        self.data["status"] = "failed" if error else "ok"
+        # A search trial stopped early by its pruner (optuna.TrialPruned) is not a failure.
+        pruned = error is not None and type(error).__name__ == "TrialPruned"
+        self.data["status"] = "pruned" if pruned else "failed" if error else "ok"
         self.data["finished"] = time.time()
         if error is not None:
             self.data["error"] = f"{type(error).__name__}: {error}"

@@ -1,0 +1,217 @@
+"""Study definitions (``sweeps/NAME.yaml``): search space, objectives, sampler, pruner, storage.
+
+A study file names the base overrides every trial gets, a search space over config keys, the
+objectives (results-contract metrics with directions), the sampler and trial pruner, the trial
+count and the storage. Everything is checked before any trial runs, and each problem is one
+sentence naming the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import OmegaConf
+
+from sparsebench.config import SWEEPS_DIR, ConfigError
+from sparsebench.tracking.results import CONTRACT_METRICS
+
+SAMPLERS = ("random", "tpe", "nsga2")
+PRUNERS = ("none", "median", "hyperband", "successive_halving", "threshold")
+PARAM_TYPES = ("categorical", "int", "float")
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+STUDY_KEYS = ("study_name", "overrides", "space", "objectives", "sampler", "pruner", "n_trials",
+              "storage", "max_retry", "description")  # fmt: skip
+
+
+@dataclass
+class Param:
+    """One search dimension over a config key (``method.sparsity``) or group (``+method``)."""
+
+    key: str
+    type: str
+    choices: list[Any] = field(default_factory=list)
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.type == "categorical":
+            return trial.suggest_categorical(self.key, self.choices)
+        if self.type == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high),
+                                     step=int(self.step or 1), log=self.log)  # fmt: skip
+        return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
+
+    def corners(self) -> list[Any]:
+        """Values that together exercise the whole range (for checking before any trial)."""
+        return list(self.choices) if self.type == "categorical" else [self.low, self.high]
+
+
+@dataclass
+class Objective:
+    metric: str
+    direction: str
+
+
+@dataclass
+class StudySpec:
+    name: str
+    overrides: list[str]
+    space: list[Param]
+    objectives: list[Objective]
+    sampler: dict[str, Any]
+    pruner: dict[str, Any]
+    n_trials: int
+    storage: str
+    max_retry: int = 2
+    description: str = ""
+    path: Path | None = None
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.direction for o in self.objectives]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def make_sampler(self, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+        options = {k: v for k, v in self.sampler.items() if k != "name"}
+        if options.get("seed") is not None:  # each worker its own stream, reproducibly
+            options["seed"] = int(options["seed"]) + seed_offset
+        name = self.sampler["name"]
+        if name == "random":
+            return optuna.samplers.RandomSampler(**options)
+        if name == "tpe":
+            return optuna.samplers.TPESampler(**options)
+        return optuna.samplers.NSGAIISampler(**options)
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        options = {k: v for k, v in self.pruner.items() if k not in ("name", "monitor")}
+        name = self.pruner["name"]
+        if name == "median":
+            return optuna.pruners.MedianPruner(**options)
+        if name == "hyperband":
+            return optuna.pruners.HyperbandPruner(**options)
+        if name == "successive_halving":
+            return optuna.pruners.SuccessiveHalvingPruner(**options)
+        if name == "threshold":
+            return optuna.pruners.ThresholdPruner(**options)
+        return optuna.pruners.NopPruner()
+
+
+def sweep_path(name: str) -> Path:
+    """``sweeps/NAME.yaml``, or a yaml path given directly."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    found = SWEEPS_DIR / f"{name}.yaml"
+    if not found.is_file():
+        known = sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown sweep '{name}'; available: {', '.join(known)}.")
+    return found
+
+
+def _param(key: str, node: dict[str, Any], where: str) -> Param:
+    kind = node.get("type")
+    if kind not in PARAM_TYPES:
+        raise ConfigError(
+            f"{where}: '{key}' has type {kind!r}; allowed: {', '.join(PARAM_TYPES)}."
+        )
+    unknown = set(node) - {"type", "choices", "low", "high", "log", "step"}
+    if unknown:
+        raise ConfigError(
+            f"{where}: '{key}' has unknown option(s) {', '.join(sorted(unknown))}; "
+            "allowed: type, choices, low, high, log, step."
+        )
+    if kind == "categorical":
+        choices = list(node.get("choices") or [])
+        if not choices:
+            raise ConfigError(f"{where}: '{key}' has an empty list of choices.")
+        return Param(key, kind, choices=choices)
+    low, high = node.get("low"), node.get("high")
+    if low is None or high is None:
+        raise ConfigError(f"{where}: '{key}' ({kind}) needs low and high.")
+    if not low < high:
+        raise ConfigError(
+            f"{where}: '{key}' has an empty range [{low}, {high}]; low must be below high."
+        )
+    if node.get("log") and low <= 0:
+        raise ConfigError(f"{where}: '{key}' is log-scaled, so low must be > 0, got {low}.")
+    return Param(key, kind, low=low, high=high, log=bool(node.get("log", False)),
+                 step=node.get("step"))  # fmt: skip
+
+
+def load_spec(name: str, n_trials: int | None = None, storage: str | None = None) -> StudySpec:
+    """Read and check ``sweeps/NAME.yaml`` (command-line ``n_trials``/``storage`` win)."""
+    path = sweep_path(name)
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    where = f"sweep '{path.stem}'"
+    unknown = set(raw) - set(STUDY_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where} has unknown key(s) {', '.join(sorted(unknown))}; "
+            f"allowed: {', '.join(STUDY_KEYS)}."
+        )
+    space = [_param(k, v or {}, where) for k, v in (raw.get("space") or {}).items()]
+    if not space:
+        raise ConfigError(f"{where} has an empty search space.")
+    objectives = []
+    for node in raw.get("objectives") or [{"metric": "val/acc", "direction": "maximize"}]:
+        metric, direction = node.get("metric"), node.get("direction", "maximize")
+        if metric not in CONTRACT_METRICS:
+            raise ConfigError(
+                f"{where}: objective '{metric}' is not in the results contract; "
+                f"allowed: {', '.join(CONTRACT_METRICS)}."
+            )
+        if direction not in ("maximize", "minimize"):
+            raise ConfigError(
+                f"{where}: objective '{metric}' has direction '{direction}'; "
+                "allowed: maximize, minimize."
+            )
+        objectives.append(Objective(metric, direction))
+    sampler = dict(raw.get("sampler") or {"name": "tpe"})
+    if sampler.get("name") not in SAMPLERS:
+        raise ConfigError(
+            f"{where}: sampler '{sampler.get('name')}' is unknown; allowed: {', '.join(SAMPLERS)}."
+        )
+    pruner = dict(raw.get("pruner") or {"name": "none"})
+    if pruner.get("name") not in PRUNERS:
+        raise ConfigError(
+            f"{where}: pruner '{pruner.get('name')}' is unknown; allowed: {', '.join(PRUNERS)}."
+        )
+    if len(objectives) > 1 and pruner["name"] != "none":
+        raise ConfigError(
+            f"{where}: pruner '{pruner['name']}' cannot prune a multi-objective study "
+            "(Optuna reports one value per step); use pruner: {name: none}."
+        )
+    trials = int(n_trials if n_trials is not None else raw.get("n_trials") or 20)
+    if trials < 1:
+        raise ConfigError(f"{where}: n_trials must be >= 1, got {trials}.")
+    spec = StudySpec(
+        name=str(raw.get("study_name") or path.stem),
+        overrides=[str(o) for o in raw.get("overrides") or []],
+        space=space,
+        objectives=objectives,
+        sampler=sampler,
+        pruner=pruner,
+        n_trials=trials,
+        storage=str(storage or raw.get("storage") or DEFAULT_STORAGE),
+        max_retry=int(raw.get("max_retry", 2)),
+        description=str(raw.get("description") or ""),
+        path=path,
+    )
+    for param in spec.space:  # build them once: a bad option fails here, not in a trial
+        if param.key in {o.split("=", 1)[0] for o in spec.overrides}:
+            raise ConfigError(
+                f"{where}: '{param.key}' is both in overrides and in the search space."
+            )
+    try:
+        spec.make_sampler(), spec.make_pruner()
+    except TypeError as exc:  # an option the sampler or pruner does not take
+        raise ConfigError(f"{where}: {exc}.") from None
+    return spec

@@ -1,0 +1,286 @@
+"""The search worker: it owns the study, asks Optuna for a trial, composes the trial's Hydra
+config (``hydra.compose`` with the trial's overrides), runs the training runner in-process and
+tells Optuna the result.
+
+Any number of workers share one study through its storage (N local processes with
+``workers=N``, or a Hydra multirun of workers, e.g. on SLURM through the submitit launcher).
+Exactly ``n_trials`` trials complete: a worker starts a trial only while completed + running
+trials are fewer than ``n_trials``, and a trial that finds itself beyond the count (two workers
+asked at once) stops before training, marked failed with ``surplus=true``. On RDB storages a
+worker's heartbeat marks its trial failed when the worker dies, and the trial is retried with
+the same parameters (Optuna's RetryFailedTrialCallback). Restarted workers continue the study.
+
+MLflow: one parent run per study (shared by every worker through a study attribute); each trial
+is a nested run tagged with ``optuna.study`` and ``optuna.trial``. When the study is complete,
+the best trial (or the Pareto front) is printed and logged to the parent run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig
+
+from sparsebench.config import ConfigError, validate
+from sparsebench.search.spec import StudySpec, load_spec
+from sparsebench.search.storage import open_storage, redact
+from sparsebench.tracking.sweep import PARENT_FILE
+
+log = logging.getLogger(__name__)
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+ACTIVE = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+PARENT_ATTR = "mlflow_parent_run_id"
+
+
+class SurplusTrial(Exception):
+    """The study already has ``n_trials`` finished or running trials."""
+
+
+def compose_trial(overrides: list[str]) -> DictConfig:
+    """The training config of one trial, composed like ``python -m sparsebench OVERRIDES``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from sparsebench.__main__ import check_group_choices
+    from sparsebench.config import CONF_DIR
+
+    check_group_choices(overrides)
+    if GlobalHydra.instance().is_initialized():  # inside the worker's @hydra.main
+        return compose(config_name="config", overrides=overrides)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def check_space(spec: StudySpec, extra: list[str]) -> None:
+    """Compose and validate a trial config at every corner of every dimension, before any
+    trial runs: an unknown key or a value the config rejects is one sentence."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    where = f"sweep '{spec.name}'"
+    try:
+        compose_trial([*spec.overrides, *extra, "paths.output_dir=."])
+    except ConfigError as exc:
+        raise ConfigError(f"{where} overrides: {exc}") from None
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"{where} overrides do not compose: {_first_line(exc)}") from None
+    defaults = {p.key: p.corners()[0] for p in spec.space}
+    for param in spec.space:
+        for value in param.corners():
+            values = {**defaults, param.key: value}
+            overrides = [*spec.overrides, *extra, *(f"{k}={v}" for k, v in values.items()),
+                         "paths.output_dir=."]  # fmt: skip
+            try:
+                validate(compose_trial(overrides))
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {param.key}={value}: {exc}") from None
+            except (HydraException, OmegaConfBaseException) as exc:
+                raise ConfigError(
+                    f"{where}: search-space key '{param.key}' (value {value}) is not a key of "
+                    f"the trial config ({_first_line(exc)})."
+                ) from None
+
+
+class Worker:
+    def __init__(self, cfg: DictConfig, output_dir: Path) -> None:
+        self.cfg = cfg
+        self.output_dir = output_dir
+        self.spec = load_spec(cfg.sweep, cfg.get("n_trials"), cfg.get("storage"))
+        # Trials print no summary table each (the study prints its own); trial_overrides win.
+        self.extra = ["print_summary=false", *(str(o) for o in cfg.get("trial_overrides") or [])]
+        check_space(self.spec, self.extra)
+        self.storage = open_storage(self.spec.storage, int(cfg.heartbeat_interval),
+                                    int(cfg.grace_period), self.spec.max_retry)  # fmt: skip
+        try:
+            self.study = optuna.create_study(
+                study_name=self.spec.name, storage=self.storage, load_if_exists=True,
+                directions=self.spec.directions, pruner=self.spec.make_pruner(),
+            )  # fmt: skip
+        except ValueError as exc:  # e.g. an existing study with other directions
+            raise ConfigError(f"study '{self.spec.name}': {_first_line(exc)}") from None
+        offset = 1000 * int(cfg.worker) + len(self.study.get_trials(deepcopy=False))
+        self.study.sampler = self.spec.make_sampler(seed_offset=offset)
+        self.study.set_user_attr("n_trials", self.spec.n_trials)
+        self.base = compose_trial([*self.spec.overrides, *self.extra, "paths.output_dir=."])
+        self.parent = self._parent_run()
+
+    # MLflow ------------------------------------------------------------------------------
+    def _client(self):
+        from mlflow import MlflowClient
+
+        from sparsebench.tracking.mlflow_logging import reachable, tracking_uri
+
+        logger = self.base.logger
+        if not logger.get("enabled", True):
+            return None
+        uri = tracking_uri(self.base)
+        problem = reachable(uri, logger.get("connect_timeout_s", 5.0))
+        if problem:
+            log.warning("MLflow: %s; trials keep their results.json", problem)
+            return None
+        return MlflowClient(tracking_uri=uri)
+
+    def _parent_run(self) -> str | None:
+        """The study's parent run: created by the first worker, found by the others."""
+        client = self._client()
+        if client is None:
+            return None
+        attrs = self.study.user_attrs
+        if attrs.get(PARENT_ATTR):
+            parent = attrs[PARENT_ATTR]
+        else:
+            name = self.base.logger.experiment_name
+            found = client.get_experiment_by_name(name)
+            experiment_id = found.experiment_id if found else client.create_experiment(name)
+            tags = {"sparsebench.study": self.spec.name,
+                    "optuna.storage": redact(self.spec.storage)}  # fmt: skip
+            mine = client.create_run(experiment_id, run_name=f"study {self.spec.name}", tags=tags)
+            self.study.set_user_attr(PARENT_ATTR, mine.info.run_id)
+            time.sleep(0.5)  # two workers may have raced: the last write wins, the loser retracts
+            parent = self.study.user_attrs[PARENT_ATTR]
+            if parent != mine.info.run_id:
+                client.delete_run(mine.info.run_id)
+            else:
+                from mlflow.entities import Param
+
+                params = {"n_trials": self.spec.n_trials, "sampler": self.spec.sampler["name"],
+                          "pruner": self.spec.pruner["name"], "sweep": str(self.spec.path)}  # fmt: skip
+                client.log_batch(parent, params=[Param(k, str(v)) for k, v in params.items()])
+        trials_dir = self.output_dir / "trials"
+        trials_dir.mkdir(parents=True, exist_ok=True)
+        (trials_dir / PARENT_FILE).write_text(json.dumps({"run_id": parent}))
+        return parent
+
+    # Trials ------------------------------------------------------------------------------
+    def _counts(self) -> tuple[int, int, int]:
+        trials = self.study.get_trials(deepcopy=False)
+        finished = sum(t.state in FINISHED for t in trials)
+        running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
+        waiting = sum(t.state == optuna.trial.TrialState.WAITING for t in trials)
+        return finished, running, waiting
+
+    def objective(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        earlier = self.study.get_trials(deepcopy=False, states=(*FINISHED, *ACTIVE))
+        if sum(t.number < trial.number for t in earlier) >= self.spec.n_trials:
+            trial.set_user_attr("surplus", True)
+            raise SurplusTrial(f"trial {trial.number}: the study has its {self.spec.n_trials}")
+        values = {p.key: p.suggest(trial) for p in self.spec.space}
+        run_dir = self.output_dir / "trials" / f"{trial.number:04d}"
+        overrides = [*self.spec.overrides, *self.extra, *(f"{k}={v}" for k, v in values.items()),
+                     f"paths.output_dir={run_dir}"]  # fmt: skip
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
+        cfg = compose_trial(overrides)
+        callbacks = []
+        if self.spec.pruner["name"] != "none":
+            from optuna_integration import PyTorchLightningPruningCallback
+
+            monitor = self.spec.pruner.get("monitor", "val/acc")
+            callbacks.append(PyTorchLightningPruningCallback(trial, monitor=monitor))
+        from runners.train import run
+
+        log.info("trial %d: %s", trial.number, " ".join(f"{k}={v}" for k, v in values.items()))
+        metrics = run(cfg, callbacks=callbacks, tags={"optuna.study": self.spec.name,
+                                                      "optuna.trial": str(trial.number)})  # fmt: skip
+        results = json.loads((run_dir / "results.json").read_text())
+        if results.get("mlflow"):
+            trial.set_user_attr("mlflow_run_id", results["mlflow"]["run_id"])
+        missing = [o.metric for o in self.spec.objectives if o.metric not in metrics]
+        if missing:
+            raise RuntimeError(f"trial {trial.number} wrote no {', '.join(missing)}")
+        out = tuple(float(metrics[o.metric]) for o in self.spec.objectives)
+        return out if self.spec.multi_objective else out[0]
+
+    def run(self) -> int:
+        """Run trials until the study has ``n_trials`` completed or pruned; returns how many
+        this worker ran."""
+        ran = 0
+        while True:
+            optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial -> retried
+            finished, running, waiting = self._counts()
+            if finished >= self.spec.n_trials:
+                break
+            if waiting == 0 and finished + running >= self.spec.n_trials:
+                time.sleep(float(self.cfg.poll_s))  # the last trials run elsewhere: wait
+                continue
+            self.study.optimize(self.objective, n_trials=1, catch=(Exception,))
+            ran += 1
+        return ran
+
+    # Report ------------------------------------------------------------------------------
+    def best(self) -> list[optuna.trial.FrozenTrial]:
+        if self.spec.multi_objective:
+            return sorted(self.study.best_trials, key=lambda t: t.number)
+        return [self.study.best_trial]
+
+    def report(self) -> dict[str, Any]:
+        best = self.best()
+        metrics = [o.metric for o in self.spec.objectives]
+        rows = [{"trial": t.number, **dict(zip(metrics, t.values)), **t.params,
+                 "run_dir": t.user_attrs.get("run_dir")} for t in best]  # fmt: skip
+        states = [t.state.name for t in self.study.get_trials(deepcopy=False)]
+        summary = {
+            "study": self.spec.name,
+            "storage": redact(self.spec.storage),
+            "objectives": [f"{o.metric} ({o.direction})" for o in self.spec.objectives],
+            "trials": {s: states.count(s) for s in sorted(set(states))},
+            "pareto_front" if self.spec.multi_objective else "best": rows,
+        }
+        title = "Pareto front" if self.spec.multi_objective else "best trial"
+        print(f"study {self.spec.name}: {summary['trials']}; {title}:")
+        for row in rows:
+            print("  " + ", ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k != "run_dir"))
+        (self.output_dir / "study.json").write_text(json.dumps(summary, indent=2, default=str))
+        if self.parent:
+            self._log_summary(summary)
+        return summary
+
+    def _log_summary(self, summary: dict[str, Any]) -> None:
+        client = self._client()
+        if client is None:
+            return
+        try:
+            rows = summary.get("best") or summary.get("pareto_front")
+            if "best" in summary:
+                for metric in (o.metric for o in self.spec.objectives):
+                    client.log_metric(self.parent, f"best/{metric}", float(rows[0][metric]))
+                client.set_tag(self.parent, "best_trial", str(rows[0]["trial"]))
+            else:
+                client.log_metric(self.parent, "pareto/size", len(rows))
+            client.log_dict(self.parent, summary, "study.json")
+            client.set_terminated(self.parent)
+        except Exception as exc:  # the study is done; MLflow trouble loses nothing
+            log.warning("could not log the study summary to MLflow (%s)", exc)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def spawn_workers(output_dir: Path, count: int) -> int:
+    """``workers=N``: N worker processes on this machine sharing the study; returns the
+    number that failed."""
+    args = [a for a in sys.argv[1:] if not a.startswith(("workers=", "worker=", "hydra.run.dir="))]
+    procs = []
+    for index in range(count):
+        folder = output_dir / f"worker{index}"
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "sparsebench.search", *args, "workers=1", f"worker={index}",
+             f"hydra.run.dir={folder}"]
+        ))  # fmt: skip
+    return sum(p.wait() != 0 for p in procs)
+
+
+__all__ = ["Worker", "check_space", "compose_trial", "spawn_workers"]
