@@ -25,12 +25,16 @@ from sparsebench.training import (
 
 
 def run(
-    cfg: DictConfig, callbacks: list[L.Callback] | None = None, tags: dict[str, str] | None = None
+    cfg: DictConfig,
+    callbacks: list[L.Callback] | None = None,
+    tags: dict[str, str] | None = None,
+    started: float | None = None,
 ) -> dict[str, float]:
     """Train ``cfg``'s model on its dataset and write the results contract; returns the metrics.
 
-    ``callbacks`` join the Trainer's (a search trial's pruning callback); ``tags`` join the run's
-    tags (the study and trial number of a search trial)."""
+    For a search trial run in-process: ``callbacks`` join the Trainer's (the pruning callback),
+    ``tags`` join the run's (study, trial number), ``started`` (time.time()) replaces the
+    process start for ``time/startup_s``."""
     validate(cfg)
     output_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -47,7 +51,7 @@ def run(
         if method is not None and method.description:
             results.data["transform"] = method.description
             record.lines += method.description
-        progress = ResultsCallback(results)
+        progress = ResultsCallback(results, started)
         callbacks = [*([] if method is None else [method]), progress, *(callbacks or [])]
         module = build_module(cfg, model)
         start = time.perf_counter()

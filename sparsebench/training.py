@@ -32,15 +32,16 @@ from sparsebench.tracking.results import Results
 class ResultsCallback(Callback):
     """Mirrors per-epoch metrics into results.json and counts training samples seen."""
 
-    def __init__(self, results: Results) -> None:
+    def __init__(self, results: Results, started: float | None = None) -> None:
         self.results = results
         self.samples_seen = 0
+        # Start-up cost as a user feels it: process start to the first training step; a run
+        # started inside a longer-lived process (a search trial) counts from ``started``.
+        self.started = started if started is not None else psutil.Process().create_time()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.samples_seen == 0 and trainer.current_epoch == 0:
-            # Start-up cost as a user feels it: process start to the first training step.
-            started = psutil.Process().create_time()
-            self.results.update({"time/startup_s": time.time() - started})
+            self.results.update({"time/startup_s": time.time() - self.started})
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.samples_seen += len(batch[1]) * trainer.world_size

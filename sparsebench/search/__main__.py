@@ -1,9 +1,9 @@
 """``python -m sparsebench.search sweep=NAME``: a search worker (see sparsebench.search.worker).
 
-    python -m sparsebench.search sweep=tpe_mlp                        # one worker
-    python -m sparsebench.search sweep=tpe_mlp workers=4              # 4 local processes
-    python -m sparsebench.search sweep=tpe_mlp storage=postgresql://user@db:5432/optuna
-    python -m sparsebench.search -m sweep=tpe_mlp worker=0,1,2,3 hydra/launcher=submitit_slurm
+python -m sparsebench.search sweep=tpe_mlp                        # one worker
+python -m sparsebench.search sweep=tpe_mlp workers=4              # 4 local processes
+python -m sparsebench.search sweep=tpe_mlp storage=postgresql://user@db:5432/optuna
+python -m sparsebench.search -m sweep=tpe_mlp worker=0,1,2,3 hydra/launcher=submitit_slurm
 """
 
 from __future__ import annotations

@@ -119,9 +119,7 @@ def sweep_path(name: str) -> Path:
 def _param(key: str, node: dict[str, Any], where: str) -> Param:
     kind = node.get("type")
     if kind not in PARAM_TYPES:
-        raise ConfigError(
-            f"{where}: '{key}' has type {kind!r}; allowed: {', '.join(PARAM_TYPES)}."
-        )
+        raise ConfigError(f"{where}: '{key}' has type {kind!r}; allowed: {', '.join(PARAM_TYPES)}.")
     unknown = set(node) - {"type", "choices", "low", "high", "log", "step"}
     if unknown:
         raise ConfigError(

@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 import optuna
-from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
 from sparsebench.config import ConfigError
@@ -44,7 +44,9 @@ def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 30,
                 f"study storage {url}: folder {path.parent} does not exist (create it first)."
             )
         # The open(2)-based lock works on NFS, where symlink locks may not.
-        return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+        return JournalStorage(
+            JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+        )
     url = normalise(url)
     if not url.startswith(("sqlite:", "postgresql", "mysql")):
         raise ConfigError(f"study storage '{url}' has an unknown scheme; allowed: {SCHEMES}.")
@@ -59,7 +61,7 @@ def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 30,
         engine_kwargs={"pool_pre_ping": True},
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
-        failed_trial_callback=RetryFailedTrialCallback(max_retry=max_retry),
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
     )
 
 

@@ -33,6 +33,7 @@ from sparsebench.config import ConfigError, validate
 from sparsebench.search.spec import StudySpec, load_spec
 from sparsebench.search.storage import open_storage, redact
 from sparsebench.tracking.sweep import PARENT_FILE
+from sparsebench.training import build_hardware, build_method
 
 log = logging.getLogger(__name__)
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -83,7 +84,9 @@ def check_space(spec: StudySpec, extra: list[str]) -> None:
             overrides = [*spec.overrides, *extra, *(f"{k}={v}" for k, v in values.items()),
                          "paths.output_dir=."]  # fmt: skip
             try:
-                validate(compose_trial(overrides))
+                trial_cfg = compose_trial(overrides)
+                validate(trial_cfg)
+                build_method(trial_cfg), build_hardware(trial_cfg)  # their own range checks
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {param.key}={value}: {exc}") from None
             except (HydraException, OmegaConfBaseException) as exc:
@@ -176,6 +179,7 @@ class Worker:
         if sum(t.number < trial.number for t in earlier) >= self.spec.n_trials:
             trial.set_user_attr("surplus", True)
             raise SurplusTrial(f"trial {trial.number}: the study has its {self.spec.n_trials}")
+        started = time.time()
         values = {p.key: p.suggest(trial) for p in self.spec.space}
         run_dir = self.output_dir / "trials" / f"{trial.number:04d}"
         overrides = [*self.spec.overrides, *self.extra, *(f"{k}={v}" for k, v in values.items()),
@@ -192,8 +196,8 @@ class Worker:
         from runners.train import run
 
         log.info("trial %d: %s", trial.number, " ".join(f"{k}={v}" for k, v in values.items()))
-        metrics = run(cfg, callbacks=callbacks, tags={"optuna.study": self.spec.name,
-                                                      "optuna.trial": str(trial.number)})  # fmt: skip
+        tags = {"optuna.study": self.spec.name, "optuna.trial": str(trial.number)}
+        metrics = run(cfg, callbacks=callbacks, tags=tags, started=started)
         results = json.loads((run_dir / "results.json").read_text())
         if results.get("mlflow"):
             trial.set_user_attr("mlflow_run_id", results["mlflow"]["run_id"])
@@ -205,8 +209,9 @@ class Worker:
 
     def run(self) -> int:
         """Run trials until the study has ``n_trials`` completed or pruned; returns how many
-        this worker ran."""
-        ran = 0
+        this worker ran. A worker whose last ``max_failures`` trials all failed stops with
+        the last error (a broken configuration would otherwise fail forever)."""
+        ran, failures = 0, 0
         while True:
             optuna.storages.fail_stale_trials(self.study)  # a dead worker's trial -> retried
             finished, running, waiting = self._counts()
@@ -215,12 +220,31 @@ class Worker:
             if waiting == 0 and finished + running >= self.spec.n_trials:
                 time.sleep(float(self.cfg.poll_s))  # the last trials run elsewhere: wait
                 continue
-            self.study.optimize(self.objective, n_trials=1, catch=(Exception,))
+            self._last_error = None
+            self.study.optimize(self._guarded, n_trials=1, catch=(Exception,))
             ran += 1
+            error = self._last_error
+            failures = failures + 1 if error and not isinstance(error, SurplusTrial) else 0
+            if failures >= int(self.cfg.max_failures):
+                raise ConfigError(
+                    f"{failures} trials in a row failed in study '{self.spec.name}'; the last: "
+                    f"{type(error).__name__}: {_first_line(error)}"
+                )
         return ran
+
+    def _guarded(self, trial: optuna.Trial):
+        try:
+            return self.objective(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:  # Optuna records the trial as failed; we count it
+            self._last_error = exc
+            raise
 
     # Report ------------------------------------------------------------------------------
     def best(self) -> list[optuna.trial.FrozenTrial]:
+        if not self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            return []  # e.g. every trial pruned
         if self.spec.multi_objective:
             return sorted(self.study.best_trials, key=lambda t: t.number)
         return [self.study.best_trial]
@@ -228,7 +252,7 @@ class Worker:
     def report(self) -> dict[str, Any]:
         best = self.best()
         metrics = [o.metric for o in self.spec.objectives]
-        rows = [{"trial": t.number, **dict(zip(metrics, t.values)), **t.params,
+        rows = [{"trial": t.number, **dict(zip(metrics, t.values, strict=True)), **t.params,
                  "run_dir": t.user_attrs.get("run_dir")} for t in best]  # fmt: skip
         states = [t.state.name for t in self.study.get_trials(deepcopy=False)]
         summary = {
@@ -253,7 +277,9 @@ class Worker:
             return
         try:
             rows = summary.get("best") or summary.get("pareto_front")
-            if "best" in summary:
+            if not rows:
+                pass
+            elif "best" in summary:
                 for metric in (o.metric for o in self.spec.objectives):
                     client.log_metric(self.parent, f"best/{metric}", float(rows[0][metric]))
                 client.set_tag(self.parent, "best_trial", str(rows[0]["trial"]))

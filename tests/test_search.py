@@ -1,0 +1,158 @@
+"""The Optuna search worker: studies from yaml, bad input before any trial, single- and
+multi-objective studies, trial pruning, MLflow nesting. Many workers on PostgreSQL (with a
+worker killed mid-trial) are in tests/test_search_cluster.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from sparsebench.config import ConfigError
+from sparsebench.search.spec import load_spec
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+FAST = ["model=mlp", "dataset=digits", "debug=fast", "model.hidden_dims=[64,64]"]
+
+
+def write_sweep(folder: Path, **fields) -> Path:
+    study = {
+        "overrides": [*FAST, "+method=random"],
+        "space": {"method.sparsity": {"type": "float", "low": 0.3, "high": 0.95}},
+        "objectives": [{"metric": "val/acc", "direction": "maximize"}],
+        "sampler": {"name": "random", "seed": 0},
+        "n_trials": 3,
+        **fields,
+    }
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def search(args: list[str], cwd: Path, timeout: float = 400) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    return subprocess.run([sys.executable, "-m", "sparsebench.search", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, env=env)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"space": {"method.sparsityy": {"type": "float", "low": 0.1, "high": 0.9}}},
+         "error: sweep 'study': search-space key 'method.sparsityy' (value 0.1) is not a key of the trial config"),
+        ({"space": {"method.sparsity": {"type": "float", "low": 0.9, "high": 0.5}}},
+         "error: sweep 'study': 'method.sparsity' has an empty range [0.9, 0.5]; low must be below high."),
+        ({"space": {"method.distribution": {"type": "categorical", "choices": []}}},
+         "error: sweep 'study': 'method.distribution' has an empty list of choices."),
+        ({"space": {"method.sparsity": {"type": "float", "low": 0.5, "high": 1.5}}},
+         "error: sweep 'study': method.sparsity=1.5: method.sparsity must be in [0.0, 1.0), got 1.5."),
+        ({"objectives": [{"metric": "test/accuracy", "direction": "maximize"}]},
+         "error: sweep 'study': objective 'test/accuracy' is not in the results contract; allowed: test/acc,"),
+        ({"storage": "postgresql://postgres@127.0.0.1:1/nothing"},
+         "error: cannot reach the study storage postgresql+psycopg2://postgres@127.0.0.1:1/nothing ("),
+        ({"sampler": {"name": "grid"}},
+         "error: sweep 'study': sampler 'grid' is unknown; allowed: random, tpe, nsga2."),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_sentence_before_any_trial(tmp_path: Path, fields, message) -> None:
+    path = write_sweep(tmp_path, **fields)
+    proc = search([f"sweep={path}"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith(message), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("outputs/**/results.json"))  # no trial ran
+
+
+def test_unknown_sweep_name_lists_the_available_ones() -> None:
+    with pytest.raises(ConfigError, match="unknown sweep 'nope'; available: .*tpe_rigl"):
+        load_spec("nope")
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml")))
+def test_shipped_sweeps_are_valid(name: str) -> None:
+    from sparsebench.search.worker import check_space
+
+    spec = load_spec(name)
+    check_space(spec, [])  # every corner of every dimension composes and validates
+    assert spec.n_trials >= 1 and spec.objectives
+
+
+def test_study_runs_trials_as_nested_mlflow_runs(tmp_path: Path) -> None:
+    proc = search([f"sweep={write_sweep(tmp_path)}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="study", storage=f"sqlite:///{tmp_path}/optuna.db")
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    sparsities = [t.params["method.sparsity"] for t in trials]
+    assert len(set(sparsities)) == 3 and all(0.3 <= s <= 0.95 for s in sparsities)
+    for trial in trials:  # each trial a full run: results contract in its own folder
+        results = json.loads((Path(trial.user_attrs["run_dir"]) / "results.json").read_text())
+        assert results["status"] == "ok"
+        assert results["metrics"]["val/acc"] == pytest.approx(trial.value)
+        assert results["metrics"]["sparsity/target"] == pytest.approx(
+            trial.params["method.sparsity"]
+        )
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("sparsebench").experiment_id])
+    (parent,) = [r for r in runs if "sparsebench.study" in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.tags["optuna.trial"] for r in children) == ["0", "1", "2"]
+    assert {r.info.run_id for r in children} == {t.user_attrs["mlflow_run_id"] for t in trials}
+    best = study.best_trial
+    assert parent.data.metrics["best/val/acc"] == pytest.approx(best.value)
+    assert parent.data.tags["best_trial"] == str(best.number) and parent.info.status == "FINISHED"
+    assert f"trial={best.number}, val/acc=" in proc.stdout
+    # Restarting a finished study runs nothing more; a larger n_trials continues it.
+    proc = search([f"sweep={write_sweep(tmp_path)}", "n_trials=4"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 4
+
+
+def test_multi_objective_study_reports_a_pareto_front(tmp_path: Path) -> None:
+    path = write_sweep(
+        tmp_path,
+        overrides=["model=mlp", "dataset=digits", "debug=fast", "+method=random"],
+        space={"method.sparsity": {"type": "float", "low": 0.2, "high": 0.98},
+               "model.hidden_dims": {"type": "categorical", "choices": ["[32,32]", "[128,128]"]}},
+        objectives=[{"metric": "val/acc", "direction": "maximize"},
+                    {"metric": "flops/sparse", "direction": "minimize"}],
+        sampler={"name": "nsga2", "seed": 0, "population_size": 4},
+        n_trials=8,
+    )  # fmt: skip
+    proc = search([f"sweep={path}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(next(tmp_path.glob("outputs/search/**/study.json")).read_text())
+    front = summary["pareto_front"]
+    assert len(front) >= 3 and "Pareto front:" in proc.stdout
+    for a in front:  # no member dominates another
+        for b in front:
+            assert not (a["val/acc"] >= b["val/acc"] and a["flops/sparse"] <= b["flops/sparse"]
+                        and (a["val/acc"], a["flops/sparse"]) != (b["val/acc"], b["flops/sparse"]))  # fmt: skip
+
+
+def test_pruned_trials_stop_early_and_count(tmp_path: Path) -> None:
+    # A threshold no accuracy reaches: every trial is pruned after its first validation.
+    path = write_sweep(
+        tmp_path,
+        overrides=[*FAST, "+method=random", "trainer.max_epochs=3"],
+        pruner={"name": "threshold", "lower": 1.01, "n_warmup_steps": 0},
+        n_trials=2,
+    )
+    proc = search([f"sweep={path}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="study", storage=f"sqlite:///{tmp_path}/optuna.db")
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
+    assert all(list(t.intermediate_values) == [0] for t in trials)  # stopped after epoch 0
+    for trial in trials:
+        results = json.loads((Path(trial.user_attrs["run_dir"]) / "results.json").read_text())
+        assert results["status"] == "pruned" and [e["epoch"] for e in results["history"]] == [0]
