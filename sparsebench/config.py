@@ -319,10 +319,13 @@ def validate(cfg: DictConfig) -> SparsebenchConfig:
 
 
 def register_resolvers() -> None:
-    """``${sb.prod:${dataset.input_shape}}`` (flattened size) and ``${sb.size:...}`` (H)."""
+    """``${sb.prod:${dataset.input_shape}}`` (flattened size), ``${sb.size:...}`` (H) and
+    ``${sb.stem:${sweep}}`` (a sweep's name, also when given as a yaml path)."""
     import math
 
     if not OmegaConf.has_resolver("sb.prod"):
         OmegaConf.register_new_resolver("sb.prod", lambda shape: math.prod(int(d) for d in shape))
     if not OmegaConf.has_resolver("sb.size"):
         OmegaConf.register_new_resolver("sb.size", lambda shape: int(shape[-1]))
+    if not OmegaConf.has_resolver("sb.stem"):
+        OmegaConf.register_new_resolver("sb.stem", lambda name: Path(str(name)).stem)

@@ -27,8 +27,13 @@ def _main(cfg: DictConfig) -> None:
     quiet_lightning()
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
+        spec = load_spec(cfg.sweep, cfg.get("n_trials"), cfg.get("storage"))
+        if spec.baseline:  # the random-search baseline's comparison (sparsebench.search.baseline)
+            from sparsebench.search.baseline import Baseline
+
+            Baseline(cfg, output_dir, spec).run()
+            return
         if int(cfg.workers) > 1:  # check once here: bad input is one sentence, not N
-            spec = load_spec(cfg.sweep, cfg.get("n_trials"), cfg.get("storage"))
             check_space(spec, [str(o) for o in cfg.get("trial_overrides") or []])
             open_storage(spec.storage)
             raise SystemExit(1 if spawn_workers(output_dir, int(cfg.workers)) else 0)

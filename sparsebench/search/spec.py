@@ -23,7 +23,7 @@ PRUNERS = ("none", "median", "hyperband", "successive_halving", "threshold")
 PARAM_TYPES = ("categorical", "int", "float")
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 STUDY_KEYS = ("study_name", "overrides", "space", "objectives", "sampler", "pruner", "n_trials",
-              "storage", "max_retry", "description")  # fmt: skip
+              "storage", "max_retry", "description", "baseline")  # fmt: skip
 
 
 @dataclass
@@ -70,6 +70,7 @@ class StudySpec:
     max_retry: int = 2
     description: str = ""
     path: Path | None = None
+    baseline: dict[str, Any] | None = None  # the random-search baseline's comparison
 
     @property
     def directions(self) -> list[str]:
@@ -202,6 +203,7 @@ def load_spec(name: str, n_trials: int | None = None, storage: str | None = None
         max_retry=int(raw.get("max_retry", 2)),
         description=str(raw.get("description") or ""),
         path=path,
+        baseline=raw.get("baseline"),
     )
     for param in spec.space:  # build them once: a bad option fails here, not in a trial
         if param.key in {o.split("=", 1)[0] for o in spec.overrides}:

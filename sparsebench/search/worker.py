@@ -70,6 +70,11 @@ def check_space(spec: StudySpec, extra: list[str]) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    if spec.baseline:  # check the first of the baseline's studies (they differ in values only)
+        from sparsebench.search.baseline import _options, cell
+
+        options = _options(spec)
+        spec = cell(spec, options, options["sparsities"][0], options["seeds"][0])
     where = f"sweep '{spec.name}'"
     try:
         compose_trial([*spec.overrides, *extra, "paths.output_dir=."])
@@ -97,13 +102,19 @@ def check_space(spec: StudySpec, extra: list[str]) -> None:
 
 
 class Worker:
-    def __init__(self, cfg: DictConfig, output_dir: Path) -> None:
+    """One worker of one study. ``spec`` (default: the sweep named by ``cfg.sweep``) and
+    ``parent`` (an MLflow run to nest under instead of the study's own) serve drivers that run
+    several studies, such as the random-search baseline."""
+
+    def __init__(self, cfg: DictConfig, output_dir: Path, spec: StudySpec | None = None,
+                 parent: str | None = None) -> None:  # fmt: skip
         self.cfg = cfg
         self.output_dir = output_dir
-        self.spec = load_spec(cfg.sweep, cfg.get("n_trials"), cfg.get("storage"))
+        self.spec = spec or load_spec(cfg.sweep, cfg.get("n_trials"), cfg.get("storage"))
         # Trials print no summary table each (the study prints its own); trial_overrides win.
         self.extra = ["print_summary=false", *(str(o) for o in cfg.get("trial_overrides") or [])]
-        check_space(self.spec, self.extra)
+        if spec is None:
+            check_space(self.spec, self.extra)
         self.storage = open_storage(self.spec.storage, int(cfg.heartbeat_interval),
                                     int(cfg.grace_period), self.spec.max_retry)  # fmt: skip
         try:
@@ -117,23 +128,13 @@ class Worker:
         self.study.sampler = self.spec.make_sampler(seed_offset=offset)
         self.study.set_user_attr("n_trials", self.spec.n_trials)
         self.base = compose_trial([*self.spec.overrides, *self.extra, "paths.output_dir=."])
-        self.parent = self._parent_run()
+        if parent is not None:
+            self._parent_file(parent)
+        self.parent = parent if parent is not None else self._parent_run()
 
     # MLflow ------------------------------------------------------------------------------
     def _client(self):
-        from mlflow import MlflowClient
-
-        from sparsebench.tracking.mlflow_logging import reachable, tracking_uri
-
-        logger = self.base.logger
-        if not logger.get("enabled", True):
-            return None
-        uri = tracking_uri(self.base)
-        problem = reachable(uri, logger.get("connect_timeout_s", 5.0))
-        if problem:
-            log.warning("MLflow: %s; trials keep their results.json", problem)
-            return None
-        return MlflowClient(tracking_uri=uri)
+        return mlflow_client(self.base)
 
     def _parent_run(self) -> str | None:
         """The study's parent run: created by the first worker, found by the others."""
@@ -144,12 +145,9 @@ class Worker:
         if attrs.get(PARENT_ATTR):
             parent = attrs[PARENT_ATTR]
         else:
-            name = self.base.logger.experiment_name
-            found = client.get_experiment_by_name(name)
-            experiment_id = found.experiment_id if found else client.create_experiment(name)
             tags = {"sparsebench.study": self.spec.name,
                     "optuna.storage": redact(self.spec.storage)}  # fmt: skip
-            mine = client.create_run(experiment_id, run_name=f"study {self.spec.name}", tags=tags)
+            mine = create_run(client, self.base, f"study {self.spec.name}", tags)
             self.study.set_user_attr(PARENT_ATTR, mine.info.run_id)
             time.sleep(0.5)  # two workers may have raced: the last write wins, the loser retracts
             parent = self.study.user_attrs[PARENT_ATTR]
@@ -161,10 +159,14 @@ class Worker:
                 params = {"n_trials": self.spec.n_trials, "sampler": self.spec.sampler["name"],
                           "pruner": self.spec.pruner["name"], "sweep": str(self.spec.path)}  # fmt: skip
                 client.log_batch(parent, params=[Param(k, str(v)) for k, v in params.items()])
+        self._parent_file(parent)
+        return parent
+
+    def _parent_file(self, parent: str) -> None:
+        """Trials find their parent run in the folder above their own (tracking.sweep)."""
         trials_dir = self.output_dir / "trials"
         trials_dir.mkdir(parents=True, exist_ok=True)
         (trials_dir / PARENT_FILE).write_text(json.dumps({"run_id": parent}))
-        return parent
 
     # Trials ------------------------------------------------------------------------------
     def _counts(self) -> tuple[int, int, int]:
@@ -289,6 +291,31 @@ class Worker:
             client.set_terminated(self.parent)
         except Exception as exc:  # the study is done; MLflow trouble loses nothing
             log.warning("could not log the study summary to MLflow (%s)", exc)
+
+
+def mlflow_client(base: DictConfig):
+    """An MlflowClient for the trials' tracking store, or None (logging off, store down)."""
+    from mlflow import MlflowClient
+
+    from sparsebench.tracking.mlflow_logging import reachable, tracking_uri
+
+    logger = base.logger
+    if not logger.get("enabled", True):
+        return None
+    uri = tracking_uri(base)
+    problem = reachable(uri, logger.get("connect_timeout_s", 5.0))
+    if problem:
+        log.warning("MLflow: %s; trials keep their results.json", problem)
+        return None
+    return MlflowClient(tracking_uri=uri)
+
+
+def create_run(client, base: DictConfig, name: str, tags: dict[str, str]):
+    """A run in the trials' experiment (created if missing), to nest trials under."""
+    experiment = base.logger.experiment_name
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    return client.create_run(experiment_id, run_name=name, tags=tags)
 
 
 def _fmt(value: Any) -> str:

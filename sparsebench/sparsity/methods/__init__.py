@@ -9,6 +9,7 @@ from sparsebench.sparsity.methods.iss_p import ISSP
 from sparsebench.sparsity.methods.magnitude import MagnitudePruning
 from sparsebench.sparsity.methods.monarch import Monarch
 from sparsebench.sparsity.methods.nm import SRSTE, NMOneShot
+from sparsebench.sparsity.methods.node import NodeMask
 from sparsebench.sparsity.methods.pgf import ProgressiveGradientFlow
 from sparsebench.sparsity.methods.soups import SparseModelSoups
 from sparsebench.sparsity.methods.sparse_ift import SparseIFT
@@ -26,6 +27,7 @@ __all__ = [
     "MagnitudePruning",
     "Monarch",
     "NMOneShot",
+    "NodeMask",
     "ProgressiveGradientFlow",
     "RandomPruning",
     "RigL",
