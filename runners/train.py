@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -42,12 +43,19 @@ def run(
     model = build_model(cfg.model)
     hardware = build_hardware(cfg)
     method = build_method(cfg)
-    if method is not None:  # Sparse-IFT trains a transformed model
-        model = method.transform_model(model, cfg.model, datamodule.example_input(1))
     hardware.check(method.pattern if method else None, method.name if method else "dense")
 
     with RunRecorder(cfg, output_dir, {**hardware.fingerprint(), **(tags or {})}) as record:
         results = record.results
+        if method is not None:  # DASS searches; Sparse-IFT and DASS train another model
+            method.prepare(datamodule, cfg)
+            model = method.transform_model(model, cfg.model, datamodule.example_input(1))
+            results.data.update(method.extra_results())
+            results.update(method.extra_metrics())
+            for key, value in method.extra_results().items():  # e.g. genotype.json
+                path = output_dir / f"{key}.json"
+                path.write_text(json.dumps(value, indent=1, default=str))
+                record.artifacts.append(path)
         if method is not None and method.description:
             results.data["transform"] = method.description
             record.lines += method.description

@@ -53,6 +53,10 @@ class ModelConfig:
     in_features: int | None = None  # mlp
     hidden_dims: list[int] | None = None  # mlp
     width: int | None = None  # cifar resnet20 base width
+    channels: int | None = None  # dass_network: channels of the first cells
+    cells: int | None = None  # dass_network
+    nodes: int | None = None  # dass_network: intermediate nodes per cell
+    genotype: Any = None  # dass_network: a searched genotype (mapping or JSON string)
     drop_rate: float | None = None
     drop_path_rate: float | None = None
 

@@ -146,3 +146,21 @@ def resnet20(
     if kwargs:
         raise TypeError(f"resnet20 got unexpected arguments: {sorted(kwargs)}")
     return CifarResNet(20, num_classes, in_chans, width)
+
+
+@register_model
+def dass_network(
+    pretrained: bool = False, num_classes: int = 10, in_chans: int = 1, channels: int = 8,
+    cells: int = 3, nodes: int = 3, genotype=None, **kwargs,
+) -> nn.Module:  # fmt: skip
+    """A network of DASS's search space built from a genotype (default: a hand-made one);
+    ``+method=dass`` searches the genotype instead (sparsebench.search.dass)."""
+    from sparsebench.search.dass import check_genotype
+    from sparsebench.search.dass_space import DerivedNetwork, default_genotype
+
+    _no_pretrained("dass_network", pretrained)
+    _drop_timm_kwargs(kwargs)
+    if kwargs:
+        raise TypeError(f"dass_network got unexpected arguments: {sorted(kwargs)}")
+    genotype = check_genotype(genotype, nodes) if genotype is not None else default_genotype(nodes)
+    return DerivedNetwork(in_chans, num_classes, genotype, channels, cells, nodes)

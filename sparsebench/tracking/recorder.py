@@ -35,6 +35,7 @@ class RunRecorder:
         self.results.update(tags=tags)
         self.notes: list[str] = []  # tracking problems (each followed by how to upload)
         self.lines: list[str] = []  # anything else the summary should show (e.g. transformations)
+        self.artifacts: list[Path] = []  # files logged beside results.json (e.g. genotype.json)
         self.logger: SafeMLFlowLogger | None = None
         if self.is_zero:
             parent = parent_run_id(self.output_dir)
@@ -61,7 +62,10 @@ class RunRecorder:
             OmegaConf.save(self.cfg, config_path, resolve=True)
             params = flatten(self.results.data["config"])
             logger.log_final(
-                self.results.metrics, params, self.results.tags, [self.results.path, config_path]
+                self.results.metrics,
+                params,
+                self.results.tags,
+                [self.results.path, config_path, *self.artifacts],
             )
             status = self.results.data["status"]
             logger.finalize({"ok": "success", "pruned": "KILLED"}.get(status, "failed"))

@@ -154,6 +154,17 @@ class SparsityMethod(Callback):
         trainer.fit(module, datamodule=datamodule)
         return trainer
 
+    def prepare(self, datamodule: L.LightningDataModule, cfg: Any) -> None:
+        """Work before the model is built (DASS searches its architecture here)."""
+
+    def extra_results(self) -> dict[str, Any]:
+        """Method-specific entries for results.json (e.g. DASS's genotype)."""
+        return {}
+
+    def extra_metrics(self) -> dict[str, float]:
+        """Method-specific metrics beside the contract (e.g. ``time/search_s``)."""
+        return {}
+
     def transform_model(self, model: nn.Module, model_cfg: Any, example: torch.Tensor) -> nn.Module:
         """The model this method trains (Sparse-IFT transforms it; the default keeps it)."""
         return model

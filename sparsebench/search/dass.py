@@ -1,0 +1,216 @@
+"""DASS as a sparsity method: search a sparse architecture, derive it, retrain it.
+
+``python -m sparsebench +method=dass`` (which selects ``model=dass``) runs, in one run:
+
+1. Search (:meth:`DASS.prepare`): the supernet of :mod:`sparsebench.search.dass_space` on the
+   training split, halved: architecture parameters (Adam) on one half's loss plus
+   ``cost_weight`` x the softmax-expected cost of the operations (MACs x density: sparse and
+   cheap operations cost less), weights and sparse-operation scores (SGD) on the other half
+   (first-order DARTS, alternating steps).
+2. Derive: the genotype (two edges per node, one operation each, and the classifier kind),
+   printed, kept in results.json and logged as ``genotype.json``.
+3. Retrain the derived network from scratch through the normal Lightning run; every layer of a
+   sparse operation is masked at that operation's sparsity, keeping the weights whose scores
+   the search learnt (top-k), so the results contract counts the searched sparsity.
+
+Mousavi et al., "DASS: Differentiable Architecture Search for Sparse neural networks" (2022);
+first-order DARTS from Liu et al., "DARTS: Differentiable Architecture Search", ICLR 2019.
+With ``genotype`` given, the search is skipped and that network is retrained (masks then come
+from the magnitudes of the fresh weights, i.e. random, since no scores were learnt).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, random_split
+
+from sparsebench.config import ConfigError
+from sparsebench.search.dass_space import (
+    HEADS,
+    OPS,
+    DerivedNetwork,
+    SearchNetwork,
+    format_genotype,
+)
+from sparsebench.sparsity.masks import MaskSet
+from sparsebench.sparsity.methods.base import SparsityMethod
+
+log = logging.getLogger(__name__)
+
+
+def check_genotype(genotype: Any, nodes: int) -> dict[str, Any]:
+    """A genotype from the config (JSON string or mapping), checked."""
+    if isinstance(genotype, str):
+        genotype = json.loads(genotype)
+    ok = isinstance(genotype, dict) and genotype.get("head") in HEADS
+    for kind in ("normal", "reduce"):
+        cells = genotype.get(kind) if isinstance(genotype, dict) else None
+        ok = ok and isinstance(cells, list) and len(cells) == 2 * nodes
+        for index, edge in enumerate(cells or []):
+            op, src = edge
+            ok = ok and op in OPS and op != "none" and 0 <= int(src) < 2 + index // 2
+    if not ok:
+        raise ConfigError(
+            f"method.genotype is not a genotype for {nodes} nodes: it needs normal and reduce "
+            f"lists of {2 * nodes} [operation, input] pairs (operations: "
+            f"{', '.join(o for o in OPS if o != 'none')}; node j takes inputs 0..j+1) and a head "
+            f"({', '.join(HEADS)}), got {genotype!r}."
+        )
+    return {k: [(op, int(src)) for op, src in genotype[k]] for k in ("normal", "reduce")} | {
+        "head": genotype["head"]
+    }
+
+
+class DASS(SparsityMethod):
+    sparse_from_start = True
+
+    def __init__(self, name: str = "dass", channels: int = 8, cells: int = 3, nodes: int = 3,
+                 search_epochs: int = 10, weight_lr: float = 0.05, arch_lr: float = 3e-3,
+                 arch_weight_decay: float = 1e-3, cost_weight: float = 0.2,
+                 search_resolution: int | None = 16, search_batches: int | None = None,
+                 genotype: Any = None, **kwargs) -> None:  # fmt: skip
+        kwargs.pop("sparsity", None)  # each operation carries its own
+        super().__init__(name=name, sparsity=0.0, dense_stem=False, dense_head=False, **kwargs)
+        for key, value in (("channels", channels), ("cells", cells), ("nodes", nodes),
+                           ("search_epochs", search_epochs)):  # fmt: skip
+            if int(value) < 1:
+                raise ConfigError(f"method.{key} must be >= 1, got {value}.")
+        for key, value in (("weight_lr", weight_lr), ("arch_lr", arch_lr)):
+            if value <= 0:
+                raise ConfigError(f"method.{key} must be > 0, got {value}.")
+        if cost_weight < 0:
+            raise ConfigError(f"method.cost_weight must be >= 0, got {cost_weight}.")
+        self.options = {"channels": channels, "cells": cells, "nodes": nodes}
+        self.search_epochs, self.cost_weight = search_epochs, cost_weight
+        self.search_resolution = search_resolution
+        self.search_batches = search_batches  # per epoch; None: the whole weight half
+        self.weight_lr, self.arch_lr, self.arch_weight_decay = weight_lr, arch_lr, arch_weight_decay
+        self.genotype = check_genotype(genotype, nodes) if genotype is not None else None
+        self.scores: dict[str, torch.Tensor] = {}
+        self.layer_sparsity: dict[str, float] = {}
+        self.history: list[dict[str, Any]] = []
+        self.search_s = 0.0
+        self.description = []
+
+    # -- search ---------------------------------------------------------------------------
+    def prepare(self, datamodule, cfg) -> None:
+        if self.genotype is not None:
+            self.description = [
+                f"DASS: retraining the given genotype {format_genotype(self.genotype)}"
+            ]
+            return
+        start = time.perf_counter()
+        datamodule.setup("fit")
+        gen = torch.Generator().manual_seed(self.seed)
+        half = len(datamodule.train_set) // 2
+        weight_half, arch_half = random_split(
+            datamodule.train_set, [half, len(datamodule.train_set) - half], generator=gen
+        )
+        batch = datamodule.batch_size
+        weights_loader = DataLoader(weight_half, batch_size=batch, shuffle=True, generator=gen)
+        arch_loader = DataLoader(arch_half, batch_size=batch, shuffle=True, generator=gen)
+        torch.manual_seed(self.seed)
+        in_chans = int(datamodule.input_shape[0])
+        net = SearchNetwork(in_chans, datamodule.num_classes, **self.options)
+        w_opt = torch.optim.SGD(net.weight_parameters(), lr=self.weight_lr, momentum=0.9,
+                                weight_decay=3e-4)  # fmt: skip
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, self.search_epochs)
+        a_opt = torch.optim.Adam(net.arch_parameters(), lr=self.arch_lr, betas=(0.5, 0.999),
+                                 weight_decay=self.arch_weight_decay)  # fmt: skip
+        for epoch in range(self.search_epochs):
+            net.train()
+            correct = seen = 0
+            pairs = zip(weights_loader, itertools.cycle(arch_loader))
+            for (xw, yw), (xa, ya) in itertools.islice(pairs, self.search_batches):
+                xw, xa = self._resize(xw), self._resize(xa)
+                a_opt.zero_grad()
+                arch_loss = F.cross_entropy(net(xa), ya) + self.cost_weight * net.expected_cost()
+                arch_loss.backward()
+                a_opt.step()
+                w_opt.zero_grad()
+                logits = net(xw)
+                F.cross_entropy(logits, yw).backward()
+                nn.utils.clip_grad_norm_(net.weight_parameters(), 5.0)
+                w_opt.step()
+                correct += int((logits.argmax(1) == yw).sum())
+                seen += len(yw)
+            schedule.step()
+            genotype = net.genotype()
+            self.history.append({"epoch": epoch, "search/train_acc": correct / seen,
+                                 "search/cost": float(net.expected_cost().detach()),
+                                 "genotype": format_genotype(genotype)})  # fmt: skip
+            log.info("DASS search epoch %d: train acc %.3f, expected cost %.3f; %s", epoch,
+                     correct / seen, float(net.expected_cost().detach()), format_genotype(genotype))  # fmt: skip
+        self.genotype = net.genotype()
+        self.search_s = time.perf_counter() - start
+        derived = DerivedNetwork(in_chans, datamodule.num_classes, self.genotype, **self.options)
+        for name, source in derived.search_source().items():
+            module = net.get_submodule(source)
+            if getattr(module, "sparsity", 0) > 0:
+                self.scores[name] = module.scores.detach().clone()
+        log.info("DASS derived genotype: %s", format_genotype(self.genotype))
+        self.description = [
+            f"DASS genotype: {format_genotype(self.genotype)}",
+            f"searched {self.search_epochs} epochs at {self.search_resolution or 'full'} px in "
+            f"{self.search_s:.0f} s "
+            f"(final supernet train acc {self.history[-1]['search/train_acc']:.3f})",
+        ]
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        """Images are searched at ``search_resolution`` (a proxy: the supernet runs every
+        operation on every edge); the derived network trains at full resolution."""
+        if self.search_resolution is None or x.dim() != 4 or x.shape[-1] <= self.search_resolution:
+            return x
+        return F.interpolate(x, size=self.search_resolution, mode="bilinear", align_corners=False)
+
+    def transform_model(self, model: nn.Module, model_cfg: Any, example: torch.Tensor) -> nn.Module:
+        if self.genotype is None:
+            raise ConfigError("method 'dass' has no genotype: the search did not run.")
+        return DerivedNetwork(int(example.shape[1]), int(model_cfg.num_classes), self.genotype,
+                              **self.options)  # fmt: skip
+
+    def extra_results(self) -> dict[str, Any]:
+        return {"genotype": self.genotype, "search_history": self.history}
+
+    def extra_metrics(self) -> dict[str, float]:
+        return {"time/search_s": self.search_s} if self.search_s else {}
+
+    # -- masks of the derived network ----------------------------------------------------
+    def attach(self, model: nn.Module) -> MaskSet:
+        if not isinstance(model, DerivedNetwork):
+            raise ConfigError("method 'dass' trains the network it derived (model=dass).")
+        self.layer_sparsity = model.layer_sparsity()
+        if not self.layer_sparsity:  # no sparse operation chosen: say so, train it dense
+            self.layer_sparsity = {"classifier": 0.0}
+            self.description.append("the genotype has no sparse operation: trained dense")
+        self.masks = MaskSet({name: model.get_submodule(name) for name in self.layer_sparsity})
+        return self.masks
+
+    @property
+    def target_sparsity(self) -> float:
+        if not self.masks:
+            return 0.0
+        total = sum(m.weight.numel() for _, m in self.masks)
+        return sum(self.layer_sparsity[n] * m.weight.numel() for n, m in self.masks) / total
+
+    def densities(self, scores=None, sparsity=None) -> dict[str, float]:
+        return {name: 1.0 - s for name, s in self.layer_sparsity.items()}
+
+    def init_masks(self) -> None:
+        for name, module in self.masks:
+            density = 1.0 - self.layer_sparsity[name]
+            score = self.scores.get(name)
+            if score is None or score.shape != module.weight.shape:
+                score = module.weight.detach().abs()
+            k = max(1, round(density * score.numel()))
+            mask = torch.zeros(score.numel(), dtype=torch.bool)
+            mask[score.abs().flatten().topk(k).indices] = True
+            self.masks.set(name, mask.view_as(score))
