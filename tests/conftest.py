@@ -83,3 +83,35 @@ def wait_until_healthy(base_url: str, server: subprocess.Popen, timeout: float) 
             assert server.poll() is None, f"the server behind {base_url} exited"
             assert time.time() < deadline, f"{base_url} did not answer within {timeout:.0f} s"
             time.sleep(0.5)
+
+
+PG = "postgresql://postgres@127.0.0.1:5432"  # every machine of this project runs it (trust auth)
+
+
+def _psql(sql: str) -> None:
+    import psycopg2
+
+    connection = psycopg2.connect(f"{PG}/postgres")
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+    connection.close()
+
+
+@pytest.fixture
+def pg_database():
+    """A fresh database on the local PostgreSQL (``postgresql://.../NAME``); dropped after."""
+    import uuid
+
+    try:
+        import psycopg2
+
+        psycopg2.connect(f"{PG}/postgres").close()
+    except Exception as exc:  # pragma: no cover - the project's machines all run PostgreSQL
+        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 is not reachable ({exc})")
+    database = f"sparsebench_{uuid.uuid4().hex[:10]}"
+    _psql(f"CREATE DATABASE {database}")
+    try:
+        yield f"{PG}/{database}"
+    finally:
+        _psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import optuna
@@ -22,35 +21,7 @@ from tests.conftest import run_cli
 from tests.test_search import FAST, search, write_sweep
 
 pytestmark = pytest.mark.slow
-PG = "postgresql://postgres@127.0.0.1:5432"
 NO_MLFLOW = 'trial_overrides=["logger=none"]'
-
-
-def _psql(sql: str) -> None:
-    import psycopg2
-
-    connection = psycopg2.connect(f"{PG}/postgres")
-    connection.autocommit = True
-    with connection.cursor() as cursor:
-        cursor.execute(sql)
-    connection.close()
-
-
-@pytest.fixture
-def pg_database():
-    """A fresh PostgreSQL database for one study; dropped after."""
-    try:
-        import psycopg2
-
-        psycopg2.connect(f"{PG}/postgres").close()
-    except Exception as exc:  # pragma: no cover - the project's machines all run PostgreSQL
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 is not reachable ({exc})")
-    database = f"sparsebench_{uuid.uuid4().hex[:10]}"
-    _psql(f"CREATE DATABASE {database}")
-    try:
-        yield f"{PG}/{database}"
-    finally:
-        _psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
 def _worker(args: list[str], cwd: Path, index: int, log: Path) -> subprocess.Popen:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -14,36 +13,17 @@ import pytest
 from tests.conftest import free_port, run_cli, wait_until_healthy
 
 pytestmark = pytest.mark.slow
-PG = "postgresql://postgres@127.0.0.1:5432"
-# SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3; the cluster extra ships psycopg2.
-STORE = "postgresql+psycopg2://postgres@127.0.0.1:5432"
-
-
-def _psql(sql: str) -> None:
-    import psycopg2
-
-    connection = psycopg2.connect(f"{PG}/postgres")
-    connection.autocommit = True
-    with connection.cursor() as cursor:
-        cursor.execute(sql)
-    connection.close()
 
 
 @pytest.fixture
-def tracking_server(tmp_path: Path):
+def tracking_server(tmp_path: Path, pg_database: str):
     """`mlflow server` on a free loopback port with a fresh PostgreSQL database; stopped after."""
-    try:
-        import psycopg2
-
-        psycopg2.connect(f"{PG}/postgres").close()
-    except Exception as exc:  # pragma: no cover - the project's machines all run PostgreSQL
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 is not reachable ({exc})")
-    database = f"sparsebench_{uuid.uuid4().hex[:10]}"
-    _psql(f"CREATE DATABASE {database}")
+    # SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3; the cluster extra ships psycopg2.
+    store = pg_database.replace("postgresql://", "postgresql+psycopg2://")
     port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"{STORE}/{database}", "--serve-artifacts",
+         "--backend-store-uri", store, "--serve-artifacts",
          "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -54,7 +34,6 @@ def tracking_server(tmp_path: Path):
     finally:
         server.terminate()
         server.wait(timeout=60)
-        _psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
 def test_sweep_to_postgres_server_and_leaderboard(tracking_server: str, tmp_path: Path) -> None:
