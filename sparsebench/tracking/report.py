@@ -128,10 +128,11 @@ def rendered_dom(html_path: Path, timeout: float = 120) -> str:
 
 def screenshot(html_path: Path, png_path: Path, width: int = 1400, height: int | None = None,
                timeout: float = 120) -> Path:  # fmt: skip
-    """A PNG of the rendered report; the default height fits a page with a few boards."""
-    if height is None:
-        boards = max(1, html_path.read_text().count("<table class='leaderboard'>"))
-        height = 200 + boards * 1200
+    """A PNG of the rendered report; the default height fits the whole page."""
+    if height is None:  # the whole page: per board a heading, its table rows, two plots
+        page = Path(html_path).read_text()
+        boards = max(1, page.count("<table class='leaderboard'>"))
+        height = 150 + boards * (100 + 2 * 470) + 32 * page.count("<tr>")
     _chromium(html_path, f"--screenshot={Path(png_path).resolve()}",
               f"--window-size={width},{height}", timeout=timeout)  # fmt: skip
     return Path(png_path)

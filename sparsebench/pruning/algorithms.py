@@ -1,0 +1,146 @@
+"""Post-training pruning of one layer from its calibration inputs.
+
+A layer is a weight matrix ``W`` (out x in; a convolution's weight flattened to
+out x (in * kh * kw), matching its unfolded input) and its calibration inputs ``X`` (samples x
+in). Every function returns a boolean keep-mask of ``W``'s shape (SparseGPT also new weights).
+Patterns: unstructured at ``density`` per comparison group, or N:M along the input dimension
+(``n`` kept of every ``m`` consecutive inputs of a row).
+
+- magnitude: |W|, per layer (Han et al. 2015).
+- Wanda: |W_ij| * ||X_j||_2, compared within each output row (Sun et al., "A Simple and
+  Effective Pruning Approach for Large Language Models", ICLR 2024).
+- SparseGPT: column by column with the inverse Hessian H^-1 of H = X^T X (+1% of its mean
+  diagonal), each pruned weight's error spread over the columns not yet processed, the mask
+  chosen per block of columns by w^2 / [H^-1]_jj^2 (Frantar & Alistarh, "SparseGPT: Massive
+  Language Models Can Be Accurately Pruned in One-Shot", ICML 2023).
+- DSnoT: from a starting mask, per output row swap one pruned and one kept weight per cycle so
+  that the expected reconstruction error sum_j W_ij (1 - M_ij) E[X_j] moves towards zero, until
+  it is below ``threshold`` or after ``max_cycles``; no weight update (Zhang et al., "Dynamic
+  Sparse No Training: Training-Free Fine-tuning for Sparse LLMs", ICLR 2024).
+
+Written from the papers' descriptions; the algorithms are few lines of linear algebra that no
+maintained library exposes for arbitrary torch layers (SparseML/llm-compressor target LLMs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """``n``/``m`` set: N:M; else unstructured at ``density``."""
+
+    density: float = 0.5
+    n: int | None = None
+    m: int | None = None
+
+    @property
+    def nm(self) -> bool:
+        return self.n is not None and self.m is not None
+
+    @property
+    def kept_fraction(self) -> float:
+        return self.n / self.m if self.nm else self.density
+
+
+def keep_top(scores: torch.Tensor, pattern: Pattern, per_row: bool) -> torch.Tensor:
+    """Keep-mask of the highest scores: per row, per layer, or per group of ``m`` inputs."""
+    rows, cols = scores.shape
+    if pattern.nm:
+        groups = scores.view(rows, cols // pattern.m, pattern.m)
+        index = groups.topk(pattern.n, dim=-1).indices
+        mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, index, True)
+        return mask.view(rows, cols)
+    if per_row:
+        k = round(pattern.density * cols)
+        index = scores.topk(k, dim=1).indices
+        return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, index, True)
+    k = round(pattern.density * scores.numel())
+    mask = torch.zeros(scores.numel(), dtype=torch.bool)
+    mask[scores.flatten().topk(k).indices] = True
+    return mask.view_as(scores)
+
+
+def magnitude(weight: torch.Tensor, pattern: Pattern) -> torch.Tensor:
+    return keep_top(weight.abs(), pattern, per_row=False)
+
+
+def wanda(weight: torch.Tensor, x_norm: torch.Tensor, pattern: Pattern) -> torch.Tensor:
+    """``x_norm``: the L2 norm of each input feature over the calibration samples."""
+    return keep_top(weight.abs() * x_norm[None, :], pattern, per_row=True)
+
+
+def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, pattern: Pattern,
+              block: int = 128, damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(new weights, keep-mask). ``hessian``: X^T X over the calibration samples (in x in)."""
+    w = weight.detach().clone().double()
+    h = hessian.detach().clone().double()
+    cols = w.shape[1]
+    dead = torch.diag(h) == 0  # inputs that were always zero: their weights do nothing
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h += damp * torch.diag(h).mean() * torch.eye(cols, dtype=h.dtype)
+    # Upper Cholesky factor of H^-1: row i holds the update of the columns after i.
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    keep = torch.ones_like(w, dtype=torch.bool)
+    block = pattern.m * max(1, block // pattern.m) if pattern.nm else block
+    for start in range(0, cols, block):
+        end = min(start + block, cols)
+        w1, h1 = w[:, start:end].clone(), hinv[start:end, start:end]
+        errors = torch.zeros_like(w1)
+        d = torch.diag(h1)
+        if not pattern.nm:  # adaptive mask per block: the lowest w^2 / d^2 over the block
+            keep[:, start:end] = keep_top(w1**2 / d[None, :] ** 2, pattern, per_row=False)
+        for i in range(end - start):
+            if pattern.nm and i % pattern.m == 0:
+                group = slice(i, i + pattern.m)
+                scores = w1[:, group] ** 2 / d[None, group] ** 2
+                keep[:, start + i : start + i + pattern.m] = keep_top(
+                    scores, Pattern(n=pattern.n, m=pattern.m), per_row=True
+                )
+            column = w1[:, i]
+            pruned = column * ~keep[:, start + i]
+            errors[:, i] = pruned / d[i]
+            w1[:, i:] -= errors[:, i : i + 1] * h1[i : i + 1, i:]
+            w1[:, i] = column * keep[:, start + i]
+        w[:, start:end] = w1
+        w[:, end:] -= errors @ hinv[start:end, end:]
+    return (w * keep).to(weight.dtype), keep
+
+
+def dsnot(weight: torch.Tensor, keep: torch.Tensor, x_mean: torch.Tensor, x_norm: torch.Tensor,
+          pattern: Pattern, threshold: float = 0.1, max_cycles: int = 50) -> torch.Tensor:  # fmt: skip
+    """Refine ``keep`` by one-for-one swaps per row (each row keeps its count, each N:M group
+    its n). ``x_mean`` and ``x_norm``: mean and L2 norm of each input over the samples."""
+    w = weight.detach().float()
+    keep = keep.clone()
+    contribution = w * x_mean[None, :]  # expected share of each weight in its output
+    importance = w.abs() * x_norm[None, :]  # Wanda's score: what pruning a weight costs
+    rows = torch.arange(w.shape[0])
+    inf = torch.finfo(w.dtype).max
+    for _ in range(max_cycles):
+        error = (contribution * ~keep).sum(1)  # dense output - sparse output, expected
+        active = error.abs() > threshold
+        if not active.any():
+            break
+        sign = torch.sign(error)[:, None]
+        # Grow: the pruned weight that moves the sparse output most towards the dense one.
+        grow_gain = torch.where(~keep & (contribution * sign > 0), contribution.abs(), -inf)
+        grow = grow_gain.argmax(1)
+        allowed = keep & (contribution * sign < 0)  # pruning these also shrinks the error
+        if pattern.nm:  # stay inside the grown weight's group of m
+            group = torch.arange(w.shape[1])[None, :] // pattern.m
+            allowed &= group == (grow // pattern.m)[:, None]
+        # Prune: the least important such kept weight.
+        prune = torch.where(allowed, importance, inf).argmin(1)
+        new_error = error - contribution[rows, grow] + contribution[rows, prune]
+        ok = (active & (grow_gain[rows, grow] > -inf) & allowed[rows, prune]
+              & (new_error.abs() < error.abs()))  # fmt: skip
+        if not ok.any():
+            break
+        keep[rows[ok], grow[ok]] = True
+        keep[rows[ok], prune[ok]] = False
+    return keep

@@ -1,0 +1,106 @@
+"""Layer-by-layer pruning on calibration data, each layer seeing the outputs of the layers
+pruned before it.
+
+For each prunable layer in order, the calibration batches run through the model as pruned so
+far, stopping at that layer; a forward pre-hook accumulates the statistics of its inputs (per
+feature sum and sum of squares, and X^T X for SparseGPT), the method prunes the layer, and the
+next layer is calibrated on the new outputs. Convolutions are seen through their unfolded
+inputs, their weights as out x (kh * kw * in), so that N:M groups run along input channels
+as in the training methods (sparsebench.sparsity.patterns.NM).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _Captured(Exception):
+    """Stops the forward pass once the layer's input is captured."""
+
+
+@dataclass
+class LayerStats:
+    count: int = 0
+    total: torch.Tensor | None = None  # per feature sum
+    squares: torch.Tensor | None = None  # per feature sum of squares
+    gram: torch.Tensor | None = None  # X^T X
+
+    def add(self, x: torch.Tensor, gram: bool) -> None:
+        x = x.double()
+        if self.total is None:
+            self.total = torch.zeros(x.shape[1], dtype=torch.float64)
+            self.squares = torch.zeros_like(self.total)
+            if gram:
+                self.gram = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
+        self.count += x.shape[0]
+        self.total += x.sum(0)
+        self.squares += (x * x).sum(0)
+        if gram:
+            self.gram += x.T @ x
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return (self.total / max(self.count, 1)).float()
+
+    @property
+    def norm(self) -> torch.Tensor:
+        return self.squares.sqrt().float()
+
+
+def as_matrix(module: nn.Module) -> torch.Tensor:
+    """The layer's weight as out x in (convolutions: out x (kh * kw * in))."""
+    weight = module.weight.detach()
+    return weight if weight.dim() == 2 else weight.movedim(1, -1).reshape(weight.shape[0], -1)
+
+
+def from_matrix(matrix: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    shape = module.weight.shape
+    if len(shape) == 2:
+        return matrix.reshape(shape)
+    return matrix.reshape(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
+
+
+def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input as samples x features, in the column order of :func:`as_matrix`."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    conv: nn.Conv2d = module  # type: ignore[assignment]
+    cols = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+    batch, _, positions = cols.shape
+    kernel = conv.kernel_size[0] * conv.kernel_size[1]
+    cols = cols.view(batch, conv.in_channels, kernel, positions).transpose(1, 2)
+    return cols.reshape(batch, kernel * conv.in_channels, positions).transpose(1, 2).reshape(
+        -1, kernel * conv.in_channels
+    )
+
+
+@torch.no_grad()
+def collect(model: nn.Module, module: nn.Module, batches: list[torch.Tensor],
+            gram: bool) -> LayerStats:  # fmt: skip
+    """Statistics of ``module``'s inputs over ``batches`` through the current ``model``."""
+    stats = LayerStats()
+
+    def hook(_module, args):
+        stats.add(layer_inputs(module, args[0]), gram)
+        raise _Captured
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        for batch in batches:
+            try:
+                model(batch)
+            except _Captured:
+                pass
+    finally:
+        handle.remove()
+    return stats
+
+
+def reconstruction_error(weight: torch.Tensor, pruned: torch.Tensor, gram: torch.Tensor) -> float:
+    """||W X^T - W' X^T||_F^2 from the Gram matrix: trace(D G D^T) with D = W - W'."""
+    diff = (weight - pruned).double()
+    return float(((diff @ gram) * diff).sum())

@@ -1,0 +1,148 @@
+"""Post-training pruning methods for ``runner=prune``: Wanda, SparseGPT and DSnoT (and the
+training method ``magnitude``, which the prune runner applies once to the trained weights).
+
+Each is a :class:`SparsityMethod` so that layer selection (stem and head dense by default,
+include/exclude), patterns (unstructured or N:M), masks and the results contract are the
+training methods' own; :meth:`PostTrainingMethod.prune_layer` is the per-layer algorithm
+(sparsebench.pruning.algorithms) and :meth:`PostTrainingMethod.prune` the layer-by-layer pass.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from sparsebench.config import ConfigError
+from sparsebench.pruning import algorithms
+from sparsebench.pruning.calibrate import (
+    LayerStats,
+    as_matrix,
+    collect,
+    from_matrix,
+    reconstruction_error,
+)
+from sparsebench.sparsity.methods.base import SparsityMethod
+from sparsebench.sparsity.patterns import NM, Unstructured
+
+log = logging.getLogger(__name__)
+
+
+class PostTrainingMethod(SparsityMethod):
+    """Base: ``calibration_samples`` inputs from the training split drive the pruning."""
+
+    needs_gram = False  # SparseGPT needs X^T X; the error report uses it when present
+    post_training = True
+
+    def __init__(self, name: str, sparsity: float = 0.5, calibration_samples: int = 128,
+                 **kwargs) -> None:  # fmt: skip
+        kwargs.setdefault("distribution", "uniform")
+        super().__init__(name=name, sparsity=sparsity, **kwargs)
+        if not isinstance(self.pattern, (Unstructured, NM)):
+            raise ConfigError(
+                f"method '{name}' prunes unstructured or N:M (method.pattern.kind=nm); "
+                f"got pattern kind '{self.pattern.kind}'."
+            )
+        if self.distribution != "uniform":
+            raise ConfigError(
+                f"method '{name}' prunes every layer at method.sparsity (distribution uniform); "
+                f"got '{self.distribution}'."
+            )
+        if int(calibration_samples) < 1:
+            raise ConfigError(
+                f"method.calibration_samples must be >= 1, got {calibration_samples}."
+            )
+        self.calibration_samples = int(calibration_samples)
+        self.errors: dict[str, dict[str, float]] = {}
+
+    @property
+    def algorithm_pattern(self) -> algorithms.Pattern:
+        if isinstance(self.pattern, NM):
+            return algorithms.Pattern(n=self.pattern.n, m=self.pattern.m)
+        return algorithms.Pattern(density=1.0 - self.sparsity)
+
+    def attach(self, model: nn.Module):
+        grouped = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+        if grouped:  # unfolded inputs describe ungrouped convolutions only
+            self.layer_options["exclude"] = (*self.layer_options["exclude"], *grouped)
+        return super().attach(model)
+
+    def prune_layer(self, weight: torch.Tensor, stats: LayerStats):
+        """(new weight or None, keep-mask) of one layer, both out x in."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def prune(self, model: nn.Module, batches: list[torch.Tensor]) -> None:
+        """Prune every selected layer in order; each sees the already pruned layers' outputs."""
+        assert self.masks is not None
+        model.eval()
+        for name, module in self.masks:
+            stats = collect(model, module, batches, gram=True)
+            weight = as_matrix(module)
+            new_weight, keep = self.prune_layer(weight, stats)
+            pruned = (new_weight if new_weight is not None else weight) * keep
+            self.errors[name] = {
+                "magnitude": reconstruction_error(weight, weight * algorithms.magnitude(
+                    weight, self.algorithm_pattern), stats.gram),
+                self.name: reconstruction_error(weight, pruned, stats.gram),
+            }  # fmt: skip
+            if new_weight is not None:
+                module.weight.copy_(from_matrix(new_weight, module))
+            self.masks.set(name, from_matrix(keep, module))
+            self.masks.apply()
+            log.info("%s: %s kept %.3f", self.name, name, float(keep.float().mean()))
+
+
+class Wanda(PostTrainingMethod):
+    """|W| x ||X||_2 per output row (Sun et al., ICLR 2024)."""
+
+    def __init__(self, name: str = "wanda", **kwargs) -> None:
+        super().__init__(name=name, **kwargs)
+
+    def prune_layer(self, weight, stats):
+        return None, algorithms.wanda(weight, stats.norm, self.algorithm_pattern)
+
+
+class SparseGPT(PostTrainingMethod):
+    """OBS-style pruning with inverse-Hessian error compensation (Frantar & Alistarh, 2023)."""
+
+    needs_gram = True
+
+    def __init__(self, name: str = "sparsegpt", block_size: int = 128, damp: float = 0.01,
+                 **kwargs) -> None:  # fmt: skip
+        super().__init__(name=name, **kwargs)
+        if int(block_size) < 1:
+            raise ConfigError(f"method.block_size must be >= 1, got {block_size}.")
+        if damp <= 0:
+            raise ConfigError(f"method.damp must be > 0, got {damp}.")
+        self.block_size, self.damp = int(block_size), float(damp)
+
+    def prune_layer(self, weight, stats):
+        return algorithms.sparsegpt(weight, stats.gram, self.algorithm_pattern,
+                                    self.block_size, self.damp)  # fmt: skip
+
+
+class DSnoT(PostTrainingMethod):
+    """Training-free prune-and-grow from a Wanda or magnitude mask (Zhang et al., ICLR 2024)."""
+
+    def __init__(self, name: str = "dsnot", start: str = "wanda", threshold: float = 0.1,
+                 max_cycles: int = 50, **kwargs) -> None:  # fmt: skip
+        super().__init__(name=name, **kwargs)
+        if start not in ("wanda", "magnitude"):
+            raise ConfigError(f"method.start must be wanda or magnitude, got '{start}'.")
+        if threshold < 0 or int(max_cycles) < 1:
+            raise ConfigError(
+                f"method.threshold must be >= 0 and method.max_cycles >= 1, got {threshold} "
+                f"and {max_cycles}."
+            )
+        self.start, self.threshold, self.max_cycles = start, float(threshold), int(max_cycles)
+
+    def prune_layer(self, weight, stats):
+        pattern = self.algorithm_pattern
+        if self.start == "wanda":
+            keep = algorithms.wanda(weight, stats.norm, pattern)
+        else:
+            keep = algorithms.keep_top(weight.abs(), pattern, per_row=True)
+        return None, algorithms.dsnot(weight, keep, stats.mean, stats.norm, pattern,
+                                      self.threshold, self.max_cycles)  # fmt: skip
