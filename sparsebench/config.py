@@ -261,7 +261,8 @@ class SparsebenchConfig:
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
     paths: PathsConfig = MISSING
-    runner: str = "train"
+    runner: str = "train"  # train | prune (post-training pruning of a trained model)
+    checkpoint: str | None = None  # runner=prune: a run folder or .ckpt of the trained model
     seed: int = 0
     tags: dict[str, str] = field(default_factory=dict)
     print_summary: bool = True
@@ -274,7 +275,7 @@ class SparsebenchConfig:
         )
 
 
-RUNNERS = ("train",)
+RUNNERS = ("train", "prune")
 
 SCHEMAS: dict[str, type] = {
     "model": ModelConfig,

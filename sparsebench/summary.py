@@ -7,6 +7,7 @@ from rich.table import Table
 
 ROWS = (
     ("test/acc", "test accuracy", "{:.4f}"),
+    ("test/acc_dense", "test accuracy before pruning", "{:.4f}"),
     ("val/acc", "val accuracy", "{:.4f}"),
     ("test/loss", "test loss", "{:.4f}"),
     ("params/total", "parameters", "{:,.0f}"),
@@ -22,6 +23,9 @@ ROWS = (
     ("speedup/theoretical", "speed-up theoretical", "{:.2f}x"),
     ("size/sparse_bytes", "weights stored (bytes)", "{:,.0f}"),
     ("time/train_s", "train time (s)", "{:.1f}"),
+    ("time/search_s", "search time (s)", "{:.1f}"),
+    ("time/prune_s", "prune time (s)", "{:.2f}"),
+    ("memory/peak_mb", "peak memory while pruning (MB)", "{:,.0f}"),
 )
 
 

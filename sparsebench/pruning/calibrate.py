@@ -11,6 +11,7 @@ as in the training methods (sparsebench.sparsity.patterns.NM).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -73,8 +74,10 @@ def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     batch, _, positions = cols.shape
     kernel = conv.kernel_size[0] * conv.kernel_size[1]
     cols = cols.view(batch, conv.in_channels, kernel, positions).transpose(1, 2)
-    return cols.reshape(batch, kernel * conv.in_channels, positions).transpose(1, 2).reshape(
-        -1, kernel * conv.in_channels
+    return (
+        cols.reshape(batch, kernel * conv.in_channels, positions)
+        .transpose(1, 2)
+        .reshape(-1, kernel * conv.in_channels)
     )
 
 
@@ -91,10 +94,8 @@ def collect(model: nn.Module, module: nn.Module, batches: list[torch.Tensor],
     handle = module.register_forward_pre_hook(hook)
     try:
         for batch in batches:
-            try:
+            with contextlib.suppress(_Captured):  # stopped at the layer: the rest is not needed
                 model(batch)
-            except _Captured:
-                pass
     finally:
         handle.remove()
     return stats

@@ -35,18 +35,25 @@ class PostTrainingMethod(SparsityMethod):
     needs_gram = False  # SparseGPT needs X^T X; the error report uses it when present
     post_training = True
 
+    #: distributions the method accepts (per-layer algorithms prune every layer at sparsity)
+    distributions: tuple[str, ...] = ("uniform",)
+
     def __init__(self, name: str, sparsity: float = 0.5, calibration_samples: int = 128,
-                 **kwargs) -> None:  # fmt: skip
+                 finetune_epochs: int = 0, **kwargs) -> None:  # fmt: skip
         kwargs.setdefault("distribution", "uniform")
         super().__init__(name=name, sparsity=sparsity, **kwargs)
+        if int(finetune_epochs) < 0:
+            raise ConfigError(f"method.finetune_epochs must be >= 0, got {finetune_epochs}.")
+        self.finetune_epochs = int(finetune_epochs)
+        self.dense_train_flops = 0.0  # set by the runner when it trained the dense model
         if not isinstance(self.pattern, (Unstructured, NM)):
             raise ConfigError(
                 f"method '{name}' prunes unstructured or N:M (method.pattern.kind=nm); "
                 f"got pattern kind '{self.pattern.kind}'."
             )
-        if self.distribution != "uniform":
+        if self.distribution not in self.distributions:
             raise ConfigError(
-                f"method '{name}' prunes every layer at method.sparsity (distribution uniform); "
+                f"method '{name}' takes method.distribution {' or '.join(self.distributions)}; "
                 f"got '{self.distribution}'."
             )
         if int(calibration_samples) < 1:
@@ -67,6 +74,10 @@ class PostTrainingMethod(SparsityMethod):
         if grouped:  # unfolded inputs describe ungrouped convolutions only
             self.layer_options["exclude"] = (*self.layer_options["exclude"], *grouped)
         return super().attach(model)
+
+    def train_flops(self, dense_flops: float, sparse_flops: float, samples: int) -> float:
+        """The dense training (when this run did it) plus the fine-tuning with masks fixed."""
+        return self.dense_train_flops + 3 * sparse_flops * samples
 
     def prune_layer(self, weight: torch.Tensor, stats: LayerStats):
         """(new weight or None, keep-mask) of one layer, both out x in."""
@@ -146,3 +157,25 @@ class DSnoT(PostTrainingMethod):
             keep = algorithms.keep_top(weight.abs(), pattern, per_row=True)
         return None, algorithms.dsnot(weight, keep, stats.mean, stats.norm, pattern,
                                       self.threshold, self.max_cycles)  # fmt: skip
+
+
+class OneShotMagnitude(PostTrainingMethod):
+    """The smallest |W| removed once from the trained weights: per layer (``uniform``) or
+    with one threshold over all layers (``global``); no calibration data (Han et al. 2015)."""
+
+    distributions = ("uniform", "global")
+
+    def __init__(self, name: str = "oneshot_magnitude", **kwargs) -> None:
+        kwargs.setdefault("calibration_samples", 1)
+        super().__init__(name=name, **kwargs)
+
+    @torch.no_grad()
+    def prune(self, model: nn.Module, batches: list[torch.Tensor]) -> None:
+        assert self.masks is not None
+        if self.distribution == "global":
+            self.prune_by(self.magnitudes())  # one threshold: the base class's global spread
+        else:
+            for name, module in self.masks:
+                keep = algorithms.magnitude(as_matrix(module), self.algorithm_pattern)
+                self.masks.set(name, from_matrix(keep, module))
+        self.masks.apply()

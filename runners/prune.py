@@ -1,0 +1,186 @@
+"""Prune runner: a trained model pruned once (post-training), evaluated before and after,
+optionally fine-tuned with the masks fixed; the results contract plus ``test/acc_dense``,
+``time/prune_s`` and ``memory/peak_mb``. All logic is in the library (sparsebench.pruning).
+
+    python -m sparsebench runner=prune +method=wanda checkpoint=outputs/runs/DATE/TIME
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import lightning as L
+import psutil
+import torch
+from omegaconf import DictConfig, open_dict
+
+from sparsebench.config import ConfigError, validate
+from sparsebench.models import build_model
+from sparsebench.pruning.methods import PostTrainingMethod
+from sparsebench.sparsity.methods.base import SparsityMethod
+from sparsebench.tracking.recorder import RunRecorder
+from sparsebench.training import (
+    ResultsCallback,
+    build_datamodule,
+    build_hardware,
+    build_method,
+    build_module,
+    build_trainer,
+    model_metrics,
+    pruned_layers,
+)
+
+log = logging.getLogger(__name__)
+
+
+class FixedMasks(SparsityMethod):
+    """Fine-tuning after pruning: the pruned masks, never changed (weights and gradients
+    masked by the base class)."""
+
+    sparse_from_start = True
+
+    def __init__(self, pruned: SparsityMethod) -> None:
+        super().__init__(name=pruned.name)
+        self.masks = pruned.masks
+
+
+class PeakMemory:
+    """Peak resident memory of this process while the block runs (sampled every 5 ms; on a GPU
+    torch's peak allocation is added), in MB."""
+
+    def __enter__(self) -> PeakMemory:
+        self.process, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            self._stop.wait(0.005)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+        self.mb = self.peak / 2**20
+        if torch.cuda.is_available():
+            self.mb += torch.cuda.max_memory_allocated() / 2**20
+
+
+def checkpoint_path(value: str) -> Path:
+    path = Path(value)
+    if path.is_dir():
+        found = path / "checkpoints" / "last.ckpt"
+        if not found.is_file():
+            raise ConfigError(f"checkpoint folder {path} has no checkpoints/last.ckpt.")
+        return found
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} does not exist (give a run folder or a .ckpt file).")
+    return path
+
+
+def load_weights(model: torch.nn.Module, path: Path, model_name: str) -> None:
+    """The checkpoint's model weights (masks of a sparse-trained run are already in them)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    weights = {k.removeprefix("model."): v for k, v in state.get("state_dict", state).items()
+               if not k.endswith("weight_mask")}  # fmt: skip
+    own = {k: v for k, v in model.state_dict().items() if not k.endswith("weight_mask")}
+    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    shapes = [k for k in set(own) & set(weights) if own[k].shape != weights[k].shape]
+    if missing or unexpected or shapes:
+        detail = "; ".join(
+            f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                ("other shapes", sorted(shapes))) if keys
+        )  # fmt: skip
+        raise ConfigError(
+            f"checkpoint {path} does not match model '{model_name}' of this config ({detail})."
+        )
+    model.load_state_dict(weights, strict=False)  # strict but for the masks attached here
+
+
+def _train_dense(cfg: DictConfig, output_dir: Path) -> tuple[Path, float]:
+    """The same config without the method, trained first; returns its checkpoint."""
+    from runners.train import run as train
+
+    dense = cfg.copy()
+    with open_dict(dense):
+        dense.method = None
+        dense.runner = "train"
+        dense.paths.output_dir = str(output_dir / "dense")
+        dense.trainer.enable_checkpointing = True
+    metrics = train(dense)
+    return output_dir / "dense" / "checkpoints" / "last.ckpt", float(metrics["flops/train"])
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    validate(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    method = build_method(cfg)
+    if not isinstance(method, PostTrainingMethod):
+        name = "none" if method is None else method.name
+        raise ConfigError(
+            "runner 'prune' needs a post-training method (+method=wanda, sparsegpt, dsnot or "
+            f"oneshot_magnitude); got '{name}'."
+        )
+    hardware = build_hardware(cfg)
+    hardware.check(method.pattern, method.name)
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    available = len(datamodule.train_set)
+    if method.calibration_samples > available:
+        raise ConfigError(
+            f"method.calibration_samples={method.calibration_samples} is more than the "
+            f"{available} training samples of dataset '{cfg.dataset.name}'."
+        )
+    model = build_model(cfg.model)
+    method.attach(model)  # N:M that does not divide a layer fails here, before any training
+    if cfg.checkpoint is None:
+        log.warning("no checkpoint given: training the dense model first with the same config "
+                    "(its run is in %s)", output_dir / "dense")  # fmt: skip
+        path, method.dense_train_flops = _train_dense(cfg, output_dir)
+    else:
+        path = checkpoint_path(str(cfg.checkpoint))
+    load_weights(model, path, cfg.model.model_name)
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    with RunRecorder(cfg, output_dir, hardware.fingerprint()) as record:
+        results = record.results
+        results.data["checkpoint"] = str(path)
+        progress = ResultsCallback(results)
+        module = build_module(cfg, model)
+        evaluate = build_trainer(cfg, output_dir, None, [], enable_checkpointing=False)
+        (dense,) = evaluate.test(module, datamodule=datamodule, verbose=False)
+        results.update({"test/acc_dense": dense["test/acc"], "test/loss_dense": dense["test/loss"]})
+
+        gen = torch.Generator().manual_seed(cfg.seed)
+        index = torch.randperm(available, generator=gen)[: method.calibration_samples]
+        inputs = torch.stack([datamodule.train_set[int(i)][0] for i in index])
+        batches = list(inputs.split(datamodule.eval_batch_size))
+        start = time.perf_counter()
+        with PeakMemory() as memory:
+            method.prune(model, batches)
+        results.update({"time/prune_s": time.perf_counter() - start, "memory/peak_mb": memory.mb})
+        results.data["layers"] = method.errors  # reconstruction error per layer vs magnitude
+
+        trainer = evaluate
+        if method.finetune_epochs:
+            trainer = build_trainer(cfg, output_dir, record.logger, [FixedMasks(method), progress],
+                                    max_epochs=method.finetune_epochs)  # fmt: skip
+            trainer.fit(module, datamodule=datamodule)
+        (test,) = trainer.test(module, datamodule=datamodule, verbose=False)
+        results.update(test)
+        val = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+        results.update({"val/acc": val["val/acc"]})
+        example = datamodule.example_input(1)
+        results.update(model_metrics(cfg, model, example, progress.samples_seen, method, hardware))
+        if hardware.enabled and record.is_zero:
+            results.update(hardware.benchmark(model, example, pruned_layers(model, method)))
+            results.data["kernels"] = hardware.kernels
+    return results.metrics

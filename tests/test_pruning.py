@@ -1,0 +1,198 @@
+"""Post-training pruning: the per-layer algorithms on a small trained model, convolutions
+through unfolded inputs, and the prune runner end to end (with its bad-input sentences)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torch import nn
+
+from sparsebench.pruning import algorithms
+from sparsebench.pruning.algorithms import Pattern
+from sparsebench.pruning.calibrate import (
+    as_matrix,
+    collect,
+    from_matrix,
+    layer_inputs,
+    reconstruction_error,
+)
+from sparsebench.sparsity.patterns import is_nm
+from tests.conftest import run_cli
+
+PATTERNS = [Pattern(density=0.5), Pattern(density=0.3), Pattern(n=2, m=4), Pattern(n=4, m=8)]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """An MLP trained on scikit-learn's digits, and the statistics of its middle layer."""
+    torch.manual_seed(0)
+    x, y = load_digits(return_X_y=True)
+    x, y = torch.tensor(x, dtype=torch.float32) / 16, torch.tensor(y)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
+                          nn.Linear(128, 10))  # fmt: skip
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        index = torch.randint(0, len(x), (64,))
+        optimizer.zero_grad()
+        F.cross_entropy(model(x[index]), y[index]).backward()
+        optimizer.step()
+    assert (model(x).argmax(1) == y).float().mean() > 0.95
+    stats = collect(model, model[2], list(x[:256].split(64)), gram=True)
+    return model, stats
+
+
+def _check_pattern(keep: torch.Tensor, pattern: Pattern, per_row: bool, slack: int = 0) -> None:
+    if pattern.nm:
+        assert is_nm(keep, pattern.n, pattern.m)
+        assert int(keep.sum()) == keep.numel() * pattern.n // pattern.m  # exactly n per group
+    elif per_row:
+        assert (keep.sum(1) == round(pattern.density * keep.shape[1])).all()
+    else:  # per layer (SparseGPT: per block of columns, one rounding each)
+        assert abs(int(keep.sum()) - pattern.density * keep.numel()) <= 0.5 + slack
+
+
+@pytest.mark.parametrize("pattern", PATTERNS, ids=str)
+def test_every_method_meets_its_pattern(trained, pattern: Pattern) -> None:
+    model, stats = trained
+    weight = as_matrix(model[2])
+    _check_pattern(algorithms.magnitude(weight, pattern), pattern, per_row=False)
+    _check_pattern(algorithms.wanda(weight, stats.norm, pattern), pattern, per_row=True)
+    new, keep = algorithms.sparsegpt(weight, stats.gram, pattern, block=32)
+    _check_pattern(keep, pattern, per_row=False, slack=weight.shape[1] // 32)
+    assert (new[~keep] == 0).all()
+    start = algorithms.wanda(weight, stats.norm, pattern)
+    refined = algorithms.dsnot(weight, start, stats.mean, stats.norm, pattern)
+    _check_pattern(refined, pattern, per_row=True)
+
+
+@pytest.mark.parametrize("pattern", [Pattern(density=0.5), Pattern(n=2, m=4)], ids=str)
+def test_sparsegpt_reconstructs_better_than_magnitude(trained, pattern: Pattern) -> None:
+    model, stats = trained
+    weight = as_matrix(model[2])
+    new, _ = algorithms.sparsegpt(weight, stats.gram, pattern, block=32)
+    magnitude = weight * algorithms.magnitude(weight, pattern)
+    assert reconstruction_error(weight, new, stats.gram) < 0.7 * reconstruction_error(
+        weight, magnitude, stats.gram
+    )
+
+
+@pytest.mark.parametrize(
+    "pattern", [Pattern(density=0.5), Pattern(density=0.3), Pattern(n=2, m=4)], ids=str
+)
+def test_dsnot_lowers_the_reconstruction_error_of_its_start(trained, pattern: Pattern) -> None:
+    model, stats = trained
+    weight = as_matrix(model[2])
+    start = algorithms.wanda(weight, stats.norm, pattern)
+    refined = algorithms.dsnot(weight, start, stats.mean, stats.norm, pattern, threshold=0.0)
+    assert not torch.equal(refined, start)  # it swapped weights
+    assert torch.equal(refined.sum(1), start.sum(1))  # every row keeps its count
+    before = reconstruction_error(weight, weight * start, stats.gram)
+    after = reconstruction_error(weight, weight * refined, stats.gram)
+    assert after < before
+    # the expected (mean-input) error it drives to zero is smaller for every row it touched
+    expected = lambda keep: ((weight * ~keep) * stats.mean).sum(1).abs()  # noqa: E731
+    touched = (refined != start).any(1)
+    assert (expected(refined)[touched] < expected(start)[touched]).all()
+
+
+def test_convolutions_are_pruned_through_their_unfolded_inputs() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 6, 3, stride=2, padding=1, bias=False)
+    x = torch.randn(2, 8, 9, 9)
+    rows = layer_inputs(conv, x)  # samples x (kh * kw * in)
+    out = conv(x).permute(0, 2, 3, 1).reshape(-1, 6)
+    assert torch.allclose(rows @ as_matrix(conv).T, out, atol=1e-5)
+    keep = algorithms.wanda(as_matrix(conv), rows.norm(dim=0), Pattern(n=2, m=4))
+    mask = from_matrix(keep, conv)
+    assert mask.shape == conv.weight.shape and is_nm(mask, 2, 4)  # groups along input channels
+
+
+def _results(folder: Path) -> dict:
+    (path,) = [p for p in folder.glob("outputs/runs/*/*/results.json")]
+    return json.loads(path.read_text())
+
+
+FAST = ["debug=fast", "hardware.threads=1", "logger=none", "model=mlp", "model.hidden_dims=[64,64]",
+        "trainer.limit_train_batches=10", "method.calibration_samples=64"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_prune_runner_trains_dense_first_then_prunes(tmp_path: Path) -> None:
+    proc = run_cli(["runner=prune", "+method=wanda", *FAST], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no checkpoint given: training the dense model first" in proc.stdout + proc.stderr
+    data = _results(tmp_path)
+    metrics = data["metrics"]
+    for key in ("test/acc", "test/acc_dense", "time/prune_s", "memory/peak_mb", "flops/sparse"):
+        assert key in metrics
+    assert metrics["sparsity/actual"] == pytest.approx(0.5, abs=0.01)
+    assert metrics["test/acc_dense"] > 0.5 and metrics["memory/peak_mb"] > 10
+    assert data["status"] == "ok" and data["tags"]["method"] == "wanda"
+    (layer,) = data["layers"].values()  # the one layer between stem and head
+    assert layer["wanda"] <= layer["magnitude"] * 1.5  # errors recorded per layer
+    dense_run = Path(data["checkpoint"]).parent.parent
+    (tmp_path / "again").mkdir()
+    # Prune the same checkpoint with SparseGPT at 2:4, fine-tuning one epoch with masks fixed.
+    proc = run_cli(["runner=prune", "+method=sparsegpt", "method.pattern.kind=nm", "method.pattern.n=2",
+                    "method.pattern.m=4", "method.finetune_epochs=1", f"checkpoint={dense_run}", *FAST],
+                   cwd=tmp_path / "again")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = _results(tmp_path / "again")["metrics"]
+    assert again["sparsity/actual"] == pytest.approx(0.5, abs=0.01)
+    assert again["test/acc_dense"] == pytest.approx(metrics["test/acc_dense"])  # same weights
+
+
+@pytest.mark.slow
+def test_prune_runner_on_convolutions_with_nm(tmp_path: Path) -> None:
+    args = ["runner=prune", "+method=dsnot", "method.pattern.kind=nm", "method.pattern.n=2",
+            "method.pattern.m=4", "model=resnet20", "model.width=8", "debug=fast", "hardware.threads=1",
+            "logger=none", "method.calibration_samples=32"]  # fmt: skip
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = _results(tmp_path)["metrics"]
+    assert metrics["sparsity/actual"] == pytest.approx(0.5, abs=0.01)
+    assert metrics["flops/sparse"] < 0.6 * metrics["flops/dense"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["+method=rigl"], "error: runner 'prune' needs a post-training method (+method=wanda, sparsegpt, dsnot or oneshot_magnitude); got 'rigl'."),
+        (["+method=wanda", "method.calibration_samples=100000"],
+         "error: method.calibration_samples=100000 is more than the "),
+        (["+method=wanda", "method.pattern.kind=nm", "method.pattern.n=2", "method.pattern.m=4",
+          "model.hidden_dims=[66,66]"],
+         "error: N:M pattern 2:4 needs every pruned layer's input dimension divisible by 4; layer 'features.4' has 66"),
+        (["+method=sparsegpt", "checkpoint=nowhere.ckpt"],
+         "error: checkpoint nowhere.ckpt does not exist"),
+    ],
+)  # fmt: skip
+def test_prune_runner_bad_input_is_one_sentence(tmp_path: Path, args, message) -> None:
+    proc = run_cli(
+        ["runner=prune", "model=mlp", "debug=fast", "logger=none", *args], cwd=tmp_path, timeout=120
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].startswith(message), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not list(tmp_path.glob("outputs/**/*.ckpt"))
+
+
+@pytest.mark.slow
+def test_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
+    model = nn.Linear(3, 2)
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
+        tmp_path / "x.ckpt",
+    )
+    proc = run_cli(["runner=prune", "+method=wanda", "model=mlp", "debug=fast", "logger=none",
+                    f"checkpoint={tmp_path / 'x.ckpt'}"], cwd=tmp_path, timeout=120)  # fmt: skip
+    assert proc.returncode == 2
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "does not match model 'mlp' of this config (missing features." in line
+    assert line.endswith("; unexpected bias, weight).")
