@@ -7,6 +7,7 @@ optionally fine-tuned with the masks fixed; the results contract plus ``test/acc
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -105,6 +106,18 @@ def load_weights(model: torch.nn.Module, path: Path, model_name: str) -> None:
     model.load_state_dict(weights, strict=False)  # strict but for the masks attached here
 
 
+def checkpoint_train_flops(path: Path) -> float:
+    """``flops/train`` of the run that wrote the checkpoint (its results.json), so that the
+    pruned run's budget counts the dense training; 0 (and a warning) when unknown."""
+    for folder in (path.parent.parent, path.parent):
+        results = folder / "results.json"
+        if results.is_file():
+            return float(json.loads(results.read_text())["metrics"].get("flops/train", 0.0))
+    log.warning("checkpoint %s has no results.json beside it: flops/train counts only the "
+                "pruning run's own fine-tuning", path)  # fmt: skip
+    return 0.0
+
+
 def _train_dense(cfg: DictConfig, output_dir: Path) -> tuple[Path, float]:
     """The same config without the method, trained first; returns its checkpoint."""
     from runners.train import run as train
@@ -147,6 +160,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         path, method.dense_train_flops = _train_dense(cfg, output_dir)
     else:
         path = checkpoint_path(str(cfg.checkpoint))
+        method.dense_train_flops = checkpoint_train_flops(path)
     load_weights(model, path, cfg.model.model_name)
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -196,3 +196,14 @@ def test_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert "does not match model 'mlp' of this config (missing features." in line
     assert line.endswith("; unexpected bias, weight).")
+
+
+def test_sparsegpt_prunes_dead_inputs_first_without_overshooting() -> None:
+    # Inputs that are always zero (padded taps of a conv on tiny maps) cost nothing to prune.
+    torch.manual_seed(0)
+    weight = torch.randn(16, 64)
+    x = torch.randn(512, 64)
+    x[:, :16] = 0.0  # a quarter of the inputs are dead
+    new, keep = algorithms.sparsegpt(weight, x.T @ x, Pattern(density=0.5), block=64)
+    assert int(keep.sum()) == 16 * 32 and int((new != 0).sum()) == int(keep.sum())  # exactly 50%
+    assert not keep[:, :16].any()  # the dead quarter went first

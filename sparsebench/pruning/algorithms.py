@@ -79,9 +79,11 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, pattern: Pattern,
     w = weight.detach().clone().double()
     h = hessian.detach().clone().double()
     cols = w.shape[1]
-    dead = torch.diag(h) == 0  # inputs that were always zero: their weights do nothing
+    # Inputs that were always zero (e.g. padded taps of a 3x3 conv on 1x1 maps): their weights
+    # do nothing on this data, so they are pruned first (score 0) and count towards the
+    # sparsity; they are not zeroed beyond the mask, which would overshoot the target.
+    dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
-    w[:, dead] = 0.0
     h += damp * torch.diag(h).mean() * torch.eye(cols, dtype=h.dtype)
     # Upper Cholesky factor of H^-1: row i holds the update of the columns after i.
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
@@ -92,16 +94,17 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, pattern: Pattern,
         w1, h1 = w[:, start:end].clone(), hinv[start:end, start:end]
         errors = torch.zeros_like(w1)
         d = torch.diag(h1)
+        live = (~dead[start:end]).double()[None, :]
         if not pattern.nm:  # adaptive mask per block: the lowest w^2 / d^2 over the block
-            keep[:, start:end] = keep_top(w1**2 / d[None, :] ** 2, pattern, per_row=False)
+            keep[:, start:end] = keep_top(w1**2 / d[None, :] ** 2 * live, pattern, per_row=False)
         for i in range(end - start):
             if pattern.nm and i % pattern.m == 0:
                 group = slice(i, i + pattern.m)
-                scores = w1[:, group] ** 2 / d[None, group] ** 2
+                scores = w1[:, group] ** 2 / d[None, group] ** 2 * live[:, group]
                 keep[:, start + i : start + i + pattern.m] = keep_top(
                     scores, Pattern(n=pattern.n, m=pattern.m), per_row=True
                 )
-            column = w1[:, i]
+            column = w1[:, i].clone()
             pruned = column * ~keep[:, start + i]
             errors[:, i] = pruned / d[i]
             w1[:, i:] -= errors[:, i : i + 1] * h1[i : i + 1, i:]
