@@ -16,7 +16,7 @@ from rich.table import Table
 from sparsebench.tracking.leaderboard import Row, aggregate
 from sparsebench.tracking.mlflow_logging import DEFAULT_URI
 
-COLUMNS = ("benchmark_key", "rank", "method", "n", "acc_mean", "acc_std", "sparsity", "flops_sparse", "latency_ms",
+COLUMNS = ("benchmark_key", "rank", "method", "pattern", "n", "acc_mean", "acc_std", "sparsity", "flops_sparse", "latency_ms",
            "latency_estimated", "flops_front", "latency_front", "budget_differs", "run_hash")  # fmt: skip
 
 
@@ -60,7 +60,9 @@ def table(rows: list[Row]) -> Table:
     for column in COLUMNS:
         out.add_column(
             column,
-            justify="right" if column not in ("benchmark_key", "method", "run_hash") else "left",
+            justify="right"
+            if column not in ("benchmark_key", "method", "pattern", "run_hash")
+            else "left",
         )
     for row in rows:
         out.add_row(*(_cell(row, c) for c in COLUMNS))
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         "--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
     )
     parser.add_argument("--experiment", default=None, help="default: every experiment")
-    for tag in ("dataset", "model", "method", "hardware", "benchmark_key"):
+    for tag in ("dataset", "model", "method", "pattern", "hardware", "benchmark_key"):
         parser.add_argument(
             f"--{tag.replace('_', '-')}", default=None, help=f"only runs with this {tag} tag"
         )
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     filters = {
-        t: getattr(args, t) for t in ("dataset", "model", "method", "hardware", "benchmark_key")
+        t: getattr(args, t)
+        for t in ("dataset", "model", "method", "pattern", "hardware", "benchmark_key")
     }
     rows = select(aggregate(fetch_runs(args.tracking_uri, args.experiment, filters)),
                   args.min_sparsity, args.max_sparsity)  # fmt: skip

@@ -8,12 +8,12 @@ from sparsebench.tracking.leaderboard import aggregate
 
 
 def run(key="digits|mlp|cpu|e1", run_hash="h", method="m", seed="0", acc=0.9, flops=100.0, latency=1.0,
-        estimated="false", train=1e9):  # fmt: skip
+        estimated="false", train=1e9, pattern="unstructured"):  # fmt: skip
     metrics = {"test/acc": acc, "flops/sparse": flops, "flops/dense": 200.0, "flops/train": train}
     if latency is not None:
         metrics["latency/p50_ms"] = latency
     tags = {"benchmark_key": key, "run_hash": run_hash, "method": method, "seed": seed,
-            "latency/estimated": estimated}  # fmt: skip
+            "latency/estimated": estimated, "pattern": pattern}  # fmt: skip
     return {"metrics": metrics, "tags": tags}
 
 
@@ -89,7 +89,8 @@ def test_cli_reads_mlflow_and_writes_csv_and_markdown(tmp_path, capsys) -> None:
     rows = list(csv.DictReader(out_csv.open()))
     assert [(r["run_hash"], r["n"], r["rank"]) for r in rows] == [("a", "2", "1"), ("b", "1", "2")]
     assert all(r["flops_front"] == "True" for r in rows)  # a: most accurate, b: cheapest
-    assert "| digits|mlp|cpu|e1 | 1 | m | 2 |" in out_md.read_text()
+    assert "| digits|mlp|cpu|e1 | 1 | m | unstructured | 2 |" in out_md.read_text()
+    assert main(["--tracking-uri", uri, "--pattern", "2:4"]) == 1  # N:M and unstructured apart
     assert "leaderboard" in capsys.readouterr().out
     assert (
         main(

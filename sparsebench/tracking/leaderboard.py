@@ -34,6 +34,7 @@ class Row:
     latency_estimated: bool
     sparsity: float | None
     seeds: list[str] = field(default_factory=list)
+    pattern: str = ""  # dense, unstructured, 2:4, ... (runs before the tag existed: empty)
     rank: int = 0
     flops_front: bool = False
     latency_front: bool = False
@@ -67,6 +68,7 @@ def aggregate(runs: Iterable[Run]) -> list[Row]:
             flops_train=mean_of("flops/train"), latency_ms=mean_of("latency/p50_ms"),
             latency_estimated=members[0]["tags"].get("latency/estimated") == "true",
             sparsity=mean_of("sparsity/actual"), seeds=sorted(m["tags"].get("seed", "?") for m in members),
+            pattern=members[0]["tags"].get("pattern", ""),
         ))  # fmt: skip
     mark(rows)
     return sorted(rows, key=lambda r: (r.benchmark_key, r.rank))

@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 
 from sparsebench.tracking.leaderboard import Row
 
-COLUMNS = ("rank", "method", "n", "acc_mean", "acc_std", "sparsity", "flops_sparse", "latency_ms",
+COLUMNS = ("rank", "method", "pattern", "n", "acc_mean", "acc_std", "sparsity", "flops_sparse", "latency_ms",
            "flops_front", "latency_front", "budget_differs", "run_hash")  # fmt: skip
 
 
@@ -25,6 +25,12 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "" if value is None else html.escape(str(value))
+
+
+def _label(row: Row) -> str:
+    pattern = f" {row.pattern}" if row.pattern not in ("", "unstructured", "dense") else ""
+    sparsity = "" if row.sparsity is None else f" {row.sparsity:.2f}"
+    return f"{row.method}{pattern}{sparsity}"
 
 
 def _figure(rows: list[Row], cost: str, title: str) -> go.Figure:
@@ -46,7 +52,7 @@ def _figure(rows: list[Row], cost: str, title: str) -> go.Figure:
             error_y={"type": "data", "array": [r.acc_std for r in subset]},
             marker={"size": [14 if getattr(r, front_attr) else 8 for r in subset],
                     "symbol": ["star" if getattr(r, front_attr) else "circle" for r in subset]},
-            text=[r.method if r.sparsity is None else f"{r.method} {r.sparsity:.2f}" for r in subset],
+            text=[_label(r) for r in subset],
             hovertext=[f"{r.method} (n={r.n}, sparsity {r.sparsity or 0:.2f}, {r.run_hash})" for r in subset],
             name=f"runs{suffix}",
         ))  # fmt: skip

@@ -29,7 +29,7 @@ CONTRACT_METRICS = (
     "size/dense_bytes", "size/sparse_bytes", "time/train_s",
 )  # fmt: skip
 CONTRACT_TAGS = (
-    "run_hash", "benchmark_key", "model", "dataset", "method", "hardware", "seed", "git_sha",
+    "run_hash", "benchmark_key", "model", "dataset", "method", "pattern", "hardware", "seed", "git_sha",
     "version/torch", "version/sparsebench", "hw/cpu", "hw/threads",
 )  # fmt: skip
 
@@ -73,6 +73,21 @@ def method_name(cfg: DictConfig) -> str:
     return str(method.get("name", "dense")) if method is not None else "dense"
 
 
+def pattern_name(cfg: DictConfig) -> str:
+    """``dense``, ``unstructured``, ``2:4``, ``block1x4`` or ``channel``: results of different
+    patterns are never comparable one-for-one (METHODS.md, fair comparison)."""
+    method = cfg.get("method")
+    if method is None or method.get("_target_") is None:
+        return "dense"
+    pattern = method.get("pattern") or {}
+    kind = pattern.get("kind", "unstructured")
+    if kind == "nm":
+        return f"{pattern.get('n')}:{pattern.get('m')}"
+    if kind == "block":
+        return "block" + "x".join(str(b) for b in pattern.get("block") or [])
+    return str(kind)
+
+
 def run_tags(cfg: DictConfig) -> dict[str, str]:
     """The contract's tags that follow from the config alone."""
     tags = {
@@ -81,6 +96,7 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
         "model": str(cfg.model.model_name),
         "dataset": str(cfg.dataset.name),
         "method": method_name(cfg),
+        "pattern": pattern_name(cfg),
         "hardware": str(cfg.hardware.name),
         "seed": str(cfg.seed),
         "git_sha": git_sha(),
