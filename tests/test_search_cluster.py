@@ -110,3 +110,41 @@ def test_grid_with_the_submitit_launcher_nests_every_job(tmp_path: Path) -> None
         ("rigl", "0.5"), ("rigl", "0.9"), ("set", "0.5"), ("set", "0.9")
     ]  # fmt: skip
     assert all(r.info.status == "FINISHED" for r in jobs)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_optuna_dashboard_reads_the_study_storages(tmp_path: Path, kind: str) -> None:
+    # optuna-dashboard (the cluster extra; also in docker-compose.yml) on a study file.
+    import json
+    import urllib.request
+
+    from sparsebench.search.storage import open_storage
+    from tests.conftest import free_port
+
+    url = (
+        f"sqlite:///{tmp_path}/optuna.db"
+        if kind == "sqlite"
+        else f"journal:{tmp_path}/study.journal"
+    )
+    study = optuna.create_study(study_name="board", storage=open_storage(url))
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)
+    port = free_port()
+    target = url if kind == "sqlite" else url.removeprefix("journal:")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "optuna-dashboard"), target, "--host", "127.0.0.1",
+         "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline, answer = time.time() + 60, None
+        while answer is None and time.time() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    answer = json.loads(r.read())
+            except OSError:
+                time.sleep(0.3)
+        assert answer is not None, "optuna-dashboard did not answer"
+        (summary,) = answer["study_summaries"]
+        assert summary["study_name"] == "board"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
