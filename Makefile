@@ -32,7 +32,7 @@ system-deps:
 
 test: $(STAMP) system-deps
 	$(PY) -m ruff check sparsebench runners tests benchmarks hydra_plugins
-	$(PY) -m pytest -n 2 --timeout 600 tests
+	$(PY) -m pytest -n 2 --timeout 600 --durations=15 tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check sparsebench runners tests benchmarks hydra_plugins

@@ -151,7 +151,7 @@ def _check_mlflow_ui_serves(tmp_path: Path, run_ids: set[str]) -> None:
     [
         (
             ["model=resnet1"],
-            "error: unknown model 'resnet1'; available: efficientnet_b0, mlp, mobilenetv2_100,",
+            "error: unknown model 'resnet1'; available: dass, efficientnet_b0, mlp, mobilenetv2_100,",
         ),
         (
             ["dataset=imagenet"],
@@ -159,7 +159,7 @@ def _check_mlflow_ui_serves(tmp_path: Path, run_ids: set[str]) -> None:
         ),
         (
             ["+method=magic"],
-            "error: unknown method 'magic'; available: channel, dense, gmp, imp, iss_p,",
+            "error: unknown method 'magic'; available: channel, dass, dense, dsnot, gmp, imp, iss_p,",
         ),
         (
             ["hardware=tpu"],

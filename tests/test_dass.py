@@ -81,7 +81,7 @@ def test_derived_network_is_masked_by_the_searched_scores() -> None:
 
 @pytest.mark.slow
 def test_dass_searches_derives_retrains_and_logs(tmp_path: Path) -> None:
-    args = ["+method=dass", "method.search_epochs=2", "method.search_batches=2", "method.channels=4",
+    args = ["+method=dass", "method.search_epochs=1", "method.search_batches=2", "method.channels=4",
             "debug=fast", "hardware.threads=1"]  # fmt: skip
     proc = run_cli(args, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -90,7 +90,7 @@ def test_dass_searches_derives_retrains_and_logs(tmp_path: Path) -> None:
     data = json.loads(results.read_text())
     genotype = data["genotype"]
     assert check_genotype(genotype, 3)
-    assert len(data["search_history"]) == 2 and data["metrics"]["time/search_s"] > 0
+    assert len(data["search_history"]) == 1 and data["metrics"]["time/search_s"] > 0
     assert json.loads((results.parent / "genotype.json").read_text()) == genotype
     metrics = data["metrics"]
     assert metrics["sparsity/actual"] == pytest.approx(metrics["sparsity/target"], abs=0.01)

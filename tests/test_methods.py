@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from sparsebench.__main__ import available
-from sparsebench.config import ConfigError
+from sparsebench.config import CONF_DIR, ConfigError
 from sparsebench.models import build_model
 from sparsebench.sparsity.masks import MASK
 from sparsebench.sparsity.patterns import NM, is_nm
@@ -29,9 +29,13 @@ from sparsebench.training import (
     model_metrics,
 )
 
-# Every method with masks (monarch is structural and dense: tests/test_sparse_ift.py; node
-# masks whole units of an MLP chain: tests/test_search_baseline.py).
-METHODS = [m for m in available("method") if m not in ("dense", "monarch", "node")]
+# Every training method with masks (monarch is structural and dense: tests/test_sparse_ift.py;
+# node masks whole units of an MLP chain: tests/test_search_baseline.py; dass trains the network
+# it searched: tests/test_dass.py; post-training methods prune once: tests/test_pruning.py).
+POST_TRAINING = {m for m in available("method")
+                 if "_target_: sparsebench.pruning." in (CONF_DIR / "method" / f"{m}.yaml").read_text()}  # fmt: skip
+METHODS = [m for m in available("method")
+           if m not in ("dense", "monarch", "node", "dass") and m not in POST_TRAINING]  # fmt: skip
 # Make every schedule act within an 8-step run.
 FAST_SCHEDULE = {
     "set": ["method.update_interval=1"],

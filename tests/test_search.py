@@ -15,11 +15,13 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from sparsebench.config import ConfigError
+from sparsebench.config import ConfigError, register_configs, register_resolvers
 from sparsebench.search.spec import load_spec
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
+register_configs()
+register_resolvers()
 FAST = ["model=mlp", "dataset=digits", "debug=fast", "model.hidden_dims=[64,64]"]
 
 
@@ -63,13 +65,28 @@ def search(args: list[str], cwd: Path, timeout: float = 400) -> subprocess.Compl
     ],
 )  # fmt: skip
 def test_bad_input_is_one_sentence_before_any_trial(tmp_path: Path, fields, message) -> None:
+    # What the worker checks before its first trial (the CLI path: the test below).
+    from sparsebench.search.storage import open_storage
+    from sparsebench.search.worker import check_space
+
     path = write_sweep(tmp_path, **fields)
+    with pytest.raises(ConfigError) as info:
+        spec = load_spec(str(path))
+        check_space(spec, [])
+        open_storage(spec.storage)
+    assert f"error: {info.value}".startswith(message) and "\n" not in str(info.value)
+
+
+def test_bad_input_through_the_cli_exits_2_before_any_trial(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, objectives=[{"metric": "test/accuracy", "direction": "maximize"}])
     proc = search([f"sweep={path}"], cwd=tmp_path, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and lines[0].startswith(message), proc.stderr[-2000:]
+    assert len(lines) == 1 and "objective 'test/accuracy'" in lines[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
-    assert not list(tmp_path.glob("outputs/**/results.json"))  # no trial ran
+    assert (
+        not list(tmp_path.glob("outputs/**/results.json")) and not (tmp_path / "optuna.db").exists()
+    )
 
 
 def test_unknown_sweep_name_lists_the_available_ones() -> None:
