@@ -106,20 +106,22 @@ def load_weights(model: torch.nn.Module, path: Path, model_name: str) -> None:
     model.load_state_dict(weights, strict=False)  # strict but for the masks attached here
 
 
-def checkpoint_train_flops(path: Path) -> float:
-    """``flops/train`` of the run that wrote the checkpoint (its results.json), so that the
-    pruned run's budget counts the dense training; 0 (and a warning) when unknown."""
+def checkpoint_budget(path: Path) -> tuple[float, float]:
+    """(``flops/train``, ``train/samples``) of the run that wrote the checkpoint (its
+    results.json), so that the pruned run's budget counts the dense training; zeros (and a
+    warning) when unknown."""
     for folder in (path.parent.parent, path.parent):
         results = folder / "results.json"
         if results.is_file():
-            return float(json.loads(results.read_text())["metrics"].get("flops/train", 0.0))
-    log.warning("checkpoint %s has no results.json beside it: flops/train counts only the "
-                "pruning run's own fine-tuning", path)  # fmt: skip
-    return 0.0
+            metrics = json.loads(results.read_text())["metrics"]
+            return float(metrics.get("flops/train", 0.0)), float(metrics.get("train/samples", 0.0))
+    log.warning("checkpoint %s has no results.json beside it: the training budget counts only "
+                "the pruning run's own fine-tuning", path)  # fmt: skip
+    return 0.0, 0.0
 
 
-def _train_dense(cfg: DictConfig, output_dir: Path) -> tuple[Path, float]:
-    """The same config without the method, trained first; returns its checkpoint."""
+def _train_dense(cfg: DictConfig, output_dir: Path) -> tuple[Path, tuple[float, float]]:
+    """The same config without the method, trained first; returns its checkpoint and budget."""
     from runners.train import run as train
 
     dense = cfg.copy()
@@ -129,7 +131,8 @@ def _train_dense(cfg: DictConfig, output_dir: Path) -> tuple[Path, float]:
         dense.paths.output_dir = str(output_dir / "dense")
         dense.trainer.enable_checkpointing = True
     metrics = train(dense)
-    return output_dir / "dense" / "checkpoints" / "last.ckpt", float(metrics["flops/train"])
+    budget = float(metrics["flops/train"]), float(metrics["train/samples"])
+    return output_dir / "dense" / "checkpoints" / "last.ckpt", budget
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -157,10 +160,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.checkpoint is None:
         log.warning("no checkpoint given: training the dense model first with the same config "
                     "(its run is in %s)", output_dir / "dense")  # fmt: skip
-        path, method.dense_train_flops = _train_dense(cfg, output_dir)
+        path, (method.dense_train_flops, dense_samples) = _train_dense(cfg, output_dir)
     else:
         path = checkpoint_path(str(cfg.checkpoint))
-        method.dense_train_flops = checkpoint_train_flops(path)
+        method.dense_train_flops, dense_samples = checkpoint_budget(path)
     load_weights(model, path, cfg.model.model_name)
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -189,7 +192,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                                     max_epochs=method.finetune_epochs)  # fmt: skip
             trainer.fit(module, datamodule=datamodule)
         (test,) = trainer.test(module, datamodule=datamodule, verbose=False)
-        results.update(test)
+        results.update({**test, "train/samples": dense_samples + progress.samples_seen})
         val = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
         results.update({"val/acc": val["val/acc"]})
         example = datamodule.example_input(1)

@@ -65,7 +65,8 @@ def run(
         start = time.perf_counter()
         trainer = fit(module, datamodule, method,
                       lambda **kw: build_trainer(cfg, output_dir, record.logger, callbacks, **kw))  # fmt: skip
-        results.update({"time/train_s": time.perf_counter() - start})
+        results.update({"time/train_s": time.perf_counter() - start,
+                        "train/samples": progress.samples_seen})  # fmt: skip
         results.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
         (test,) = trainer.test(module, datamodule=datamodule, verbose=False)
         results.update(test)

@@ -162,3 +162,16 @@ def test_report_renders_in_headless_chromium(tmp_path) -> None:
     assert len(colours) > 50  # text, table borders, markers: not a blank page
     plotly_blue = sum(n for n, rgb in colours if rgb == (99, 110, 250))  # plotly's first colour
     assert plotly_blue > 20
+
+
+def test_budget_is_samples_seen_when_every_run_reports_it() -> None:
+    def with_samples(samples, **kwargs):
+        r = run(**kwargs)
+        r["metrics"]["train/samples"] = samples
+        return r
+
+    rows = aggregate([with_samples(1000, run_hash="dense", train=3e9),
+                      with_samples(1000, run_hash="rigl95", train=2e8),  # sparse: fewer FLOPs
+                      with_samples(1000, run_hash="rigl50", train=1.5e9),
+                      with_samples(3000, run_hash="soups", train=9e9)])  # fmt: skip
+    assert {r.run_hash for r in rows if r.budget_differs} == {"soups"}

@@ -146,6 +146,9 @@ def test_prune_runner_trains_dense_first_then_prunes(tmp_path: Path) -> None:
     again = _results(tmp_path / "again")["metrics"]
     assert again["sparsity/actual"] == pytest.approx(0.5, abs=0.01)
     assert again["test/acc_dense"] == pytest.approx(metrics["test/acc_dense"])  # same weights
+    dense = json.loads((dense_run / "results.json").read_text())["metrics"]
+    assert metrics["train/samples"] == dense["train/samples"] > 0  # the dense training counts
+    assert again["train/samples"] > metrics["train/samples"]  # plus the fine-tuning epoch
 
 
 @pytest.mark.slow
