@@ -30,8 +30,7 @@ from sparsebench.training import (
     build_method,
     build_module,
     build_trainer,
-    model_metrics,
-    pruned_layers,
+    measure,
 )
 
 log = logging.getLogger(__name__)
@@ -195,9 +194,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
         results.update({**test, "train/samples": dense_samples + progress.samples_seen})
         val = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
         results.update({"val/acc": val["val/acc"]})
-        example = datamodule.example_input(1)
-        results.update(model_metrics(cfg, model, example, progress.samples_seen, method, hardware))
-        if hardware.enabled and record.is_zero:
-            results.update(hardware.benchmark(model, example, pruned_layers(model, method)))
-            results.data["kernels"] = hardware.kernels
+        measure(results, cfg, model, datamodule.example_input(1), progress.samples_seen, method,
+                hardware, benchmark=record.is_zero)  # fmt: skip
     return results.metrics

@@ -20,8 +20,7 @@ from sparsebench.training import (
     build_module,
     build_trainer,
     fit,
-    model_metrics,
-    pruned_layers,
+    measure,
 )
 
 
@@ -50,9 +49,10 @@ def run(
         if method is not None:  # DASS searches; Sparse-IFT and DASS train another model
             method.prepare(datamodule, cfg)
             model = method.transform_model(model, cfg.model, datamodule.example_input(1))
-            results.data.update(method.extra_results())
+            extra = method.extra_results()
+            results.data.update(extra)
             results.update(method.extra_metrics())
-            for key, value in method.extra_results().items():  # e.g. genotype.json
+            for key, value in extra.items():  # e.g. genotype.json
                 path = output_dir / f"{key}.json"
                 path.write_text(json.dumps(value, indent=1, default=str))
                 record.artifacts.append(path)
@@ -71,9 +71,6 @@ def run(
         (test,) = trainer.test(module, datamodule=datamodule, verbose=False)
         results.update(test)
 
-        example = datamodule.example_input(1)
-        results.update(model_metrics(cfg, model, example, progress.samples_seen, method, hardware))
-        if hardware.enabled and record.is_zero:
-            results.update(hardware.benchmark(model, example, pruned_layers(model, method)))
-            results.data["kernels"] = hardware.kernels  # per-layer kernel chosen by the target
+        measure(results, cfg, model, datamodule.example_input(1), progress.samples_seen, method,
+                hardware, benchmark=record.is_zero)  # fmt: skip
     return results.metrics

@@ -152,24 +152,21 @@ def log_artifacts(rows: list[Row], tracking_uri: str, experiment: str | None) ->
 
     from mlflow import MlflowClient
 
+    from sparsebench.tracking.mlflow_logging import create_run
     from sparsebench.tracking.report import html_report
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    name = experiment or "sparsebench"
-    found = client.get_experiment_by_name(name)
-    experiment_id = found.experiment_id if found else client.create_experiment(name)
-    run = client.create_run(
-        experiment_id, run_name="leaderboard", tags={"sparsebench.leaderboard": "true"}
-    )
+    run_id = create_run(client, experiment or "sparsebench", "leaderboard",
+                        {"sparsebench.leaderboard": "true"})  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         write_csv(rows, folder / "leaderboard.csv")
         (folder / "leaderboard.md").write_text(markdown(rows))
         html_report(rows, folder / "leaderboard.html")
         for path in sorted(folder.iterdir()):
-            client.log_artifact(run.info.run_id, str(path))
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
+            client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id)
+    return run_id
 
 
 if __name__ == "__main__":

@@ -195,6 +195,17 @@ def model_metrics(
     }
 
 
+def measure(results: Results, cfg: DictConfig, model: nn.Module, example: torch.Tensor,
+            samples_seen: int, method: SparsityMethod | None, hardware: HardwareTarget,
+            benchmark: bool) -> None:  # fmt: skip
+    """The contract's model metrics into ``results`` and, if ``benchmark`` (rank zero), the
+    hardware target's latencies and its per-layer kernel choice."""
+    results.update(model_metrics(cfg, model, example, samples_seen, method, hardware))
+    if hardware.enabled and benchmark:
+        results.update(hardware.benchmark(model, example, pruned_layers(model, method)))
+        results.data["kernels"] = hardware.kernels  # per-layer kernel chosen by the target
+
+
 def pruned_layers(model: nn.Module, method: SparsityMethod | None) -> dict[str, nn.Module]:
     """The method's layers, or the default prunable selection for dense training."""
     if method is not None and method.masks is not None:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sparsebench.sparsity.patterns import NM, Unstructured
+
 
 @dataclass(frozen=True)
 class Pattern:
@@ -47,21 +49,15 @@ class Pattern:
 
 
 def keep_top(scores: torch.Tensor, pattern: Pattern, per_row: bool) -> torch.Tensor:
-    """Keep-mask of the highest scores: per row, per layer, or per group of ``m`` inputs."""
-    rows, cols = scores.shape
+    """Keep-mask of the highest scores: per row, per layer, or per group of ``m`` inputs (the
+    training patterns' own N:M and top-k masks; per row is what these methods add)."""
     if pattern.nm:
-        groups = scores.view(rows, cols // pattern.m, pattern.m)
-        index = groups.topk(pattern.n, dim=-1).indices
-        mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, index, True)
-        return mask.view(rows, cols)
+        return NM(pattern.n, pattern.m).mask(scores)
     if per_row:
-        k = round(pattern.density * cols)
+        k = round(pattern.density * scores.shape[1])
         index = scores.topk(k, dim=1).indices
         return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, index, True)
-    k = round(pattern.density * scores.numel())
-    mask = torch.zeros(scores.numel(), dtype=torch.bool)
-    mask[scores.flatten().topk(k).indices] = True
-    return mask.view_as(scores)
+    return Unstructured().mask(scores, pattern.density)
 
 
 def magnitude(weight: torch.Tensor, pattern: Pattern) -> torch.Tensor:

@@ -26,7 +26,8 @@ from rich.table import Table
 
 from sparsebench.config import ConfigError
 from sparsebench.search.spec import StudySpec
-from sparsebench.search.worker import Worker, check_space, compose_trial, create_run, mlflow_client
+from sparsebench.search.worker import Worker, check_space, compose_trial, mlflow_client
+from sparsebench.tracking.mlflow_logging import create_run
 from sparsebench.tracking.sweep import PARENT_FILE
 
 BASELINE_KEYS = ("method", "compare", "sparsities", "seeds")
@@ -81,9 +82,8 @@ class Baseline:
         self.client = mlflow_client(self.base)
         self.parent = None
         if self.client is not None:
-            run = create_run(self.client, self.base, f"baseline {spec.name}",
-                             {"sparsebench.baseline": spec.name})  # fmt: skip
-            self.parent = run.info.run_id
+            self.parent = create_run(self.client, self.base.logger.experiment_name,
+                                     f"baseline {spec.name}", {"sparsebench.baseline": spec.name})  # fmt: skip
             runs = self.output_dir / "runs"
             runs.mkdir(parents=True, exist_ok=True)
             (runs / PARENT_FILE).write_text(json.dumps({"run_id": self.parent}))

@@ -42,6 +42,7 @@ from sparsebench.search.dass_space import (
 )
 from sparsebench.sparsity.masks import MaskSet
 from sparsebench.sparsity.methods.base import SparsityMethod
+from sparsebench.sparsity.patterns import topk_mask
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,4 @@ class DASS(SparsityMethod):
             score = self.scores.get(name)
             if score is None or score.shape != module.weight.shape:
                 score = module.weight.detach().abs()
-            k = max(1, round(density * score.numel()))
-            mask = torch.zeros(score.numel(), dtype=torch.bool)
-            mask[score.abs().flatten().topk(k).indices] = True
-            self.masks.set(name, mask.view_as(score))
+            self.masks.set(name, topk_mask(score.abs(), max(1, round(density * score.numel()))))

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsebench.sparsity.patterns import topk_mask
+
 # name -> (kind, kernel, sparsity); "sparse" kinds learn which weights they keep.
 OPS: dict[str, tuple[str, int, float]] = {
     "none": ("none", 0, 0.0),
@@ -41,10 +43,7 @@ class TopK(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scores: torch.Tensor, density: float) -> torch.Tensor:
         k = max(1, round(density * scores.numel()))
-        flat = scores.abs().flatten()
-        mask = torch.zeros_like(flat)
-        mask[flat.topk(k).indices] = 1.0
-        return mask.view_as(scores)
+        return topk_mask(scores.abs(), k).to(scores.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):

@@ -32,6 +32,7 @@ from omegaconf import DictConfig
 from sparsebench.config import ConfigError, validate
 from sparsebench.search.spec import StudySpec, load_spec
 from sparsebench.search.storage import open_storage, redact
+from sparsebench.tracking.mlflow_logging import create_run
 from sparsebench.tracking.sweep import PARENT_FILE
 from sparsebench.training import build_hardware, build_method
 
@@ -147,12 +148,13 @@ class Worker:
         else:
             tags = {"sparsebench.study": self.spec.name,
                     "optuna.storage": redact(self.spec.storage)}  # fmt: skip
-            mine = create_run(client, self.base, f"study {self.spec.name}", tags)
-            self.study.set_user_attr(PARENT_ATTR, mine.info.run_id)
+            mine = create_run(client, self.base.logger.experiment_name, f"study {self.spec.name}",
+                              tags)  # fmt: skip
+            self.study.set_user_attr(PARENT_ATTR, mine)
             time.sleep(0.5)  # two workers may have raced: the last write wins, the loser retracts
             parent = self.study.user_attrs[PARENT_ATTR]
-            if parent != mine.info.run_id:
-                client.delete_run(mine.info.run_id)
+            if parent != mine:
+                client.delete_run(mine)
             else:
                 from mlflow.entities import Param
 
@@ -279,13 +281,11 @@ class Worker:
             return
         try:
             rows = summary.get("best") or summary.get("pareto_front")
-            if not rows:
-                pass
-            elif "best" in summary:
+            if rows and "best" in summary:
                 for metric in (o.metric for o in self.spec.objectives):
                     client.log_metric(self.parent, f"best/{metric}", float(rows[0][metric]))
                 client.set_tag(self.parent, "best_trial", str(rows[0]["trial"]))
-            else:
+            elif rows:
                 client.log_metric(self.parent, "pareto/size", len(rows))
             client.log_dict(self.parent, summary, "study.json")
             client.set_terminated(self.parent)
@@ -295,27 +295,12 @@ class Worker:
 
 def mlflow_client(base: DictConfig):
     """An MlflowClient for the trials' tracking store, or None (logging off, store down)."""
-    from mlflow import MlflowClient
+    from sparsebench.tracking.mlflow_logging import tracking_client
 
-    from sparsebench.tracking.mlflow_logging import reachable, tracking_uri
-
-    logger = base.logger
-    if not logger.get("enabled", True):
-        return None
-    uri = tracking_uri(base)
-    problem = reachable(uri, logger.get("connect_timeout_s", 5.0))
-    if problem:
+    client, problem = tracking_client(base)
+    if problem and base.logger.get("enabled", True):
         log.warning("MLflow: %s; trials keep their results.json", problem)
-        return None
-    return MlflowClient(tracking_uri=uri)
-
-
-def create_run(client, base: DictConfig, name: str, tags: dict[str, str]):
-    """A run in the trials' experiment (created if missing), to nest trials under."""
-    experiment = base.logger.experiment_name
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-    return client.create_run(experiment_id, run_name=name, tags=tags)
+    return client
 
 
 def _fmt(value: Any) -> str:
@@ -336,4 +321,4 @@ def spawn_workers(output_dir: Path, count: int) -> int:
     return sum(p.wait() != 0 for p in procs)
 
 
-__all__ = ["Worker", "check_space", "compose_trial", "spawn_workers"]
+__all__ = ["Worker", "check_space", "compose_trial", "mlflow_client", "spawn_workers"]

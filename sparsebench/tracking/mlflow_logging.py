@@ -94,17 +94,40 @@ class SafeMLFlowLogger(MLFlowLogger):
         self._guard("final logging", send)
 
 
+def store(cfg: DictConfig) -> tuple[str, str | None]:
+    """(tracking URI, None) when ``cfg``'s MLflow store can be used, else (URI, the reason)."""
+    uri = tracking_uri(cfg)
+    if not cfg.logger.get("enabled", True):
+        return uri, "logging disabled (logger.enabled=false)"
+    return uri, reachable(uri, cfg.logger.get("connect_timeout_s", 5.0))
+
+
+def tracking_client(cfg: DictConfig):
+    """(MlflowClient, None) for ``cfg``'s store, or (None, the reason it cannot be used)."""
+    uri, problem = store(cfg)
+    if problem:
+        return None, problem
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri), None
+
+
+def create_run(client, experiment: str, name: str, tags: dict[str, str]) -> str:
+    """A run (e.g. the parent of a sweep or study) in ``experiment``, created if missing;
+    returns its id."""
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+
+
 def make_logger(
     cfg: DictConfig, tags: dict[str, str]
 ) -> tuple[SafeMLFlowLogger | None, str | None]:
     """The run's MLflow logger, or (None, reason) when logging is off or impossible."""
-    if not cfg.logger.enabled:
-        return None, "logging disabled (logger.enabled=false)"
     # Fail fast on a dead server instead of MLflow's minutes of retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-    uri = tracking_uri(cfg)
-    problem = reachable(uri, cfg.logger.connect_timeout_s)
+    uri, problem = store(cfg)
     if problem:
         return None, problem
     logger = SafeMLFlowLogger(

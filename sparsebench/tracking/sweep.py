@@ -29,35 +29,25 @@ def parent_run_id(output_dir: str | Path) -> str | None:
 
 class ParentRun(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        logger = config.get("logger")
-        if logger is None or not logger.get("enabled", True):
+        if config.get("logger") is None:
             return
-        from mlflow import MlflowClient
+        from sparsebench.tracking.mlflow_logging import create_run, tracking_client
 
-        from sparsebench.tracking.mlflow_logging import reachable, tracking_uri
-
-        uri = tracking_uri(config)
-        if reachable(uri, logger.get("connect_timeout_s", 5.0)):
-            return  # jobs will report the dead server themselves
+        client, problem = tracking_client(config)
+        if problem:
+            return  # logging is off, or jobs will report the dead server themselves
+        sweep_dir = Path(config.hydra.sweep.dir)
         try:
-            client = MlflowClient(tracking_uri=uri)
-            experiment = client.get_experiment_by_name(logger.experiment_name)
-            experiment_id = (
-                experiment.experiment_id
-                if experiment
-                else client.create_experiment(logger.experiment_name)
-            )
-            sweep_dir = Path(config.hydra.sweep.dir)
-            run = client.create_run(experiment_id, run_name=f"sweep {sweep_dir.name}",
-                                    tags={"sparsebench.sweep": str(sweep_dir)})  # fmt: skip
+            run_id = create_run(client, config.logger.experiment_name, f"sweep {sweep_dir.name}",
+                                {"sparsebench.sweep": str(sweep_dir)})  # fmt: skip
         except Exception as exc:  # the sweep goes on without a parent
             log.warning("could not create the sweep's parent MLflow run (%s)", exc)
             return
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_FILE).write_text(
-            json.dumps({"run_id": run.info.run_id, "tracking_uri": uri})
+            json.dumps({"run_id": run_id, "tracking_uri": client.tracking_uri})
         )
-        self.client, self.run_id = client, run.info.run_id
+        self.client, self.run_id = client, run_id
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if getattr(self, "run_id", None):
