@@ -173,3 +173,26 @@ def test_pruned_trials_stop_early_and_count(tmp_path: Path) -> None:
     for trial in trials:
         results = json.loads((Path(trial.user_attrs["run_dir"]) / "results.json").read_text())
         assert results["status"] == "pruned" and [e["epoch"] for e in results["history"]] == [0]
+
+
+def _open_at(url: str, start: float) -> str:
+    import time
+
+    from sparsebench.search.storage import open_storage
+
+    time.sleep(max(0.0, start - time.time()))
+    storage = open_storage(url)
+    return storage.get_current_version()
+
+
+def test_workers_starting_together_share_a_new_sqlite_storage(tmp_path: Path) -> None:
+    # A submitit array starts its workers at the same moment: all of them create Optuna's
+    # schema on the new file at once, and all must get the storage.
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    start = time.time() + 3.0
+    with ProcessPoolExecutor(6) as pool:
+        versions = list(pool.map(_open_at, [url] * 6, [start] * 6))
+    assert len(set(versions)) == 1 and versions[0]

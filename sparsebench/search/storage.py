@@ -4,6 +4,8 @@ died is marked failed and retried; Optuna's journal storage has no heartbeat."""
 
 from __future__ import annotations
 
+import random
+import time
 import warnings
 from pathlib import Path
 
@@ -56,13 +58,28 @@ def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 30,
             raise ConfigError(f"study storage {url}: folder {folder} does not exist.")
     _check_reachable(url)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    return RDBStorage(
-        url,
-        engine_kwargs={"pool_pre_ping": True},
-        heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
-    )
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    # Workers started together (a submitit array, `workers=N`) race to create Optuna's schema
+    # on a new database: the losers hit a duplicate `alembic_version` row or a locked SQLite
+    # file. RDBStorage has no retry of its own; once the winner committed, a retry finds the
+    # schema and only checks its version.
+    for attempt in range(5):
+        try:
+            return RDBStorage(
+                url,
+                engine_kwargs={"pool_pre_ping": True},
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                    max_retry=max_retry
+                ),
+            )
+        except (IntegrityError, OperationalError):
+            if attempt == 4:
+                raise
+            time.sleep(0.2 + random.random() * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _check_reachable(url: str) -> None:
