@@ -14,6 +14,7 @@ import optuna
 import pytest
 import yaml
 from mlflow import MlflowClient
+from omegaconf import OmegaConf
 
 from sparsebench.config import ConfigError, register_configs, register_resolvers
 from sparsebench.search.spec import load_spec
@@ -175,24 +176,36 @@ def test_pruned_trials_stop_early_and_count(tmp_path: Path) -> None:
         assert results["status"] == "pruned" and [e["epoch"] for e in results["history"]] == [0]
 
 
-def _open_at(url: str, start: float) -> str:
+def _open_stores_at(folder: str, start: float) -> tuple[str, str]:
     import time
 
+    from mlflow import MlflowClient
+
     from sparsebench.search.storage import open_storage
+    from sparsebench.tracking.mlflow_logging import create_run, tracking_client
 
+    cfg = OmegaConf.create(
+        {"logger": {"tracking_uri": f"sqlite:///{folder}/mlflow.db", "experiment_name": "e"}}
+    )
     time.sleep(max(0.0, start - time.time()))
-    storage = open_storage(url)
-    return storage.get_current_version()
+    version = open_storage(f"sqlite:///{folder}/optuna.db").get_current_version()
+    client, problem = tracking_client(cfg)
+    assert problem is None, problem
+    assert isinstance(client, MlflowClient)
+    return version, create_run(client, "e", "worker", {})
 
 
-def test_workers_starting_together_share_a_new_sqlite_storage(tmp_path: Path) -> None:
-    # A submitit array starts its workers at the same moment: all of them create Optuna's
-    # schema on the new file at once, and all must get the storage.
+def test_workers_starting_together_share_new_sqlite_stores(tmp_path: Path) -> None:
+    # A submitit array or `workers=N` starts its workers at the same moment: all of them create
+    # Optuna's and MLflow's schemas on the new files at once (CI saw Optuna's alembic row
+    # collide), and all must get the stores and one experiment.
     import time
     from concurrent.futures import ProcessPoolExecutor
 
-    url = f"sqlite:///{tmp_path}/optuna.db"
     start = time.time() + 3.0
-    with ProcessPoolExecutor(6) as pool:
-        versions = list(pool.map(_open_at, [url] * 6, [start] * 6))
-    assert len(set(versions)) == 1 and versions[0]
+    with ProcessPoolExecutor(3) as pool:
+        got = list(pool.map(_open_stores_at, [str(tmp_path)] * 3, [start] * 3))
+    assert len({version for version, _ in got}) == 1 and got[0][0]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("e").experiment_id])
+    assert {r.info.run_id for r in runs} == {run for _, run in got}

@@ -99,7 +99,47 @@ def store(cfg: DictConfig) -> tuple[str, str | None]:
     uri = tracking_uri(cfg)
     if not cfg.logger.get("enabled", True):
         return uri, "logging disabled (logger.enabled=false)"
-    return uri, reachable(uri, cfg.logger.get("connect_timeout_s", 5.0))
+    problem = reachable(uri, cfg.logger.get("connect_timeout_s", 5.0))
+    if problem is None:
+        try:
+            prepare(uri, cfg.logger.experiment_name)
+        except Exception as exc:
+            problem = f"tracking store {uri} failed ({type(exc).__name__}: {exc})"
+    return uri, problem
+
+
+def prepare(uri: str, experiment: str) -> None:
+    """Creates the store's schema and ``experiment`` once, however many processes start at once.
+
+    Workers and sweep jobs starting together on a new SQLite store race in MLflow's schema
+    migrations ("duplicate column") and in creating the experiment; MLflow does neither under a
+    lock, so an SQLite store is prepared under a file lock beside it, and a lost race to create
+    the experiment on a server reads the winner's.
+    """
+    from filelock import FileLock
+    from mlflow import MlflowClient
+
+    if uri.startswith("sqlite:///"):
+        with FileLock(uri.removeprefix("sqlite:///") + ".lock", timeout=120):
+            experiment_id(MlflowClient(tracking_uri=uri), experiment)
+    else:
+        experiment_id(MlflowClient(tracking_uri=uri), experiment)
+
+
+def experiment_id(client, experiment: str) -> str:
+    """The id of ``experiment``, created if missing (a lost creation race reads the winner's)."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(experiment)
+    except MlflowException:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 def tracking_client(cfg: DictConfig):
@@ -115,9 +155,9 @@ def tracking_client(cfg: DictConfig):
 def create_run(client, experiment: str, name: str, tags: dict[str, str]) -> str:
     """A run (e.g. the parent of a sweep or study) in ``experiment``, created if missing;
     returns its id."""
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-    return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    return client.create_run(
+        experiment_id(client, experiment), run_name=name, tags=tags
+    ).info.run_id
 
 
 def make_logger(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sparsebench.tracking.identity import flatten
 from sparsebench.tracking.mlflow_logging import DEFAULT_URI
+from sparsebench.tracking.mlflow_logging import experiment_id as get_experiment_id
 
 UID_TAG = "sparsebench.run_uid"
 
@@ -24,10 +25,7 @@ def upload_run(client, results_path: Path, experiment_name: str) -> tuple[str, b
 
     data = json.loads(results_path.read_text())
     uid = data["run_uid"]
-    experiment = client.get_experiment_by_name(experiment_name)
-    experiment_id = (
-        experiment.experiment_id if experiment else client.create_experiment(experiment_name)
-    )
+    experiment_id = get_experiment_id(client, experiment_name)
     found = client.search_runs(
         [experiment_id], filter_string=f"tags.`{UID_TAG}` = '{uid}'", max_results=1
     )
