@@ -86,10 +86,11 @@ def test_cpu_sparse_target_end_to_end(tmp_path: Path) -> None:
 
 
 def test_multirun_seeds_share_benchmark_key(tmp_path: Path) -> None:
-    # The acceptance command: python -m sparsebench -m seed=0,1 trainer.max_epochs=1
+    # The acceptance command, python -m sparsebench -m seed=0,1 trainer.max_epochs=1, on 4 batches
     proc = run_cli(
-        ["-m", "seed=0,1", "trainer.max_epochs=1", "hardware.min_run_time=0.1"], cwd=tmp_path
-    )
+        ["-m", "seed=0,1", "trainer.max_epochs=1", "hardware.min_run_time=0.1",
+         "trainer.limit_train_batches=4", "trainer.limit_val_batches=2"], cwd=tmp_path
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     every = client.search_runs([client.get_experiment_by_name("sparsebench").experiment_id])
