@@ -4,12 +4,15 @@ logging to it, and the leaderboard read back from it (PostgreSQL runs on 127.0.0
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from sparsebench.tracking.results import CONTRACT_METRICS, CONTRACT_TAGS
 from tests.conftest import free_port, run_cli, wait_until_healthy
 
 pytestmark = pytest.mark.slow
@@ -43,6 +46,15 @@ def test_sweep_to_postgres_server_and_leaderboard(tracking_server: str, tmp_path
                     "trainer.limit_train_batches=null"],
                    cwd=tmp_path, timeout=900, env={"MLFLOW_TRACKING_URI": tracking_server})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # What the MLflow UI shows is what the server's REST API serves: all 8 jobs, each with every
+    # metric and tag of the results contract, nested under the sweep's parent.
+    served = _search_runs(tracking_server)
+    jobs = [run for run in served if "mlflow.parentRunId" in _tags(run)]
+    assert len(jobs) == 8 and len(served) == 9
+    for run in jobs:
+        assert set(CONTRACT_METRICS) <= {m["key"] for m in run["data"]["metrics"]}
+        assert set(CONTRACT_TAGS) <= _tags(run).keys()
+        assert run["info"]["status"] == "FINISHED"
     out = tmp_path / "board.csv"
     from sparsebench.leaderboard import main
 
@@ -61,3 +73,21 @@ def test_sweep_to_postgres_server_and_leaderboard(tracking_server: str, tmp_path
         dominated = any(float(o["acc_mean"]) >= acc and float(o["flops_sparse"]) <= flops
                         and (float(o["acc_mean"]) > acc or float(o["flops_sparse"]) < flops) for o in rows)  # fmt: skip
         assert (r["flops_front"] == "True") == (not dominated)
+
+
+def _tags(run: dict) -> dict[str, str]:
+    return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+
+def _search_runs(base: str) -> list[dict]:
+    """runs/search over the REST API, as the MLflow UI calls it."""
+    url = f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=sparsebench"
+    with urllib.request.urlopen(url) as r:
+        experiment_id = json.load(r)["experiment"]["experiment_id"]
+    request = urllib.request.Request(
+        f"{base}/api/2.0/mlflow/runs/search",
+        data=json.dumps({"experiment_ids": [experiment_id], "max_results": 100}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request) as r:
+        return json.load(r)["runs"]
