@@ -23,7 +23,7 @@ from sparsebench.pruning.calibrate import (
     reconstruction_error,
 )
 from sparsebench.sparsity.patterns import is_nm
-from tests.conftest import run_cli
+from tests.conftest import compose_config, run_cli
 
 PATTERNS = [Pattern(density=0.5), Pattern(density=0.3), Pattern(n=2, m=4), Pattern(n=4, m=8)]
 
@@ -138,11 +138,13 @@ def test_prune_runner_trains_dense_first_then_prunes(tmp_path: Path) -> None:
     assert layer["wanda"] <= layer["magnitude"] * 1.5  # errors recorded per layer
     dense_run = Path(data["checkpoint"]).parent.parent
     (tmp_path / "again").mkdir()
-    # Prune the same checkpoint with SparseGPT at 2:4, fine-tuning one epoch with masks fixed.
-    proc = run_cli(["runner=prune", "+method=sparsegpt", "method.pattern.kind=nm", "method.pattern.n=2",
-                    "method.pattern.m=4", "method.finetune_epochs=1", f"checkpoint={dense_run}", *FAST],
-                   cwd=tmp_path / "again")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Prune the same checkpoint with SparseGPT at 2:4, fine-tuning one epoch with masks fixed
+    # (in-process: the CLI path is the one above).
+    from runners.prune import run
+
+    run(compose_config(["runner=prune", "+method=sparsegpt", "method.pattern.kind=nm", "method.pattern.n=2",
+                        "method.pattern.m=4", "method.finetune_epochs=1", f"checkpoint={dense_run}", *FAST],
+                       output_dir=tmp_path / "again" / "outputs" / "runs" / "x" / "y"))  # fmt: skip
     again = _results(tmp_path / "again")["metrics"]
     assert again["sparsity/actual"] == pytest.approx(0.5, abs=0.01)
     assert again["test/acc_dense"] == pytest.approx(metrics["test/acc_dense"])  # same weights
@@ -151,14 +153,12 @@ def test_prune_runner_trains_dense_first_then_prunes(tmp_path: Path) -> None:
     assert again["train/samples"] > metrics["train/samples"]  # plus the fine-tuning epoch
 
 
-@pytest.mark.slow
-def test_prune_runner_on_convolutions_with_nm(tmp_path: Path) -> None:
-    args = ["runner=prune", "+method=dsnot", "method.pattern.kind=nm", "method.pattern.n=2",
-            "method.pattern.m=4", "model=resnet20", "model.width=8", "debug=fast", "hardware.threads=1",
-            "logger=none", "method.calibration_samples=32"]  # fmt: skip
-    proc = run_cli(args, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = _results(tmp_path)["metrics"]
+def test_prune_runner_on_convolutions_with_nm(make_cfg, tmp_path: Path) -> None:
+    from runners.prune import run
+
+    metrics = run(make_cfg("runner=prune", "+method=dsnot", "method.pattern.kind=nm", "method.pattern.n=2",
+                           "method.pattern.m=4", "model=resnet20", "model.width=8", "logger=none",
+                           "method.calibration_samples=32"))  # fmt: skip
     assert metrics["sparsity/actual"] == pytest.approx(0.5, abs=0.01)
     assert metrics["flops/sparse"] < 0.6 * metrics["flops/dense"]
 
