@@ -46,6 +46,37 @@ def search(args: list[str], cwd: Path, timeout: float = 400) -> subprocess.Compl
                           capture_output=True, text=True, timeout=timeout, env=env)  # fmt: skip
 
 
+@pytest.fixture
+def search_here(tmp_path: Path, monkeypatch, capsys):
+    """One worker in-process, as ``python -m sparsebench.search ARGS`` in tmp_path (the CLI
+    and its processes are tested in tests/test_search_cluster.py); returns what it printed."""
+    from hydra import compose, initialize_config_dir
+
+    from sparsebench.config import CONF_DIR
+    from sparsebench.search.worker import Worker
+
+    def run(args: list[str]) -> str:
+        monkeypatch.chdir(tmp_path)
+        for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+            monkeypatch.delenv(key)
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="search", overrides=args)
+        output_dir = (
+            tmp_path
+            / "outputs"
+            / "search"
+            / "study"
+            / f"run{len(list(tmp_path.glob('outputs/search/study/*')))}"
+        )
+        output_dir.mkdir(parents=True)
+        worker = Worker(cfg, output_dir)
+        worker.run()
+        worker.report()
+        return capsys.readouterr().out
+
+    return run
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
@@ -104,9 +135,8 @@ def test_shipped_sweeps_are_valid(name: str) -> None:
     assert spec.n_trials >= 1 and spec.objectives
 
 
-def test_study_runs_trials_as_nested_mlflow_runs(tmp_path: Path) -> None:
-    proc = search([f"sweep={write_sweep(tmp_path)}"], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_study_runs_trials_as_nested_mlflow_runs(tmp_path: Path, search_here) -> None:
+    stdout = search_here([f"sweep={write_sweep(tmp_path)}"])
     study = optuna.load_study(study_name="study", storage=f"sqlite:///{tmp_path}/optuna.db")
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
@@ -128,14 +158,13 @@ def test_study_runs_trials_as_nested_mlflow_runs(tmp_path: Path) -> None:
     best = study.best_trial
     assert parent.data.metrics["best/val/acc"] == pytest.approx(best.value)
     assert parent.data.tags["best_trial"] == str(best.number) and parent.info.status == "FINISHED"
-    assert f"trial={best.number}, val/acc=" in proc.stdout
+    assert f"trial={best.number}, val/acc=" in stdout
     # Restarting a finished study runs nothing more; a larger n_trials continues it.
-    proc = search([f"sweep={write_sweep(tmp_path)}", "n_trials=4"], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    search_here([f"sweep={write_sweep(tmp_path)}", "n_trials=4"])
     assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 4
 
 
-def test_multi_objective_study_reports_a_pareto_front(tmp_path: Path) -> None:
+def test_multi_objective_study_reports_a_pareto_front(tmp_path: Path, search_here) -> None:
     path = write_sweep(
         tmp_path,
         overrides=["model=mlp", "dataset=digits", "debug=fast", "+method=random"],
@@ -146,18 +175,17 @@ def test_multi_objective_study_reports_a_pareto_front(tmp_path: Path) -> None:
         sampler={"name": "nsga2", "seed": 0, "population_size": 4},
         n_trials=8,
     )  # fmt: skip
-    proc = search([f"sweep={path}"], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    stdout = search_here([f"sweep={path}"])
     summary = json.loads(next(tmp_path.glob("outputs/search/**/study.json")).read_text())
     front = summary["pareto_front"]
-    assert len(front) >= 3 and "Pareto front:" in proc.stdout
+    assert len(front) >= 3 and "Pareto front:" in stdout
     for a in front:  # no member dominates another
         for b in front:
             assert not (a["val/acc"] >= b["val/acc"] and a["flops/sparse"] <= b["flops/sparse"]
                         and (a["val/acc"], a["flops/sparse"]) != (b["val/acc"], b["flops/sparse"]))  # fmt: skip
 
 
-def test_pruned_trials_stop_early_and_count(tmp_path: Path) -> None:
+def test_pruned_trials_stop_early_and_count(tmp_path: Path, search_here) -> None:
     # A threshold no accuracy reaches: every trial is pruned after its first validation.
     path = write_sweep(
         tmp_path,
@@ -165,8 +193,7 @@ def test_pruned_trials_stop_early_and_count(tmp_path: Path) -> None:
         pruner={"name": "threshold", "lower": 1.01, "n_warmup_steps": 0},
         n_trials=2,
     )
-    proc = search([f"sweep={path}"], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    search_here([f"sweep={path}"])
     study = optuna.load_study(study_name="study", storage=f"sqlite:///{tmp_path}/optuna.db")
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
