@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -65,7 +63,7 @@ def test_node_masks_refuse_models_that_are_not_a_chain_of_linear_layers() -> Non
 
 
 @pytest.mark.slow
-def test_baseline_sweep_produces_its_table(tmp_path: Path) -> None:
+def test_baseline_sweep_produces_its_table(tmp_path: Path, monkeypatch) -> None:
     study = {
         "overrides": ["model=mlp", "dataset=digits", "debug=fast", "model.hidden_dims=[64,64]"],
         "space": {"method.node_seed": {"type": "int", "low": 0, "high": 1000000},
@@ -75,10 +73,22 @@ def test_baseline_sweep_produces_its_table(tmp_path: Path) -> None:
         "baseline": {"sparsities": [0.8], "seeds": [0, 1]},
     }  # fmt: skip
     (tmp_path / "bl.yaml").write_text(yaml.safe_dump(study))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    proc = subprocess.run([sys.executable, "-m", "sparsebench.search", f"sweep={tmp_path / 'bl.yaml'}"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # In-process, as `python -m sparsebench.search sweep=bl.yaml` in tmp_path runs it (the
+    # worker's CLI and processes are tested in tests/test_search_cluster.py).
+    from hydra import compose, initialize_config_dir
+
+    from sparsebench.config import CONF_DIR
+    from sparsebench.search.baseline import Baseline
+    from sparsebench.search.spec import load_spec
+
+    monkeypatch.chdir(tmp_path)
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        monkeypatch.delenv(key)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="search", overrides=[f"sweep={tmp_path / 'bl.yaml'}"])
+    output_dir = tmp_path / "outputs" / "search" / "bl" / "day" / "time"
+    output_dir.mkdir(parents=True)
+    Baseline(cfg, output_dir, load_spec(cfg.sweep)).run()
     (table,) = tmp_path.glob("outputs/search/bl/*/*/baseline.csv")
     rows = list(csv.DictReader(table.open()))
     assert [(r["arm"], r["sparsity"], r["n"]) for r in rows] == [
