@@ -24,8 +24,13 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 
 
 def tracking_uri(cfg: DictConfig) -> str:
-    """``logger.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else sqlite:///mlflow.db."""
-    return cfg.logger.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """``logger.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else sqlite:///mlflow.db; a
+    relative SQLite path is made absolute (from the working directory now), since MLflow caches
+    one store per URI string in a process and would keep writing to the first folder's file."""
+    uri = cfg.logger.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    return uri
 
 
 def reachable(uri: str, timeout: float) -> str | None:
