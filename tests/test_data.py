@@ -74,6 +74,23 @@ def test_mnist1d_generated_offline() -> None:
     assert np.array_equal(np.random.get_state()[1], state[1])  # global RNG untouched
 
 
+def test_mnist1d_generated_once_per_process_and_arguments() -> None:
+    from sparsebench.data.arrays import _mnist1d
+
+    def load(seed: int):
+        return MNIST1DDataModule(name="mnist1d", num_classes=10, input_shape=[1, 40],
+                                 num_samples=500, generator_seed=seed).load()  # fmt: skip
+
+    x, y, _ = load(7)
+    hits = _mnist1d.cache_info().hits
+    x2, y2, _ = load(7)
+    assert _mnist1d.cache_info().hits == hits + 1  # a search's next trial: no second generation
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    x[0] += 1.0  # each caller gets its own tensors; the cached arrays stay as generated
+    assert not torch.equal(x, load(7)[0])
+    assert not torch.equal(x2, load(8)[0])  # another generator seed, another dataset
+
+
 def test_synthetic_any_shape_and_learnable_labels() -> None:
     dm = SyntheticDataModule(
         name="synthetic", num_classes=7, input_shape=[2, 5, 3], num_samples=300

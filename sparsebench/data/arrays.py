@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -39,29 +41,41 @@ class MNIST1DDataModule(TensorDataModule):
         self.generator_seed = generator_seed
 
     def load(self):
-        import random
-
-        import numpy as np
-        from mnist1d.data import get_dataset_args, make_dataset
-
-        args = get_dataset_args()
-        args.seed = self.generator_seed
-        if self.num_samples is not None:
-            args.num_samples = self.num_samples
-        # make_dataset reseeds Python's and NumPy's global generators; keep the caller's state.
-        py_state, np_state = random.getstate(), np.random.get_state()
-        try:
-            data = make_dataset(args)
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+        data = _mnist1d(self.generator_seed, self.num_samples)
 
         def tensors(x, y):
-            x = torch.as_tensor(x, dtype=torch.float32).reshape(len(y), *self.input_shape)
-            return x, torch.as_tensor(y, dtype=torch.long)
+            # Copies: the generated arrays are cached and shared (read-only).
+            x = torch.tensor(x, dtype=torch.float32).reshape(len(y), *self.input_shape)
+            return x, torch.tensor(y, dtype=torch.long)
 
         x, y = tensors(data["x"], data["y"])
         return x, y, tensors(data["x_test"], data["y_test"])
+
+
+@functools.lru_cache(maxsize=4)
+def _mnist1d(seed: int, num_samples: int | None) -> dict:
+    """One generation per process and arguments (about 4 s on 2 cores): a search worker or
+    the random-search baseline builds the dataset for every trial."""
+    import random
+
+    import numpy as np
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.seed = seed
+    if num_samples is not None:
+        args.num_samples = num_samples
+    # make_dataset reseeds Python's and NumPy's global generators; keep the caller's state.
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        data = make_dataset(args)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    for key in ("x", "y", "x_test", "y_test"):  # shared by every caller: never written to
+        data[key] = np.asarray(data[key])
+        data[key].flags.writeable = False
+    return data
 
 
 class SyntheticDataModule(TensorDataModule):

@@ -58,12 +58,12 @@ def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 30,
             raise ConfigError(f"study storage {url}: folder {folder} does not exist.")
     _check_reachable(url)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    from sqlalchemy.exc import IntegrityError, OperationalError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     # Workers started together (a submitit array, `workers=N`) race to create Optuna's schema
-    # on a new database: the losers hit a duplicate `alembic_version` row or a locked SQLite
-    # file. RDBStorage has no retry of its own; once the winner committed, a retry finds the
-    # schema and only checks its version.
+    # on a new database: the losers hit a duplicate `alembic_version` row, a locked SQLite file
+    # or (PostgreSQL) a table that already exists. RDBStorage has no retry of its own; once the
+    # winner committed, a retry finds the schema and only checks its version.
     for attempt in range(5):
         try:
             return RDBStorage(
@@ -75,7 +75,7 @@ def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 30,
                     max_retry=max_retry
                 ),
             )
-        except (IntegrityError, OperationalError):
+        except (IntegrityError, OperationalError, ProgrammingError):
             if attempt == 4:
                 raise
             time.sleep(0.2 + random.random() * (attempt + 1))
