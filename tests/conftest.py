@@ -35,6 +35,21 @@ def compose_config(
     return cfg
 
 
+def search_in_process(args: list[str], cwd: Path, monkeypatch) -> tuple[DictConfig, Path]:
+    """The config and a fresh output folder of ``python -m sparsebench.search ARGS`` run in
+    ``cwd``, for tests that run the worker (or the baseline) in-process; the CLI and its
+    processes are tested in tests/test_search_cluster.py."""
+    monkeypatch.chdir(cwd)
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        monkeypatch.delenv(key)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="search", overrides=args)
+    runs = cwd / "outputs" / "search" / Path(str(cfg.sweep)).stem
+    output_dir = runs / f"run{len(list(runs.glob('run*')))}" / "worker0"
+    output_dir.mkdir(parents=True)
+    return cfg, output_dir
+
+
 @pytest.fixture
 def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     """Compose the real config with ``debug=fast``, its outputs and MLflow store under tmp_path."""

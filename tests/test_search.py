@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from sparsebench.config import ConfigError, register_configs, register_resolvers
 from sparsebench.search.spec import load_spec
-from tests.conftest import REPO
+from tests.conftest import REPO, search_in_process
 
 pytestmark = pytest.mark.slow
 register_configs()
@@ -48,28 +48,12 @@ def search(args: list[str], cwd: Path, timeout: float = 400) -> subprocess.Compl
 
 @pytest.fixture
 def search_here(tmp_path: Path, monkeypatch, capsys):
-    """One worker in-process, as ``python -m sparsebench.search ARGS`` in tmp_path (the CLI
-    and its processes are tested in tests/test_search_cluster.py); returns what it printed."""
-    from hydra import compose, initialize_config_dir
-
-    from sparsebench.config import CONF_DIR
+    """One worker in-process, as ``python -m sparsebench.search ARGS`` in tmp_path; returns
+    what it printed."""
     from sparsebench.search.worker import Worker
 
     def run(args: list[str]) -> str:
-        monkeypatch.chdir(tmp_path)
-        for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
-            monkeypatch.delenv(key)
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="search", overrides=args)
-        output_dir = (
-            tmp_path
-            / "outputs"
-            / "search"
-            / "study"
-            / f"run{len(list(tmp_path.glob('outputs/search/study/*')))}"
-        )
-        output_dir.mkdir(parents=True)
-        worker = Worker(cfg, output_dir)
+        worker = Worker(*search_in_process(args, tmp_path, monkeypatch))
         worker.run()
         worker.report()
         return capsys.readouterr().out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from sparsebench.config import ConfigError
 from sparsebench.models import build_model
 from sparsebench.sparsity.masks import MASK
 from sparsebench.training import build_method
-from tests.conftest import compose_config
+from tests.conftest import compose_config, search_in_process
 
 
 def _node(*overrides: str):
@@ -73,21 +72,10 @@ def test_baseline_sweep_produces_its_table(tmp_path: Path, monkeypatch) -> None:
         "baseline": {"sparsities": [0.8], "seeds": [0, 1]},
     }  # fmt: skip
     (tmp_path / "bl.yaml").write_text(yaml.safe_dump(study))
-    # In-process, as `python -m sparsebench.search sweep=bl.yaml` in tmp_path runs it (the
-    # worker's CLI and processes are tested in tests/test_search_cluster.py).
-    from hydra import compose, initialize_config_dir
-
-    from sparsebench.config import CONF_DIR
     from sparsebench.search.baseline import Baseline
     from sparsebench.search.spec import load_spec
 
-    monkeypatch.chdir(tmp_path)
-    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
-        monkeypatch.delenv(key)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="search", overrides=[f"sweep={tmp_path / 'bl.yaml'}"])
-    output_dir = tmp_path / "outputs" / "search" / "bl" / "day" / "time"
-    output_dir.mkdir(parents=True)
+    cfg, output_dir = search_in_process([f"sweep={tmp_path / 'bl.yaml'}"], tmp_path, monkeypatch)
     Baseline(cfg, output_dir, load_spec(cfg.sweep)).run()
     (table,) = tmp_path.glob("outputs/search/bl/*/*/baseline.csv")
     rows = list(csv.DictReader(table.open()))

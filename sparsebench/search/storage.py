@@ -64,22 +64,21 @@ def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 30,
     # on a new database: the losers hit a duplicate `alembic_version` row, a locked SQLite file
     # or (PostgreSQL) a table that already exists. RDBStorage has no retry of its own; once the
     # winner committed, a retry finds the schema and only checks its version.
-    for attempt in range(5):
+    def connect() -> RDBStorage:
+        return RDBStorage(
+            url,
+            engine_kwargs={"pool_pre_ping": True},
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+        )
+
+    for attempt in range(4):
         try:
-            return RDBStorage(
-                url,
-                engine_kwargs={"pool_pre_ping": True},
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                    max_retry=max_retry
-                ),
-            )
+            return connect()
         except (IntegrityError, OperationalError, ProgrammingError):
-            if attempt == 4:
-                raise
             time.sleep(0.2 + random.random() * (attempt + 1))
-    raise AssertionError("unreachable")
+    return connect()  # a fifth failure is raised
 
 
 def _check_reachable(url: str) -> None:
