@@ -32,9 +32,8 @@ from runners.train import run as train_run  # noqa: F401  (same imports as the C
 from sparsebench.config import CONF_DIR, register_configs, register_resolvers
 from sparsebench.logs import quiet_lightning
 from sparsebench.models import build_model
-from sparsebench.tracking.mlflow_logging import make_logger
-from sparsebench.tracking.results import Results
-from sparsebench.training import ResultsCallback, build_datamodule, build_module, build_trainer
+from sparsebench.tracking.recorder import RunRecorder
+from sparsebench.training import RunProgress, build_datamodule, build_module, build_trainer
 
 
 class StepClock(L.Callback):
@@ -46,7 +45,8 @@ class StepClock(L.Callback):
 
 
 def harness_steps(cfg, steps: int, out: Path) -> list[float]:
-    """Step times of the real harness: Lightning, our module, callbacks, MLflow logger."""
+    """Step times of the real harness: Lightning, our module, callbacks, the run's record
+    (results.json and MLflow)."""
     L.seed_everything(0, verbose=False)
     with open_dict(cfg):
         cfg.trainer.max_epochs = 1
@@ -55,11 +55,11 @@ def harness_steps(cfg, steps: int, out: Path) -> list[float]:
         cfg.trainer.enable_progress_bar = True
         cfg.paths.output_dir = str(out)
     datamodule = build_datamodule(cfg)
-    results = Results(out, cfg)
-    logger, _ = make_logger(cfg, results.tags)
     clock = StepClock()
-    trainer = build_trainer(cfg, out, logger, [ResultsCallback(results), clock])
+    record = RunRecorder(cfg, out)
+    trainer = build_trainer(cfg, out, [RunProgress(record), clock])
     trainer.fit(build_module(cfg, build_model(cfg.model)), datamodule=datamodule)
+    record.results.finish()  # a partial run by design (no test, no latency): not a result
     return [b - a for a, b in zip(clock.stamps, clock.stamps[1:], strict=False)]
 
 

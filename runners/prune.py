@@ -23,13 +23,15 @@ from sparsebench.models import build_model
 from sparsebench.pruning.methods import PostTrainingMethod
 from sparsebench.sparsity.methods.base import SparsityMethod
 from sparsebench.tracking.recorder import RunRecorder
+from sparsebench.tracking.results import check_user_tags
 from sparsebench.training import (
-    ResultsCallback,
+    RunProgress,
     build_datamodule,
     build_hardware,
     build_method,
     build_module,
     build_trainer,
+    check_finite,
     measure,
 )
 
@@ -134,8 +136,12 @@ def _train_dense(cfg: DictConfig, output_dir: Path) -> tuple[Path, tuple[float, 
     return output_dir / "dense" / "checkpoints" / "last.ckpt", budget
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
+def run(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
     validate(cfg)
+    check_user_tags(cfg)
+    if resume:
+        raise ConfigError("runner 'prune' runs are not resumed (pruning takes minutes, not "
+                          "epochs); start it again with the same checkpoint.")  # fmt: skip
     output_dir = Path(cfg.paths.output_dir)
     method = build_method(cfg)
     if not isinstance(method, PostTrainingMethod):
@@ -166,12 +172,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
     load_weights(model, path, cfg.model.model_name)
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    with RunRecorder(cfg, output_dir, hardware.fingerprint()) as record:
+    with RunRecorder(cfg, output_dir, hardware.fingerprint(), {"pattern": method.pattern_tag}
+                     ) as record:  # fmt: skip
         results = record.results
         results.data["checkpoint"] = str(path)
-        progress = ResultsCallback(results)
+        progress = RunProgress(record, max_loss=cfg.trainer.get("max_loss"))
         module = build_module(cfg, model)
-        evaluate = build_trainer(cfg, output_dir, None, [], enable_checkpointing=False)
+        evaluate = build_trainer(cfg, output_dir, [], enable_checkpointing=False)
         (dense,) = evaluate.test(module, datamodule=datamodule, verbose=False)
         results.update({"test/acc_dense": dense["test/acc"], "test/loss_dense": dense["test/loss"]})
 
@@ -187,11 +194,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
         trainer = evaluate
         if method.finetune_epochs:
-            trainer = build_trainer(cfg, output_dir, record.logger, [FixedMasks(method), progress],
+            trainer = build_trainer(cfg, output_dir, [FixedMasks(method), progress],
                                     max_epochs=method.finetune_epochs)  # fmt: skip
             trainer.fit(module, datamodule=datamodule)
         (test,) = trainer.test(module, datamodule=datamodule, verbose=False)
-        results.update({**test, "train/samples": dense_samples + progress.samples_seen})
+        check_finite(test)
+        # time/train_s: this run's own training, the fine-tuning (the dense run has its own).
+        results.update({**test, "train/samples": dense_samples + progress.samples_seen,
+                        "time/train_s": progress.train_seconds})  # fmt: skip
         val = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
         results.update({"val/acc": val["val/acc"]})
         measure(results, cfg, model, datamodule.example_input(1), progress.samples_seen, method,

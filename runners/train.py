@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import json
-import time
+import logging
 from pathlib import Path
 
 import lightning as L
 from omegaconf import DictConfig
 
-from sparsebench.config import validate
+from sparsebench.config import ConfigError, validate
 from sparsebench.models import build_model
+from sparsebench.tracking.identity import run_hash
 from sparsebench.tracking.recorder import RunRecorder
+from sparsebench.tracking.results import check_user_tags
+from sparsebench.tracking.resume import resume_point
 from sparsebench.training import (
-    ResultsCallback,
+    RunProgress,
     build_datamodule,
     build_hardware,
     build_method,
     build_module,
     build_trainer,
+    check_finite,
+    final_val,
     fit,
     measure,
 )
+
+log = logging.getLogger(__name__)
 
 
 def run(
@@ -29,22 +36,39 @@ def run(
     callbacks: list[L.Callback] | None = None,
     tags: dict[str, str] | None = None,
     started: float | None = None,
+    resume: bool = False,
 ) -> dict[str, float]:
     """Train ``cfg``'s model on its dataset and write the results contract; returns the metrics.
 
     For a search trial run in-process: ``callbacks`` join the Trainer's (the pruning callback),
     ``tags`` join the run's (study, trial number), ``started`` (time.time()) replaces the
-    process start for ``time/startup_s``."""
+    process start for ``time/startup_s``. ``resume``: continue the unfinished run in
+    ``cfg.paths.output_dir`` from its last checkpoint (``python -m sparsebench resume=DIR``);
+    without it, a requeued job finding its own interrupted run there continues it too."""
     validate(cfg)
+    check_user_tags(cfg)
     output_dir = Path(cfg.paths.output_dir)
+    method = build_method(cfg)
+    if method is not None and getattr(method, "post_training", False):
+        raise ConfigError(f"method '{method.name}' prunes a trained model: run it with "
+                          f"runner=prune (the train runner would train dense).")  # fmt: skip
+    checkpoint = resume_point(output_dir, resume, None if resume else run_hash(cfg))
+    if checkpoint is not None and method is not None and method.resumable is not True:
+        if resume:
+            raise ConfigError(method.resumable)
+        log.warning("%s; starting a new run in %s", method.resumable, output_dir)
+        checkpoint = None
+    if checkpoint is not None:
+        log.warning("resuming the run in %s from %s", output_dir, checkpoint)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg.model)
     hardware = build_hardware(cfg)
-    method = build_method(cfg)
     hardware.check(method.pattern if method else None, method.name if method else "dense")
 
-    with RunRecorder(cfg, output_dir, {**hardware.fingerprint(), **(tags or {})}) as record:
+    contract = {"pattern": method.pattern_tag if method is not None else "dense"}
+    with RunRecorder(cfg, output_dir, {**hardware.fingerprint(), **(tags or {})}, contract,
+                     resume=checkpoint is not None) as record:  # fmt: skip
         results = record.results
         if method is not None:  # DASS searches; Sparse-IFT and DASS train another model
             method.prepare(datamodule, cfg)
@@ -59,17 +83,17 @@ def run(
         if method is not None and method.description:
             results.data["transform"] = method.description
             record.lines += method.description
-        progress = ResultsCallback(results, started)
+        progress = RunProgress(record, started, cfg.trainer.get("max_loss"))
         callbacks = [*([] if method is None else [method]), progress, *(callbacks or [])]
         module = build_module(cfg, model)
-        start = time.perf_counter()
         trainer = fit(module, datamodule, method,
-                      lambda **kw: build_trainer(cfg, output_dir, record.logger, callbacks, **kw))  # fmt: skip
-        results.update({"time/train_s": time.perf_counter() - start,
+                      lambda **kw: build_trainer(cfg, output_dir, callbacks, **kw), checkpoint)  # fmt: skip
+        results.update({"time/train_s": progress.train_seconds,
                         "train/samples": progress.samples_seen})  # fmt: skip
-        results.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+        results.update(final_val(trainer, results))
         (test,) = trainer.test(module, datamodule=datamodule, verbose=False)
         results.update(test)
+        check_finite(test)
 
         measure(results, cfg, model, datamodule.example_input(1), progress.samples_seen, method,
                 hardware, benchmark=record.is_zero)  # fmt: skip

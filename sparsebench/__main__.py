@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -20,6 +21,7 @@ from sparsebench.config import (
     register_resolvers,
 )
 from sparsebench.logs import quiet_lightning
+from sparsebench.tracking.results import RunDiverged, RunInterrupted
 
 CHOICE_GROUPS = (
     "model",
@@ -64,14 +66,47 @@ def check_group_choices(args: list[str]) -> None:
                 raise ConfigError(f"unknown {group} '{value}'; available: {', '.join(known)}.")
 
 
-def _dispatch(cfg: DictConfig) -> None:
+def _dispatch(cfg: DictConfig, resume: bool = False) -> None:
     quiet_lightning()
     runner = importlib.import_module(f"runners.{cfg.runner}")
     try:
-        runner.run(cfg)
+        runner.run(cfg, resume=resume)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except RunInterrupted as exc:  # recorded as interrupted; exit as the signal would
+        print(f"interrupted: {exc}; results in {cfg.paths.output_dir}. Continue it with: "
+              f"python -m sparsebench resume={cfg.paths.output_dir}", file=sys.stderr)  # fmt: skip
+        raise SystemExit(128 + exc.signum) from None
+    except RunDiverged as exc:  # recorded as diverged
+        print(f"diverged: {exc}; results in {cfg.paths.output_dir}.", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def resume(args: list[str]) -> None:
+    """``python -m sparsebench resume=RUN_DIR``: continue an unfinished run with its own saved
+    config, in its folder and its MLflow run (sparsebench.tracking.resume)."""
+    from omegaconf import OmegaConf, open_dict
+
+    from sparsebench.tracking.resume import resume_point
+
+    given = [a for a in args if a.startswith("resume=")]
+    others = [a for a in args if not a.startswith("resume=")]
+    try:
+        if len(given) > 1 or others:
+            raise ConfigError(f"resume= takes no other arguments (the run continues with its "
+                              f"saved config); got {' '.join(given[1:] + others)}.")  # fmt: skip
+        run_dir = Path(given[0].removeprefix("resume=")).expanduser()
+        if not run_dir.is_dir():
+            raise ConfigError(f"resume={run_dir}: no such run folder.")
+        resume_point(run_dir, explicit=True)
+        cfg = OmegaConf.load(run_dir / "config.yaml")  # plain YAML: nothing is executed
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(run_dir)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    _dispatch(cfg, resume=True)
 
 
 def main() -> None:
@@ -85,6 +120,9 @@ def main() -> None:
         raise SystemExit(leaderboard(sys.argv[2:]))
     register_configs()
     register_resolvers()
+    if any(a.startswith("resume=") for a in sys.argv[1:]):
+        resume(sys.argv[1:])
+        return
     try:
         check_group_choices(sys.argv[1:])
     except ConfigError as exc:

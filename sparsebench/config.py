@@ -182,11 +182,16 @@ class TrainerConfig:
     enable_progress_bar: bool = field(default=True, metadata=NO_HASH)
     log_every_n_steps: int = field(default=10, metadata=NO_HASH)
     enable_checkpointing: bool = field(default=True, metadata=NO_HASH)
+    # Divergence guard: a non-finite training loss, or one above max_loss (null: no limit),
+    # ends the run as `diverged` at that step.
+    max_loss: float | None = field(default=1.0e4, metadata=NO_HASH)
     # Extra Lightning callbacks, each a node with _target_ (e.g. EarlyStopping).
     callbacks: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _require(self.max_epochs >= 1, f"trainer.max_epochs must be >= 1, got {self.max_epochs}.")
+        _require(self.max_loss is None or self.max_loss > 0,
+                 f"trainer.max_loss must be > 0 or null, got {self.max_loss}.")  # fmt: skip
         _require(
             self.scheduler in SCHEDULERS,
             f"trainer.scheduler must be one of {', '.join(SCHEDULERS)}, got '{self.scheduler}'.",

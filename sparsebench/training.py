@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import math
+import os
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import psutil
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -26,35 +32,146 @@ from sparsebench.metrics.size import model_bytes
 from sparsebench.module import ClassificationModule
 from sparsebench.sparsity.methods.base import SparsityMethod
 from sparsebench.sparsity.prunable import prunable_layers
-from sparsebench.tracking.results import Results
+from sparsebench.tracking.recorder import RunRecorder
+from sparsebench.tracking.results import Results, RunDiverged
 
 
-class ResultsCallback(Callback):
-    """Mirrors per-epoch metrics into results.json and counts training samples seen."""
+class RunProgress(Callback):
+    """The run's progress through Lightning, into its record (:class:`RunRecorder`).
 
-    def __init__(self, results: Results, started: float | None = None) -> None:
-        self.results = results
+    - Each epoch's row at ``on_train_epoch_end``, after validation and after Lightning has
+      reduced the epoch's train metrics, so a row holds its own epoch's train and val metrics
+      (every epoch, the last included); rows are numbered across fits (soups, IMP rounds).
+    - Training samples seen and seconds spent training, over every fit.
+    - The divergence guard: a non-finite training loss, or one above ``max_loss``, ends the run
+      as ``diverged`` at that step (agreed across DDP ranks).
+    - Signals: SIGTERM/SIGINT received during training end the run after the current batch.
+    - Checkpoints carry its state (counters, history, RNG states), so a resumed run keeps
+      counting and draws the same batches as an uninterrupted run of the same seed.
+    """
+
+    def __init__(self, record: RunRecorder, started: float | None = None,
+                 max_loss: float | None = None) -> None:  # fmt: skip
+        self.record = record
         self.samples_seen = 0
+        self.train_seconds = 0.0
+        self.max_loss = max_loss
+        self._since: float | None = None
         # Start-up cost as a user feels it: process start to the first training step; a run
         # started inside a longer-lived process (a search trial) counts from ``started``.
         self.started = started if started is not None else psutil.Process().create_time()
 
+    def _clock(self) -> float:
+        return self.train_seconds + (time.perf_counter() - self._since if self._since else 0.0)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.record.in_training = True
+        self._since = time.perf_counter()
+
+    def _stop_clock(self) -> None:
+        self.record.in_training = False
+        self.train_seconds, self._since = self._clock(), None
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._stop_clock()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._stop_clock()
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self.samples_seen == 0 and trainer.current_epoch == 0:
-            self.results.update({"time/startup_s": time.time() - self.started})
+        if "time/startup_s" not in self.record.results.metrics:
+            self.record.results.update({"time/startup_s": time.time() - self.started})
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.samples_seen += len(batch[1]) * trainer.world_size
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            value = float(loss.detach())
+            bad = not math.isfinite(value) or (self.max_loss is not None and value > self.max_loss)
+            if trainer.strategy.reduce_boolean_decision(bad, all=False):
+                limit = "" if self.max_loss is None else f" (trainer.max_loss={self.max_loss:g})"
+                raise RunDiverged(
+                    f"the training loss is {value:.4g}{limit} at step {trainer.global_step}, "
+                    f"epoch {trainer.current_epoch}; lower trainer.optimizer.lr or clip gradients"
+                )
+        self.record.check_signal()
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        metrics = {
-            k: float(v)
-            for k, v in trainer.callback_metrics.items()
-            if k.startswith(("train/", "val/"))
-        }
-        self.results.add_epoch(trainer.current_epoch, metrics)
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                   if k.startswith(("train/", "val/"))}  # fmt: skip
+        self.record.add_epoch({"epoch": len(self.record.results.data["history"]), **metrics})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"samples_seen": self.samples_seen, "train_seconds": self._clock(),
+                "history": list(self.record.results.data["history"]), "rng": rng_states()}  # fmt: skip
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.samples_seen = int(state_dict["samples_seen"])
+        self.train_seconds = float(state_dict["train_seconds"])
+        self.record.results.set_history(state_dict["history"])  # epochs after it run again
+        set_rng_states(state_dict["rng"])
+
+
+def rng_states() -> dict[str, Any]:
+    """torch (CPU and CUDA), NumPy and Python RNG states, in types ``torch.load`` accepts with
+    ``weights_only=True`` (resume never unpickles code)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, state, _ = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": [int(version), list(state)],
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, state = states["python"]
+    random.setstate((version, tuple(state), None))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file in the same folder, then renamed over the old
+    one: a full disk or a kill mid-write leaves the last good checkpoint in place (Lightning's
+    own writer truncates the target first). Loading is unchanged."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+
+
+def final_val(trainer: L.Trainer, results: Results) -> dict[str, float]:
+    """The last validation's ``val/*``: from the trainer, or (a resumed run whose training had
+    already ended) from the last epoch row of the record."""
+    found = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if not found and results.data["history"]:
+        found = {k: v for k, v in results.data["history"][-1].items() if k.startswith("val/")}
+    return found
+
+
+def check_finite(metrics: dict[str, float]) -> None:
+    """A non-finite test loss or accuracy means the trained model diverged."""
+    bad = {k: v for k, v in metrics.items() if not math.isfinite(float(v))}
+    if bad:
+        raise RunDiverged(
+            f"the trained model gives {', '.join(f'{k}={v}' for k, v in bad.items())}"
+        )
 
 
 def build_datamodule(cfg: DictConfig) -> SparseBenchDataModule:
@@ -108,10 +225,12 @@ TRAINER_KEYS = (
 
 
 def build_trainer(
-    cfg: DictConfig, output_dir: Path, logger: Any, callbacks: list[Callback], **overrides: Any
+    cfg: DictConfig, output_dir: Path, callbacks: list[Callback], **overrides: Any
 ) -> L.Trainer:
     """A Lightning Trainer from ``cfg.trainer`` (``overrides`` win, e.g. ``max_epochs``);
-    checkpoints go to ``output_dir/checkpoints``."""
+    ``checkpoints/last.ckpt`` is written atomically at the end of every training epoch, after
+    :class:`RunProgress` recorded the epoch (so a resumed run's history is complete). MLflow
+    is written by the run's record, not by a Lightning logger."""
     options = {k: cfg.trainer[k] for k in TRAINER_KEYS if cfg.trainer.get(k) is not None}
     options.update(overrides)
     callbacks = [
@@ -121,12 +240,14 @@ def build_trainer(
     if options.get("enable_checkpointing", True):
         callbacks = [
             *callbacks,
-            ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True),
-        ]
+            ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True, save_top_k=0,
+                            save_on_train_epoch_end=True),
+        ]  # fmt: skip
     return L.Trainer(
         default_root_dir=str(output_dir),
-        logger=logger if logger is not None else False,
+        logger=False,
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         num_sanity_val_steps=0,
         enable_model_summary=False,
         **options,
@@ -138,16 +259,20 @@ def fit(
     datamodule: SparseBenchDataModule,
     method: SparsityMethod | None,
     make_trainer: Callable[..., L.Trainer],
+    ckpt_path: Path | None = None,
 ) -> L.Trainer:
     """Train; a method that trains in several runs (Sparse Model Soups) drives them itself.
 
-    ``make_trainer(**overrides)`` builds a Trainer with the run's logger and callbacks.
-    Returns the trainer to test with.
+    ``make_trainer(**overrides)`` builds a Trainer with the run's callbacks; ``ckpt_path``
+    resumes from a checkpoint (loaded with ``weights_only=True``). Returns the trainer to test
+    with.
     """
     if method is not None:
-        return method.fit(module, datamodule, make_trainer)
+        trainer = method.fit(module, datamodule, make_trainer, ckpt_path)
+        method.ensure_finalized()  # a resumed fit that had already ended skips on_train_end
+        return trainer
     trainer = make_trainer()
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     return trainer
 
 
@@ -167,17 +292,19 @@ def model_metrics(
     """
     layers = pruned_layers(model, method)
     flops = flops_per_sample(model, example, layers)
+    # Training FLOPs use the trained network's own dense FLOPs: RigL's dense gradient (f_D)
+    # is computed on the network that is trained, e.g. Sparse-IFT's widened one.
+    trained_dense = flops["flops/dense"]
     if method is not None and method.reference_flops is not None:
-        flops["flops/dense"] = (
-            method.reference_flops
-        )  # Sparse-IFT: the dense original (iso-FLOP reference)
+        # Sparse-IFT and Monarch: flops/dense is the dense original (the iso-FLOP reference).
+        flops["flops/dense"] = method.reference_flops
     deployed = method.deployed_model(model) if method is not None else None
     if deployed is not None:  # structured: count the physically smaller network
         flops["flops/sparse"] = flops_per_sample(deployed, example)["flops/dense"]
     train = (
-        method.train_flops(flops["flops/dense"], flops["flops/sparse"], samples_seen)
+        method.train_flops(trained_dense, flops["flops/sparse"], samples_seen)
         if method is not None
-        else 3 * flops["flops/dense"] * samples_seen
+        else 3 * trained_dense * samples_seen
     )
     size = (
         hardware.size(model, layers)

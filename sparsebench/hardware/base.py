@@ -16,7 +16,7 @@ from torch import nn
 
 from sparsebench.config import ConfigError
 from sparsebench.metrics.size import DTYPE_BYTES, FORMATS, model_bytes
-from sparsebench.sparsity.patterns import NM, Block, Pattern
+from sparsebench.sparsity.patterns import Pattern, matches, pattern_label
 
 
 def cpu_model() -> str:
@@ -31,21 +31,10 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def pattern_name(pattern: Pattern | None) -> str:
-    """``dense``, ``unstructured``, ``nm:2:4``, ``block:1x4`` or ``channel``."""
-    if pattern is None:
-        return "dense"
-    if isinstance(pattern, NM):
-        return f"nm:{pattern.n}:{pattern.m}"
-    if isinstance(pattern, Block):
-        return f"block:{pattern.block[0]}x{pattern.block[1]}"
-    return pattern.kind
-
-
 class HardwareTarget(ABC):
     """A place to deploy a (sparse) model and measure its latency."""
 
-    #: Pattern names (or prefixes such as "block") this target runs with sparse kernels.
+    #: Patterns this target runs with sparse kernels: labels (``2:4``) or kinds (``nm``).
     accelerates: tuple[str, ...] = ()
     #: Whether it runs any other pattern with its dense kernels (a dense target does).
     runs_dense: bool = True
@@ -73,10 +62,7 @@ class HardwareTarget(ABC):
 
     def supports(self, pattern: Pattern | None) -> bool:
         """Whether this target runs ``pattern`` (None: a dense model)."""
-        name = pattern_name(pattern)
-        return (
-            self.runs_dense or name == "dense" or any(name.startswith(a) for a in self.accelerates)
-        )
+        return self.runs_dense or pattern is None or matches(pattern, self.accelerates)
 
     def check(self, pattern: Pattern | None, method_name: str) -> None:
         """Fail before training if the method's pattern cannot run here (unless dense fallback)."""
@@ -84,7 +70,7 @@ class HardwareTarget(ABC):
             return
         raise ConfigError(
             f"hardware '{self.name}' runs only {', '.join(self.accelerates)} sparsity, but method "
-            f"'{method_name}' produces {pattern_name(pattern)}; choose another target or set "
+            f"'{method_name}' produces {pattern_label(pattern)}; choose another target or set "
             "hardware.dense_fallback=true to time it with dense kernels."
         )
 

@@ -45,7 +45,7 @@ class CUDA2to4Target(CUDATarget):
     Linear layers at fp16/bf16; the dense reference is the same model with dense fp16 kernels.
     Only 2:4 masks are accepted (NVIDIA's sparse tensor cores run nothing else)."""
 
-    accelerates = ("nm:2:4",)
+    accelerates = ("2:4",)
     runs_dense = False
 
     def __init__(self, dtype: str = "fp16", storage_format: str = "nm", **kwargs) -> None:

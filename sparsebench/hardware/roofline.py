@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from sparsebench.config import ConfigError
-from sparsebench.hardware.base import HardwareTarget, pattern_name
+from sparsebench.hardware.base import HardwareTarget
 from sparsebench.metrics.flops import module_flops
 from sparsebench.metrics.size import DTYPE_BYTES, layer_bytes, model_bytes
-from sparsebench.sparsity.patterns import Pattern
+from sparsebench.sparsity.patterns import NM, Pattern, matches
 
 
 class RooflineTarget(HardwareTarget):
@@ -42,12 +42,12 @@ class RooflineTarget(HardwareTarget):
         super().check(pattern, method_name)
 
     def acceleration(self) -> float:
-        name = pattern_name(self.pattern)
-        return max([v for k, v in self.accelerations.items() if name.startswith(k)] or [1.0])
+        return max([v for k, v in self.accelerations.items() if matches(self.pattern, (k,))]
+                   or [1.0])  # fmt: skip
 
     def layer_format(self) -> str:
         """Accelerated N:M layers are stored compressed (values + indices); others as configured."""
-        if pattern_name(self.pattern).startswith("nm") and self.acceleration() > 1:
+        if isinstance(self.pattern, NM) and self.acceleration() > 1:
             return "nm"
         return self.storage_format
 

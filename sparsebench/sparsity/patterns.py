@@ -53,6 +53,12 @@ class Pattern(ABC):
         """The density the pattern imposes on every layer (N:M), else None."""
         return None
 
+    @property
+    def label(self) -> str:
+        """The one spelling of this pattern in tags, leaderboards and hardware targets:
+        ``unstructured``, ``2:4``, ``block1x4`` or ``channel``."""
+        return self.kind
+
 
 @dataclass
 class Unstructured(Pattern):
@@ -97,6 +103,10 @@ class NM(Pattern):
     def fixed_density(self) -> float:
         return self.n / self.m
 
+    @property
+    def label(self) -> str:
+        return f"{self.n}:{self.m}"
+
     def granularity(self, shape: torch.Size) -> int:
         return self.m
 
@@ -133,6 +143,10 @@ class Block(Pattern):
     def granularity(self, shape: torch.Size) -> int:
         return self.block[0] * self.block[1]
 
+    @property
+    def label(self) -> str:
+        return f"block{self.block[0]}x{self.block[1]}"
+
     def mask(self, scores: torch.Tensor, density: float) -> torch.Tensor:
         bh, bw = self.block
         mat = as_matrix(scores)
@@ -160,6 +174,17 @@ PATTERNS: dict[str, type[Pattern]] = {
     "block": Block,
     "channel": Channel,
 }
+
+
+def pattern_label(pattern: Pattern | None) -> str:
+    """``dense`` for no pattern (dense training), else :attr:`Pattern.label`. Results of
+    different patterns are never comparable one-for-one (METHODS.md, fair comparison)."""
+    return "dense" if pattern is None else pattern.label
+
+
+def matches(pattern: Pattern | None, names: tuple[str, ...] | list[str]) -> bool:
+    """Whether ``names`` (labels such as ``2:4`` or kinds such as ``nm``) include ``pattern``."""
+    return pattern is not None and (pattern.label in names or pattern.kind in names)
 
 
 def make_pattern(kind: str = "unstructured", **options) -> Pattern:

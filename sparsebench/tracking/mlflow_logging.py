@@ -1,9 +1,9 @@
-"""MLflow: where runs go, and a Lightning logger that never takes a run down with it.
+"""MLflow: where runs go, and a run record that never takes a run down with it.
 
 The default store is ``sqlite:///mlflow.db`` in the working directory (MLflow 3 refuses a plain
-file store by default, and Lightning's MLFlowLogger would otherwise pick one). A tracking server
-that cannot be reached, before or during the run, turns logging off with a warning; the run
-finishes and keeps ``results.json``, which ``sparsebench upload`` sends later.
+file store by default). A tracking server that cannot be reached, before or during the run,
+turns logging off with a warning; the run finishes and keeps ``results.json``, which
+``sparsebench upload`` sends later (and completes a partial run with).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig
+
+from sparsebench.tracking.results import STATUS_TAG
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,19 @@ def reachable(uri: str, timeout: float) -> str | None:
     return None
 
 
-class SafeMLFlowLogger(MLFlowLogger):
-    """Lightning's MLFlowLogger, but a failing server disables it instead of failing the run."""
+class MlflowRun:
+    """One run's MLflow record, kept in step with results.json by :class:`RunRecorder`.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    sparsebench writes the run itself rather than through Lightning's MLFlowLogger: Lightning
+    marks a run FINISHED after every fit and test, before FLOPs and latency are known, and logs
+    epoch metrics against the global step. Here the run is RUNNING with its params, config and
+    contract tags from the start, gets each epoch's row at step = epoch (as ``sparsebench
+    upload`` does), and is terminated once, with the lifecycle status. A failing store turns
+    logging off for the rest of the run (``failure`` says why); results.json keeps everything.
+    """
+
+    def __init__(self, client, run_id: str, tracking_uri: str) -> None:
+        self.client, self.run_id, self.tracking_uri = client, run_id, tracking_uri
         self.failure: str | None = None
 
     def _guard(self, what: str, fn, *args: Any, **kwargs: Any) -> None:
@@ -61,42 +70,54 @@ class SafeMLFlowLogger(MLFlowLogger):
         try:
             fn(*args, **kwargs)
         except Exception as exc:  # any transport or server error: keep training
-            self.failure = f"MLflow {what} failed ({type(exc).__name__}: {exc})"
+            self.failure = f"MLflow {what} failed ({type(exc).__name__}: {_first_line(exc)})"
             log.warning("%s; MLflow logging is off for the rest of this run.", self.failure)
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self._guard("log_metrics", super().log_metrics, metrics, step)
-
-    def log_hyperparams(self, params: Any) -> None:
-        self._guard("log_hyperparams", super().log_hyperparams, params)
-
-    def finalize(self, status: str = "success") -> None:
-        self._guard("finalize", super().finalize, status)
-
-    def log_final(
-        self,
-        metrics: dict[str, float],
-        params: dict[str, Any],
-        tags: dict[str, str],
-        artifacts: list[Path],
-    ) -> None:
-        """Contract metrics, flattened config as params, tags and artifacts in few requests."""
-        from mlflow.entities import Metric, Param, RunTag
-        from mlflow.utils.time import get_current_time_millis
+    def log(self, what: str, metrics: dict[str, float] | None = None, step: int = 0,
+            params: dict[str, Any] | None = None, tags: dict[str, str] | None = None,
+            artifacts: list[Path] = ()) -> None:  # fmt: skip
+        """Metrics at ``step``, params, tags and artifacts, in batches of 100 (MLflow's limit)."""
 
         def send() -> None:
-            client, run_id, now = self.experiment, self.run_id, get_current_time_millis()
-            metric_list = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
-            param_list = [Param(k, str(v)[:6000]) for k, v in params.items()]
-            tag_list = [RunTag(k, str(v)) for k, v in tags.items()]
-            for i in range(0, max(len(metric_list), len(param_list), len(tag_list)), 100):
-                client.log_batch(
-                    run_id, metric_list[i : i + 100], param_list[i : i + 100], tag_list[i : i + 100]
-                )
+            send_batches(self.client, self.run_id, metrics or {}, step, params or {}, tags or {})
             for path in artifacts:
-                client.log_artifact(run_id, str(path))
+                self.client.log_artifact(self.run_id, str(path))
 
-        self._guard("final logging", send)
+        self._guard(what, send)
+
+    def terminate(self, status: str, lifecycle: str) -> None:
+        """End the run with MLflow ``status`` (FINISHED, FAILED, KILLED); ``lifecycle`` is the
+        exact state (ok, diverged, interrupted ...) kept as a tag beside it."""
+        from mlflow.entities import RunTag
+
+        def send() -> None:
+            self.client.log_batch(self.run_id, tags=[RunTag(STATUS_TAG, lifecycle)])
+            if status == "RUNNING":
+                self.client.update_run(self.run_id, status="RUNNING")
+            else:
+                self.client.set_terminated(self.run_id, status)
+
+        self._guard("closing the run", send)
+
+
+def send_batches(client, run_id: str, metrics: dict[str, float], step: int,
+                 params: dict[str, Any], tags: dict[str, str]) -> None:  # fmt: skip
+    """``log_batch`` in chunks of 100 entries per kind; params keep MLflow's 6000-char limit."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.utils.time import get_current_time_millis
+
+    now = get_current_time_millis()
+    metric_list = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    param_list = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    tag_list = [RunTag(k, str(v)) for k, v in tags.items()]
+    for i in range(0, max(len(metric_list), len(param_list), len(tag_list)), 100):
+        client.log_batch(
+            run_id, metric_list[i : i + 100], param_list[i : i + 100], tag_list[i : i + 100]
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def store(cfg: DictConfig) -> tuple[str, str | None]:
@@ -165,26 +186,32 @@ def create_run(client, experiment: str, name: str, tags: dict[str, str]) -> str:
     ).info.run_id
 
 
-def make_logger(
-    cfg: DictConfig, tags: dict[str, str]
-) -> tuple[SafeMLFlowLogger | None, str | None]:
-    """The run's MLflow logger, or (None, reason) when logging is off or impossible."""
-    # Fail fast on a dead server instead of MLflow's minutes of retries.
+def quick_failure() -> None:
+    """Fail fast on a dead server instead of MLflow's minutes of retries (a user's own
+    settings win)."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+
+def open_run(cfg: DictConfig, tags: dict[str, str], run_id: str | None = None
+             ) -> tuple[MlflowRun | None, str | None]:  # fmt: skip
+    """The run's MLflow record (a new run, or ``run_id`` reopened as RUNNING on resume), or
+    (None, the reason) when logging is off or impossible."""
+    quick_failure()
     uri, problem = store(cfg)
     if problem:
         return None, problem
-    logger = SafeMLFlowLogger(
-        experiment_name=cfg.logger.experiment_name,
-        run_name=cfg.logger.get("run_name")
-        or f"{tags['method']}-{tags['model']}-{tags['dataset']}-s{tags['seed']}",
-        tracking_uri=uri,
-        tags=tags,
-        log_model=False,
-    )
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
     try:
-        _ = logger.experiment, logger.run_id  # create the run now, so a failure shows up front
+        if run_id is not None:
+            client.get_run(run_id)  # raises if the store does not hold it
+            client.update_run(run_id, status="RUNNING")
+        else:
+            name = cfg.logger.get("run_name") or (
+                f"{tags['method']}-{tags['model']}-{tags['dataset']}-s{tags['seed']}")  # fmt: skip
+            run_id = create_run(client, cfg.logger.experiment_name, name, tags)
     except Exception as exc:
-        return None, f"tracking store {uri} failed ({type(exc).__name__}: {exc})"
-    return logger, None
+        return None, f"tracking store {uri} failed ({type(exc).__name__}: {_first_line(exc)})"
+    return MlflowRun(client, run_id, uri), None

@@ -1,13 +1,21 @@
 """One run's record: results.json and its MLflow run, opened before training, closed after.
 
+The lifecycle (ARCHITECTURE.md, docs/records.md): the record opens as ``running`` with the
+resolved config (MLflow params and ``config.yaml``) and the contract tags, so even a run killed
+with SIGKILL says what it was; every epoch's row goes to both; closing sets the final status
+(``ok`` only with the whole contract) in results.json first, then in MLflow (FINISHED, FAILED
+or KILLED, and the exact state as the ``sparsebench.status`` tag).
+
 Only global rank zero writes: under DDP every rank runs the runner, but one results.json and
-one MLflow run come out. Closing (also on failure) marks the status, sends the contract to
-MLflow, and says how to upload later if the server was unreachable.
+one MLflow run come out. SIGTERM and SIGINT are turned into :class:`RunInterrupted` while the
+record is open: during training at the end of the current batch (so the state stays
+consistent), elsewhere at once.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only
@@ -15,74 +23,129 @@ from omegaconf import DictConfig, OmegaConf
 
 from sparsebench.summary import print_summary
 from sparsebench.tracking.identity import flatten
-from sparsebench.tracking.mlflow_logging import SafeMLFlowLogger, make_logger
-from sparsebench.tracking.results import Results
+from sparsebench.tracking.mlflow_logging import MlflowRun, open_run
+from sparsebench.tracking.results import MLFLOW_STATUS, Results, RunInterrupted, write_atomic
 from sparsebench.tracking.sweep import parent_run_id
 
 log = logging.getLogger(__name__)
 
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
 
 class RunRecorder:
-    """Context manager around a run: ``with RunRecorder(cfg, out, tags) as rec: ...``."""
+    """Context manager around a run: ``with RunRecorder(cfg, out, tags) as rec: ...``.
 
-    def __init__(
-        self, cfg: DictConfig, output_dir: Path, tags: dict[str, str] | None = None
-    ) -> None:
+    ``contract``: contract tags only the runner knows (the built method's pattern);
+    ``tags``: extra tags (hardware fingerprint, study and trial); ``resume``: continue the
+    unfinished record in ``output_dir`` (same run uid and MLflow run)."""
+
+    def __init__(self, cfg: DictConfig, output_dir: Path, tags: dict[str, str] | None = None,
+                 contract: dict[str, str] | None = None, resume: bool = False) -> None:  # fmt: skip
         self.cfg = cfg
         self.output_dir = Path(output_dir)
         self.is_zero = getattr(rank_zero_only, "rank", 0) == 0
-        self.results = Results(self.output_dir, cfg, write=self.is_zero)
+        self.results = Results(self.output_dir, cfg, write=self.is_zero, contract_tags=contract,
+                               resume=resume)  # fmt: skip
         self.results.update(tags=tags)
         self.notes: list[str] = []  # tracking problems (each followed by how to upload)
         self.lines: list[str] = []  # anything else the summary should show (e.g. transformations)
         self.artifacts: list[Path] = []  # files logged beside results.json (e.g. genotype.json)
-        self.logger: SafeMLFlowLogger | None = None
+        self.mlflow: MlflowRun | None = None
+        self.in_training = False  # set by the training callbacks: signals wait for the batch end
+        self.signal: int | None = None
+        self._handlers: dict[int, object] = {}
         if self.is_zero:
+            self._open_mlflow(resume)
+
+    def _open_mlflow(self, resume: bool) -> None:
+        config_path = self.output_dir / "config.yaml"
+        write_atomic(config_path, OmegaConf.to_yaml(self.cfg, resolve=True))  # resume reads it
+        if not resume:
             parent = parent_run_id(self.output_dir)
             if parent:  # a job of a multirun sweep: nest under the sweep's run
                 self.results.update(tags={"mlflow.parentRunId": parent})
-            self.logger, problem = make_logger(cfg, self.results.tags)
-            if problem:
-                self.notes.append(f"MLflow: {problem}; results are kept in {self.results.path}.")
+        previous = self.results.data.get("mlflow", {}).get("run_id") if resume else None
+        self.mlflow, problem = open_run(self.cfg, self.results.tags, previous)
+        if problem:
+            self.notes.append(f"MLflow: {problem}; results are kept in {self.results.path}.")
+            return
+        self.results.data["mlflow"] = {"tracking_uri": self.mlflow.tracking_uri,
+                                       "run_id": self.mlflow.run_id}  # fmt: skip
+        self.results.save()
+        self.mlflow.log("logging the config", params=flatten(self.results.data["config"]),
+                        tags=self.results.tags, artifacts=[config_path])  # fmt: skip
+        self.mlflow.terminate("RUNNING", "running")
+
+    # -- during the run -------------------------------------------------------------------
+    def add_epoch(self, row: dict[str, float]) -> None:
+        """One epoch's train and val metrics: into results.json, and to MLflow at step =
+        the row's epoch."""
+        self.results.add_epoch(row)
+        if self.mlflow is not None:
+            metrics = {k: v for k, v in row.items() if k != "epoch"}
+            self.mlflow.log("logging an epoch", metrics, step=int(row["epoch"]))
+
+    def _on_signal(self, signum: int, frame) -> None:
+        first = self.signal is None
+        self.signal = signum
+        if first:
+            log.warning("received %s: ending the run as interrupted%s", signal.Signals(signum).name,
+                        " after this batch" if self.in_training else "")  # fmt: skip
+        if not self.in_training or not first:
+            raise RunInterrupted(signum)  # a second signal does not wait
+
+    def check_signal(self) -> None:
+        """Raise :class:`RunInterrupted` if a signal arrived (training calls this per batch)."""
+        if self.signal is not None:
+            raise RunInterrupted(self.signal)
 
     def __enter__(self) -> RunRecorder:
+        for signum in SIGNALS:
+            try:
+                self._handlers[signum] = signal.signal(signum, self._on_signal)
+            except ValueError:  # not the main thread: leave signals to the caller
+                break
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        for signum, handler in self._handlers.items():
+            signal.signal(signum, handler)
         self.close(exc)
         return False  # never swallow the error
 
+    # -- at the end -----------------------------------------------------------------------
     def close(self, error: BaseException | None = None) -> None:
-        self.results.finish(error)
+        results = self.results
+        try:
+            results.finish(error)
+        finally:
+            if self.is_zero:
+                self._close_mlflow()
         if not self.is_zero:
             return
-        logger = self.logger
-        if logger is not None:
-            config_path = self.output_dir / "config.yaml"
-            OmegaConf.save(self.cfg, config_path, resolve=True)
-            params = flatten(self.results.data["config"])
-            logger.log_final(
-                self.results.metrics,
-                params,
-                self.results.tags,
-                [self.results.path, config_path, *self.artifacts],
-            )
-            status = self.results.data["status"]
-            logger.finalize({"ok": "success", "pruned": "KILLED"}.get(status, "failed"))
-            if logger.failure:
-                self.notes.append(f"{logger.failure}; results are kept in {self.results.path}.")
-            else:
-                self.results.data["mlflow"] = {
-                    "tracking_uri": logger._tracking_uri,
-                    "run_id": logger.run_id,
-                }
-                self.results.save()
         if self.notes:
             self.notes.append(
                 f"Send them to a tracking server later with: sparsebench upload {self.output_dir}"
             )
-        if error is None and self.cfg.print_summary:
-            print_summary(self.results.metrics, self.results.tags, self.lines + self.notes)
+        if results.status != "ok" and error is None:
+            log.warning("run %s: %s", results.status, results.data.get("error"))
+        if results.status == "ok" and self.cfg.print_summary:
+            print_summary(results.metrics, results.tags, self.lines + self.notes)
         else:
             for note in self.notes:
                 log.warning(note)
+
+    def _close_mlflow(self) -> None:
+        run, results = self.mlflow, self.results
+        if run is None:
+            return
+        step = max([int(row["epoch"]) for row in results.data["history"]] or [0])
+        # Contract metrics at the last epoch's step: val/acc lands on its curve's last point.
+        tags = dict(results.tags)
+        if results.data.get("error"):
+            tags["sparsebench.error"] = results.data["error"][:5000]
+        run.log("final logging", results.metrics, step=step, tags=tags,
+                artifacts=[results.path, *self.artifacts])  # fmt: skip
+        run.terminate(MLFLOW_STATUS[results.status], results.status)
+        if run.failure:
+            self.notes.append(f"{run.failure}; results are kept in {results.path}.")

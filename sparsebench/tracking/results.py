@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import signal
+import socket
 import subprocess
+import sys
 import time
 import traceback
 import uuid
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
 
+import psutil
 from omegaconf import DictConfig, OmegaConf
 
+from sparsebench.config import ConfigError
 from sparsebench.tracking.identity import benchmark_key, run_hash
 
 # The results contract (ARCHITECTURE.md): every run writes these metrics and tags.
@@ -73,19 +78,19 @@ def method_name(cfg: DictConfig) -> str:
     return str(method.get("name", "dense")) if method is not None else "dense"
 
 
-def pattern_name(cfg: DictConfig) -> str:
-    """``dense``, ``unstructured``, ``2:4``, ``block1x4`` or ``channel``: results of different
-    patterns are never comparable one-for-one (METHODS.md, fair comparison)."""
-    method = cfg.get("method")
-    if method is None or method.get("_target_") is None:
-        return "dense"
-    pattern = method.get("pattern") or {}
-    kind = pattern.get("kind", "unstructured")
-    if kind == "nm":
-        return f"{pattern.get('n')}:{pattern.get('m')}"
-    if kind == "block":
-        return "block" + "x".join(str(b) for b in pattern.get("block") or [])
-    return str(kind)
+RESERVED_PREFIXES = ("sparsebench.", "mlflow.", "optuna.", "version/", "hw/", "latency/", "method/")
+RESERVED_TAGS = (*CONTRACT_TAGS, "baseline_benchmark_key")
+
+
+def check_user_tags(cfg: DictConfig) -> None:
+    """User tags (``+tags.NAME=VALUE``) may add to a run's tags, never replace its contract
+    tags: a ``+tags.method=rigl`` on a dense run would put it on the wrong leaderboard row."""
+    for key in cfg.get("tags") or {}:
+        if str(key) in RESERVED_TAGS or str(key).startswith(RESERVED_PREFIXES):
+            raise ConfigError(
+                f"tags.{key} is set by sparsebench (contract tags: {', '.join(CONTRACT_TAGS)}; "
+                f"prefixes {', '.join(RESERVED_PREFIXES)}); give your tag another name."
+            )
 
 
 def run_tags(cfg: DictConfig) -> dict[str, str]:
@@ -96,7 +101,6 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
         "model": str(cfg.model.model_name),
         "dataset": str(cfg.dataset.name),
         "method": method_name(cfg),
-        "pattern": pattern_name(cfg),
         "hardware": str(cfg.hardware.name),
         "seed": str(cfg.seed),
         "git_sha": git_sha(),
@@ -106,30 +110,102 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
     if method is not None and method.get("family"):  # Sparse-IFT: pair with the dense baseline
         tags["method/family"] = str(method.family)
         tags["baseline_benchmark_key"] = tags["benchmark_key"]
-    tags.update({str(k): str(v) for k, v in (cfg.get("tags") or {}).items()})
-    return tags
+    check_user_tags(cfg)
+    return {**{str(k): str(v) for k, v in (cfg.get("tags") or {}).items()}, **tags}
+
+
+STATUSES = ("running", "ok", "failed", "diverged", "interrupted", "pruned")
+"""The run lifecycle: ``running`` -> ``ok`` | ``failed`` | ``diverged`` | ``interrupted``
+(``pruned``: a search trial stopped by its pruner). ``ok`` means no error *and* every contract
+metric recorded; an error-free run that misses one is ``failed`` and names what is missing."""
+
+MLFLOW_STATUS = {"running": "RUNNING", "ok": "FINISHED", "failed": "FAILED",
+                 "diverged": "FAILED", "interrupted": "KILLED", "pruned": "KILLED"}  # fmt: skip
+STATUS_TAG = "sparsebench.status"  # the exact lifecycle state, beside MLflow's coarser one
+
+
+class RunDiverged(Exception):
+    """The training loss became non-finite (or exceeded ``trainer.max_loss``)."""
+
+
+class RunInterrupted(BaseException):
+    """SIGTERM or SIGINT ended the run; a BaseException, like KeyboardInterrupt, so that no
+    ``except Exception`` on the way swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        super().__init__(f"interrupted by {signal.Signals(self.signum).name}")
+
+
+def status_of(error: BaseException | None, missing: list[str]) -> str:
+    if error is None:
+        return "failed" if missing else "ok"
+    if type(error).__name__ == "TrialPruned":  # optuna's, without importing optuna here
+        return "pruned"
+    if isinstance(error, RunDiverged):
+        return "diverged"
+    if isinstance(error, (RunInterrupted, KeyboardInterrupt)) or (
+        isinstance(error, SystemExit) and error.code not in (None, 0)
+    ):  # SystemExit: e.g. submitit's requeue on preemption exits the job
+        return "interrupted"
+    return "failed"
+
+
+def error_text(error: BaseException | None, missing: list[str]) -> str | None:
+    if error is None:
+        return f"results contract incomplete: no {', '.join(missing)}" if missing else None
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else repr(error)}"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``path`` through a temporary file in the same folder and an atomic rename, so a
+    full disk or a kill never leaves a truncated file in place of the last good one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 class Results:
-    """The results of one run, mirrored to ``results.json`` in the run directory."""
+    """The results of one run, mirrored to ``results.json`` in the run directory.
 
-    def __init__(self, output_dir: str | Path, cfg: DictConfig, write: bool = True) -> None:
+    ``resume``: the ``results.json`` of an unfinished run to continue (same run uid, MLflow run
+    and history); otherwise a new record."""
+
+    def __init__(self, output_dir: str | Path, cfg: DictConfig, write: bool = True,
+                 contract_tags: dict[str, str] | None = None, resume: bool = False) -> None:  # fmt: skip
         self.path = Path(output_dir) / "results.json"
         self.write = write  # False on DDP ranks other than zero
         if write:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        uid = uuid.uuid4().hex  # identifies this run on upload, so it is never duplicated
-        self.data: dict[str, Any] = {
-            "run_uid": uid,
-            "status": "running",
-            "started": time.time(),
-            "metrics": {},
-            "history": [],
-            "tags": run_tags(cfg),
-            "config": OmegaConf.to_container(cfg, resolve=True),
-            "mlflow": {},
-        }
-        self.tags["sparsebench.run_uid"] = uid
+        if resume:
+            self.data = json.loads(self.path.read_text())
+            self.data.update(status="running", resumed=self.data.get("resumed", 0) + 1)
+            for key in ("error", "traceback", "finished", "missing"):
+                self.data.pop(key, None)
+        else:
+            uid = uuid.uuid4().hex  # identifies this run on upload, so it is never duplicated
+            self.data = {
+                "run_uid": uid,
+                "status": "running",
+                "started": time.time(),
+                "metrics": {},
+                "history": [],
+                "tags": {**run_tags(cfg), **(contract_tags or {}), "sparsebench.run_uid": uid},
+                "config": OmegaConf.to_container(cfg, resolve=True),
+                "mlflow": {},
+            }
+        # Who is running it: lets `sparsebench upload` tell a killed run from a live one.
+        self.data["process"] = {"host": socket.gethostname(), "pid": os.getpid(),
+                                "started": psutil.Process().create_time()}  # fmt: skip
         self.save()
 
     @property
@@ -140,6 +216,14 @@ class Results:
     def tags(self) -> dict[str, str]:
         return self.data["tags"]
 
+    @property
+    def status(self) -> str:
+        return self.data["status"]
+
+    def missing(self) -> list[str]:
+        """Contract metrics not recorded (or not finite)."""
+        return [k for k in CONTRACT_METRICS if not math.isfinite(self.metrics.get(k, math.nan))]
+
     def update(
         self, metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None
     ) -> None:
@@ -147,23 +231,34 @@ class Results:
         self.tags.update({k: str(v) for k, v in (tags or {}).items()})
         self.save()
 
-    def add_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.data["history"].append({"epoch": epoch, **{k: float(v) for k, v in metrics.items()}})
+    def add_epoch(self, row: dict[str, float]) -> None:
+        self.data["history"].append(row)
+        self.save()
+
+    def set_history(self, rows: list[dict[str, float]]) -> None:
+        """The history up to a resumed checkpoint (epochs after it are trained again)."""
+        self.data["history"] = list(rows)
         self.save()
 
     def finish(self, error: BaseException | None = None) -> None:
-        # A search trial stopped early by its pruner (optuna.TrialPruned) is not a failure.
-        pruned = error is not None and type(error).__name__ == "TrialPruned"
-        self.data["status"] = "pruned" if pruned else "failed" if error else "ok"
+        missing = self.missing() if error is None else []
+        self.data["status"] = status_of(error, missing)
         self.data["finished"] = time.time()
-        if error is not None:
-            self.data["error"] = f"{type(error).__name__}: {error}"
+        message = error_text(error, missing)
+        if message:
+            self.data["error"] = message
+        if missing:
+            self.data["missing"] = missing
+        if error is not None and not isinstance(error, (RunInterrupted, RunDiverged)):
             self.data["traceback"] = "".join(traceback.format_exception(error))
-        self.save()
+        try:
+            self.save()
+        except OSError as exc:  # e.g. the disk is full: say so where a person will see it
+            print(f"error: could not write {self.path} ({exc}); this run's final status "
+                  f"'{self.status}' ({message or 'no error'}) is not recorded there.",
+                  file=sys.stderr)  # fmt: skip
+            raise
 
     def save(self) -> None:
-        if not self.write:
-            return
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True, default=str))
-        os.replace(tmp, self.path)  # atomic: a crash never leaves half a file
+        if self.write:
+            write_atomic(self.path, json.dumps(self.data, indent=2, sort_keys=True, default=str))

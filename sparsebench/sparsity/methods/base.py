@@ -26,7 +26,7 @@ from torch import nn
 from sparsebench.config import ConfigError
 from sparsebench.sparsity.distributions import DISTRIBUTIONS, layer_densities
 from sparsebench.sparsity.masks import MaskSet
-from sparsebench.sparsity.patterns import Pattern, make_pattern
+from sparsebench.sparsity.patterns import Pattern, make_pattern, pattern_label
 from sparsebench.sparsity.prunable import prunable_layers
 
 UNSTRUCTURED: Mapping[str, Any] = MappingProxyType(
@@ -48,6 +48,8 @@ class SparsityMethod(Callback):
 
     #: Methods whose masks exist from the first step train sparse from scratch (3*f_s per step).
     sparse_from_start: bool = False
+    #: True, or the sentence saying why a killed run of this method cannot continue mid-way.
+    resumable: bool | str = True
 
     def __init__(
         self,
@@ -81,6 +83,7 @@ class SparsityMethod(Callback):
         self.masks: MaskSet | None = None
         self.total_steps = 1
         self.optimizer: torch.optim.Optimizer | None = None
+        self._finalized = False
 
     # -- set-up -------------------------------------------------------------------------------
     @property
@@ -148,11 +151,26 @@ class SparsityMethod(Callback):
         """End of training (soft methods hard-prune here)."""
 
     def fit(self, module: L.LightningModule, datamodule: L.LightningDataModule,
-            make_trainer: Callable[..., L.Trainer]) -> L.Trainer:  # fmt: skip
-        """Train with this method; the default is one Lightning fit."""
+            make_trainer: Callable[..., L.Trainer], ckpt_path: Any = None) -> L.Trainer:  # fmt: skip
+        """Train with this method; the default is one Lightning fit (resumed from ``ckpt_path``:
+        masks are model buffers, step-driven schedules follow the restored global step, and
+        state of a method's own is in its ``state_dict``)."""
         trainer = make_trainer()
-        trainer.fit(module, datamodule=datamodule)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         return trainer
+
+    def ensure_finalized(self) -> None:
+        """Finalize if training ended without ``on_train_end`` (a resumed run whose checkpoint
+        was written after the last epoch: Lightning skips the finished loop)."""
+        if not self._finalized and self.masks is not None:
+            self.finalize()
+            self.masks.apply()
+            self._finalized = True
+
+    @property
+    def pattern_tag(self) -> str:
+        """The ``pattern`` tag of this method's runs (one derivation, from the built method)."""
+        return pattern_label(self.pattern)
 
     def prepare(self, datamodule: L.LightningDataModule, cfg: Any) -> None:
         """Work before the model is built (DASS searches its architecture here)."""
@@ -213,3 +231,4 @@ class SparsityMethod(Callback):
         self.finalize()
         assert self.masks is not None
         self.masks.apply()
+        self._finalized = True

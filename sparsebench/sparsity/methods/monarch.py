@@ -53,6 +53,10 @@ class Monarch(SparsityMethod):
     def target_sparsity(self) -> float:
         return 0.0
 
+    @property
+    def pattern_tag(self) -> str:
+        return "monarch"  # structured by construction: no masks, so no mask pattern
+
     # No masks: every sparsity hook is off.
     setup = Callback.setup
     on_train_start = Callback.on_train_start

@@ -65,6 +65,9 @@ class SparseModelSoups(SparsityMethod):
     single-model run, and ``flops/train`` says so.
     """
 
+    resumable = ("method 'soups' trains several fits and averages them, and cannot continue a "
+                 "killed run mid-way; start it again.")
+
     def __init__(self, name: str = "soups", sparsity: float = 0.9, phases: int = 3, copies: int = 3,
                  vary: str = "seed", weight_decays: Sequence[float] = (1e-4, 5e-4, 1e-3), soup: str = "uniform",
                  recalibrate_batches: int = 100, distribution: str = "global", **kwargs) -> None:  # fmt: skip
@@ -94,7 +97,9 @@ class SparseModelSoups(SparsityMethod):
         return (1.0 - self.sparsity) ** (phase / self.phases)
 
     def fit(self, module: L.LightningModule, datamodule: L.LightningDataModule,
-            make_trainer: Callable[..., L.Trainer]) -> L.Trainer:  # fmt: skip
+            make_trainer: Callable[..., L.Trainer], ckpt_path=None) -> L.Trainer:  # fmt: skip
+        if ckpt_path is not None:
+            raise ConfigError(self.resumable)
         probe = make_trainer()
         epochs = max(1, probe.max_epochs // (self.phases + 1))
         trainer = make_trainer(max_epochs=epochs)

@@ -20,7 +20,7 @@ INNER = {"rigl": RigL, "set": SET, "static": RandomPruning}
 # Served by the inner method: Lightning hooks, callback state, and what metrics and tests read.
 DELEGATED = ("setup", "on_train_start", "on_train_batch_start", "on_after_backward", "on_train_batch_end",
              "on_train_end", "state_dict", "load_state_dict", "train_flops", "densities", "magnitudes",
-             "distribution")  # fmt: skip
+             "distribution", "ensure_finalized")  # fmt: skip
 
 
 def _width_arguments(model: nn.Module, model_cfg: dict, k: float) -> dict:
