@@ -240,8 +240,9 @@ def build_trainer(
     if options.get("enable_checkpointing", True):
         callbacks = [
             *callbacks,
-            ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True, save_top_k=0,
-                            save_on_train_epoch_end=True),
+            # One file, checkpoints/last.ckpt, replaced after every epoch (top-1 of "latest").
+            ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="last", save_top_k=1,
+                            enable_version_counter=False, save_on_train_epoch_end=True),
         ]  # fmt: skip
     return L.Trainer(
         default_root_dir=str(output_dir),

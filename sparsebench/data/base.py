@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset, TensorDataset
 
 
 def split_indices(n: int, fractions: Sequence[float], seed: int) -> list[torch.Tensor]:
@@ -26,6 +26,25 @@ def split_indices(n: int, fractions: Sequence[float], seed: int) -> list[torch.T
         start += size
     parts.append(perm[start:])
     return parts
+
+
+class EpochSampler(RandomSampler):
+    """A random order of the training set drawn from (seed, epoch) alone, like
+    DistributedSampler's: Lightning calls ``set_epoch`` at every epoch start, so a run resumed
+    from a checkpoint sees the same batches as one that never stopped, whatever else drew from
+    the global RNG in between. ``seed`` is torch's initial seed when the loader is built
+    (``seed_everything(cfg.seed)``; Sparse Model Soups reseeds each copy)."""
+
+    def __init__(self, data_source: Dataset, seed: int) -> None:
+        self.seed, self.epoch = seed, 0
+        super().__init__(data_source, generator=torch.Generator())
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+        return super().__iter__()
 
 
 class SparseBenchDataModule(L.LightningDataModule):
@@ -70,7 +89,7 @@ class SparseBenchDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=EpochSampler(dataset, torch.initial_seed()) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             drop_last=False,
