@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from sparsebench.config import ConfigError, validate
@@ -14,7 +15,7 @@ from sparsebench.models import build_model
 from sparsebench.tracking.identity import run_hash
 from sparsebench.tracking.recorder import RunRecorder
 from sparsebench.tracking.results import check_user_tags
-from sparsebench.tracking.resume import resume_point
+from sparsebench.tracking.resume import resume_point, resumed_by_rank_zero
 from sparsebench.training import (
     RunProgress,
     build_datamodule,
@@ -52,7 +53,10 @@ def run(
     if method is not None and getattr(method, "post_training", False):
         raise ConfigError(f"method '{method.name}' prunes a trained model: run it with "
                           f"runner=prune (the train runner would train dense).")  # fmt: skip
-    checkpoint = resume_point(output_dir, resume, None if resume else run_hash(cfg))
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        checkpoint = resume_point(output_dir, resume, None if resume else run_hash(cfg))
+    else:  # a DDP rank started by rank zero's fit: follow its choice
+        checkpoint = resumed_by_rank_zero(output_dir)
     if checkpoint is not None and method is not None and method.resumable is not True:
         if resume:
             raise ConfigError(method.resumable)
@@ -70,6 +74,9 @@ def run(
     with RunRecorder(cfg, output_dir, {**hardware.fingerprint(), **(tags or {})}, contract,
                      resume=checkpoint is not None) as record:  # fmt: skip
         results = record.results
+        if checkpoint is not None:
+            results.data["resumed_from"] = str(checkpoint)
+            results.save()
         if method is not None:  # DASS searches; Sparse-IFT and DASS train another model
             method.prepare(datamodule, cfg)
             model = method.transform_model(model, cfg.model, datamodule.example_input(1))
@@ -97,4 +104,5 @@ def run(
 
         measure(results, cfg, model, datamodule.example_input(1), progress.samples_seen, method,
                 hardware, benchmark=record.is_zero)  # fmt: skip
+    results.raise_unless_ok()
     return results.metrics

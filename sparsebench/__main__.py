@@ -21,7 +21,7 @@ from sparsebench.config import (
     register_resolvers,
 )
 from sparsebench.logs import quiet_lightning
-from sparsebench.tracking.results import RunDiverged, RunInterrupted
+from sparsebench.tracking.results import ContractIncomplete, RunDiverged, RunInterrupted
 
 CHOICE_GROUPS = (
     "model",
@@ -78,8 +78,9 @@ def _dispatch(cfg: DictConfig, resume: bool = False) -> None:
         print(f"interrupted: {exc}; results in {cfg.paths.output_dir}. Continue it with: "
               f"python -m sparsebench resume={cfg.paths.output_dir}", file=sys.stderr)  # fmt: skip
         raise SystemExit(128 + exc.signum) from None
-    except RunDiverged as exc:  # recorded as diverged
-        print(f"diverged: {exc}; results in {cfg.paths.output_dir}.", file=sys.stderr)
+    except (RunDiverged, ContractIncomplete) as exc:  # recorded as diverged / failed
+        word = "diverged" if isinstance(exc, RunDiverged) else "failed"
+        print(f"{word}: {exc}; results in {cfg.paths.output_dir}.", file=sys.stderr)
         raise SystemExit(1) from None
 
 

@@ -13,15 +13,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from sparsebench.tracking.leaderboard import Row, aggregate
-from sparsebench.tracking.mlflow_logging import DEFAULT_URI
+from sparsebench.tracking.leaderboard import Row, admit, aggregate, describe_left_out
+from sparsebench.tracking.mlflow_logging import DEFAULT_URI, store_problem
 
 COLUMNS = ("benchmark_key", "rank", "method", "pattern", "n", "acc_mean", "acc_std", "sparsity", "flops_sparse", "latency_ms",
            "latency_estimated", "flops_front", "latency_front", "budget_differs", "run_hash")  # fmt: skip
 
 
 def fetch_runs(tracking_uri: str, experiment: str | None, filters: dict[str, str]) -> list[dict]:
-    """Finished and failed runs of the experiment(s), as {"metrics", "tags"} dicts."""
+    """Every run of the experiment(s), as {"metrics", "tags", "status", "name"} dicts
+    (:func:`admit` decides which may rank)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -33,7 +34,8 @@ def fetch_runs(tracking_uri: str, experiment: str | None, filters: dict[str, str
         return []
     clauses = [f"tags.`{k}` = '{v}'" for k, v in filters.items() if v]
     runs = client.search_runs(ids, filter_string=" and ".join(clauses), max_results=50_000)
-    return [{"metrics": dict(r.data.metrics), "tags": dict(r.data.tags)} for r in runs]
+    return [{"metrics": dict(r.data.metrics), "tags": dict(r.data.tags), "status": r.info.status,
+             "name": r.info.run_name} for r in runs]  # fmt: skip
 
 
 def select(rows: list[Row], min_sparsity: float | None, max_sparsity: float | None) -> list[Row]:
@@ -117,12 +119,20 @@ def main(argv: list[str] | None = None) -> int:
         t: getattr(args, t)
         for t in ("dataset", "model", "method", "pattern", "hardware", "benchmark_key")
     }
-    rows = select(aggregate(fetch_runs(args.tracking_uri, args.experiment, filters)),
-                  args.min_sparsity, args.max_sparsity)  # fmt: skip
+    problem = store_problem(args.tracking_uri)
+    if problem:
+        print(f"error: {problem}.", file=sys.stderr)
+        return 1
+    admitted, left = admit(fetch_runs(args.tracking_uri, args.experiment, filters))
+    rows = select(aggregate(admitted), args.min_sparsity, args.max_sparsity)
+    note = describe_left_out(left)
     if not rows:
-        print(f"no finished runs in {args.tracking_uri} match these filters.", file=sys.stderr)
+        print(f"no complete ok runs in {args.tracking_uri} match these filters"
+              f"{'; ' + note if note else '.'}", file=sys.stderr)  # fmt: skip
         return 1
     Console(width=200).print(table(rows))
+    if note:
+        print(note)
     if args.csv:
         write_csv(rows, args.csv)
     if args.markdown:

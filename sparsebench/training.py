@@ -89,10 +89,11 @@ class RunProgress(Callback):
             value = float(loss.detach())
             bad = not math.isfinite(value) or (self.max_loss is not None and value > self.max_loss)
             if trainer.strategy.reduce_boolean_decision(bad, all=False):
-                limit = "" if self.max_loss is None else f" (trainer.max_loss={self.max_loss:g})"
+                limit = "" if self.max_loss is None else f" and at most {self.max_loss:g}"
                 raise RunDiverged(
-                    f"the training loss is {value:.4g}{limit} at step {trainer.global_step}, "
-                    f"epoch {trainer.current_epoch}; lower trainer.optimizer.lr or clip gradients"
+                    f"the training loss is {value:.4g} at step {trainer.global_step}, epoch "
+                    f"{trainer.current_epoch} (trainer.max_loss: finite{limit}); lower "
+                    "trainer.optimizer.lr or clip gradients"
                 )
         self.record.check_signal()
 
@@ -150,6 +151,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except Exception as exc:  # torch's zip writer reports a full disk as a RuntimeError
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise OSError(f"could not write checkpoint {path} ({type(exc).__name__}: "
+                          f"{str(exc).strip()[:200]}); the previous one is kept") from exc  # fmt: skip
         except BaseException:
             with contextlib.suppress(OSError):
                 tmp.unlink()

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from sparsebench.tracking.leaderboard import aggregate
+from sparsebench.tracking.leaderboard import admit, aggregate, describe_left_out
+from sparsebench.tracking.results import CONTRACT_METRICS
 
 
 def run(key="digits|mlp|cpu|e1", run_hash="h", method="m", seed="0", acc=0.9, flops=100.0, latency=1.0,
         estimated="false", train=1e9, pattern="unstructured"):  # fmt: skip
-    metrics = {"test/acc": acc, "flops/sparse": flops, "flops/dense": 200.0, "flops/train": train}
+    """A complete ok run: every contract metric (1.0 unless given)."""
+    metrics = {**dict.fromkeys(CONTRACT_METRICS, 1.0), "test/acc": acc, "flops/sparse": flops,
+               "flops/dense": 200.0, "flops/train": train}  # fmt: skip
+    metrics.pop("latency/p50_ms")
     if latency is not None:
         metrics["latency/p50_ms"] = latency
     tags = {"benchmark_key": key, "run_hash": run_hash, "method": method, "seed": seed,
@@ -63,6 +67,29 @@ def test_failed_runs_are_skipped() -> None:
     assert aggregate([broken]) == []
 
 
+def test_only_complete_ok_runs_rank_and_the_rest_are_named() -> None:
+    def with_state(name, status="FINISHED", tag="ok", drop=None):
+        r = run()
+        r.update(name=name, status=status)
+        r["tags"]["sparsebench.status"] = tag
+        if drop:
+            del r["metrics"][drop]
+        return r
+
+    runs = [with_state("good"), with_state("live", "RUNNING", "running"),
+            with_state("nan", "FAILED", "diverged"), with_state("term", "KILLED", "interrupted"),
+            with_state("crash", "FAILED", "failed"), with_state("half", drop="latency/p50_ms"),
+            with_state("old", "RUNNING", None), {"metrics": {}, "tags": {}, "status": "FINISHED"}]  # fmt: skip
+    del runs[6]["tags"]["sparsebench.status"]  # a run from before the tag: MLflow's status
+    admitted, left = admit(runs)
+    assert [r["name"] for r in admitted] == ["good"]  # the parent-like run is not counted
+    assert left == {"running": ["live", "old"], "diverged": ["nan"], "interrupted": ["term"],
+                    "failed": ["crash"], "incomplete contract": ["half"]}  # fmt: skip
+    assert describe_left_out(left) == (
+        "left out 6 runs that are not complete ok runs: 2 running (live, old); 1 failed (crash); "
+        "1 diverged (nan); 1 interrupted (term); 1 incomplete contract (half).")
+
+
 def test_cli_reads_mlflow_and_writes_csv_and_markdown(tmp_path, capsys) -> None:
     import csv
 
@@ -91,7 +118,8 @@ def test_cli_reads_mlflow_and_writes_csv_and_markdown(tmp_path, capsys) -> None:
     assert all(r["flops_front"] == "True" for r in rows)  # a: most accurate, b: cheapest
     assert "| digits|mlp|cpu|e1 | 1 | m | unstructured | 2 |" in out_md.read_text()
     assert main(["--tracking-uri", uri, "--pattern", "2:4"]) == 1  # N:M and unstructured apart
-    assert "leaderboard" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "leaderboard" in printed and "left out" not in printed  # every run is complete
     assert (
         main(
             [

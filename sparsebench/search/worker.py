@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -209,6 +210,8 @@ class Worker:
         if missing:
             raise RuntimeError(f"trial {trial.number} wrote no {', '.join(missing)}")
         out = tuple(float(metrics[o.metric]) for o in self.spec.objectives)
+        if not all(math.isfinite(v) for v in out):  # never hand Optuna a NaN as a result
+            raise RuntimeError(f"trial {trial.number}: non-finite objective {out}")
         return out if self.spec.multi_objective else out[0]
 
     def run(self) -> int:

@@ -16,7 +16,54 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-Run = dict  # {"metrics": {...}, "tags": {...}}
+from sparsebench.tracking.results import CONTRACT_METRICS, STATUS_TAG
+
+Run = dict  # {"metrics": {...}, "tags": {...}, "status": MLflow's status, "name": run name}
+
+LEFT_OUT = ("running", "failed", "diverged", "interrupted", "pruned", "incomplete contract")
+
+
+def admit(runs: Iterable[Run]) -> tuple[list[Run], dict[str, list[str]]]:
+    """The runs a leaderboard may rank, and the others by reason (run names).
+
+    Only complete ``ok`` runs rank: MLflow status FINISHED, lifecycle tag ``ok`` and every
+    contract metric recorded and finite. Runs without a ``benchmark_key`` (sweep and study
+    parents, leaderboard runs) are not results and are not counted."""
+    admitted: list[Run] = []
+    left: dict[str, list[str]] = defaultdict(list)
+    by_mlflow = {"RUNNING": "running", "SCHEDULED": "running", "FAILED": "failed",
+                 "KILLED": "interrupted"}  # fmt: skip
+    for run in runs:
+        tags = run["tags"]
+        if "benchmark_key" not in tags:
+            continue
+        status = tags.get(STATUS_TAG) or by_mlflow.get(run.get("status", "FINISHED"), "ok")
+        if status == "ok" and run.get("status", "FINISHED") != "FINISHED":
+            status = by_mlflow.get(run["status"], "failed")
+        missing = [k for k in CONTRACT_METRICS
+                   if not math.isfinite(run["metrics"].get(k, math.nan))]  # fmt: skip
+        reason = status if status != "ok" else "incomplete contract" if missing else None
+        if reason is None:
+            admitted.append(run)
+        else:
+            name = run.get("name") or tags.get("run_hash", "?")
+            left[reason if reason in LEFT_OUT else "failed"].append(name)
+    return admitted, dict(left)
+
+
+def describe_left_out(left: dict[str, list[str]], shown: int = 3) -> str | None:
+    """One sentence naming the runs a leaderboard left out, or None."""
+    if not left:
+        return None
+    parts = []
+    for reason in LEFT_OUT:
+        names = left.get(reason, [])
+        if names:
+            more = f", +{len(names) - shown} more" if len(names) > shown else ""
+            parts.append(f"{len(names)} {reason} ({', '.join(names[:shown])}{more})")
+    total = sum(len(v) for v in left.values())
+    return (f"left out {total} run{'s' if total > 1 else ''} that are not complete ok runs: "
+            f"{'; '.join(parts)}.")  # fmt: skip
 
 
 @dataclass

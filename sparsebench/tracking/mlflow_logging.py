@@ -193,6 +193,14 @@ def quick_failure() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 
+def store_problem(uri: str, timeout: float = 5.0) -> str | None:
+    """One sentence if the store at ``uri`` cannot be used, within about ``timeout`` seconds
+    (MLflow's own client would retry for minutes); None when it answers. For the commands
+    that read or write a store (``upload``, ``leaderboard``)."""
+    quick_failure()
+    return reachable(uri, timeout)
+
+
 def open_run(cfg: DictConfig, tags: dict[str, str], run_id: str | None = None
              ) -> tuple[MlflowRun | None, str | None]:  # fmt: skip
     """The run's MLflow record (a new run, or ``run_id`` reopened as RUNNING on resume), or

@@ -72,8 +72,9 @@ class RunRecorder:
         self.results.data["mlflow"] = {"tracking_uri": self.mlflow.tracking_uri,
                                        "run_id": self.mlflow.run_id}  # fmt: skip
         self.results.save()
-        self.mlflow.log("logging the config", params=flatten(self.results.data["config"]),
-                        tags=self.results.tags, artifacts=[config_path])  # fmt: skip
+        if not resume:  # a resumed run's params are there already (and cannot change)
+            self.mlflow.log("logging the config", params=flatten(self.results.data["config"]),
+                            tags=self.results.tags, artifacts=[config_path])  # fmt: skip
         self.mlflow.terminate("RUNNING", "running")
 
     # -- during the run -------------------------------------------------------------------
@@ -110,6 +111,12 @@ class RunRecorder:
     def __exit__(self, exc_type, exc, tb) -> bool:
         for signum, handler in self._handlers.items():
             signal.signal(signum, handler)
+        if self.signal is not None and exc is not None and not isinstance(exc, RunInterrupted):
+            # Lightning stops fit on SIGTERM itself (SIGTERMException, exit code 0): the
+            # signal is what ended the run, and the exit code says so.
+            interrupted = RunInterrupted(self.signal)
+            self.close(interrupted)
+            raise interrupted from exc
         self.close(exc)
         return False  # never swallow the error
 

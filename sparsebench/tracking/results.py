@@ -137,6 +137,10 @@ class RunInterrupted(BaseException):
         super().__init__(f"interrupted by {signal.Signals(self.signum).name}")
 
 
+class ContractIncomplete(Exception):
+    """The run ended without error but did not record every contract metric."""
+
+
 def status_of(error: BaseException | None, missing: list[str]) -> str:
     if error is None:
         return "failed" if missing else "ok"
@@ -189,7 +193,7 @@ class Results:
         if resume:
             self.data = json.loads(self.path.read_text())
             self.data.update(status="running", resumed=self.data.get("resumed", 0) + 1)
-            for key in ("error", "traceback", "finished", "missing"):
+            for key in ("error", "traceback", "finished", "missing", "resumed_from"):
                 self.data.pop(key, None)
         else:
             uid = uuid.uuid4().hex  # identifies this run on upload, so it is never duplicated
@@ -258,6 +262,12 @@ class Results:
                   f"'{self.status}' ({message or 'no error'}) is not recorded there.",
                   file=sys.stderr)  # fmt: skip
             raise
+
+    def raise_unless_ok(self) -> None:
+        """After an error-free run: raise :class:`ContractIncomplete` if it is not ``ok``, so
+        that the exit code (and a search trial's state) agrees with the record."""
+        if self.status == "failed" and self.data.get("missing"):
+            raise ContractIncomplete(self.data["error"])
 
     def save(self) -> None:
         if self.write:

@@ -78,3 +78,11 @@ def resume_point(run_dir: Path, explicit: bool, run_hash: str | None = None) -> 
     if explicit and not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{where} has no config.yaml to resume with.")
     return checkpoint
+
+
+def resumed_by_rank_zero(run_dir: Path) -> Path | None:
+    """Under DDP the other ranks start after rank zero has opened the record: they resume
+    from the checkpoint it chose (``resumed_from`` in its results.json), or start fresh."""
+    data = read_results(run_dir) or {}
+    found = data.get("resumed_from")
+    return Path(found) if found else None

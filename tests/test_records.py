@@ -1,0 +1,353 @@
+"""The fault matrix: real processes disturbed where runs die in practice (SIGKILL in an epoch,
+between epochs and while latency is measured; SIGTERM; the tracking server killed mid-run; a
+full disk; a diverging run and a diverging study). Each case checks that results.json, MLflow
+and the leaderboard agree, and that nothing already computed is lost; the resume test checks
+that a killed run continued from its checkpoint ends exactly as an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from sparsebench.tracking.leaderboard import admit
+from sparsebench.tracking.results import CONTRACT_METRICS, CONTRACT_TAGS
+from tests.conftest import REPO, free_port, wait_until_healthy
+
+pytestmark = pytest.mark.slow
+
+# RigL on MNIST-1D: 3 epochs of 8 batches, a mask update every 5 steps (masks move mid-epoch).
+RUN = ["model=mlp", "dataset=mnist1d", "+method=rigl", "method.update_interval=5",
+       "trainer.max_epochs=3", "trainer.limit_train_batches=8", "trainer.limit_val_batches=2",
+       "trainer.limit_test_batches=2", "hardware.threads=1", "hardware.min_run_time=0.02",
+       "hardware.warmup=1", "print_summary=false", "trainer.enable_progress_bar=false"]  # fmt: skip
+
+
+def env() -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    out["PYTHONPATH"] = str(REPO)  # tests.helpers.Pause inside the run
+    return out
+
+
+def pause(tmp: Path, name: str, **options) -> str:
+    """A ``trainer.callbacks`` override holding the run at a point (tests.helpers.Pause)."""
+    fields = {"marker": str(tmp / f"{name}.at"), "go": str(tmp / f"{name}.go"), **options}
+    body = ",".join(f"{k}:{json.dumps(v) if isinstance(v, str) else v}" for k, v in fields.items())
+    return f"+trainer.callbacks=[{{_target_:tests.helpers.Pause,{body}}}]"
+
+
+def start(tmp: Path, name: str, *extra: str, uri: str | None = None) -> subprocess.Popen:
+    keys = {e.split("=")[0] for e in extra}
+    args = [*(a for a in RUN if a.split("=")[0] not in keys), *extra, f"hydra.run.dir={tmp / name}",
+            f"logger.tracking_uri={uri or f'sqlite:///{tmp}/mlflow.db'}"]  # fmt: skip
+    return subprocess.Popen([sys.executable, "-m", "sparsebench", *args], cwd=tmp, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def cli(tmp: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sparsebench", *args], cwd=tmp, env=env(),
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def reach(tmp: Path, name: str, proc: subprocess.Popen, timeout: float = 240) -> None:
+    marker = tmp / f"{name}.at"
+    deadline = time.time() + timeout
+    while not marker.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"run {name} ended early:\n{proc.stderr.read()[-3000:]}")
+        assert time.time() < deadline, f"run {name} never reached its pause"
+        time.sleep(0.05)
+
+
+def kill(proc: subprocess.Popen, signum: int = signal.SIGKILL) -> None:
+    proc.send_signal(signum)
+    proc.wait(timeout=120)
+
+
+def record(tmp: Path, name: str) -> dict:
+    return json.loads((tmp / name / "results.json").read_text())
+
+
+def mlflow_run(data: dict):
+    client = MlflowClient(tracking_uri=data["mlflow"]["tracking_uri"])
+    return client, client.get_run(data["mlflow"]["run_id"])
+
+
+def board(uri: str) -> tuple[set[str], dict[str, set[str]]]:
+    """Run uids the leaderboard ranks, and those it leaves out by reason."""
+    from sparsebench.leaderboard import fetch_runs
+
+    runs = fetch_runs(uri, None, {})
+    for run in runs:
+        run["name"] = run["tags"]["sparsebench.run_uid"]
+    admitted, left = admit(runs)
+    return {r["tags"]["sparsebench.run_uid"] for r in admitted}, {k: set(v) for k, v in left.items()}
+
+
+def masks(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    return {k: v for k, v in state.items() if k.endswith("weight_mask")}
+
+
+def assert_identifiable(data: dict, run) -> None:
+    """A killed run still says what it was: params, config and contract tags from the start."""
+    assert run.info.status == "RUNNING" and data["status"] == "running"
+    assert run.data.tags["sparsebench.status"] == "running"
+    assert set(CONTRACT_TAGS) <= run.data.tags.keys()
+    assert run.data.params["method.name"] == "rigl" and len(run.data.params) > 50
+    assert run.data.tags["run_hash"] == data["tags"]["run_hash"]
+
+
+def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    (tmp_path / "whole.go").touch()  # same config (same run_hash), never held
+    whole = start(tmp_path, "whole", pause(tmp_path, "whole", epoch=1, batch=3))
+    killed = start(tmp_path, "killed", pause(tmp_path, "killed", epoch=1, batch=3))
+    reach(tmp_path, "killed", killed)
+    kill(killed)
+    assert whole.wait(timeout=300) == 0, whole.stderr.read()[-3000:]
+    data = record(tmp_path, "killed")
+    assert [row["epoch"] for row in data["history"]] == [0]  # epoch 0 kept, epoch 1 in flight
+    client, run = mlflow_run(data)
+    assert_identifiable(data, run)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [0]
+    ranked, left = board(uri)
+    assert left == {"running": {data["run_uid"]}} and ranked == {record(tmp_path, "whole")["run_uid"]}
+
+    # `upload` settles a run whose process is gone: interrupted in results.json and MLflow.
+    proc = cli(tmp_path, "upload", str(tmp_path / "killed"), "--tracking-uri", uri)
+    assert proc.returncode == 0 and "completed: " in proc.stdout, proc.stderr[-2000:]
+    data = record(tmp_path, "killed")
+    assert data["status"] == "interrupted" and "SIGKILL" in data["error"]
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+    assert board(uri)[1] == {"interrupted": {data["run_uid"]}}
+
+    (tmp_path / "killed.go").touch()  # the resumed run passes its pause point
+    proc = cli(tmp_path, f"resume={tmp_path / 'killed'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed, reference = record(tmp_path, "killed"), record(tmp_path, "whole")
+    assert resumed["status"] == "ok" and resumed["resumed"] == 1
+    assert resumed["mlflow"]["run_id"] == run.info.run_id  # the same MLflow run, continued
+    for key in ("test/acc", "test/loss", "val/acc", "sparsity/actual", "train/samples",
+                "flops/train", "flops/sparse", "params/nonzero"):  # fmt: skip
+        assert resumed["metrics"][key] == reference["metrics"][key], key
+    assert resumed["history"] == reference["history"]
+    final = masks(tmp_path / "killed/checkpoints/last.ckpt")
+    expected = masks(tmp_path / "whole/checkpoints/last.ckpt")
+    assert final.keys() == expected.keys() and all(torch.equal(final[k], expected[k]) for k in final)
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["sparsebench.status"] == "ok"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [0, 1, 2]
+    ranked, left = board(uri)
+    assert ranked == {resumed["run_uid"], reference["run_uid"]} and not left
+    # A finished run is not resumed again.
+    proc = cli(tmp_path, f"resume={tmp_path / 'killed'}")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: run folder ")
+    assert "already finished ok" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_kill_9_between_epochs_and_while_latency_is_measured(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    between = start(tmp_path, "between", pause(tmp_path, "between", hook="train_epoch_start", epoch=1))
+    latency = start(tmp_path, "latency", "hardware.min_run_time=2")  # seconds of timing
+    reach(tmp_path, "between", between)
+    kill(between)
+    deadline = time.time() + 240
+    while "flops/sparse" not in json.loads((tmp_path / "latency/results.json").read_text()
+                                           if (tmp_path / "latency/results.json").exists() else "{}"
+                                           ).get("metrics", {}):  # fmt: skip
+        assert latency.poll() is None and time.time() < deadline, "latency run ended early"
+        time.sleep(0.05)
+    kill(latency)  # tested and counted, now timing dense and sparse kernels
+
+    data = record(tmp_path, "between")
+    assert [row["epoch"] for row in data["history"]] == [0]
+    checkpoint = torch.load(tmp_path / "between/checkpoints/last.ckpt", weights_only=True)
+    assert checkpoint["epoch"] == 0  # the last good checkpoint is whole
+    assert_identifiable(data, mlflow_run(data)[1])
+
+    data = record(tmp_path, "latency")  # tested and FLOPs counted, killed while timing
+    assert "test/acc" in data["metrics"] and "latency/p50_ms" not in data["metrics"]
+    client, run = mlflow_run(data)
+    assert_identifiable(data, run)  # not FINISHED: the contract is incomplete
+    ranked, left = board(uri)
+    assert not ranked and left == {"running": {record(tmp_path, n)["run_uid"]
+                                               for n in ("between", "latency")}}  # fmt: skip
+
+    # Resuming the half-measured run trains nothing more and completes the contract.
+    proc = cli(tmp_path, f"resume={tmp_path / 'latency'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = record(tmp_path, "latency")
+    assert done["status"] == "ok" and set(CONTRACT_METRICS) <= done["metrics"].keys()
+    assert done["metrics"]["test/acc"] == data["metrics"]["test/acc"]
+    assert done["metrics"]["train/samples"] == data["metrics"]["train/samples"]
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    assert board(uri)[0] == {done["run_uid"]}
+
+
+def test_sigterm_ends_the_run_as_interrupted_with_exit_143(tmp_path: Path) -> None:
+    proc = start(tmp_path, "term", pause(tmp_path, "term", epoch=1, batch=2))
+    reach(tmp_path, "term", proc)
+    proc.send_signal(signal.SIGTERM)
+    (tmp_path / "term.go").touch()  # the batch ends; the run stops there
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    stderr = proc.stderr.read()
+    assert f"resume={tmp_path / 'term'}" in stderr and "Traceback" not in stderr
+    data = record(tmp_path, "term")
+    assert data["status"] == "interrupted" and data["error"] == "RunInterrupted: interrupted by SIGTERM"
+    assert [row["epoch"] for row in data["history"]] == [0]
+    client, run = mlflow_run(data)
+    assert run.info.status == "KILLED" and run.data.tags["sparsebench.status"] == "interrupted"
+    assert board(f"sqlite:///{tmp_path}/mlflow.db") == (set(), {"interrupted": {data["run_uid"]}})
+    assert torch.load(tmp_path / "term/checkpoints/last.ckpt", weights_only=True)["epoch"] == 0
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    """A restartable ``mlflow server`` on loopback with an SQLite backend in tmp_path."""
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    procs: list[subprocess.Popen] = []
+
+    def up() -> None:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+             "--port", str(port), "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+             "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        procs.append(proc)
+        wait_until_healthy(uri, proc, timeout=120)
+
+    def down() -> None:
+        os.killpg(procs[-1].pid, signal.SIGKILL)
+        procs[-1].wait(timeout=60)
+
+    up()
+    yield uri, up, down
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_tracking_server_killed_mid_run_then_upload_completes_it(tmp_path: Path, server) -> None:
+    uri, up, down = server
+    proc = start(tmp_path, "outage", pause(tmp_path, "outage", epoch=1, batch=1), uri=uri)
+    reach(tmp_path, "outage", proc)
+    down()
+    (tmp_path / "outage.go").touch()
+    assert proc.wait(timeout=300) == 0
+    printed = proc.stdout.read() + proc.stderr.read()  # Hydra logs warnings to stdout
+    assert f"sparsebench upload {tmp_path / 'outage'}" in printed
+    data = record(tmp_path, "outage")
+    assert data["status"] == "ok" and set(CONTRACT_METRICS) <= data["metrics"].keys()
+    assert len(data["history"]) == 3  # nothing computed was lost to the outage
+
+    # A dead server: one sentence within seconds, for upload and leaderboard alike.
+    for args in (["upload", str(tmp_path / "outage")], ["leaderboard"]):
+        began = time.time()
+        failed = cli(tmp_path, *args, "--tracking-uri", uri, timeout=60)
+        assert failed.returncode == 1 and time.time() - began < 30
+        assert failed.stderr.startswith(f"error: tracking server {uri} cannot be reached")
+        assert "Traceback" not in failed.stderr
+
+    up()
+    client = MlflowClient(tracking_uri=uri)
+    before = client.get_run(data["mlflow"]["run_id"])
+    assert before.info.status == "RUNNING" and len(before.data.params) > 50  # sent at start
+    done = cli(tmp_path, "upload", str(tmp_path / "outage"), "--tracking-uri", uri)
+    assert done.returncode == 0 and "\ncompleted: " in f"\n{done.stdout}", done.stderr[-2000:]
+    after = client.get_run(data["mlflow"]["run_id"])
+    assert after.info.status == "FINISHED" and after.data.tags["sparsebench.status"] == "ok"
+    assert {k: after.data.metrics[k] for k in CONTRACT_METRICS} == {
+        k: data["metrics"][k] for k in CONTRACT_METRICS
+    }
+    history = client.get_metric_history(after.info.run_id, "train/loss")
+    assert sorted({m.step for m in history}) == [0, 1, 2]
+    assert {a.path for a in client.list_artifacts(after.info.run_id)} >= {"results.json", "config.yaml"}
+    again = cli(tmp_path, "upload", str(tmp_path / "outage"), "--tracking-uri", uri)
+    assert again.returncode == 0 and again.stdout.startswith("already complete: "), again.stdout
+    assert len(client.search_runs([after.info.experiment_id])) == 1
+    assert board(uri) == ({data["run_uid"]}, {})
+
+
+def test_full_disk_keeps_the_last_good_checkpoint_and_records_the_failure(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # From epoch 1 on, no file may grow past 64 kB: the next checkpoint and MLflow's database
+    # cannot be written, results.json (a few kB) still can.
+    proc = start(tmp_path, "full", pause(tmp_path, "full", hook="train_epoch_start", epoch=1,
+                                         fsize=64_000))  # fmt: skip
+    proc.wait(timeout=300)
+    assert proc.returncode == 1
+    data = record(tmp_path, "full")
+    assert data["status"] == "failed" and data["error"].startswith("OSError: could not write checkpoint")
+    assert [row["epoch"] for row in data["history"]] == [0, 1]  # epoch 1 was trained and kept
+    checkpoints = sorted(p.name for p in (tmp_path / "full/checkpoints").iterdir())
+    assert checkpoints == ["last.ckpt"]  # no temporary file left behind
+    assert torch.load(tmp_path / "full/checkpoints/last.ckpt", weights_only=True)["epoch"] == 0
+    # MLflow's database could not take the end of the run; upload completes it afterwards.
+    client, run = mlflow_run(data)
+    assert run.info.status == "RUNNING"
+    done = cli(tmp_path, "upload", str(tmp_path / "full"), "--tracking-uri", uri)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["sparsebench.status"] == "failed"
+    assert board(uri) == (set(), {"failed": {data["run_uid"]}})
+
+    # When not even the failed status can be written, stderr says so.
+    tiny = start(tmp_path, "tiny", pause(tmp_path, "tiny", hook="train_epoch_start", epoch=0,
+                                         fsize=1_000))  # fmt: skip
+    tiny.wait(timeout=300)
+    stderr = tiny.stderr.read()
+    assert tiny.returncode != 0
+    assert f"error: could not write {tmp_path / 'tiny' / 'results.json'}" in stderr
+    assert "final status 'failed'" in stderr
+
+
+def test_a_diverging_run_ends_as_diverged_and_never_ranks(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = cli(tmp_path, *RUN, "trainer.optimizer.lr=inf", f"hydra.run.dir={tmp_path / 'nan'}",
+               f"logger.tracking_uri={uri}")  # fmt: skip
+    assert proc.returncode == 1 and "diverged: the training loss is nan at step " in proc.stderr
+    assert "Traceback" not in proc.stderr
+    data = record(tmp_path, "nan")
+    assert data["status"] == "diverged" and "test/acc" not in data["metrics"]
+    client, run = mlflow_run(data)
+    assert run.info.status == "FAILED" and run.data.tags["sparsebench.status"] == "diverged"
+    assert board(uri) == (set(), {"diverged": {data["run_uid"]}})
+
+
+def test_a_diverging_study_fails_its_trials_everywhere_and_stops(tmp_path: Path, monkeypatch) -> None:
+    import optuna
+    import yaml
+
+    from sparsebench.config import ConfigError
+    from sparsebench.search.worker import Worker
+    from tests.conftest import search_in_process
+
+    study = {"overrides": ["model=mlp", "dataset=digits", "debug=fast", "+method=random",
+                           "trainer.optimizer.lr=inf"],
+             "space": {"method.sparsity": {"type": "float", "low": 0.3, "high": 0.9}},
+             "objectives": [{"metric": "val/acc", "direction": "maximize"}],
+             "sampler": {"name": "random", "seed": 0}, "n_trials": 5}  # fmt: skip
+    (tmp_path / "nan.yaml").write_text(yaml.safe_dump(study))
+    worker = Worker(*search_in_process([f"sweep={tmp_path / 'nan.yaml'}", "max_failures=2"],
+                                       tmp_path, monkeypatch))  # fmt: skip
+    with pytest.raises(ConfigError, match="2 trials in a row failed in study 'nan'; the last: "
+                                          "RunDiverged: the training loss is nan"):  # fmt: skip
+        worker.run()
+    trials = optuna.load_study(study_name="nan", storage=f"sqlite:///{tmp_path}/optuna.db").trials
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    for trial in trials:
+        data = json.loads((Path(trial.user_attrs["run_dir"]) / "results.json").read_text())
+        assert data["status"] == "diverged"
+        assert client.get_run(data["mlflow"]["run_id"]).info.status == "FAILED"
