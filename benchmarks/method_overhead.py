@@ -41,7 +41,7 @@ def step_times(overrides: list[str], steps: int, out: Path) -> list[float]:
     method = build_method(cfg)
     clock = StepClock()
     callbacks = [clock] if method is None else [method, clock]
-    trainer = build_trainer(cfg, out, None, callbacks)
+    trainer = build_trainer(cfg, out, callbacks)
     trainer.fit(build_module(cfg, build_model(cfg.model)), datamodule=datamodule)
     # Step-to-step intervals within each epoch (the epoch boundary holds no extra work here).
     return [b - a for a, b in zip(clock.stamps, clock.stamps[1:], strict=False)][:steps]

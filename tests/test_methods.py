@@ -72,10 +72,10 @@ def _fit(cfg, out: Path, ckpt: str | None = None, max_epochs: int = 2, extra: li
     module = build_module(cfg, model)
     if ckpt is None:  # the method's own training (several fits for soups)
         trainer = fit(
-            module, datamodule, method, lambda **kw: build_trainer(cfg, out, None, [method], **kw)
+            module, datamodule, method, lambda **kw: build_trainer(cfg, out, [method], **kw)
         )
     else:  # resume one fit from a checkpoint
-        trainer = build_trainer(cfg, out, None, [method, *(extra or [])])
+        trainer = build_trainer(cfg, out, [method, *(extra or [])])
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
     return model, method, trainer, datamodule
 
