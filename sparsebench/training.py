@@ -57,6 +57,7 @@ class RunProgress(Callback):
         self.train_seconds = 0.0
         self.max_loss = max_loss
         self._since: float | None = None
+        self._validated = False  # this epoch validated, its row not yet written
         # Start-up cost as a user feels it: process start to the first training step; a run
         # started inside a longer-lived process (a search trial) counts from ``started``.
         self.started = started if started is not None else psutil.Process().create_time()
@@ -77,6 +78,17 @@ class RunProgress(Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._stop_clock()
+        if self._validated:  # stopped after this epoch's validation (a pruned trial): keep it
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                       if k.startswith("val/")}  # fmt: skip
+            self.record.add_epoch({"epoch": len(self.record.results.data["history"]), **metrics})
+            self._validated = False
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._validated = False
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._validated = trainer.state.fn == "fit" and not trainer.sanity_checking
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if "time/startup_s" not in self.record.results.metrics:
@@ -98,6 +110,7 @@ class RunProgress(Callback):
         self.record.check_signal()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._validated = False
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                    if k.startswith(("train/", "val/"))}  # fmt: skip
         self.record.add_epoch({"epoch": len(self.record.results.data["history"]), **metrics})

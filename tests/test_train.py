@@ -89,18 +89,5 @@ def test_unreachable_server_then_upload_once(make_cfg, tmp_path: Path, capsys) -
     (uploaded,) = _runs(tmp_path, store)
     assert uploaded.data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
     assert uploaded.data.tags["run_hash"] == data["tags"]["run_hash"]
-    assert "already there" in capsys.readouterr().out
+    assert "already complete" in capsys.readouterr().out
 
-
-def test_server_failing_mid_run_does_not_stop_training(
-    make_cfg, tmp_path: Path, monkeypatch, caplog
-) -> None:
-    def refuse(self, metrics, step=None):
-        raise ConnectionError("server went away")
-
-    monkeypatch.setattr("lightning.pytorch.loggers.MLFlowLogger.log_metrics", refuse)
-    metrics = run(make_cfg("model=mlp", "dataset=digits"))
-    data = _results(tmp_path)
-    assert data["status"] == "ok" and "test/acc" in metrics
-    assert data["mlflow"] == {}  # not marked as logged: upload will send it
-    assert "MLflow log_metrics failed (ConnectionError: server went away)" in caplog.text
