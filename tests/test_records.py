@@ -465,3 +465,26 @@ def test_sparse_ift_training_flops_use_the_widened_network(make_cfg, tmp_path: P
     # Sparse-IFT's RigL accounting (METHODS.md): 3 f_s per step, a dense gradient every dT.
     assert metrics["flops/train"] == pytest.approx(samples * (3 * f_s * dt + 2 * f_s + f_wide) / (dt + 1))
     assert f_wide > 1.1 * metrics["flops/dense"]  # flops/dense stays the original's (iso-FLOP)
+
+
+def test_a_preempted_submitit_job_is_requeued_and_resumes(tmp_path: Path) -> None:
+    # SLURM preemption as submitit delivers it (USR2 to the job): submitit checkpoints the
+    # Hydra launcher's job and requeues it into the same job folder, which resumes the run.
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = ["-m", *RUN, pause(tmp_path, "job", epoch=1, batch=1), "hydra/launcher=submitit_local",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}", f"logger.tracking_uri={uri}"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "sparsebench", *args], cwd=tmp_path, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    reach(tmp_path, "job", proc)
+    os.kill(int((tmp_path / "job.at").read_text()), signal.SIGUSR2)
+    (tmp_path / "job.go").touch()  # the requeued job passes the pause
+    assert proc.wait(timeout=400) == 0, proc.stderr.read()[-3000:]
+    data = record(tmp_path, "sweep/0")
+    assert data["status"] == "ok" and data["resumed"] == 1
+    assert [row["epoch"] for row in data["history"]] == [0, 1, 2]
+    client, run = mlflow_run(data)
+    assert run.info.status == "FINISHED" and run.data.tags["sparsebench.status"] == "ok"
+    jobs = [r for r in client.search_runs([run.info.experiment_id]) if "run_hash" in r.data.tags]
+    assert [r.info.run_id for r in jobs] == [run.info.run_id]  # one record, continued
+    logs = "".join(p.read_text() for p in (tmp_path / "sweep/.submitit").rglob("*.err"))
+    assert "this job is preempted" in logs and "Restored all states from the checkpoint" in logs
