@@ -87,7 +87,8 @@ def test_only_complete_ok_runs_rank_and_the_rest_are_named() -> None:
                     "failed": ["crash"], "incomplete contract": ["half"]}  # fmt: skip
     assert describe_left_out(left) == (
         "left out 6 runs that are not complete ok runs: 2 running (live, old); 1 failed (crash); "
-        "1 diverged (nan); 1 interrupted (term); 1 incomplete contract (half).")
+        "1 diverged (nan); 1 interrupted (term); 1 incomplete contract (half)."
+    )
 
 
 def test_cli_reads_mlflow_and_writes_csv_and_markdown(tmp_path, capsys) -> None:

@@ -89,7 +89,9 @@ def board(uri: str) -> tuple[set[str], dict[str, set[str]]]:
     for run in runs:
         run["name"] = run["tags"]["sparsebench.run_uid"]
     admitted, left = admit(runs)
-    return {r["tags"]["sparsebench.run_uid"] for r in admitted}, {k: set(v) for k, v in left.items()}
+    return {r["tags"]["sparsebench.run_uid"] for r in admitted}, {
+        k: set(v) for k, v in left.items()
+    }
 
 
 def masks(path: Path) -> dict[str, torch.Tensor]:
@@ -133,7 +135,9 @@ def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path: Path
     assert_identifiable(data, run)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [0]
     ranked, left = board(uri)
-    assert left == {"running": {data["run_uid"]}} and ranked == {record(tmp_path, "whole")["run_uid"]}
+    assert left == {"running": {data["run_uid"]}} and ranked == {
+        record(tmp_path, "whole")["run_uid"]
+    }
 
     # `upload` settles a run whose process is gone: interrupted in results.json and MLflow.
     code, printed = upload(str(tmp_path / "killed"), "--tracking-uri", uri)
@@ -155,7 +159,9 @@ def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path: Path
     assert resumed["history"] == reference["history"]
     final = masks(tmp_path / "killed/checkpoints/last.ckpt")
     expected = masks(tmp_path / "whole/checkpoints/last.ckpt")
-    assert final.keys() == expected.keys() and all(torch.equal(final[k], expected[k]) for k in final)
+    assert final.keys() == expected.keys() and all(
+        torch.equal(final[k], expected[k]) for k in final
+    )
     run = client.get_run(run.info.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["sparsebench.status"] == "ok"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [0, 1, 2]
@@ -169,7 +175,9 @@ def test_kill_9_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path: Path
 
 def test_kill_9_between_epochs_and_while_latency_is_measured(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    between = start(tmp_path, "between", pause(tmp_path, "between", hook="train_epoch_start", epoch=1))
+    between = start(
+        tmp_path, "between", pause(tmp_path, "between", hook="train_epoch_start", epoch=1)
+    )
     latency = start(tmp_path, "latency", "hardware.min_run_time=1")  # a second of timing
     reach(tmp_path, "between", between)
     kill(between)
@@ -215,7 +223,10 @@ def test_sigterm_ends_the_run_as_interrupted_with_exit_143(tmp_path: Path) -> No
     stderr = proc.stderr.read()
     assert f"resume={tmp_path / 'term'}" in stderr and "Traceback" not in stderr
     data = record(tmp_path, "term")
-    assert data["status"] == "interrupted" and data["error"] == "RunInterrupted: interrupted by SIGTERM"
+    assert (
+        data["status"] == "interrupted"
+        and data["error"] == "RunInterrupted: interrupted by SIGTERM"
+    )
     assert [row["epoch"] for row in data["history"]] == [0]
     client, run = mlflow_run(data)
     assert run.info.status == "KILLED" and run.data.tags["sparsebench.status"] == "interrupted"
@@ -288,7 +299,10 @@ def test_tracking_server_killed_mid_run_then_upload_completes_it(tmp_path: Path,
     }
     history = client.get_metric_history(after.info.run_id, "train/loss")
     assert sorted({m.step for m in history}) == [0, 1, 2]
-    assert {a.path for a in client.list_artifacts(after.info.run_id)} >= {"results.json", "config.yaml"}
+    assert {a.path for a in client.list_artifacts(after.info.run_id)} >= {
+        "results.json",
+        "config.yaml",
+    }
     code, printed = upload(str(tmp_path / "outage"), "--tracking-uri", uri)
     assert code == 0 and printed.startswith("already complete: "), printed
     assert len(client.search_runs([after.info.experiment_id])) == 1
@@ -307,7 +321,9 @@ def test_full_disk_keeps_the_last_good_checkpoint_and_records_the_failure(tmp_pa
     proc.wait(timeout=300)
     assert proc.returncode == 1
     data = record(tmp_path, "full")
-    assert data["status"] == "failed" and data["error"].startswith("OSError: could not write checkpoint")
+    assert data["status"] == "failed" and data["error"].startswith(
+        "OSError: could not write checkpoint"
+    )
     assert [row["epoch"] for row in data["history"]] == [0, 1]  # epoch 1 was trained and kept
     checkpoints = sorted(p.name for p in (tmp_path / "full/checkpoints").iterdir())
     assert checkpoints == ["last.ckpt"]  # no temporary file left behind
@@ -343,7 +359,9 @@ def test_a_diverging_run_ends_as_diverged_and_never_ranks(tmp_path: Path) -> Non
     assert board(uri) == (set(), {"diverged": {data["run_uid"]}})
 
 
-def test_a_diverging_study_fails_its_trials_everywhere_and_stops(tmp_path: Path, monkeypatch) -> None:
+def test_a_diverging_study_fails_its_trials_everywhere_and_stops(
+    tmp_path: Path, monkeypatch
+) -> None:
     import optuna
     import yaml
 
@@ -379,7 +397,9 @@ def test_n_m_methods_are_tagged_with_their_pattern(make_cfg, name: str) -> None:
     from sparsebench.training import build_method
 
     assert build_method(make_cfg(f"+method={name}")).pattern_tag == "2:4"
-    assert build_method(make_cfg(f"+method={name}", "method.n=1", "method.m=8")).pattern_tag == "1:8"
+    assert (
+        build_method(make_cfg(f"+method={name}", "method.n=1", "method.m=8")).pattern_tag == "1:8"
+    )
 
 
 def test_a_2_4_run_is_tagged_2_4_everywhere(make_cfg, tmp_path: Path) -> None:
@@ -463,7 +483,9 @@ def test_sparse_ift_training_flops_use_the_widened_network(make_cfg, tmp_path: P
     f_wide = flops_per_sample(wide, example)["flops/dense"]  # RigL's dense gradient is on this
     f_s, samples, dt = metrics["flops/sparse"], metrics["train/samples"], 2
     # Sparse-IFT's RigL accounting (METHODS.md): 3 f_s per step, a dense gradient every dT.
-    assert metrics["flops/train"] == pytest.approx(samples * (3 * f_s * dt + 2 * f_s + f_wide) / (dt + 1))
+    assert metrics["flops/train"] == pytest.approx(
+        samples * (3 * f_s * dt + 2 * f_s + f_wide) / (dt + 1)
+    )
     assert f_wide > 1.1 * metrics["flops/dense"]  # flops/dense stays the original's (iso-FLOP)
 
 

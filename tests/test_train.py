@@ -90,4 +90,3 @@ def test_unreachable_server_then_upload_once(make_cfg, tmp_path: Path, capsys) -
     assert uploaded.data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
     assert uploaded.data.tags["run_hash"] == data["tags"]["run_hash"]
     assert "already complete" in capsys.readouterr().out
-

@@ -73,8 +73,10 @@ def check_genotype(genotype: Any, nodes: int) -> dict[str, Any]:
 class DASS(SparsityMethod):
     sparse_from_start = True
 
-    resumable = ("method 'dass' searches its architecture before training and cannot continue a "
-                 "killed run mid-way; start it again.")
+    resumable = (
+        "method 'dass' searches its architecture before training and cannot continue a "
+        "killed run mid-way; start it again."
+    )
 
     def __init__(self, name: str = "dass", channels: int = 8, cells: int = 3, nodes: int = 3,
                  search_epochs: int = 10, weight_lr: float = 0.05, arch_lr: float = 3e-3,

@@ -47,8 +47,9 @@ def upload_run(client, results_path: Path, experiment_name: str) -> tuple[str, s
     data = settle(results_path, json.loads(results_path.read_text()))
     uid = data["run_uid"]
     experiment_id = get_experiment_id(client, experiment_name)
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{UID_TAG}` = '{uid}'",
-                               max_results=1)  # fmt: skip  (uid: hex digits, safe to quote)
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{UID_TAG}` = '{uid}'", max_results=1
+    )  # fmt: skip  (uid: hex digits, safe to quote)
     if found:
         run, action = found[0], "completed"
     else:

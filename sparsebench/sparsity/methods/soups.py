@@ -65,8 +65,10 @@ class SparseModelSoups(SparsityMethod):
     single-model run, and ``flops/train`` says so.
     """
 
-    resumable = ("method 'soups' trains several fits and averages them, and cannot continue a "
-                 "killed run mid-way; start it again.")
+    resumable = (
+        "method 'soups' trains several fits and averages them, and cannot continue a "
+        "killed run mid-way; start it again."
+    )
 
     def __init__(self, name: str = "soups", sparsity: float = 0.9, phases: int = 3, copies: int = 3,
                  vary: str = "seed", weight_decays: Sequence[float] = (1e-4, 5e-4, 1e-3), soup: str = "uniform",
