@@ -178,16 +178,17 @@ def test_kill_9_between_epochs_and_while_latency_is_measured(tmp_path: Path) -> 
     between = start(
         tmp_path, "between", pause(tmp_path, "between", hook="train_epoch_start", epoch=1)
     )
-    latency = start(tmp_path, "latency", "hardware.min_run_time=1")  # a second of timing
+    latency = start(tmp_path, "latency", "hardware.min_run_time=2")  # seconds of timing
+    deadline = time.time() + 240  # `between` waits at its pause meanwhile
+    results = tmp_path / "latency/results.json"
+    while "flops/sparse" not in (json.loads(results.read_text()) if results.exists() else {}).get(
+        "metrics", {}
+    ):
+        assert latency.poll() is None and time.time() < deadline, "latency run ended early"
+        time.sleep(0.02)
+    kill(latency)  # tested and counted, now timing its kernels
     reach(tmp_path, "between", between)
     kill(between)
-    deadline = time.time() + 240
-    while "flops/sparse" not in json.loads((tmp_path / "latency/results.json").read_text()
-                                           if (tmp_path / "latency/results.json").exists() else "{}"
-                                           ).get("metrics", {}):  # fmt: skip
-        assert latency.poll() is None and time.time() < deadline, "latency run ended early"
-        time.sleep(0.05)
-    kill(latency)  # tested and counted, now timing dense and sparse kernels
 
     data = record(tmp_path, "between")
     assert [row["epoch"] for row in data["history"]] == [0]
