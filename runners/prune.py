@@ -32,6 +32,7 @@ from sparsebench.training import (
     build_module,
     build_trainer,
     check_finite,
+    load_checkpoint,
     measure,
 )
 
@@ -89,7 +90,7 @@ def checkpoint_path(value: str) -> Path:
 
 def load_weights(model: torch.nn.Module, path: Path, model_name: str) -> None:
     """The checkpoint's model weights (masks of a sparse-trained run are already in them)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path)
     weights = {k.removeprefix("model."): v for k, v in state.get("state_dict", state).items()
                if not k.endswith("weight_mask")}  # fmt: skip
     own = {k: v for k, v in model.state_dict().items() if not k.endswith("weight_mask")}

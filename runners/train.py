@@ -26,6 +26,7 @@ from sparsebench.training import (
     check_finite,
     final_val,
     fit,
+    load_checkpoint,
     measure,
 )
 
@@ -63,6 +64,7 @@ def run(
         log.warning("%s; starting a new run in %s", method.resumable, output_dir)
         checkpoint = None
     if checkpoint is not None:
+        load_checkpoint(checkpoint)  # refused in one sentence before anything is recorded
         log.warning("resuming the run in %s from %s", output_dir, checkpoint)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)

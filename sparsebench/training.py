@@ -6,7 +6,9 @@ import contextlib
 import inspect
 import math
 import os
+import pickle
 import random
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -173,6 +175,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents, unpickled with ``torch.load(weights_only=True)``: tensors,
+    containers and plain values only. Run folders and checkpoints are shared between people, so
+    one that would need arbitrary code to load (a crafted or foreign pickle) is refused, as is a
+    truncated or non-PyTorch file, in one sentence."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise ConfigError(
+            f"checkpoint {path} holds an object{what} that only running its code could rebuild; "
+            "sparsebench loads checkpoints with weights_only=True and refuses it."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(
+            f"checkpoint {path} cannot be read ({first}); it is truncated or not a PyTorch "
+            "checkpoint."
+        ) from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict.")
+    return state
 
 
 def final_val(trainer: L.Trainer, results: Results) -> dict[str, float]:

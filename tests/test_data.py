@@ -148,6 +148,30 @@ def test_cifar_checksums_verified_by_default(tmp_path: Path) -> None:
         dm.setup()
 
 
+class _RunsCode:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))  # unpickling would create this file
+
+
+def test_unverified_cifar_files_never_run_code(tmp_path: Path) -> None:
+    from sparsebench.data.vision import UnsafeFile
+
+    # verify_checksums=false accepts re-packed files, but reads arrays and lists only.
+    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    _write_cifar(tmp_path, "cifar-10-batches-py", files, "batches.meta", "labels", 10)
+    marker = tmp_path / "written-by-the-dataset"
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_3", "wb") as f:
+        pickle.dump({"data": _RunsCode(str(marker)), "labels": [0]}, f)
+    dm = TorchvisionDataModule(name="cifar10", num_classes=10, input_shape=[3, 32, 32],
+                               data_dir=str(tmp_path), verify_checksums=False)  # fmt: skip
+    with pytest.raises(UnsafeFile, match="data_batch_3 is not a CIFAR pickle of arrays and lists"):
+        dm.setup()
+    assert not marker.exists()
+
+
 def _write_idx(raw: Path, prefix: str, n: int) -> None:
     raw.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1)

@@ -209,3 +209,32 @@ def test_sparsegpt_prunes_dead_inputs_first_without_overshooting() -> None:
     new, keep = algorithms.sparsegpt(weight, x.T @ x, Pattern(density=0.5), block=64)
     assert int(keep.sum()) == 16 * 32 and int((new != 0).sum()) == int(keep.sum())  # exactly 50%
     assert not keep[:, :16].any()  # the dead quarter went first
+
+
+class _WritesAFile:
+    """A pickle payload: unpickling it calls open(path, "w"), i.e. runs code."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_crafted_or_broken_checkpoints_are_refused_and_never_run(tmp_path: Path) -> None:
+    from runners import prune
+
+    marker = tmp_path / "written-by-the-checkpoint"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": _WritesAFile(str(marker))}, evil)
+    truncated = tmp_path / "truncated.ckpt"
+    torch.save({"state_dict": nn.Linear(64, 64).state_dict()}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    base = ["runner=prune", "+method=wanda", "model=mlp", "debug=fast", "logger=none"]
+    with pytest.raises(ConfigError) as crafted:
+        prune.run(compose_config([*base, f"checkpoint={evil}"], tmp_path / "a"))
+    assert str(crafted.value).startswith(f"checkpoint {evil} holds an object")
+    assert "refuses it" in str(crafted.value) and not marker.exists()
+    with pytest.raises(ConfigError, match=f"checkpoint {truncated} cannot be read .*truncated"):
+        prune.run(compose_config([*base, f"checkpoint={truncated}"], tmp_path / "b"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing recorded

@@ -6,10 +6,10 @@ local ``data_dir`` laid out as torchvision's downloads leave it.
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 from torchvision import datasets, transforms
 
 from sparsebench.data.base import SparseBenchDataModule, subset_split
@@ -24,25 +24,70 @@ STATS = {
 }
 
 
+class UnsafeFile(ValueError):
+    """A dataset file that holds more than data (unpickling it would run code)."""
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler that rebuilds NumPy arrays, containers, numbers and strings, and refuses
+    every other global: an unverified file can then hold data but never run code. Hand-written
+    because Python offers only the hook (the "Restricting Globals" recipe of the pickle docs)."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    }  # fmt: skip
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
+        return super().find_class(module, name)
+
+
+def load_arrays(path: Path):
+    """A CIFAR batch or meta file (Python pickle of arrays and lists), refusing anything that
+    would execute code."""
+    with open(path, "rb") as f:
+        try:
+            return _ArraysOnly(f, encoding="latin1").load()
+        except (pickle.UnpicklingError, EOFError, ValueError, KeyError) as exc:
+            raise UnsafeFile(
+                f"{path} is not a CIFAR pickle of arrays and lists ({exc}); it was not loaded"
+            ) from None
+
+
 def _cifar_class(base: type[datasets.CIFAR10], verify: bool) -> type[datasets.CIFAR10]:
     """torchvision's CIFAR reader, optionally without its MD5 check.
 
     torchvision refuses files whose MD5 differs from the official archive's, which also
-    rejects a user's own re-packed copy in the same pickle format; ``verify_checksums=false``
-    keeps the reader and only requires the files to exist.
+    rejects a user's own re-packed copy in the same pickle format. ``verify_checksums=false``
+    accepts such a copy, but then the files are unknown: they are read with an unpickler that
+    rebuilds arrays and lists only (:class:`_ArraysOnly`), never torchvision's plain
+    ``pickle.load``, so a crafted file cannot run code.
     """
     if verify:
         return base
 
     class Unverified(base):  # type: ignore[misc, valid-type]
-        def _check_integrity(self) -> bool:
-            root = Path(self.root, self.base_folder)
-            return all((root / name).is_file() for name, _ in self.train_list + self.test_list)
-
-        def _load_meta(self) -> None:
-            path = os.path.join(self.root, self.base_folder, self.meta["filename"])
-            with open(path, "rb") as f:
-                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+        def __init__(self, root, train: bool = True, transform=None, target_transform=None,
+                     download: bool = False) -> None:  # fmt: skip
+            datasets.VisionDataset.__init__(
+                self, root, transform=transform, target_transform=target_transform
+            )
+            self.train = train
+            folder = Path(self.root, self.base_folder)
+            files = [name for name, _ in (self.train_list if train else self.test_list)]
+            missing = [n for n in [*files, self.meta["filename"]] if not (folder / n).is_file()]
+            if missing:
+                raise RuntimeError(f"missing {', '.join(missing)} in {folder}")
+            data, self.targets = [], []
+            for name in files:
+                entry = load_arrays(folder / name)
+                data.append(entry["data"])
+                self.targets.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
+            self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+            self.classes = load_arrays(folder / self.meta["filename"])[self.meta["key"]]
             self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
     return Unverified
@@ -100,6 +145,8 @@ class TorchvisionDataModule(SparseBenchDataModule):
             self.test_set = cls(
                 root, train=False, download=False, transform=self._transforms(False)
             )
+        except UnsafeFile as exc:
+            raise UnsafeFile(f"dataset '{self.name}': {exc}.") from None
         except RuntimeError as exc:
             raise FileNotFoundError(
                 f"dataset '{self.name}' not found under '{root}' ({exc}); set dataset.data_dir to "
