@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from sparsebench.config import (
     CONF_DIR,
+    RUNNERS,
     ConfigError,
     register_configs,
     register_resolvers,
@@ -68,8 +69,12 @@ def check_group_choices(args: list[str]) -> None:
 
 def _dispatch(cfg: DictConfig, resume: bool = False) -> None:
     quiet_lightning()
-    runner = importlib.import_module(f"runners.{cfg.runner}")
     try:
+        if cfg.get("runner") not in RUNNERS:  # before importing a module named by the user
+            raise ConfigError(
+                f"runner must be one of {', '.join(RUNNERS)}, got '{cfg.get('runner')}'."
+            )
+        runner = importlib.import_module(f"runners.{cfg.runner}")
         runner.run(cfg, resume=resume)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -201,11 +201,77 @@ class TrainerConfig:
             f"trainer.warmup_epochs must be in [0, max_epochs), got {self.warmup_epochs}.",
         )
         _require(self.num_nodes >= 1, f"trainer.num_nodes must be >= 1, got {self.num_nodes}.")
+        _require(
+            self.accelerator in ACCELERATORS,
+            f"trainer.accelerator must be one of {', '.join(ACCELERATORS)}, got '{self.accelerator}'.",
+        )
+        _require(
+            str(self.precision) in PRECISIONS,
+            f"trainer.precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'.",
+        )
+        _check_devices(self.accelerator, self.devices)
+        for name in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+            _check_limit(f"trainer.{name}", getattr(self, name))
         if self.gradient_clip_val is not None:
             _require(
                 self.gradient_clip_val > 0,
                 f"trainer.gradient_clip_val must be > 0, got {self.gradient_clip_val}.",
             )
+
+
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+PRECISIONS = ("64-true", "64", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16",
+              "16-true", "bf16-true")  # fmt: skip
+
+
+def _available_devices(accelerator: str) -> tuple[int, str]:
+    """How many devices of ``accelerator`` this machine has, and their name."""
+    import os
+
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        return torch.cuda.device_count(), "CUDA GPUs"
+    return os.cpu_count() or 1, "CPU cores (DDP processes)"
+
+
+def _check_devices(accelerator: str, devices: Any) -> None:
+    """``trainer.devices``: a count, ``auto``, -1 or a list of indices, no more than exist."""
+    if devices in ("auto", -1, "-1"):
+        return
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        count = len(devices)
+    else:
+        try:
+            count = int(str(devices))
+        except ValueError:
+            raise ConfigError(
+                f"trainer.devices must be a number, a list of indices or 'auto', got '{devices}'."
+            ) from None
+    _require(count >= 1, f"trainer.devices must be >= 1, got {devices}.")
+    if accelerator == "auto":
+        return
+    have, what = _available_devices(accelerator)
+    _require(
+        count <= have,
+        f"trainer.devices={devices} asks for more {what} than this machine has ({have})"
+        + (" (no CUDA GPU is visible; use trainer.accelerator=cpu)." if have == 0 else "."),
+    )
+
+
+def _check_limit(name: str, value: Any) -> None:
+    """Lightning's limit_*: a fraction in [0, 1] or a whole number of batches >= 0."""
+    if value is None:
+        return
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{name} must be a fraction in [0, 1] or a batch count, got '{value}'."
+        ) from None
+    whole = isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())
+    ok = number >= 0 and (whole or number <= 1.0) and number == number
+    _require(ok, f"{name} must be a fraction in [0, 1] or a batch count >= 0, got {value}.")
 
 
 @dataclass
@@ -238,6 +304,10 @@ class HardwareConfig:
         )
 
 
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "postgresql+psycopg2", "mysql",
+                    "databricks")  # fmt: skip
+
+
 @dataclass
 class LoggerConfig:
     """MLflow tracking. ``tracking_uri`` None means ``$MLFLOW_TRACKING_URI`` or sqlite:///mlflow.db."""
@@ -247,6 +317,23 @@ class LoggerConfig:
     experiment_name: str = "sparsebench"
     run_name: str | None = None
     connect_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        _require(
+            0 < self.connect_timeout_s <= 600,
+            f"logger.connect_timeout_s must be in (0, 600], got {self.connect_timeout_s}.",
+        )
+        _require(
+            0 < len(self.experiment_name) <= 250,
+            f"logger.experiment_name must have 1 to 250 characters, got {len(self.experiment_name)}.",
+        )
+        if self.tracking_uri is not None:
+            scheme = self.tracking_uri.split(":", 1)[0] if ":" in self.tracking_uri else ""
+            _require(
+                scheme in TRACKING_SCHEMES,
+                f"logger.tracking_uri must start with one of {', '.join(TRACKING_SCHEMES)} "
+                f"(an MLflow store), got '{self.tracking_uri}'.",
+            )
 
 
 @dataclass

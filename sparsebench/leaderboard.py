@@ -32,8 +32,10 @@ def fetch_runs(tracking_uri: str, experiment: str | None, filters: dict[str, str
     ids = [e.experiment_id for e in experiments if e is not None]
     if not ids:
         return []
-    clauses = [f"tags.`{k}` = '{v}'" for k, v in filters.items() if v]
-    runs = client.search_runs(ids, filter_string=" and ".join(clauses), max_results=50_000)
+    # Tag filters are applied here, not in an MLflow filter string: user text is never parsed.
+    wanted = {k: v for k, v in filters.items() if v}
+    runs = [r for r in client.search_runs(ids, max_results=50_000)
+            if all(r.data.tags.get(k) == v for k, v in wanted.items())]  # fmt: skip
     return [{"metrics": dict(r.data.metrics), "tags": dict(r.data.tags), "status": r.info.status,
              "name": r.info.run_name} for r in runs]  # fmt: skip
 
@@ -115,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         help="log the table (CSV, Markdown) and the HTML report as artifacts of a leaderboard run",
     )
     args = parser.parse_args(argv)
+    problem = check_arguments(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     filters = {
         t: getattr(args, t)
         for t in ("dataset", "model", "method", "pattern", "hardware", "benchmark_key")
@@ -154,6 +160,29 @@ def main(argv: list[str] | None = None) -> int:
             f"leaderboard logged as MLflow run {log_artifacts(rows, args.tracking_uri, args.experiment)}"
         )
     return 0
+
+
+def check_arguments(args: argparse.Namespace) -> str | None:
+    """One sentence about the first bad argument, or None."""
+    from sparsebench.config import TRACKING_SCHEMES
+
+    scheme = args.tracking_uri.split(":", 1)[0] if ":" in args.tracking_uri else ""
+    if scheme not in TRACKING_SCHEMES:
+        return (f"--tracking-uri must start with one of {', '.join(TRACKING_SCHEMES)} (an MLflow "
+                f"store), got '{args.tracking_uri}'.")  # fmt: skip
+    if scheme == "sqlite":
+        path = Path(args.tracking_uri.removeprefix("sqlite:///"))
+        if not path.is_file():  # reading must never create a database
+            return f"--tracking-uri {args.tracking_uri}: no such database file {path}."
+    for name in ("min_sparsity", "max_sparsity"):
+        value = getattr(args, name)
+        if value is not None and not 0.0 <= value <= 1.0:  # also rejects nan
+            return f"--{name.replace('_', '-')} must be in [0, 1], got {value}."
+    for name in ("csv", "markdown", "html", "png"):
+        path = getattr(args, name)
+        if path is not None and not path.resolve().parent.is_dir():
+            return f"--{name} {path}: folder {path.resolve().parent} does not exist."
+    return None
 
 
 def log_artifacts(rows: list[Row], tracking_uri: str, experiment: str | None) -> str:

@@ -225,7 +225,12 @@ def build_datamodule(cfg: DictConfig) -> SparseBenchDataModule:
 
 
 def build_hardware(cfg: DictConfig) -> HardwareTarget:
-    return instantiate(cfg.hardware, _convert_="all")
+    try:
+        return instantiate(cfg.hardware, _convert_="all")
+    except InstantiationException as exc:  # the target's own one-sentence check
+        if isinstance(exc.__cause__, ConfigError):
+            raise exc.__cause__ from None
+        raise
 
 
 def build_module(cfg: DictConfig, model: nn.Module) -> ClassificationModule:

@@ -122,7 +122,7 @@ def test_multirun_seeds_share_benchmark_key(tmp_path: Path) -> None:
             ["model=resnet1"],
             "error: unknown model 'resnet1'; available: dass, efficientnet_b0, mlp, mobilenetv2_100,",
         ),
-        (["trainer.max_epochs=0"], "error: trainer.max_epochs must be >= 1, got 0."),
+        (["runner=bogus"], "error: runner must be one of train, prune, got 'bogus'."),
         (
             ["+trainer.max_epoch=3"],
             "error: unknown key 'trainer.max_epoch'; trainer takes: max_epochs,",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
@@ -148,3 +151,67 @@ def test_docker_compose_is_well_formed() -> None:
             assert dep in services
     for volume in (v.split(":")[0] for s in services.values() for v in s.get("volumes", [])):
         assert volume in compose_file["volumes"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.accelerator=gpu", "trainer.devices=1 asks for more CUDA GPUs than this machine has (0) (no CUDA GPU is visible; use trainer.accelerator=cpu)."),
+        ("trainer.accelerator=quantum", "trainer.accelerator must be one of cpu, gpu, cuda, mps, auto, got 'quantum'."),
+        ("trainer.precision=bogus", "trainer.precision must be one of 64-true, 64, 32-true, 32, 16-mixed, 16, bf16-mixed, bf16, 16-true, bf16-true, got 'bogus'."),
+        ("trainer.devices=abc", "trainer.devices must be a number, a list of indices or 'auto', got 'abc'."),
+        ("trainer.devices=99", "trainer.devices=99 asks for more CPU cores (DDP processes) than this machine has ("),
+        ("trainer.limit_train_batches=-1", "trainer.limit_train_batches must be a fraction in [0, 1] or a batch count >= 0, got -1."),
+        ("trainer.limit_val_batches=1.5", "trainer.limit_val_batches must be a fraction in [0, 1] or a batch count >= 0, got 1.5."),
+        ("logger.tracking_uri=ftp://x", "logger.tracking_uri must start with one of sqlite, http, https, postgresql, postgresql+psycopg2, mysql, databricks (an MLflow store), got 'ftp://x'."),
+        ("logger.connect_timeout_s=-1", "logger.connect_timeout_s must be in (0, 600], got -1.0."),
+    ],
+)  # fmt: skip
+def test_trainer_and_logger_options_are_checked_against_the_machine(override, message) -> None:
+    if override == "trainer.accelerator=gpu" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: asking for one is valid")
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config([override], output_dir="/tmp/x"))
+    assert str(error.value).startswith(message)
+
+
+def test_hardware_options_are_one_sentence() -> None:
+    from sparsebench.training import build_hardware
+
+    for overrides, message in [
+        (["hardware=cpu_sparse", "hardware.block_sizes=[0]"], "hardware.block_sizes must all be >= 1, got [0]."),
+        (["hardware.dtype=fp8"], "hardware.dtype must be one of "),
+    ]:  # fmt: skip
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            build_hardware(compose_config(overrides, output_dir="/tmp/x"))
+
+
+def test_bad_leaderboard_and_upload_arguments_are_one_sentence(tmp_path, capsys) -> None:
+    from sparsebench.leaderboard import main as leaderboard
+    from sparsebench.tracking.upload import main as upload
+
+    store = tmp_path / "mlflow.db"
+    store.touch()
+    uri = f"sqlite:///{store}"
+    cases = [
+        (leaderboard, ["--tracking-uri", "garbage://x"], "error: --tracking-uri must start with one of sqlite,"),
+        (leaderboard, ["--tracking-uri", f"sqlite:///{tmp_path}/none/x.db"], f"error: --tracking-uri sqlite:///{tmp_path}/none/x.db: no such database file"),
+        (leaderboard, ["--tracking-uri", uri, "--max-sparsity", "nan"], "error: --max-sparsity must be in [0, 1], got nan."),
+        (leaderboard, ["--tracking-uri", uri, "--html", str(tmp_path / "no/board.html")], f"error: --html {tmp_path}/no/board.html: folder {tmp_path}/no does not exist."),
+        (upload, [str(store)], f"error: {store} is not a sparsebench results.json (no (UnicodeDecodeError"),
+    ]  # fmt: skip
+    (tmp_path / "results.json").write_text('{"run_uid": "x"}')
+    cases.append((upload, [str(tmp_path)], f"error: {tmp_path}/results.json is not a sparsebench results.json (no started, tags, metrics); nothing was uploaded."))  # fmt: skip
+    store.write_bytes(b"\xff\xfe not json")
+    for main, args, message in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith(message) and err.count("\n") == 1, (args, err)
+    assert not (tmp_path / "none").exists()  # reading never creates a database
+    # User text never becomes an MLflow filter string: a quote is just a character.
+    store.unlink()
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=uri).create_experiment("e")
+    assert leaderboard(["--tracking-uri", uri, "--method", "x'y"]) == 1
+    assert "no complete ok runs" in capsys.readouterr().err

@@ -144,6 +144,8 @@ class CPUSparseTarget(CPUTarget):
         if unknown:
             raise ConfigError(f"hardware.kernels may hold csr and bsr, got {sorted(unknown)}.")
         self.block_sizes = list(block_sizes or [4, 16])
+        if any(int(b) < 1 for b in self.block_sizes):
+            raise ConfigError(f"hardware.block_sizes must all be >= 1, got {self.block_sizes}.")
         self.min_sparsity = 0.3 if min_sparsity is None else min_sparsity
 
     def layer_inputs(

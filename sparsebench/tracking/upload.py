@@ -130,8 +130,19 @@ def main(argv: list[str] | None = None) -> int:
     paths = []
     for run_dir in args.run_dirs:
         path = run_dir / "results.json" if run_dir.is_dir() else run_dir
-        if not path.is_file():
-            parser.error(f"'{run_dir}' holds no results.json")
+        problem = None if path.is_file() else f"{run_dir} holds no results.json."
+        if problem is None:
+            try:
+                data = json.loads(path.read_text())
+                missing = [k for k in ("run_uid", "started", "tags", "metrics") if k not in data]
+            except (OSError, ValueError, TypeError) as exc:
+                data, missing = None, [f"({type(exc).__name__}: {str(exc)[:100]})"]
+            if missing:
+                problem = (f"{path} is not a sparsebench results.json (no "
+                           f"{', '.join(missing)}); nothing was uploaded.")  # fmt: skip
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
         paths.append(path)
     problem = store_problem(args.tracking_uri)
     if problem:
