@@ -153,8 +153,7 @@ def run(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
         )
     hardware = build_hardware(cfg)
     hardware.check(method.pattern, method.name)
-    datamodule = build_datamodule(cfg)
-    datamodule.setup("fit")
+    datamodule = build_datamodule(cfg, check=True)
     available = len(datamodule.train_set)
     if method.calibration_samples > available:
         raise ConfigError(

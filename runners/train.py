@@ -67,7 +67,7 @@ def run(
         load_checkpoint(checkpoint)  # refused in one sentence before anything is recorded
         log.warning("resuming the run in %s from %s", output_dir, checkpoint)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(cfg)
+    datamodule = build_datamodule(cfg, check=True)
     model = build_model(cfg.model)
     hardware = build_hardware(cfg)
     hardware.check(method.pattern if method else None, method.name if method else "dense")

@@ -220,8 +220,16 @@ def check_finite(metrics: dict[str, float]) -> None:
         )
 
 
-def build_datamodule(cfg: DictConfig) -> SparseBenchDataModule:
-    return instantiate(cfg.dataset, _convert_="all")
+def build_datamodule(cfg: DictConfig, check: bool = False) -> SparseBenchDataModule:
+    """The dataset's LightningDataModule; ``check``: read its files now, so that missing or
+    unreadable data is one sentence before anything is trained or recorded."""
+    datamodule = instantiate(cfg.dataset, _convert_="all")
+    if check:
+        try:
+            datamodule.setup("fit")
+        except (FileNotFoundError, ValueError) as exc:
+            raise ConfigError(str(exc).strip().splitlines()[0]) from None
+    return datamodule
 
 
 def build_hardware(cfg: DictConfig) -> HardwareTarget:

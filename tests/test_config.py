@@ -215,3 +215,23 @@ def test_bad_leaderboard_and_upload_arguments_are_one_sentence(tmp_path, capsys)
     MlflowClient(tracking_uri=uri).create_experiment("e")
     assert leaderboard(["--tracking-uri", uri, "--method", "x'y"]) == 1
     assert "no complete ok runs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["trainer.max_epochs=abc"], "trainer.max_epochs=abc: Value 'abc' of type 'str' could not be converted to Integer."),
+        (["seed=abc"], "seed=abc: Value 'abc' of type 'str' could not be converted to Integer."),
+        (["trainer.optimizer.lr="], "trainer.optimizer.lr=: Value '' of type 'str' could not be converted to Float."),
+        (["trainer.max_epoch=3"], "unknown key 'trainer.max_epoch'; trainer takes: max_epochs, optimizer,"),
+        (["method=random", "method.sparsity=0.5"], "'method' is not chosen by default; add it with +method=random."),
+    ],
+)  # fmt: skip
+def test_hydra_composition_errors_are_one_sentence(args: list[str], message: str) -> None:
+    from sparsebench.__main__ import check_composition
+
+    with pytest.raises(ConfigError) as error:
+        check_composition(args)
+    assert str(error.value).startswith(message)
+    check_composition(["trainer.max_epochs=2", "+method=random"])  # a valid run passes
+    check_composition(["-m", "seed=abc"])  # flags: left to Hydra
