@@ -18,6 +18,7 @@ from sparsebench.config import (
     CONF_DIR,
     RUNNERS,
     ConfigError,
+    check_composition,
     register_configs,
     register_resolvers,
     validate,
@@ -66,51 +67,6 @@ def check_group_choices(args: list[str]) -> None:
         for value in values:
             if value not in known and value != "null":
                 raise ConfigError(f"unknown {group} '{value}'; available: {', '.join(known)}.")
-
-
-def check_composition(args: list[str]) -> None:
-    """Compose a single run's config before Hydra does, so that its composition errors (a
-    value of the wrong type, a key that does not exist, a group without ``+``) are one
-    sentence and exit 2 instead of Hydra's report and exit 1. Runs with flags (``-m``,
-    ``--cfg``, ``--help``) are left to Hydra."""
-    if any(a.startswith("-") for a in args):
-        return
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    def first_line(exc: BaseException) -> str:
-        return (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
-
-    def attempt(overrides: list[str]) -> None:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            validate(compose(config_name="config", overrides=overrides))
-
-    try:
-        attempt(args)
-    except ConfigError:
-        return  # a range error: the runner reports it with everything else it checks
-    except (HydraException, OmegaConfBaseException) as exc:
-        text = str(exc)
-        for arg in args:
-            key, _, value = arg.partition("=")
-            if f"Could not override '{key}'" not in text:
-                continue
-            if "No match in the defaults list" in text:
-                raise ConfigError(
-                    f"'{key}' is not chosen by default; add it with +{key}={value}."
-                ) from None
-            try:  # a key the schema does not have: say which keys it has
-                attempt([a if a != arg else f"+{arg}" for a in args])
-            except ConfigError as unknown:
-                raise unknown from None
-            except (HydraException, OmegaConfBaseException):
-                pass
-            raise ConfigError(f"{arg}: {first_line(exc)}.") from None
-        cause = exc.__cause__ or exc.__context__
-        where = next((a for a in args if f"override {a}" in text), None)
-        detail = first_line(cause) if cause is not None else first_line(exc)
-        raise ConfigError(f"{where + ': ' if where else ''}{detail}.") from None
 
 
 def _dispatch(cfg: DictConfig, resume: bool = False) -> None:
@@ -179,7 +135,7 @@ def main() -> None:
         return
     try:
         check_group_choices(sys.argv[1:])
-        check_composition(sys.argv[1:])
+        check_composition(sys.argv[1:], "config")
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

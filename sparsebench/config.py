@@ -27,6 +27,11 @@ SWEEPS_DIR = CONF_DIR.parent / "sweeps"
 NO_HASH = {"hash": False}
 
 
+def available_sweeps() -> list[str]:
+    """The studies shipped in sweeps/ (``sweep=NAME``)."""
+    return sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))
+
+
 class ConfigError(ValueError):
     """A config value is invalid; the message is one sentence for the user."""
 
@@ -369,6 +374,37 @@ class SparsebenchConfig:
 
 RUNNERS = ("train", "prune")
 
+
+@dataclass
+class SearchConfig:
+    """``python -m sparsebench.search``: the worker's options (conf/search.yaml); the study
+    itself is a sweep file."""
+
+    sweep: str = MISSING
+    n_trials: int | None = None
+    storage: str | None = None
+    workers: int = 1
+    worker: int = 0
+    trial_overrides: list[str] = field(default_factory=list)
+    heartbeat_interval: int = 10
+    grace_period: int = 30
+    poll_s: float = 2.0
+    max_failures: int = 3
+
+    def __post_init__(self) -> None:
+        _require(self.n_trials is None or self.n_trials >= 1,
+                 f"n_trials must be >= 1, got {self.n_trials}.")  # fmt: skip
+        _require(1 <= self.workers <= 256, f"workers must be in [1, 256], got {self.workers}.")
+        _require(self.worker >= 0, f"worker must be >= 0, got {self.worker}.")
+        _require(self.heartbeat_interval >= 1,
+                 f"heartbeat_interval must be >= 1 (seconds), got {self.heartbeat_interval}.")  # fmt: skip
+        _require(self.grace_period > self.heartbeat_interval,
+                 f"grace_period must be longer than heartbeat_interval ({self.heartbeat_interval}), "
+                 f"got {self.grace_period}.")  # fmt: skip
+        _require(self.poll_s > 0, f"poll_s must be > 0, got {self.poll_s}.")
+        _require(self.max_failures >= 1, f"max_failures must be >= 1, got {self.max_failures}.")
+
+
 SCHEMAS: dict[str, type] = {
     "model": ModelConfig,
     "dataset": DatasetConfig,
@@ -383,6 +419,7 @@ def register_configs() -> None:
     """Store the schemas; group yamls name them in their defaults list."""
     cs = ConfigStore.instance()
     cs.store(name="sparsebench_schema", node=SparsebenchConfig)
+    cs.store(name="search_schema", node=SearchConfig)
     for group, schema in SCHEMAS.items():
         cs.store(group="schema", name=group, node=schema)
 
@@ -413,6 +450,51 @@ def validate(cfg: DictConfig) -> SparsebenchConfig:
         raise
     except Exception as exc:  # OmegaConf validation errors: keep their first line
         raise ConfigError(str(exc).splitlines()[0]) from exc
+
+
+def check_composition(args: list[str], config_name: str) -> None:
+    """Compose a single run's config (``config_name``: ``config`` or ``search``) before Hydra does, so that its composition errors (a
+    value of the wrong type, a key that does not exist, a group without ``+``) are one
+    sentence and exit 2 instead of Hydra's report and exit 1. Runs with flags (``-m``,
+    ``--cfg``, ``--help``) are left to Hydra."""
+    if any(a.startswith("-") for a in args):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    def first_line(exc: BaseException) -> str:
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+
+    def attempt(overrides: list[str]) -> None:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            validate(compose(config_name=config_name, overrides=overrides))
+
+    try:
+        attempt(args)
+    except ConfigError:
+        return  # a range error: the runner reports it with everything else it checks
+    except (HydraException, OmegaConfBaseException) as exc:
+        text = str(exc)
+        for arg in args:
+            key, _, value = arg.partition("=")
+            if f"Could not override '{key}'" not in text:
+                continue
+            if "No match in the defaults list" in text:
+                raise ConfigError(
+                    f"'{key}' is not chosen by default; add it with +{key}={value}."
+                ) from None
+            try:  # a key the schema does not have: say which keys it has
+                attempt([a if a != arg else f"+{arg}" for a in args])
+            except ConfigError as unknown:
+                raise unknown from None
+            except (HydraException, OmegaConfBaseException):
+                pass
+            raise ConfigError(f"{arg}: {first_line(exc)}.") from None
+        cause = exc.__cause__ or exc.__context__
+        where = next((a for a in args if f"override {a}" in text), None)
+        detail = first_line(cause) if cause is not None else first_line(exc)
+        raise ConfigError(f"{where + ': ' if where else ''}{detail}.") from None
 
 
 def register_resolvers() -> None:

@@ -228,10 +228,37 @@ def test_bad_leaderboard_and_upload_arguments_are_one_sentence(tmp_path, capsys)
     ],
 )  # fmt: skip
 def test_hydra_composition_errors_are_one_sentence(args: list[str], message: str) -> None:
-    from sparsebench.__main__ import check_composition
+    from sparsebench.config import check_composition
 
     with pytest.raises(ConfigError) as error:
-        check_composition(args)
+        check_composition(args, "config")
     assert str(error.value).startswith(message)
-    check_composition(["trainer.max_epochs=2", "+method=random"])  # a valid run passes
-    check_composition(["-m", "seed=abc"])  # flags: left to Hydra
+    check_composition(["trainer.max_epochs=2", "+method=random"], "config")  # a valid run passes
+    check_composition(["-m", "seed=abc"], "config")  # flags: left to Hydra
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sweep=tpe_rigl", "n_trials=abc"], "n_trials=abc: Value 'abc' of type 'str' could not be converted to Integer."),
+        (["sweep=tpe_rigl", "heartbeat_interval=0"], "heartbeat_interval must be >= 1 (seconds), got 0."),
+        (["sweep=tpe_rigl", "workers=-1"], "workers must be in [1, 256], got -1."),
+        (["sweep=tpe_rigl", "grace_period=5"], "grace_period must be longer than heartbeat_interval (10), got 5."),
+        (["sweep=tpe_rigl", "worker_count=2"], "unknown key 'worker_count'; the top level takes: sweep, n_trials,"),
+    ],
+)  # fmt: skip
+def test_search_options_are_one_sentence(args: list[str], message: str) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from sparsebench.config import check_composition
+
+    try:
+        check_composition(args, "search")  # composition errors
+    except ConfigError as error:
+        assert str(error).startswith(message)
+        return
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="search", overrides=args)
+    with pytest.raises(ConfigError) as error:  # range errors: the search entry validates them
+        validate(cfg)
+    assert str(error.value).startswith(message)

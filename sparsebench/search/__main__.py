@@ -13,13 +13,27 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from sparsebench.config import CONF_DIR, ConfigError, register_configs, register_resolvers
+from sparsebench.config import (
+    CONF_DIR,
+    ConfigError,
+    check_composition,
+    register_configs,
+    register_resolvers,
+)
 from sparsebench.logs import quiet_lightning
 
 
+def sweep_required() -> str:
+    from sparsebench.config import available_sweeps
+
+    return (f"sweep= is required: a study in sweeps/ ({', '.join(available_sweeps())}) or the "
+            "path of a study yaml.")  # fmt: skip
+
+
 def _main(cfg: DictConfig) -> None:
+    from sparsebench.config import validate
     from sparsebench.search.spec import load_spec
     from sparsebench.search.storage import open_storage
     from sparsebench.search.worker import Worker, check_space, spawn_workers
@@ -27,6 +41,9 @@ def _main(cfg: DictConfig) -> None:
     quiet_lightning()
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
+        if OmegaConf.is_missing(cfg, "sweep"):
+            raise ConfigError(sweep_required())
+        validate(cfg)
         spec = load_spec(cfg.sweep, cfg.get("n_trials"), cfg.get("storage"))
         if spec.baseline:  # the random-search baseline's comparison (sparsebench.search.baseline)
             from sparsebench.search.baseline import Baseline
@@ -48,6 +65,14 @@ def _main(cfg: DictConfig) -> None:
 def main() -> None:
     register_configs()
     register_resolvers()
+    args = sys.argv[1:]
+    try:
+        if not any(a.startswith(("sweep=", "--help", "--hydra-help", "-h")) for a in args):
+            raise ConfigError(sweep_required())
+        check_composition(args, "search")
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="search")(_main)()
 
 
