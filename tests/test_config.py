@@ -262,3 +262,17 @@ def test_search_options_are_one_sentence(args: list[str], message: str) -> None:
     with pytest.raises(ConfigError) as error:  # range errors: the search entry validates them
         validate(cfg)
     assert str(error.value).startswith(message)
+
+
+def test_leaderboard_and_upload_commands_exit_2_with_one_sentence(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    for args, message in [
+        (["leaderboard", "--tracking-uri", "ftp://x"], "error: --tracking-uri must start with"),
+        (["upload", str(tmp_path)], f"error: {tmp_path} holds no results.json."),
+    ]:  # fmt: skip
+        proc = subprocess.run([sys.executable, "-m", "sparsebench", *args], capture_output=True,
+                              text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+        assert proc.returncode == 2 and proc.stderr.startswith(message), proc.stderr[-500:]
+        assert "Traceback" not in proc.stderr

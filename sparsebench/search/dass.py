@@ -87,7 +87,7 @@ class DASS(SparsityMethod):
         super().__init__(name=name, sparsity=0.0, dense_stem=False, dense_head=False, **kwargs)
         for key, value in (("channels", channels), ("cells", cells), ("nodes", nodes),
                            ("search_epochs", search_epochs)):  # fmt: skip
-            if int(value) < 1:
+            if value is None or int(value) < 1:
                 raise ConfigError(f"method.{key} must be >= 1, got {value}.")
         for key, value in (("weight_lr", weight_lr), ("arch_lr", arch_lr)):
             if value <= 0:
