@@ -452,11 +452,37 @@ def validate(cfg: DictConfig) -> SparsebenchConfig:
         raise ConfigError(str(exc).splitlines()[0]) from exc
 
 
+def _multirun_jobs(args: list[str]) -> list[list[str]]:
+    """Single-run argument lists that between them use every value of every swept key (the
+    others at their first value): a multirun's composition errors are found before Hydra
+    launches anything, in as many compositions as there are values, not their product."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except Exception:
+        return []  # malformed: Hydra reports it
+    plain = [a for a, o in zip(args, parsed, strict=True) if not o.is_sweep_override()]
+    sweeps = [(o.get_key_element(), [str(v) for v in o.sweep_string_iterator()])
+              for o in parsed if o.is_sweep_override()]  # fmt: skip
+    sweeps = [(k, v) for k, v in sweeps if v and not k.lstrip("+~").startswith("hydra")]
+    first = [f"{k}={v[0]}" for k, v in sweeps]
+    jobs = [plain + first]
+    for i, (key, values) in enumerate(sweeps):
+        for value in values[1:]:
+            jobs.append(plain + first[:i] + [f"{key}={value}"] + first[i + 1 :])
+    return jobs
+
+
 def check_composition(args: list[str], config_name: str) -> None:
     """Compose a single run's config (``config_name``: ``config`` or ``search``) before Hydra does, so that its composition errors (a
     value of the wrong type, a key that does not exist, a group without ``+``) are one
     sentence and exit 2 instead of Hydra's report and exit 1. Runs with flags (``-m``,
     ``--cfg``, ``--help``) are left to Hydra."""
+    if args and args[0] in ("-m", "--multirun") and not any(a.startswith("-") for a in args[1:]):
+        for job in _multirun_jobs(args[1:]):  # each value of each swept key, once
+            check_composition(job, config_name)
+        return
     if any(a.startswith("-") for a in args):
         return
     from hydra import compose, initialize_config_dir

@@ -74,7 +74,7 @@ def outcome(overrides: list[str]) -> str:
     return "ok"
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(key=st.sampled_from(KEYS), value=VALUES)
 def test_any_override_is_a_valid_run_or_one_sentence(key: str, value: str) -> None:
     outcome([*BASE, f"{key}={value}"])

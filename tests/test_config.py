@@ -234,7 +234,15 @@ def test_hydra_composition_errors_are_one_sentence(args: list[str], message: str
         check_composition(args, "config")
     assert str(error.value).startswith(message)
     check_composition(["trainer.max_epochs=2", "+method=random"], "config")  # a valid run passes
-    check_composition(["-m", "seed=abc"], "config")  # flags: left to Hydra
+    check_composition(["--cfg", "job", "seed=abc"], "config")  # flags: left to Hydra
+
+
+def test_multirun_composition_errors_are_one_sentence() -> None:
+    from sparsebench.config import check_composition
+
+    check_composition(["-m", "+method=rigl,set", "method.sparsity=0.5,0.9"], "config")
+    with pytest.raises(ConfigError, match="^trainer.max_epochs=x: Value 'x' of type 'str'"):
+        check_composition(["-m", "seed=0,1", "trainer.max_epochs=1,x"], "config")
 
 
 @pytest.mark.parametrize(
@@ -276,3 +284,11 @@ def test_leaderboard_and_upload_commands_exit_2_with_one_sentence(tmp_path) -> N
                               text=True, timeout=120, cwd=tmp_path)  # fmt: skip
         assert proc.returncode == 2 and proc.stderr.startswith(message), proc.stderr[-500:]
         assert "Traceback" not in proc.stderr
+
+
+def test_an_unreadable_sweep_file_is_one_sentence(tmp_path) -> None:
+    from sparsebench.search.spec import load_spec
+
+    (tmp_path / "bad.yaml").write_text("::: not: [yaml")
+    with pytest.raises(ConfigError, match=f"^sweep file {tmp_path}/bad.yaml cannot be read"):
+        load_spec(str(tmp_path / "bad.yaml"))

@@ -148,7 +148,13 @@ def _param(key: str, node: dict[str, Any], where: str) -> Param:
 def load_spec(name: str, n_trials: int | None = None, storage: str | None = None) -> StudySpec:
     """Read and check ``sweeps/NAME.yaml`` (command-line ``n_trials``/``storage`` win)."""
     path = sweep_path(name)
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as exc:  # YAML syntax or interpolation errors of a user's file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"sweep file {path} cannot be read ({first}).") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"sweep file {path} must be a mapping of study fields.")
     where = f"sweep '{path.stem}'"
     unknown = set(raw) - set(STUDY_KEYS)
     if unknown:
