@@ -36,6 +36,12 @@ class ConfigError(ValueError):
     """A config value is invalid; the message is one sentence for the user."""
 
 
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its type's name when it has none), at most
+    ``limit`` characters: how a library's multi-line error becomes part of one sentence."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
+
+
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
@@ -489,9 +495,6 @@ def check_composition(args: list[str], config_name: str) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    def first_line(exc: BaseException) -> str:
-        return (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
-
     def attempt(overrides: list[str]) -> None:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             validate(compose(config_name=config_name, overrides=overrides))
@@ -516,10 +519,10 @@ def check_composition(args: list[str], config_name: str) -> None:
                 raise unknown from None
             except (HydraException, OmegaConfBaseException):
                 pass
-            raise ConfigError(f"{arg}: {first_line(exc)}.") from None
+            raise ConfigError(f"{arg}: {first_line(exc).rstrip('.')}.") from None
         cause = exc.__cause__ or exc.__context__
         where = next((a for a in args if f"override {a}" in text), None)
-        detail = first_line(cause) if cause is not None else first_line(exc)
+        detail = first_line(cause if cause is not None else exc).rstrip(".")
         raise ConfigError(f"{where + ': ' if where else ''}{detail}.") from None
 
 

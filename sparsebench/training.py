@@ -28,7 +28,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from sparsebench.config import ConfigError
+from sparsebench.config import ConfigError, first_line
 from sparsebench.data.base import SparseBenchDataModule
 from sparsebench.hardware.base import HardwareTarget
 from sparsebench.metrics.flops import flops_per_sample
@@ -195,9 +195,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             "sparsebench loads checkpoints with weights_only=True and refuses it."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ConfigError(
-            f"checkpoint {path} cannot be read ({first}); it is truncated or not a PyTorch "
+            f"checkpoint {path} cannot be read ({first_line(exc, 200)}); it is truncated or not a PyTorch "
             "checkpoint."
         ) from None
     if not isinstance(state, dict):
@@ -231,7 +230,7 @@ def build_datamodule(cfg: DictConfig, check: bool = False) -> SparseBenchDataMod
         try:
             datamodule.setup("fit")
         except (FileNotFoundError, ValueError) as exc:
-            raise ConfigError(str(exc).strip().splitlines()[0]) from None
+            raise ConfigError(first_line(exc)) from None
     return datamodule
 
 

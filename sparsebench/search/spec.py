@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 from omegaconf import OmegaConf
 
-from sparsebench.config import SWEEPS_DIR, ConfigError
+from sparsebench.config import SWEEPS_DIR, ConfigError, first_line
 from sparsebench.tracking.results import CONTRACT_METRICS
 
 SAMPLERS = ("random", "tpe", "nsga2")
@@ -151,8 +151,7 @@ def load_spec(name: str, n_trials: int | None = None, storage: str | None = None
     try:
         raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     except Exception as exc:  # YAML syntax or interpolation errors of a user's file
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"sweep file {path} cannot be read ({first}).") from None
+        raise ConfigError(f"sweep file {path} cannot be read ({first_line(exc)}).") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"sweep file {path} must be a mapping of study fields.")
     where = f"sweep '{path.stem}'"

@@ -30,7 +30,7 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig
 
-from sparsebench.config import ConfigError, validate
+from sparsebench.config import ConfigError, first_line, validate
 from sparsebench.search.spec import StudySpec, load_spec
 from sparsebench.search.storage import open_storage, redact
 from sparsebench.tracking.mlflow_logging import create_run
@@ -62,10 +62,6 @@ def compose_trial(overrides: list[str]) -> DictConfig:
         return compose(config_name="config", overrides=overrides)
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def check_space(spec: StudySpec, extra: list[str]) -> None:
     """Compose and validate a trial config at every corner of every dimension, before any
     trial runs: an unknown key or a value the config rejects is one sentence."""
@@ -83,7 +79,7 @@ def check_space(spec: StudySpec, extra: list[str]) -> None:
     except ConfigError as exc:
         raise ConfigError(f"{where} overrides: {exc}") from None
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(f"{where} overrides do not compose: {_first_line(exc)}") from None
+        raise ConfigError(f"{where} overrides do not compose: {first_line(exc)}") from None
     defaults = {p.key: p.corners()[0] for p in spec.space}
     for param in spec.space:
         for value in param.corners():
@@ -99,7 +95,7 @@ def check_space(spec: StudySpec, extra: list[str]) -> None:
             except (HydraException, OmegaConfBaseException) as exc:
                 raise ConfigError(
                     f"{where}: search-space key '{param.key}' (value {value}) is not a key of "
-                    f"the trial config ({_first_line(exc)})."
+                    f"the trial config ({first_line(exc)})."
                 ) from None
 
 
@@ -125,7 +121,7 @@ class Worker:
                 directions=self.spec.directions, pruner=self.spec.make_pruner(),
             )  # fmt: skip
         except ValueError as exc:  # e.g. an existing study with other directions
-            raise ConfigError(f"study '{self.spec.name}': {_first_line(exc)}") from None
+            raise ConfigError(f"study '{self.spec.name}': {first_line(exc)}") from None
         offset = 1000 * int(cfg.worker) + len(self.study.get_trials(deepcopy=False))
         self.study.sampler = self.spec.make_sampler(seed_offset=offset)
         self.study.set_user_attr("n_trials", self.spec.n_trials)
@@ -235,7 +231,7 @@ class Worker:
             if failures >= int(self.cfg.max_failures):
                 raise ConfigError(
                     f"{failures} trials in a row failed in study '{self.spec.name}'; the last: "
-                    f"{type(error).__name__}: {_first_line(error)}"
+                    f"{type(error).__name__}: {first_line(error)}"
                 )
         return ran
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from sparsebench.config import first_line
 from sparsebench.tracking.results import STATUS_TAG
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class MlflowRun:
         try:
             fn(*args, **kwargs)
         except Exception as exc:  # any transport or server error: keep training
-            self.failure = f"MLflow {what} failed ({type(exc).__name__}: {_first_line(exc)})"
+            self.failure = f"MLflow {what} failed ({type(exc).__name__}: {first_line(exc, 300)})"
             log.warning("%s; MLflow logging is off for the rest of this run.", self.failure)
 
     def log(self, what: str, metrics: dict[str, float] | None = None, step: int = 0,
@@ -114,10 +115,6 @@ def send_batches(client, run_id: str, metrics: dict[str, float], step: int,
         client.log_batch(
             run_id, metric_list[i : i + 100], param_list[i : i + 100], tag_list[i : i + 100]
         )
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def store(cfg: DictConfig) -> tuple[str, str | None]:
@@ -221,5 +218,5 @@ def open_run(cfg: DictConfig, tags: dict[str, str], run_id: str | None = None
                 f"{tags['method']}-{tags['model']}-{tags['dataset']}-s{tags['seed']}")  # fmt: skip
             run_id = create_run(client, cfg.logger.experiment_name, name, tags)
     except Exception as exc:
-        return None, f"tracking store {uri} failed ({type(exc).__name__}: {_first_line(exc)})"
+        return None, f"tracking store {uri} failed ({type(exc).__name__}: {first_line(exc, 300)})"
     return MlflowRun(client, run_id, uri), None
