@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import collections.abc
-import contextlib
 import inspect
 import math
-import os
 import pickle
 import random
 import re
@@ -38,7 +36,7 @@ from sparsebench.module import ClassificationModule
 from sparsebench.sparsity.methods.base import SparsityMethod
 from sparsebench.sparsity.prunable import prunable_layers
 from sparsebench.tracking.recorder import RunRecorder
-from sparsebench.tracking.results import Results, RunDiverged
+from sparsebench.tracking.results import Results, RunDiverged, write_atomic
 
 
 class RunProgress(Callback):
@@ -162,22 +160,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            write_atomic(path, lambda f: torch.save(checkpoint, f))
         except Exception as exc:  # torch's zip writer reports a full disk as a RuntimeError
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise OSError(f"could not write checkpoint {path} ({type(exc).__name__}: "
                           f"{str(exc).strip()[:200]}); the previous one is kept") from exc  # fmt: skip
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

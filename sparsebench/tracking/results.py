@@ -17,8 +17,10 @@ import sys
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import IO
 
 import psutil
 from omegaconf import DictConfig, OmegaConf
@@ -162,13 +164,17 @@ def error_text(error: BaseException | None, missing: list[str]) -> str | None:
     return f"{type(error).__name__}: {text[0] if text else repr(error)}"
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, content: str | Callable[[IO[bytes]], object]) -> None:
     """Write ``path`` through a temporary file in the same folder and an atomic rename, so a
-    full disk or a kill never leaves a truncated file in place of the last good one."""
+    full disk or a kill never leaves a truncated file in place of the last good one.
+    ``content``: text, or a function writing bytes to the open file (``torch.save``)."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            if isinstance(content, str):
+                f.write(content.encode())
+            else:
+                content(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
