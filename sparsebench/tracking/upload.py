@@ -87,8 +87,8 @@ def upload_run(client, results_path: Path, experiment_name: str) -> tuple[str, s
         wanted_tags["sparsebench.error"] = str(data["error"])[:5000]
     tags = [RunTag(k, str(v)) for k, v in wanted_tags.items() if have_tags.get(k) != str(v)]
     mlflow_status = MLFLOW_STATUS.get(status, "FAILED")
-    artifacts = [] if found and _has_artifact(client, run_id, "results.json") else [results_path]
-    if (found and not metrics and not params and not tags and not artifacts
+    logged = _artifact_names(client, run_id) if found else set()
+    if (found and not metrics and not params and not tags and "results.json" in logged
             and run.info.status == mlflow_status):  # fmt: skip
         return run_id, "unchanged"
     for i in range(0, max(len(metrics), len(params), len(tags)), 100):
@@ -99,7 +99,7 @@ def upload_run(client, results_path: Path, experiment_name: str) -> tuple[str, s
     # The record's latest results.json replaces the one logged live (same artifact path).
     client.log_artifact(run_id, str(results_path))
     config = results_path.parent / "config.yaml"
-    if config.is_file() and not (found and _has_artifact(client, run_id, "config.yaml")):
+    if config.is_file() and "config.yaml" not in logged:
         client.log_artifact(run_id, str(config))
     if mlflow_status == "RUNNING":
         client.update_run(run_id, status="RUNNING")
@@ -108,11 +108,12 @@ def upload_run(client, results_path: Path, experiment_name: str) -> tuple[str, s
     return run_id, action
 
 
-def _has_artifact(client, run_id: str, name: str) -> bool:
+def _artifact_names(client, run_id: str) -> set[str]:
+    """The run's top-level artifacts, listed once."""
     try:
-        return any(f.path == name for f in client.list_artifacts(run_id))
+        return {f.path for f in client.list_artifacts(run_id)}
     except Exception:  # an artifact store that cannot list: log again (same path, replaced)
-        return False
+        return set()
 
 
 def main(argv: list[str] | None = None) -> int:
