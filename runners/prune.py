@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from pathlib import Path
 
 import lightning as L
-import psutil
 import torch
 from omegaconf import DictConfig, open_dict
 
 from sparsebench.config import ConfigError, validate
+from sparsebench.metrics.memory import PeakMemory
 from sparsebench.models import build_model
 from sparsebench.pruning.methods import PostTrainingMethod
-from sparsebench.sparsity.methods.base import SparsityMethod
+from sparsebench.sparsity.methods.static import FixedMasks
 from sparsebench.tracking.recorder import RunRecorder
 from sparsebench.tracking.results import check_user_tags
 from sparsebench.training import (
@@ -34,46 +33,10 @@ from sparsebench.training import (
     check_finite,
     load_checkpoint,
     measure,
+    sparsity_callbacks,
 )
 
 log = logging.getLogger(__name__)
-
-
-class FixedMasks(SparsityMethod):
-    """Fine-tuning after pruning: the pruned masks, never changed (weights and gradients
-    masked by the base class)."""
-
-    sparse_from_start = True
-
-    def __init__(self, pruned: SparsityMethod) -> None:
-        super().__init__(name=pruned.name)
-        self.masks = pruned.masks
-
-
-class PeakMemory:
-    """Peak resident memory of this process while the block runs (sampled every 5 ms; on a GPU
-    torch's peak allocation is added), in MB."""
-
-    def __enter__(self) -> PeakMemory:
-        self.process, self.peak, self._stop = psutil.Process(), 0, threading.Event()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            self._stop.wait(0.005)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
-        self.mb = self.peak / 2**20
-        if torch.cuda.is_available():
-            self.mb += torch.cuda.max_memory_allocated() / 2**20
 
 
 def checkpoint_path(value: str) -> Path:
@@ -194,7 +157,7 @@ def run(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
 
         trainer = evaluate
         if method.finetune_epochs:
-            trainer = build_trainer(cfg, output_dir, [FixedMasks(method), progress],
+            trainer = build_trainer(cfg, output_dir, [*sparsity_callbacks(FixedMasks(method)), progress],
                                     max_epochs=method.finetune_epochs)  # fmt: skip
             trainer.fit(module, datamodule=datamodule)
         (test,) = trainer.test(module, datamodule=datamodule, verbose=False)

@@ -11,7 +11,6 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from sparsebench.config import ConfigError, validate
-from sparsebench.models import build_model
 from sparsebench.tracking.identity import run_hash
 from sparsebench.tracking.recorder import RunRecorder
 from sparsebench.tracking.results import check_user_tags
@@ -22,12 +21,16 @@ from sparsebench.training import (
     build_hardware,
     build_method,
     build_module,
+    build_run_model,
     build_trainer,
+    build_transform,
     check_finite,
     final_val,
     fit,
     load_checkpoint,
     measure,
+    pattern_tag,
+    sparsity_callbacks,
 )
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,7 @@ def run(
     check_user_tags(cfg)
     output_dir = Path(cfg.paths.output_dir)
     method = build_method(cfg)
+    transform = build_transform(cfg, method)
     if method is not None and getattr(method, "post_training", False):
         raise ConfigError(f"method '{method.name}' prunes a trained model: run it with "
                           f"runner=prune (the train runner would train dense).")  # fmt: skip
@@ -58,42 +62,43 @@ def run(
         checkpoint = resume_point(output_dir, resume, None if resume else run_hash(cfg))
     else:  # a DDP rank started by rank zero's fit: follow its choice
         checkpoint = resumed_by_rank_zero(output_dir)
-    if checkpoint is not None and method is not None and method.resumable is not True:
+    refusal = next((part.resumable for part in (method, transform)
+                    if part is not None and part.resumable is not True), None)  # fmt: skip
+    if checkpoint is not None and refusal is not None:
         if resume:
-            raise ConfigError(method.resumable)
-        log.warning("%s; starting a new run in %s", method.resumable, output_dir)
+            raise ConfigError(refusal)
+        log.warning("%s; starting a new run in %s", refusal, output_dir)
         checkpoint = None
     if checkpoint is not None:
         load_checkpoint(checkpoint)  # refused in one sentence before anything is recorded
         log.warning("resuming the run in %s from %s", output_dir, checkpoint)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg, check=True)
-    model = build_model(cfg.model)
     hardware = build_hardware(cfg)
     hardware.check(method.pattern if method else None, method.name if method else "dense")
 
-    contract = {"pattern": method.pattern_tag if method is not None else "dense"}
+    contract = {"pattern": pattern_tag(method, transform)}
     with RunRecorder(cfg, output_dir, {**hardware.fingerprint(), **(tags or {})}, contract,
                      resume=checkpoint is not None) as record:  # fmt: skip
         results = record.results
         if checkpoint is not None:
             results.data["resumed_from"] = str(checkpoint)
             results.save()
-        if method is not None:  # DASS searches; Sparse-IFT and DASS train another model
-            method.prepare(datamodule, cfg)
-            model = method.transform_model(model, cfg.model, datamodule.example_input(1))
-            extra = method.extra_results()
+        # Sparse-IFT and Monarch transform the model; DASS searches and derives another one.
+        model = build_run_model(cfg, datamodule, method, transform)
+        if transform is not None:
+            extra = transform.extra_results()
             results.data.update(extra)
-            results.update(method.extra_metrics())
+            results.update(transform.extra_metrics())
             for key, value in extra.items():  # e.g. genotype.json
                 path = output_dir / f"{key}.json"
                 path.write_text(json.dumps(value, indent=1, default=str))
                 record.artifacts.append(path)
-        if method is not None and method.description:
-            results.data["transform"] = method.description
-            record.lines += method.description
+            if transform.description:
+                results.data["transform"] = transform.description
+                record.lines += transform.description
         progress = RunProgress(record, started, cfg.trainer.get("max_loss"))
-        callbacks = [*([] if method is None else [method]), progress, *(callbacks or [])]
+        callbacks = [*sparsity_callbacks(method), progress, *(callbacks or [])]
         module = build_module(cfg, model)
         trainer = fit(module, datamodule, method,
                       lambda **kw: build_trainer(cfg, output_dir, callbacks, **kw), checkpoint)  # fmt: skip
@@ -105,6 +110,6 @@ def run(
         check_finite(test)
 
         measure(results, cfg, model, datamodule.example_input(1), progress.samples_seen, method,
-                hardware, benchmark=record.is_zero)  # fmt: skip
+                hardware, benchmark=record.is_zero, transform=transform)  # fmt: skip
     results.raise_unless_ok()
     return results.metrics

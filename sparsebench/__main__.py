@@ -30,6 +30,7 @@ CHOICE_GROUPS = (
     "model",
     "dataset",
     "method",
+    "transform",
     "hardware",
     "trainer",
     "logger",

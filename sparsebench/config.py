@@ -360,6 +360,7 @@ class SparsebenchConfig:
     model: ModelConfig = MISSING
     dataset: DatasetConfig = MISSING
     method: Any = None  # absent: dense training; ``+method=NAME`` adds one
+    transform: Any = None  # absent: the model as configured; ``+transform=NAME`` transforms it
     hardware: HardwareConfig = MISSING
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING

@@ -18,6 +18,18 @@ PINNED = {
     ("model=mlp", "dataset=mnist1d"): "b8cf85802e9b",
     ("model=resnet20", "dataset=cifar10", "trainer.max_epochs=160"): "6b40e45aa967",
     ("+method=dense", "trainer.optimizer.lr=0.1"): "4fe3e524cf00",
+    # Unchanged by the architecture change of issue 14 (methods as mask policies):
+    ("+method=rigl",): "b80deb79610c",
+    ("+method=nm",): "f105517549ee",
+    ("+method=wanda", "runner=prune"): "723f14915690",
+    ("+method=imp",): "030d152c2e13",
+    ("+method=soups",): "8e2598c498fd",
+    # Changed by it, as the README says (the pattern is one string; Sparse-IFT and Monarch are
+    # transformations): were 73c64266136f (method.m=8), 348765e490c1, d0721637c480, 8a9b859028cd.
+    ("+method=sr_ste", "method.pattern=2:8"): "d428903177cd",
+    ("+method=gmp", "method.pattern=block1x4"): "14fa6591286d",
+    ("+method=sparse_ift", "model=mlp", "dataset=mnist1d"): "51a21dc6a9b3",
+    ("+method=monarch", "model=mlp"): "e8dd069a4a92",
 }
 
 

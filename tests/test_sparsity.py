@@ -13,7 +13,7 @@ from sparsebench.sparsity.distributions import layer_densities
 from sparsebench.sparsity.masks import MaskError, MaskSet
 from sparsebench.sparsity.methods import SET, GradualMagnitudePruning, RigL
 from sparsebench.sparsity.patterns import NM, Block, Channel, Unstructured, is_nm
-from sparsebench.sparsity.schedules import cosine_drop_fraction, cubic_sparsity, imp_density
+from sparsebench.sparsity.schedules import Schedule, cubic_sparsity, imp_density
 
 TOY = {"a": torch.Size([8, 4]), "b": torch.Size([8, 8]), "c": torch.Size([2, 8])}
 
@@ -78,16 +78,21 @@ def test_gmp_cubic_schedule_at_start_midway_end() -> None:
 
 def test_gmp_method_schedule_reaches_target() -> None:
     gmp = GradualMagnitudePruning(sparsity=0.8, start=0.0, end=0.5, update_interval=10)
-    gmp.total_steps = 200
+    gmp.bind(200)
     assert gmp.sparsity_at(0) == 0.0
     assert gmp.sparsity_at(50) == pytest.approx(0.8 - 0.8 * 0.5**3)
     assert gmp.sparsity_at(100) == 0.8 and gmp.update_due(100)
 
 
-def test_drop_fraction_and_imp_density() -> None:
-    assert cosine_drop_fraction(0, 0.3, 100) == pytest.approx(0.3)
-    assert cosine_drop_fraction(50, 0.3, 100) == pytest.approx(0.15)
-    assert cosine_drop_fraction(100, 0.3, 100) == 0.0
+def test_drop_fraction_update_steps_and_imp_density() -> None:
+    schedule = Schedule(start=0.1, end=0.5, interval=10).bind(200)
+    assert (schedule.start_step, schedule.end_step) == (20, 100)
+    assert [t for t in range(200) if schedule.due(t)] == [20, 30, 40, 50, 60, 70, 80, 90]
+    drop = Schedule(end=1.0).bind(100)
+    assert drop.cosine(0, 0.3) == pytest.approx(0.3)
+    assert drop.cosine(50, 0.3) == pytest.approx(0.15)
+    assert drop.cosine(100, 0.3) == 0.0
+    assert Schedule(start=0.0, end=1.0, interval=100, shrink=True).bind(10).step_interval == 2
     assert imp_density(3) == pytest.approx(0.512)
 
 
@@ -169,7 +174,7 @@ def _dst(cls, optimizer: bool = True):
     model = _toy_model()
     method = cls(sparsity=0.5, distribution="uniform", drop_fraction=0.3, update_interval=1, end=1.0,
                  dense_stem=False, dense_head=False)  # fmt: skip
-    method.total_steps = 100
+    method.bind(100)
     method.attach(model)
     method.init_masks()
     if optimizer:
@@ -191,7 +196,7 @@ def test_rigl_grows_as_many_as_it_drops_where_gradients_are_largest() -> None:
         grown = after & ~before[name]
         dropped = before[name] & ~after
         assert int(grown.sum()) == int(dropped.sum()) <= moved[name]
-        assert moved[name] == round(cosine_drop_fraction(1, 0.3, 100) * int(before[name].sum()))
+        assert moved[name] == round(rigl.schedule.cosine(1, 0.3) * int(before[name].sum()))
         assert (module.weight[grown] == 0).all()
         momentum = rigl.optimizer.state[module.weight]["momentum_buffer"]
         assert (momentum[grown] == 0).all()
@@ -220,16 +225,16 @@ def test_set_growth_is_seeded_so_ranks_agree() -> None:
 def test_pgf_schedules() -> None:
     from sparsebench.sparsity.methods import ProgressiveGradientFlow
 
-    linear = ProgressiveGradientFlow(n=2, m=4, decay="linear", rate=0.01, dense_until=0.1, end=0.9)
-    linear.total_steps = 1000
+    linear = ProgressiveGradientFlow(pattern="2:4", decay="linear", rate=0.01, dense_until=0.1, end=0.9)
+    linear.bind(1000)
     assert linear.phase(50) == (1.0, (2, 4))  # dense phase
     assert linear.phase(150)[0] == pytest.approx(0.5)  # 50 steps after the dense phase
     assert linear.phase(500)[0] == 0.0
     exponential = ProgressiveGradientFlow(decay="exponential", rate=1e-2, end=0.9)
-    exponential.total_steps = 1000
+    exponential.bind(1000)
     assert exponential.phase(100)[0] == pytest.approx(torch.e**-1)
-    stepwise = ProgressiveGradientFlow(n=2, m=8, decay="stepwise", end=0.9)
-    stepwise.total_steps = 900
+    stepwise = ProgressiveGradientFlow(pattern="2:8", decay="stepwise", end=0.9)
+    stepwise.bind(900)
     assert stepwise.stages() == [(7, 8), (4, 8), (2, 8)]
     # three equal frames over the 810 steps before end: 270 each
     assert [stepwise.phase(t)[1] for t in (0, 269, 270, 540, 899)] == [
@@ -239,7 +244,7 @@ def test_pgf_schedules() -> None:
         (2, 8),
         (2, 8),
     ]
-    geometric = ProgressiveGradientFlow(n=1, m=4, decay="geometric", end=1.0)
+    geometric = ProgressiveGradientFlow(pattern="1:4", decay="geometric", end=1.0)
     assert geometric.stages() == [(8, 32), (4, 16), (2, 8), (1, 4)]
 
 
@@ -248,7 +253,7 @@ def test_iss_p_shrinks_the_smallest_instead_of_zeroing() -> None:
 
     model = _toy_model()
     method = ISSP(sparsity=0.5, alpha=0.9, dense_stem=False, dense_head=False)
-    method.total_steps = 10
+    method.bind(10)
     method.attach(model)
     before = {name: m.weight.detach().clone() for name, m in method.masks}
     method.shrink(step=10)  # at the end of the schedule: the smallest 50% of each layer
@@ -265,6 +270,7 @@ def test_iss_p_shrinks_the_smallest_instead_of_zeroing() -> None:
 
 def test_imp_levels_rewind_and_reset() -> None:
     from sparsebench.sparsity.methods import IterativeMagnitudePruning
+    from sparsebench.training.strategies import prune_and_rewind
 
     imp = IterativeMagnitudePruning(
         sparsity=0.8, rate=0.2, rewind_step=0, dense_stem=False, dense_head=False
@@ -278,7 +284,7 @@ def test_imp_levels_rewind_and_reset() -> None:
             self.model = _toy_model()
 
     holder = Holder()
-    imp.total_steps = 90
+    imp.bind(90)
     imp.attach(holder.model)
     initial = copy.deepcopy(holder.model.state_dict())
     imp.snapshot = copy.deepcopy(holder.model.state_dict())
@@ -286,9 +292,8 @@ def test_imp_levels_rewind_and_reset() -> None:
     holder.model(torch.randn(8, 6)).sum().backward()
     optimizer.step()  # "training": weights move, momentum exists
     trained = {n: m.weight.detach().clone() for n, m in imp.masks}
-    imp.next_level(1, holder, optimizer)
-    assert imp.masks.sparsity() == pytest.approx(0.2, abs=0.01)
-    assert not optimizer.state  # fresh optimizer state
+    prune_and_rewind(imp, holder.model, 1)  # the rounds strategy, between rounds
+    assert imp.masks.sparsity() == pytest.approx(0.2, abs=0.01) and imp.level == 1
     for name, module in imp.masks:
         mask = imp.masks.mask(name)
         assert torch.equal(
@@ -313,8 +318,7 @@ def test_channel_pruning_removes_channels_physically_without_changing_outputs(
     torch.manual_seed(0)
     model = timm.create_model(model_name, num_classes=10, in_chans=3)
     method = ChannelPruning(sparsity=0.5)
-    method.example = torch.randn(2, 3, 32, 32)
-    method.attach(model)
+    method.attach(model, torch.randn(2, 3, 32, 32))
     chosen = list(method.masks.layers)
     assert chosen and all(
         name.endswith("conv1") and name != "conv1" for name in chosen
@@ -338,7 +342,7 @@ def test_channel_pruning_removes_channels_physically_without_changing_outputs(
 
 
 def test_soup_averages_floats_and_keeps_masks_and_zeros() -> None:
-    from sparsebench.sparsity.methods.soups import average_states, recalibrate_batchnorm
+    from sparsebench.training.strategies import average_states, recalibrate_batchnorm
 
     mask = torch.tensor([True, False, True])
     a = {"w": torch.tensor([1.0, 0.0, 3.0]), "m": mask, "n": torch.tensor(5)}

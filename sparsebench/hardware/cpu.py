@@ -11,6 +11,7 @@ from torch.utils import benchmark
 
 from sparsebench.config import ConfigError
 from sparsebench.hardware.base import HardwareTarget
+from sparsebench.sparsity.patterns import as_matrix
 
 
 def time_forward(fn, threads: int, warmup: int, min_run_time: float) -> tuple[float, float]:
@@ -113,7 +114,7 @@ def is_matmul_layer(module: nn.Module) -> bool:
 def sparse_candidates(
     module: nn.Module, kernels: list[str], block_sizes: list[int]
 ) -> dict[str, nn.Module]:
-    weight = module.weight.detach().reshape(module.weight.shape[0], -1)
+    weight = as_matrix(module.weight.detach())  # 1x1 convs: out x in
     stride = module.stride[0] if isinstance(module, nn.Conv2d) else None
     out = {}
     if "csr" in kernels:

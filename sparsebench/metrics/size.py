@@ -19,20 +19,17 @@ import torch
 from torch import nn
 
 from sparsebench.config import ConfigError
+from sparsebench.sparsity.patterns import as_matrix
 
 FORMATS = ("dense", "csr", "bitmap", "bcsr", "nm")
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 INDEX_BYTES = 4
 
 
-def matrix(weight: torch.Tensor) -> torch.Tensor:
-    return weight.detach().reshape(weight.shape[0], -1)
-
-
 def layer_bytes(weight: torch.Tensor, fmt: str, value_bytes: int, block: tuple[int, int] = (1, 4),
                 m: int = 4) -> int:  # fmt: skip
     """Bytes to store one layer's weight in ``fmt``."""
-    w = matrix(weight)
+    w = as_matrix(weight.detach())
     rows, cols = w.shape
     nnz = int(w.count_nonzero())
     if fmt == "dense":

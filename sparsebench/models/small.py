@@ -154,9 +154,8 @@ def dass_network(
     cells: int = 3, nodes: int = 3, genotype=None, **kwargs,
 ) -> nn.Module:  # fmt: skip
     """A network of DASS's search space built from a genotype (default: a hand-made one);
-    ``+method=dass`` searches the genotype instead (sparsebench.search.dass)."""
-    from sparsebench.search.dass import check_genotype
-    from sparsebench.search.dass_space import DerivedNetwork, default_genotype
+    ``+method=dass`` searches the genotype instead (sparsebench.transforms.dass)."""
+    from sparsebench.models.dass import DerivedNetwork, check_genotype, default_genotype
 
     _no_pretrained("dass_network", pretrained)
     _drop_timm_kwargs(kwargs)

@@ -1,10 +1,11 @@
 """Post-training pruning of one layer from its calibration inputs.
 
-A layer is a weight matrix ``W`` (out x in; a convolution's weight flattened to
-out x (in * kh * kw), matching its unfolded input) and its calibration inputs ``X`` (samples x
-in). Every function returns a boolean keep-mask of ``W``'s shape (SparseGPT also new weights).
-Patterns: unstructured at ``density`` per comparison group, or N:M along the input dimension
-(``n`` kept of every ``m`` consecutive inputs of a row).
+A layer is a weight matrix ``W`` (out x in; a convolution's weight as
+:func:`sparsebench.sparsity.patterns.as_matrix` lays it out, matching its unfolded input) and its
+calibration inputs ``X`` (samples x in). Every function returns a boolean keep-mask of ``W``'s
+shape (SparseGPT also new weights). Patterns are the training methods' own
+(:mod:`sparsebench.sparsity.patterns`): unstructured at ``density`` per comparison group, or
+N:M along the input dimension (``n`` kept of every ``m`` consecutive inputs of a row).
 
 - magnitude: |W|, per layer (Han et al. 2015).
 - Wanda: |W_ij| * ||X_j||_2, compared within each output row (Sun et al., "A Simple and
@@ -24,52 +25,33 @@ maintained library exposes for arbitrary torch layers (SparseML/llm-compressor t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from sparsebench.sparsity.patterns import NM, Unstructured
+from sparsebench.sparsity.patterns import NM, Pattern
 
 
-@dataclass(frozen=True)
-class Pattern:
-    """``n``/``m`` set: N:M; else unstructured at ``density``."""
-
-    density: float = 0.5
-    n: int | None = None
-    m: int | None = None
-
-    @property
-    def nm(self) -> bool:
-        return self.n is not None and self.m is not None
-
-    @property
-    def kept_fraction(self) -> float:
-        return self.n / self.m if self.nm else self.density
-
-
-def keep_top(scores: torch.Tensor, pattern: Pattern, per_row: bool) -> torch.Tensor:
-    """Keep-mask of the highest scores: per row, per layer, or per group of ``m`` inputs (the
-    training patterns' own N:M and top-k masks; per row is what these methods add)."""
-    if pattern.nm:
-        return NM(pattern.n, pattern.m).mask(scores)
+def keep_top(scores: torch.Tensor, pattern: Pattern, density: float, per_row: bool) -> torch.Tensor:
+    """Keep-mask of the highest scores: per group of ``m`` inputs (N:M), per row, or per layer
+    (the training patterns' own masks; per row is what these methods add)."""
+    if isinstance(pattern, NM):
+        return pattern.mask(scores)
     if per_row:
-        k = round(pattern.density * scores.shape[1])
+        k = round(density * scores.shape[1])
         index = scores.topk(k, dim=1).indices
         return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, index, True)
-    return Unstructured().mask(scores, pattern.density)
+    return pattern.mask(scores, density)
 
 
-def magnitude(weight: torch.Tensor, pattern: Pattern) -> torch.Tensor:
-    return keep_top(weight.abs(), pattern, per_row=False)
+def magnitude(weight: torch.Tensor, pattern: Pattern, density: float) -> torch.Tensor:
+    return keep_top(weight.abs(), pattern, density, per_row=False)
 
 
-def wanda(weight: torch.Tensor, x_norm: torch.Tensor, pattern: Pattern) -> torch.Tensor:
+def wanda(weight: torch.Tensor, x_norm: torch.Tensor, pattern: Pattern, density: float) -> torch.Tensor:
     """``x_norm``: the L2 norm of each input feature over the calibration samples."""
-    return keep_top(weight.abs() * x_norm[None, :], pattern, per_row=True)
+    return keep_top(weight.abs() * x_norm[None, :], pattern, density, per_row=True)
 
 
-def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, pattern: Pattern,
+def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, pattern: Pattern, density: float,
               block: int = 128, damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """(new weights, keep-mask). ``hessian``: X^T X over the calibration samples (in x in)."""
     w = weight.detach().clone().double()
@@ -84,22 +66,22 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, pattern: Pattern,
     # Upper Cholesky factor of H^-1: row i holds the update of the columns after i.
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     keep = torch.ones_like(w, dtype=torch.bool)
-    block = pattern.m * max(1, block // pattern.m) if pattern.nm else block
+    nm = isinstance(pattern, NM)
+    block = pattern.m * max(1, block // pattern.m) if nm else block
     for start in range(0, cols, block):
         end = min(start + block, cols)
         w1, h1 = w[:, start:end].clone(), hinv[start:end, start:end]
         errors = torch.zeros_like(w1)
         d = torch.diag(h1)
         live = (~dead[start:end]).double()[None, :]
-        if not pattern.nm:  # adaptive mask per block: the lowest w^2 / d^2 over the block
-            keep[:, start:end] = keep_top(w1**2 / d[None, :] ** 2 * live, pattern, per_row=False)
+        if not nm:  # adaptive mask per block: the lowest w^2 / d^2 over the block
+            keep[:, start:end] = keep_top(w1**2 / d[None, :] ** 2 * live, pattern, density,
+                                          per_row=False)  # fmt: skip
         for i in range(end - start):
-            if pattern.nm and i % pattern.m == 0:
+            if nm and i % pattern.m == 0:
                 group = slice(i, i + pattern.m)
                 scores = w1[:, group] ** 2 / d[None, group] ** 2 * live[:, group]
-                keep[:, start + i : start + i + pattern.m] = keep_top(
-                    scores, Pattern(n=pattern.n, m=pattern.m), per_row=True
-                )
+                keep[:, start + i : start + i + pattern.m] = pattern.mask(scores)
             column = w1[:, i].clone()
             pruned = column * ~keep[:, start + i]
             errors[:, i] = pruned / d[i]
@@ -130,7 +112,7 @@ def dsnot(weight: torch.Tensor, keep: torch.Tensor, x_mean: torch.Tensor, x_norm
         grow_gain = torch.where(~keep & (contribution * sign > 0), contribution.abs(), -inf)
         grow = grow_gain.argmax(1)
         allowed = keep & (contribution * sign < 0)  # pruning these also shrinks the error
-        if pattern.nm:  # stay inside the grown weight's group of m
+        if isinstance(pattern, NM):  # stay inside the grown weight's group of m
             group = torch.arange(w.shape[1])[None, :] // pattern.m
             allowed &= group == (grow // pattern.m)[:, None]
         # Prune: the least important such kept weight.

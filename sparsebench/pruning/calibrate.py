@@ -52,21 +52,9 @@ class LayerStats:
         return self.squares.sqrt().float()
 
 
-def as_matrix(module: nn.Module) -> torch.Tensor:
-    """The layer's weight as out x in (convolutions: out x (kh * kw * in))."""
-    weight = module.weight.detach()
-    return weight if weight.dim() == 2 else weight.movedim(1, -1).reshape(weight.shape[0], -1)
-
-
-def from_matrix(matrix: torch.Tensor, module: nn.Module) -> torch.Tensor:
-    shape = module.weight.shape
-    if len(shape) == 2:
-        return matrix.reshape(shape)
-    return matrix.reshape(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
-
-
 def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The layer's input as samples x features, in the column order of :func:`as_matrix`."""
+    """The layer's input as samples x features, in the column order of
+    :func:`sparsebench.sparsity.patterns.as_matrix` (kernel tap slowest, input channel fastest)."""
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1])
     conv: nn.Conv2d = module  # type: ignore[assignment]

@@ -1,9 +1,9 @@
 """Post-training pruning methods for ``runner=prune``: Wanda, SparseGPT and DSnoT (and the
 training method ``magnitude``, which the prune runner applies once to the trained weights).
 
-Each is a :class:`SparsityMethod` so that layer selection (stem and head dense by default,
-include/exclude), patterns (unstructured or N:M), masks and the results contract are the
-training methods' own; :meth:`PostTrainingMethod.prune_layer` is the per-layer algorithm
+Each is a :class:`SparsityMethod` (a mask policy) so that layer selection (stem and head dense
+by default, include/exclude), patterns (unstructured or N:M, ``method.pattern``), masks and the
+results contract are the training methods' own; :meth:`PostTrainingMethod.prune_layer` is the per-layer algorithm
 (sparsebench.pruning.algorithms) and :meth:`PostTrainingMethod.prune` the layer-by-layer pass.
 """
 
@@ -16,15 +16,9 @@ from torch import nn
 
 from sparsebench.config import ConfigError
 from sparsebench.pruning import algorithms
-from sparsebench.pruning.calibrate import (
-    LayerStats,
-    as_matrix,
-    collect,
-    from_matrix,
-    reconstruction_error,
-)
+from sparsebench.pruning.calibrate import LayerStats, collect, reconstruction_error
 from sparsebench.sparsity.methods.base import SparsityMethod
-from sparsebench.sparsity.patterns import NM, Unstructured
+from sparsebench.sparsity.patterns import NM, Unstructured, as_matrix, from_matrix
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +31,7 @@ class PostTrainingMethod(SparsityMethod):
 
     #: distributions the method accepts (per-layer algorithms prune every layer at sparsity)
     distributions: tuple[str, ...] = ("uniform",)
+    patterns = (Unstructured, NM)
 
     def __init__(self, name: str, sparsity: float = 0.5, calibration_samples: int = 128,
                  finetune_epochs: int = 0, **kwargs) -> None:  # fmt: skip
@@ -46,11 +41,6 @@ class PostTrainingMethod(SparsityMethod):
             raise ConfigError(f"method.finetune_epochs must be >= 0, got {finetune_epochs}.")
         self.finetune_epochs = int(finetune_epochs)
         self.dense_train_flops = 0.0  # set by the runner when it trained the dense model
-        if not isinstance(self.pattern, (Unstructured, NM)):
-            raise ConfigError(
-                f"method '{name}' prunes unstructured or N:M (method.pattern.kind=nm); "
-                f"got pattern kind '{self.pattern.kind}'."
-            )
         if self.distribution not in self.distributions:
             raise ConfigError(
                 f"method '{name}' takes method.distribution {' or '.join(self.distributions)}; "
@@ -64,16 +54,15 @@ class PostTrainingMethod(SparsityMethod):
         self.errors: dict[str, dict[str, float]] = {}
 
     @property
-    def algorithm_pattern(self) -> algorithms.Pattern:
-        if isinstance(self.pattern, NM):
-            return algorithms.Pattern(n=self.pattern.n, m=self.pattern.m)
-        return algorithms.Pattern(density=1.0 - self.sparsity)
+    def density(self) -> float:
+        """The fraction kept per layer (N:M: n/m)."""
+        return 1.0 - self.target_sparsity
 
-    def attach(self, model: nn.Module):
+    def select(self, model: nn.Module, example: torch.Tensor | None = None) -> dict[str, nn.Module]:
         grouped = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
         if grouped:  # unfolded inputs describe ungrouped convolutions only
-            self.layer_options["exclude"] = (*self.layer_options["exclude"], *grouped)
-        return super().attach(model)
+            self.narrow(exclude=grouped)
+        return super().select(model, example)
 
     def train_flops(self, dense_flops: float, sparse_flops: float, samples: int) -> float:
         """The dense training (when this run did it) plus the fine-tuning with masks fixed."""
@@ -90,17 +79,17 @@ class PostTrainingMethod(SparsityMethod):
         model.eval()
         for name, module in self.masks:
             stats = collect(model, module, batches, gram=True)
-            weight = as_matrix(module)
+            weight = as_matrix(module.weight.detach())
             new_weight, keep = self.prune_layer(weight, stats)
             pruned = (new_weight if new_weight is not None else weight) * keep
             self.errors[name] = {
                 "magnitude": reconstruction_error(weight, weight * algorithms.magnitude(
-                    weight, self.algorithm_pattern), stats.gram),
+                    weight, self.pattern, self.density), stats.gram),
                 self.name: reconstruction_error(weight, pruned, stats.gram),
             }  # fmt: skip
             if new_weight is not None:
-                module.weight.copy_(from_matrix(new_weight, module))
-            self.masks.set(name, from_matrix(keep, module))
+                module.weight.copy_(from_matrix(new_weight, module.weight.shape))
+            self.masks.set(name, from_matrix(keep, module.weight.shape))
             self.masks.apply()
             log.info("%s: %s kept %.3f", self.name, name, float(keep.float().mean()))
 
@@ -112,7 +101,7 @@ class Wanda(PostTrainingMethod):
         super().__init__(name=name, **kwargs)
 
     def prune_layer(self, weight, stats):
-        return None, algorithms.wanda(weight, stats.norm, self.algorithm_pattern)
+        return None, algorithms.wanda(weight, stats.norm, self.pattern, self.density)
 
 
 class SparseGPT(PostTrainingMethod):
@@ -130,7 +119,7 @@ class SparseGPT(PostTrainingMethod):
         self.block_size, self.damp = int(block_size), float(damp)
 
     def prune_layer(self, weight, stats):
-        return algorithms.sparsegpt(weight, stats.gram, self.algorithm_pattern,
+        return algorithms.sparsegpt(weight, stats.gram, self.pattern, self.density,
                                     self.block_size, self.damp)  # fmt: skip
 
 
@@ -150,11 +139,11 @@ class DSnoT(PostTrainingMethod):
         self.start, self.threshold, self.max_cycles = start, float(threshold), int(max_cycles)
 
     def prune_layer(self, weight, stats):
-        pattern = self.algorithm_pattern
+        pattern, density = self.pattern, self.density
         if self.start == "wanda":
-            keep = algorithms.wanda(weight, stats.norm, pattern)
+            keep = algorithms.wanda(weight, stats.norm, pattern, density)
         else:
-            keep = algorithms.keep_top(weight.abs(), pattern, per_row=True)
+            keep = algorithms.keep_top(weight.abs(), pattern, density, per_row=True)
         return None, algorithms.dsnot(weight, keep, stats.mean, stats.norm, pattern,
                                       self.threshold, self.max_cycles)  # fmt: skip
 
@@ -176,6 +165,7 @@ class OneShotMagnitude(PostTrainingMethod):
             self.prune_by(self.magnitudes())  # one threshold: the base class's global spread
         else:
             for name, module in self.masks:
-                keep = algorithms.magnitude(as_matrix(module), self.algorithm_pattern)
-                self.masks.set(name, from_matrix(keep, module))
+                keep = algorithms.magnitude(as_matrix(module.weight.detach()), self.pattern,
+                                            self.density)  # fmt: skip
+                self.masks.set(name, from_matrix(keep, module.weight.shape))
         self.masks.apply()

@@ -5,13 +5,14 @@ A pattern turns per-weight scores (e.g. |w|) into a boolean keep-mask at a given
 - :class:`NM`: N of every M consecutive weights along the input dimension (for convs, along
   input channels), as NVIDIA's ASP does (Mishra et al. 2021, "Accelerating Sparse Deep Neural
   Networks"); the density is always N/M.
-- :class:`Block`: whole (bh, bw) tiles of the [out, in*k*k] weight matrix, scored by their sum,
+- :class:`Block`: whole (bh, bw) tiles of the weight matrix (:func:`as_matrix`), scored by their sum,
   for block-sparse kernels (1x4, 4x4, 32x32, ...).
 - :class:`Channel`: whole output filters (rows), scored by their sum (filter norm for |w|).
 """
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -30,8 +31,21 @@ def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def as_matrix(weight: torch.Tensor) -> torch.Tensor:
-    """A weight as [out, in * prod(kernel)], input channels varying slowest within a row."""
-    return weight.reshape(weight.shape[0], -1)
+    """A weight as the matrix its layer multiplies: [out, prod(kernel) * in], the input channel
+    varying fastest within a row (a Linear weight unchanged). The one layout of every pattern,
+    post-training algorithm (unfolded inputs in the same column order), storage format and
+    kernel: consecutive columns are consecutive input channels at one kernel tap, which is where
+    N:M groups lie for NVIDIA's sparse tensor cores."""
+    if weight.dim() == 2:
+        return weight
+    return weight.movedim(1, -1).reshape(weight.shape[0], -1)
+
+
+def from_matrix(matrix: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """The inverse of :func:`as_matrix` for a weight of ``shape``."""
+    if len(shape) == 2:
+        return matrix.reshape(shape)
+    return matrix.reshape(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
 
 
 class Pattern(ABC):
@@ -68,21 +82,6 @@ class Unstructured(Pattern):
         return topk_mask(scores, round(density * scores.numel()))
 
 
-def _nm_groups(t: torch.Tensor, m: int) -> torch.Tensor:
-    """[out, in, *k] -> [out, *k, in/m, m]: groups of m consecutive input channels."""
-    if t.dim() == 2:
-        return t.reshape(t.shape[0], -1, m)
-    moved = t.movedim(1, -1)  # [out, *k, in]
-    return moved.reshape(*moved.shape[:-1], -1, m)
-
-
-def _nm_ungroup(groups: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    if len(shape) == 2:
-        return groups.reshape(shape)
-    moved_shape = (shape[0], *shape[2:], shape[1])
-    return groups.reshape(moved_shape).movedim(-1, 1)
-
-
 @dataclass
 class NM(Pattern):
     n: int = 2
@@ -111,15 +110,16 @@ class NM(Pattern):
         return self.m
 
     def mask(self, scores: torch.Tensor, density: float | None = None) -> torch.Tensor:
-        groups = _nm_groups(scores, self.m)
+        groups = as_matrix(scores).reshape(scores.shape[0], -1, self.m)
         keep = torch.zeros_like(groups, dtype=torch.bool)
         keep.scatter_(-1, groups.topk(self.n, dim=-1, sorted=False).indices, True)
-        return _nm_ungroup(keep, scores.shape)
+        return from_matrix(keep.reshape(scores.shape[0], -1), scores.shape)
 
 
 def is_nm(mask: torch.Tensor, n: int, m: int) -> bool:
     """True if every group of m along the input dimension has at most n kept entries."""
-    return bool((_nm_groups(mask.to(torch.int32), m).sum(-1) <= n).all())
+    groups = as_matrix(mask.to(torch.int32)).reshape(mask.shape[0], -1, m)
+    return bool((groups.sum(-1) <= n).all())
 
 
 @dataclass
@@ -152,7 +152,7 @@ class Block(Pattern):
         mat = as_matrix(scores)
         tiles = mat.reshape(mat.shape[0] // bh, bh, mat.shape[1] // bw, bw).sum(dim=(1, 3))
         keep = topk_mask(tiles, round(density * tiles.numel()))
-        return keep.repeat_interleave(bh, 0).repeat_interleave(bw, 1).reshape(scores.shape)
+        return from_matrix(keep.repeat_interleave(bh, 0).repeat_interleave(bw, 1), scores.shape)
 
 
 @dataclass
@@ -187,14 +187,22 @@ def matches(pattern: Pattern | None, names: tuple[str, ...] | list[str]) -> bool
     return pattern is not None and (pattern.label in names or pattern.kind in names)
 
 
-def make_pattern(kind: str = "unstructured", **options) -> Pattern:
-    """Build a pattern from its config node (``{kind: nm, n: 2, m: 4}``; unset options are None)."""
-    options = {k: v for k, v in options.items() if v is not None}
-    if kind not in PATTERNS:
-        raise ConfigError(f"unknown sparsity pattern '{kind}'; available: {', '.join(PATTERNS)}.")
-    try:
-        return PATTERNS[kind](**options)
-    except TypeError as exc:
-        raise ConfigError(
-            f"pattern '{kind}' got invalid options {sorted(options)}: {exc}."
-        ) from exc
+LABEL_HELP = "unstructured, channel, N:M (e.g. 2:4) or blockRxC (e.g. block1x4)"
+
+
+def parse_pattern(value: str | Pattern, where: str = "method.pattern") -> Pattern:
+    """The pattern a label names: the one spelling of a pattern in configs, tags, leaderboards
+    and hardware targets (``unstructured``, ``2:4``, ``block1x4``, ``channel``)."""
+    if isinstance(value, Pattern):
+        return value
+    text = str(value).strip()
+    nm = re.fullmatch(r"(\d+):(\d+)", text)
+    block = re.fullmatch(r"block(\d+)x(\d+)", text)
+    if text in ("unstructured", "channel"):
+        return Unstructured() if text == "unstructured" else Channel()
+    if nm:
+        return NM(int(nm.group(1)), int(nm.group(2)))
+    if block:
+        return Block((int(block.group(1)), int(block.group(2))))
+    hint = " (quote N:M in yaml: pattern: \"2:4\")" if isinstance(value, int) else ""
+    raise ConfigError(f"{where} must be {LABEL_HELP}, got '{value}'{hint}.")

@@ -1,14 +1,71 @@
-"""Schedules: target sparsity and drop fraction over training steps.
+"""Schedules: when masks change, and the target sparsity or drop fraction at each step.
 
-- :func:`cubic_sparsity` (Zhu & Gupta, "To prune, or not to prune", 2017):
-  s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt))^3 on the update steps t0, t0+dt, ...
-- :func:`cosine_drop_fraction` (Evci et al., RigL, 2020): alpha_t = alpha/2 * (1 + cos(pi t / T_end)).
+One object, :class:`Schedule`, turns a method's ``start``/``end`` (fractions of training) and
+update ``interval`` into steps once the run's length is known (:meth:`Schedule.bind`), as
+jaxpruner's sparsity schedules do (google/jaxpruner, ``sparsity_schedules.py``):
+
+- :meth:`Schedule.due`: the mask-update steps start, start + interval, ... before end;
+- :meth:`Schedule.cubic` (Zhu & Gupta, "To prune, or not to prune", 2017):
+  s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt))^3, constant between update steps;
+- :meth:`Schedule.cosine` (Evci et al., RigL, 2020): alpha_t = alpha/2 * (1 + cos(pi t / T_end));
 - :func:`imp_density` (Frankle & Carbin 2019; open_lth): 0.8^L after L levels at 20% per level.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Update steps from ``start`` to ``end`` (fractions of training) every ``interval`` steps.
+
+    ``total_steps`` is 0 until :meth:`bind` gives it the run's length in optimizer steps; then
+    :attr:`start_step` and :attr:`end_step` are steps. ``shrink``: in runs too short for the
+    interval, at least four updates fit between start and end (gradual pruning).
+    """
+
+    start: float = 0.0
+    end: float = 1.0
+    interval: int = 1
+    total_steps: int = 0
+    shrink: bool = False
+
+    def bind(self, total_steps: int) -> Schedule:
+        return Schedule(self.start, self.end, self.interval, max(1, int(total_steps)), self.shrink)
+
+    @property
+    def start_step(self) -> int:
+        return int(self.start * self.total_steps)
+
+    @property
+    def end_step(self) -> int:
+        return int(self.end * self.total_steps)
+
+    @property
+    def step_interval(self) -> int:
+        if not self.shrink:
+            return self.interval
+        span = max(1, self.end_step) - self.start_step
+        return max(1, min(self.interval, span // 4 or 1))
+
+    def due(self, step: int) -> bool:
+        """True on steps start, start + interval, ... before end (the mask-update steps)."""
+        start = self.start_step
+        return start <= step < self.end_step and (step - start) % self.step_interval == 0
+
+    def cubic(self, step: int, final: float, initial: float = 0.0) -> float:
+        """Gradual magnitude pruning's target at ``step``; constant between update steps."""
+        return cubic_sparsity(step, final, self.start_step, max(1, self.end_step),
+                              self.step_interval, initial)  # fmt: skip
+
+    def cosine(self, step: int, alpha: float) -> float:
+        """Fraction of active weights to drop at ``step``; 0 from the end step on."""
+        end = self.end_step
+        if step >= end:
+            return 0.0
+        return alpha / 2.0 * (1.0 + math.cos(math.pi * step / max(1, end)))
 
 
 def cubic_sparsity(step: int, final: float, start_step: int, end_step: int, update_interval: int,
@@ -24,18 +81,6 @@ def cubic_sparsity(step: int, final: float, start_step: int, end_step: int, upda
     return final + (initial - final) * (1.0 - progress) ** 3
 
 
-def cosine_drop_fraction(step: int, alpha: float, end_step: int) -> float:
-    """Fraction of active weights to drop at ``step``; 0 from ``end_step`` on."""
-    if step >= end_step:
-        return 0.0
-    return alpha / 2.0 * (1.0 + math.cos(math.pi * step / max(1, end_step)))
-
-
 def imp_density(level: int, rate: float = 0.2) -> float:
     """Density after ``level`` rounds that each prune ``rate`` of the remaining weights."""
     return (1.0 - rate) ** level
-
-
-def update_due(step: int, start_step: int, end_step: int, interval: int) -> bool:
-    """True on steps start, start+interval, ... before end (the mask-update steps)."""
-    return start_step <= step < end_step and (step - start_step) % interval == 0

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sparsebench.config import SCHEMAS
 
-HASHED_GROUPS = ("model", "dataset", "method", "hardware", "trainer")
+HASHED_GROUPS = ("model", "dataset", "method", "transform", "hardware", "trainer")
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:

@@ -21,10 +21,10 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from sparsebench.summary import print_summary
 from sparsebench.tracking.identity import flatten
 from sparsebench.tracking.mlflow_logging import MlflowRun, open_run
 from sparsebench.tracking.results import MLFLOW_STATUS, Results, RunInterrupted, write_atomic
+from sparsebench.tracking.summary import print_summary
 from sparsebench.tracking.sweep import parent_run_id
 
 log = logging.getLogger(__name__)

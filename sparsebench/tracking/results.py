@@ -76,8 +76,14 @@ def package_versions() -> dict[str, str]:
 
 
 def method_name(cfg: DictConfig) -> str:
+    """The ``method`` tag: the method's name (``dense`` without one), joined by a model
+    transformation's name unless a preset names both (``sparse_ift``, ``sparse_ift+set``)."""
     method = cfg.get("method")
-    return str(method.get("name", "dense")) if method is not None else "dense"
+    name = str(method.get("name", "dense")) if method is not None else "dense"
+    transform = cfg.get("transform")
+    if transform is not None and transform.get("name") and transform.name != name:
+        return str(transform.name) if name == "dense" else f"{transform.name}+{name}"
+    return name
 
 
 RESERVED_PREFIXES = ("sparsebench.", "mlflow.", "optuna.", "version/", "hw/", "latency/", "method/")
@@ -108,9 +114,9 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
         "git_sha": git_sha(),
         **package_versions(),
     }
-    method = cfg.get("method")
-    if method is not None and method.get("family"):  # Sparse-IFT: pair with the dense baseline
-        tags["method/family"] = str(method.family)
+    transform = cfg.get("transform")
+    if transform is not None and transform.get("family"):  # Sparse-IFT: pair with the dense baseline
+        tags["method/family"] = str(transform.family)
         tags["baseline_benchmark_key"] = tags["benchmark_key"]
     check_user_tags(cfg)
     return {**{str(k): str(v) for k, v in (cfg.get("tags") or {}).items()}, **tags}

@@ -1,35 +1,33 @@
-"""Sparsity methods: one small class each, one yaml each in conf/method/."""
+"""Sparsity methods (mask policies): one small class each, one yaml each in conf/method/."""
 
 from sparsebench.sparsity.methods.base import SparsityMethod
 from sparsebench.sparsity.methods.channel import ChannelPruning
+from sparsebench.sparsity.methods.dass import SearchedMasks
 from sparsebench.sparsity.methods.dst import SET, RigL
 from sparsebench.sparsity.methods.gmp import GradualMagnitudePruning
 from sparsebench.sparsity.methods.imp import IterativeMagnitudePruning
 from sparsebench.sparsity.methods.iss_p import ISSP
 from sparsebench.sparsity.methods.magnitude import MagnitudePruning
-from sparsebench.sparsity.methods.monarch import Monarch
 from sparsebench.sparsity.methods.nm import SRSTE, NMOneShot
 from sparsebench.sparsity.methods.node import NodeMask
 from sparsebench.sparsity.methods.pgf import ProgressiveGradientFlow
 from sparsebench.sparsity.methods.soups import SparseModelSoups
-from sparsebench.sparsity.methods.sparse_ift import SparseIFT
 from sparsebench.sparsity.methods.static import RandomPruning
 
 __all__ = [
     "SET",
     "SRSTE",
-    "SparseIFT",
     "SparseModelSoups",
     "ChannelPruning",
     "GradualMagnitudePruning",
     "ISSP",
     "IterativeMagnitudePruning",
     "MagnitudePruning",
-    "Monarch",
     "NMOneShot",
     "NodeMask",
     "ProgressiveGradientFlow",
     "RandomPruning",
+    "SearchedMasks",
     "RigL",
     "SparsityMethod",
 ]

@@ -1,40 +1,41 @@
-"""The sparsity-method interface: a Lightning Callback with a few narrow hooks.
+"""The sparsity-method interface: a mask policy with a few narrow hooks, no Lightning in it.
 
-A method owns a :class:`MaskSet` over the model's prunable layers and decides, through
-:meth:`SparsityMethod.init_masks` and :meth:`SparsityMethod.update`, which weights are kept; the
-base class applies the masks after every optimizer step and masks gradients before it. The
-LightningModule knows nothing about sparsity.
+A method owns a :class:`MaskSet` over the model's prunable layers and decides which weights are
+kept: which layers (stem and head dense by default, include/exclude), the pattern, how the total
+sparsity is spread over layers (the distribution), and when masks change (a
+:class:`~sparsebench.sparsity.schedules.Schedule`). The training layer's one callback
+(``sparsebench.training.callback.SparsityCallback``) calls the hooks:
 
-Subclasses set ``schedule`` hooks by overriding:
 - ``init_masks()``: at fit start (default: dense, all ones);
 - ``update_due(step)`` / ``update(step)``: mask changes on chosen steps (before the forward);
 - ``after_backward(step)``: gradient-time work (RigL's growth) before gradients are masked;
-- ``finalize()``: at the end of training (hard-prune soft methods).
+- ``after_step(step)``: after the optimizer step, before masked weights are zeroed again (ISS-P);
+- ``finalize()``: at the end of training (soft methods hard-prune here).
+
+What differs between methods is declared, not coded as Lightning hooks: ``hard_masks`` (False
+while a straight-through or soft method's parametrization computes the forward from dense
+weights), :meth:`apply` / :meth:`mask_grads` (channel pruning zeroes a pruned channel's bias
+and norm too), ``fit_strategy`` (IMP's rounds and soups' phases are fit strategies of the
+training layer), and ``state_dict`` (what a checkpoint must carry to resume).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Sequence
 from typing import Any
 
-import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from sparsebench.config import ConfigError
 from sparsebench.sparsity.distributions import DISTRIBUTIONS, layer_densities
 from sparsebench.sparsity.masks import MaskSet
-from sparsebench.sparsity.patterns import Pattern, make_pattern, pattern_label
+from sparsebench.sparsity.patterns import Pattern, parse_pattern, pattern_label
 from sparsebench.sparsity.prunable import prunable_layers
-
-UNSTRUCTURED: Mapping[str, Any] = MappingProxyType(
-    {"kind": "unstructured", "n": None, "m": None, "block": None}
-)
+from sparsebench.sparsity.schedules import Schedule
 
 
-def _check_fraction(
+def check_fraction(
     name: str, value: float, low: float = 0.0, high: float = 1.0, high_open: bool = True
 ) -> None:
     ok = low <= value < high if high_open else low <= value <= high
@@ -43,13 +44,18 @@ def _check_fraction(
         raise ConfigError(f"method.{name} must be in [{low}, {high}{bracket}, got {value}.")
 
 
-class SparsityMethod(Callback):
-    """Base class: which layers, what pattern, how the total sparsity is spread."""
+class SparsityMethod:
+    """Base class: which layers, what pattern, how the total sparsity is spread, when."""
 
     #: Methods whose masks exist from the first step train sparse from scratch (3*f_s per step).
     sparse_from_start: bool = False
     #: True, or the sentence saying why a killed run of this method cannot continue mid-way.
     resumable: bool | str = True
+    #: How training is driven: ``single`` (one fit), ``rounds`` (IMP) or ``soups``; the
+    #: strategies live in sparsebench.training.strategies.
+    fit_strategy: str = "single"
+    #: Patterns the method can produce; None: any.
+    patterns: tuple[type[Pattern], ...] | None = None
 
     def __init__(
         self,
@@ -57,15 +63,14 @@ class SparsityMethod(Callback):
         sparsity: float = 0.9,
         distribution: str = "uniform",
         erk_power: float = 1.0,
-        pattern: Mapping[str, Any] = UNSTRUCTURED,
+        pattern: str = "unstructured",
         dense_stem: bool = True,
         dense_head: bool = True,
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        _check_fraction("sparsity", sparsity)
+        check_fraction("sparsity", sparsity)
         if distribution not in DISTRIBUTIONS:
             raise ConfigError(
                 f"method.distribution must be one of {', '.join(DISTRIBUTIONS)}, got '{distribution}'."
@@ -76,25 +81,47 @@ class SparsityMethod(Callback):
         self.sparsity = sparsity
         self.distribution = distribution
         self.erk_power = erk_power
-        self.pattern: Pattern = make_pattern(**pattern)
+        self.pattern: Pattern = parse_pattern(pattern)
+        if self.patterns is not None and not isinstance(self.pattern, self.patterns):
+            allowed = ", ".join(sorted({p.kind for p in self.patterns}))
+            raise ConfigError(f"method '{name}' produces {allowed} sparsity; "
+                              f"method.pattern={self.pattern.label} is not one of them.")  # fmt: skip
         self.layer_options = {"dense_stem": dense_stem, "dense_head": dense_head,
                               "include": tuple(include), "exclude": tuple(exclude)}  # fmt: skip
         self.seed = seed
         self.masks: MaskSet | None = None
-        self.total_steps = 1
+        self.schedule = Schedule()
         self.optimizer: torch.optim.Optimizer | None = None
-        self._finalized = False
+        self.finalized = False
 
     # -- set-up -------------------------------------------------------------------------------
+    @property
+    def total_steps(self) -> int:
+        return self.schedule.total_steps
+
+    def bind(self, total_steps: int) -> None:
+        """The run's length in optimizer steps is known: fix the schedule's steps."""
+        self.schedule = self.schedule.bind(total_steps)
+
+    def narrow(self, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> None:
+        """Restrict the layers (a model transformation keeps its dense parts out)."""
+        options = self.layer_options
+        self.layer_options = {**options, "include": options["include"] or tuple(include),
+                              "exclude": (*options["exclude"], *exclude)}  # fmt: skip
+
     @property
     def target_sparsity(self) -> float:
         """The sparsity this method reaches over its layers by the end of training."""
         fixed = self.pattern.fixed_density()
         return 1.0 - fixed if fixed is not None else self.sparsity
 
-    def attach(self, model: nn.Module) -> MaskSet:
+    def select(self, model: nn.Module, example: torch.Tensor | None = None) -> dict[str, nn.Module]:
+        """The layers this method prunes (``example``: an input batch, for methods that trace)."""
+        return prunable_layers(model, **self.layer_options)
+
+    def attach(self, model: nn.Module, example: torch.Tensor | None = None) -> MaskSet:
         """Select the prunable layers, check the pattern fits them, attach all-ones masks."""
-        layers = prunable_layers(model, **self.layer_options)
+        layers = self.select(model, example)
         if not layers:
             raise ConfigError(
                 "no prunable layers were selected; check method.include and method.exclude."
@@ -147,49 +174,49 @@ class SparsityMethod(Callback):
     def after_backward(self, step: int) -> None:
         """Gradient-time work on ``step`` before gradients are masked."""
 
+    def after_step(self, step: int) -> None:
+        """After the optimizer step that brought the run to ``step``, before :meth:`apply`."""
+
     def finalize(self) -> None:
         """End of training (soft methods hard-prune here)."""
 
-    def fit(self, module: L.LightningModule, datamodule: L.LightningDataModule,
-            make_trainer: Callable[..., L.Trainer], ckpt_path: Any = None) -> L.Trainer:  # fmt: skip
-        """Train with this method; the default is one Lightning fit (resumed from ``ckpt_path``:
-        masks are model buffers, step-driven schedules follow the restored global step, and
-        state of a method's own is in its ``state_dict``)."""
-        trainer = make_trainer()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-        return trainer
+    # -- what masking means for this method ------------------------------------------------------
+    @property
+    def hard_masks(self) -> bool:
+        """Whether masked weights and their gradients are zeroed every step (soft and
+        straight-through methods: not while their parametrization computes the forward)."""
+        return True
+
+    def apply(self) -> None:
+        """Zero the masked weights (after every optimizer step)."""
+        assert self.masks is not None
+        self.masks.apply()
+
+    def mask_grads(self) -> None:
+        """Zero the gradients of masked weights (before every optimizer step)."""
+        assert self.masks is not None
+        self.masks.mask_grads()
 
     def ensure_finalized(self) -> None:
-        """Finalize if training ended without ``on_train_end`` (a resumed run whose checkpoint
-        was written after the last epoch: Lightning skips the finished loop)."""
-        if not self._finalized and self.masks is not None:
+        """Finalize once: at the end of training, or for a resumed run whose checkpoint was
+        written after the last epoch (Lightning skips the finished loop)."""
+        if not self.finalized and self.masks is not None:
             self.finalize()
-            self.masks.apply()
-            self._finalized = True
+            self.apply()
+            self.finalized = True
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint carries besides the masks (model buffers) to resume the method."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    # -- reporting ------------------------------------------------------------------------------
     @property
     def pattern_tag(self) -> str:
         """The ``pattern`` tag of this method's runs (one derivation, from the built method)."""
         return pattern_label(self.pattern)
-
-    def prepare(self, datamodule: L.LightningDataModule, cfg: Any) -> None:
-        """Work before the model is built (DASS searches its architecture here)."""
-
-    def extra_results(self) -> dict[str, Any]:
-        """Method-specific entries for results.json (e.g. DASS's genotype)."""
-        return {}
-
-    def extra_metrics(self) -> dict[str, float]:
-        """Method-specific metrics beside the contract (e.g. ``time/search_s``)."""
-        return {}
-
-    def transform_model(self, model: nn.Module, model_cfg: Any, example: torch.Tensor) -> nn.Module:
-        """The model this method trains (Sparse-IFT transforms it; the default keeps it)."""
-        return model
-
-    #: Forward FLOPs per sample of the dense original when the model was transformed.
-    reference_flops: float | None = None
-    description: list[str] = []
 
     def deployed_model(self, model: nn.Module) -> nn.Module | None:
         """A physically smaller network (structured methods), else None."""
@@ -199,36 +226,3 @@ class SparsityMethod(Callback):
         """Training FLOPs of the run (Sparse-IFT's accounting); dense-then-prune counts dense."""
         per_sample = 3 * sparse_flops if self.sparse_from_start else 3 * dense_flops
         return per_sample * samples
-
-    # -- Lightning hooks ----------------------------------------------------------------------
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit" or self.masks is not None:
-            return
-        self.total_steps = max(1, int(trainer.estimated_stepping_batches))
-        self.attach(pl_module.model)
-        self.init_masks()  # a resumed run's checkpoint then overwrites masks and weights
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.optimizer = trainer.optimizers[0] if trainer.optimizers else None
-        assert self.masks is not None
-        self.masks.apply()
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if self.update_due(step):
-            self.update(step)
-
-    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.after_backward(trainer.global_step)
-        assert self.masks is not None
-        self.masks.mask_grads()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        assert self.masks is not None
-        self.masks.apply()
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.finalize()
-        assert self.masks is not None
-        self.masks.apply()
-        self._finalized = True

@@ -11,6 +11,7 @@ from torch import nn
 from sparsebench.config import ConfigError
 from sparsebench.sparsity.masks import MaskSet
 from sparsebench.sparsity.methods.gmp import GradualMagnitudePruning
+from sparsebench.sparsity.patterns import Channel
 from sparsebench.sparsity.prunable import prunable_layers
 
 OUT_HANDLERS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
@@ -31,27 +32,22 @@ class ChannelPruning(GradualMagnitudePruning):
     physically smaller network's FLOPs.
     """
 
-    def __init__(self, name: str = "channel", sparsity: float = 0.5, **kwargs) -> None:
-        kwargs.pop("pattern", None)
-        kwargs.pop("distribution", None)
-        super().__init__(
-            name=name,
-            sparsity=sparsity,
-            pattern={"kind": "channel"},
-            distribution="uniform",
-            **kwargs,
-        )
+    patterns = (Channel,)
+
+    def __init__(self, name: str = "channel", sparsity: float = 0.5, pattern: str = "channel",
+                 distribution: str = "uniform", **kwargs) -> None:  # fmt: skip
+        if distribution != "uniform":
+            raise ConfigError(f"method 'channel' removes the same fraction of channels in every "
+                              f"layer: method.distribution must be uniform, got '{distribution}'.")  # fmt: skip
+        super().__init__(name=name, sparsity=sparsity, pattern=pattern, distribution=distribution,
+                         **kwargs)  # fmt: skip
         self.norms: dict[str, list[nn.Module]] = {}
         self.example: torch.Tensor | None = None
 
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage == "fit" and self.masks is None:
-            self.example = trainer.datamodule.example_input(1)
-        super().setup(trainer, pl_module, stage)
-
-    def attach(self, model: nn.Module):
-        if self.example is None:
+    def select(self, model: nn.Module, example: torch.Tensor | None = None) -> dict[str, nn.Module]:
+        if example is None:
             raise ConfigError("method 'channel' needs an example input to trace the model.")
+        self.example = example
         candidates = prunable_layers(model, **self.layer_options)
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=self.example)
         chosen: dict[str, nn.Module] = {}
@@ -73,8 +69,7 @@ class ChannelPruning(GradualMagnitudePruning):
                 "method 'channel' found no layer whose output channels can be removed alone."
             )
         self.norms = {n: ms for n, ms in self.norms.items() if n in chosen}
-        self.layer_options = {**self.layer_options, "include": tuple(chosen)}
-        return super().attach(model)
+        return chosen
 
     def magnitudes(self) -> dict[str, torch.Tensor]:
         # Squared magnitudes: the Channel pattern sums them per filter (ordering = L2 norm).
@@ -95,16 +90,13 @@ class ChannelPruning(GradualMagnitudePruning):
                 if target is not None:
                     target[dead] = 0
 
-    def on_after_backward(self, trainer, pl_module) -> None:
-        super().on_after_backward(trainer, pl_module)
+    # A pruned channel is more than its filter: its bias and norm are held at zero too.
+    def mask_grads(self) -> None:
+        super().mask_grads()
         self.zero_channels(grads=True)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        self.zero_channels()
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        super().on_train_end(trainer, pl_module)
+    def apply(self) -> None:
+        super().apply()
         self.zero_channels()
 
     def deployed_model(self, model: nn.Module) -> nn.Module:

@@ -6,9 +6,9 @@ import torch
 
 from sparsebench.config import ConfigError
 from sparsebench.sparsity.masks import reset_optimizer_state
-from sparsebench.sparsity.methods.base import SparsityMethod, _check_fraction
+from sparsebench.sparsity.methods.base import SparsityMethod, check_fraction
 from sparsebench.sparsity.patterns import Unstructured
-from sparsebench.sparsity.schedules import cosine_drop_fraction, update_due
+from sparsebench.sparsity.schedules import Schedule
 
 
 class DynamicSparseTraining(SparsityMethod):
@@ -18,29 +18,24 @@ class DynamicSparseTraining(SparsityMethod):
     """
 
     sparse_from_start = True
+    patterns = (Unstructured,)  # grows single weights
 
     def __init__(self, name: str, distribution: str = "erk", drop_fraction: float = 0.3, update_interval: int = 100,
                  end: float = 0.75, **kwargs) -> None:  # fmt: skip
         super().__init__(name=name, distribution=distribution, **kwargs)
-        if not isinstance(self.pattern, Unstructured):
-            raise ConfigError(
-                f"method '{name}' grows single weights: it needs pattern kind 'unstructured'."
-            )
-        _check_fraction("drop_fraction", drop_fraction, high_open=False)
-        _check_fraction("end", end, high_open=False)
+        check_fraction("drop_fraction", drop_fraction, high_open=False)
+        check_fraction("end", end, high_open=False)
         if update_interval < 1:
             raise ConfigError(f"method.update_interval must be >= 1, got {update_interval}.")
-        self.drop_fraction, self.update_interval, self.end = drop_fraction, update_interval, end
+        self.drop_fraction, self.update_interval = drop_fraction, update_interval
+        self.schedule = Schedule(start=0.0, end=end, interval=update_interval)
 
     def init_masks(self) -> None:
         gen = self.generator(0)
         self.prune_by({name: torch.rand(m.weight.shape, generator=gen) for name, m in self.masks})
 
-    def end_step(self) -> int:
-        return int(self.end * self.total_steps)
-
     def is_update_step(self, step: int) -> bool:
-        return step > 0 and update_due(step, 0, self.end_step(), self.update_interval)
+        return step > 0 and self.schedule.due(step)
 
     def grow_scores(self, name: str, step: int) -> torch.Tensor:
         raise NotImplementedError
@@ -55,7 +50,7 @@ class DynamicSparseTraining(SparsityMethod):
 
     def drop_and_grow(self, step: int) -> dict[str, int]:
         """One mask update; returns the number of connections regrown per layer."""
-        fraction = cosine_drop_fraction(step, self.drop_fraction, self.end_step())
+        fraction = self.schedule.cosine(step, self.drop_fraction)
         moved = {}
         for name, module in self.masks:
             mask = self.masks.mask(name)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from sparsebench.config import ConfigError
-from sparsebench.sparsity.methods.base import SparsityMethod, _check_fraction
-from sparsebench.sparsity.schedules import cubic_sparsity, update_due
+from sparsebench.sparsity.methods.base import SparsityMethod, check_fraction
+from sparsebench.sparsity.schedules import Schedule, cubic_sparsity
 
 
 class GradualMagnitudePruning(SparsityMethod):
@@ -16,9 +16,9 @@ class GradualMagnitudePruning(SparsityMethod):
     def __init__(self, name: str = "gmp", start: float = 0.1, end: float = 0.75, update_interval: int = 100,
                  initial_sparsity: float = 0.0, **kwargs) -> None:  # fmt: skip
         super().__init__(name=name, **kwargs)
-        _check_fraction("start", start)
-        _check_fraction("end", end, high_open=False)
-        _check_fraction("initial_sparsity", initial_sparsity)
+        check_fraction("start", start)
+        check_fraction("end", end, high_open=False)
+        check_fraction("initial_sparsity", initial_sparsity)
         if end <= start:
             raise ConfigError(
                 f"method.end must be after method.start, got start={start}, end={end}."
@@ -27,19 +27,14 @@ class GradualMagnitudePruning(SparsityMethod):
             raise ConfigError(f"method.update_interval must be >= 1, got {update_interval}.")
         self.start, self.end, self.update_interval = start, end, update_interval
         self.initial_sparsity = initial_sparsity
-
-    def steps(self) -> tuple[int, int, int]:
-        """(start step, end step, interval), the interval shrunk for very short runs."""
-        start, end = int(self.start * self.total_steps), max(1, int(self.end * self.total_steps))
-        return start, end, max(1, min(self.update_interval, (end - start) // 4 or 1))
+        # The interval shrinks in runs too short for it (at least four updates).
+        self.schedule = Schedule(start=start, end=end, interval=update_interval, shrink=True)
 
     def sparsity_at(self, step: int) -> float:
-        start, end, interval = self.steps()
-        return cubic_sparsity(step, self.sparsity, start, end, interval, self.initial_sparsity)
+        return self.schedule.cubic(step, self.sparsity, self.initial_sparsity)
 
     def update_due(self, step: int) -> bool:
-        start, end, interval = self.steps()
-        return update_due(step, start, end, interval) or step == end
+        return self.schedule.due(step) or step == max(1, self.schedule.end_step)
 
     def update(self, step: int) -> None:
         self.prune_by(self.magnitudes(), sparsity=self.sparsity_at(step))

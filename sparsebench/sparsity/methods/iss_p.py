@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from sparsebench.config import ConfigError
-from sparsebench.sparsity.methods.base import SparsityMethod, _check_fraction
+from sparsebench.sparsity.methods.base import SparsityMethod, check_fraction
 from sparsebench.sparsity.patterns import Unstructured
-from sparsebench.sparsity.schedules import cubic_sparsity
+from sparsebench.sparsity.schedules import Schedule
 
 
 class ISSP(SparsityMethod):
@@ -19,31 +19,26 @@ class ISSP(SparsityMethod):
     fixed (alpha = 0 would be hard iterative thresholding).
     """
 
+    patterns = (Unstructured,)  # shrinks single weights
+
     def __init__(self, name: str = "iss_p", alpha: float = 0.95, start: float = 0.0, end: float = 1.0,
                  shrink_interval: int = 1, **kwargs) -> None:  # fmt: skip
         super().__init__(name=name, **kwargs)
-        if not isinstance(self.pattern, Unstructured):
-            raise ConfigError(
-                "method 'iss_p' shrinks single weights: it needs pattern kind 'unstructured'."
-            )
-        _check_fraction("alpha", alpha)
-        _check_fraction("start", start)
-        _check_fraction("end", end, high_open=False)
+        check_fraction("alpha", alpha)
+        check_fraction("start", start)
+        check_fraction("end", end, high_open=False)
         if end <= start:
             raise ConfigError(
                 f"method.end must be after method.start, got start={start}, end={end}."
             )
         if shrink_interval < 1:
             raise ConfigError(f"method.shrink_interval must be >= 1, got {shrink_interval}.")
-        self.alpha, self.start, self.end, self.shrink_interval = alpha, start, end, shrink_interval
+        self.alpha, self.shrink_interval = alpha, shrink_interval
+        self.schedule = Schedule(start=start, end=end)
         self.hard_pruned = False
 
-    def steps(self) -> tuple[int, int]:
-        return int(self.start * self.total_steps), max(1, int(self.end * self.total_steps))
-
     def shrink_fraction(self, step: int) -> float:
-        start, end = self.steps()
-        return cubic_sparsity(step, self.sparsity, start, end, 1)
+        return self.schedule.cubic(step, self.sparsity)
 
     @torch.no_grad()
     def shrink(self, step: int) -> None:
@@ -56,15 +51,13 @@ class ISSP(SparsityMethod):
                 smallest = torch.topk(weight.abs().view(-1), k, largest=False).indices
                 weight.view(-1)[smallest] *= self.alpha
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step  # already advanced past the optimizer step just taken
-        if not self.hard_pruned:
-            start, end = self.steps()
-            if step >= end:
-                self.finalize()
-            elif step >= start and step % self.shrink_interval == 0:
-                self.shrink(step)
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+    def after_step(self, step: int) -> None:
+        if self.hard_pruned:
+            return
+        if step >= max(1, self.schedule.end_step):
+            self.finalize()
+        elif step >= self.schedule.start_step and step % self.shrink_interval == 0:
+            self.shrink(step)
 
     def finalize(self) -> None:
         if not self.hard_pruned:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sparsebench.sparsity.methods.base import SparsityMethod, _check_fraction
+from sparsebench.sparsity.methods.base import SparsityMethod, check_fraction
+from sparsebench.sparsity.schedules import Schedule
 
 
 class MagnitudePruning(SparsityMethod):
@@ -15,14 +16,12 @@ class MagnitudePruning(SparsityMethod):
     def __init__(self, name: str = "magnitude", distribution: str = "global", prune_at: float = 0.5,
                  **kwargs) -> None:  # fmt: skip
         super().__init__(name=name, distribution=distribution, **kwargs)
-        _check_fraction("prune_at", prune_at)
+        check_fraction("prune_at", prune_at)
         self.prune_at = prune_at
-
-    def prune_step(self) -> int:
-        return int(self.prune_at * self.total_steps)
+        self.schedule = Schedule(start=prune_at)  # one update, at prune_at
 
     def update_due(self, step: int) -> bool:
-        return step == self.prune_step()
+        return step == self.schedule.start_step
 
     def update(self, step: int) -> None:
         self.prune_by(self.magnitudes())

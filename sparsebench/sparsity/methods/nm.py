@@ -18,13 +18,12 @@ class NMOneShot(MagnitudePruning):
     dimension once, and fine-tune with the mask fixed.
     """
 
-    def __init__(
-        self, name: str = "nm", n: int = 2, m: int = 4, prune_at: float = 0.5, **kwargs
-    ) -> None:
-        kwargs.pop("pattern", None)
-        super().__init__(name=name, prune_at=prune_at, distribution="uniform",
-                         pattern={"kind": "nm", "n": n, "m": m}, **kwargs)  # fmt: skip
-        self.n, self.m = n, m
+    patterns = (NM,)
+
+    def __init__(self, name: str = "nm", pattern: str = "2:4", prune_at: float = 0.5,
+                 **kwargs) -> None:  # fmt: skip
+        super().__init__(name=name, pattern=pattern, prune_at=prune_at, distribution="uniform",
+                         **kwargs)  # fmt: skip
 
 
 class _SRSTEMask(torch.autograd.Function):
@@ -62,17 +61,14 @@ class SRSTE(SparsityMethod):
     """
 
     sparse_from_start = True
+    patterns = (NM,)
 
-    def __init__(
-        self, name: str = "sr_ste", n: int = 2, m: int = 4, decay: float = 2e-4, **kwargs
-    ) -> None:
-        kwargs.pop("pattern", None)
-        super().__init__(
-            name=name, distribution="uniform", pattern={"kind": "nm", "n": n, "m": m}, **kwargs
-        )
+    def __init__(self, name: str = "sr_ste", pattern: str = "2:4", decay: float = 2e-4,
+                 **kwargs) -> None:  # fmt: skip
+        super().__init__(name=name, pattern=pattern, distribution="uniform", **kwargs)
         if decay < 0:
             raise ConfigError(f"method.decay must be >= 0, got {decay}.")
-        self.n, self.m, self.decay = n, m, decay
+        self.decay = decay
 
     def init_masks(self) -> None:
         for _, module in self.masks:
@@ -80,15 +76,9 @@ class SRSTE(SparsityMethod):
                 module, "weight", NMForward(self.pattern, self.decay)
             )
 
-    # During training the dense weights live on: no hard masking until the end.
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.optimizer = trainer.optimizers[0] if trainer.optimizers else None
-
-    def on_after_backward(self, trainer, pl_module) -> None:
-        pass
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        pass
+    @property
+    def hard_masks(self) -> bool:
+        return self.finalized  # the dense weights train until the end (straight-through)
 
     def train_flops(self, dense_flops: float, sparse_flops: float, samples: int) -> float:
         # Forward and input gradient with W*E; the weight gradient is dense (it feeds the STE).

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from sparsebench.config import ConfigError
-from sparsebench.sparsity.methods.base import SparsityMethod, _check_fraction
+from sparsebench.sparsity.methods.base import SparsityMethod, check_fraction
 
 
 class NodeMask(SparsityMethod):
@@ -30,7 +30,7 @@ class NodeMask(SparsityMethod):
     def __init__(self, name: str = "node", node_seed: int = 0, layer_spread: float = 0.5,
                  dense_stem: bool = False, dense_head: bool = False, **kwargs) -> None:  # fmt: skip
         super().__init__(name=name, dense_stem=dense_stem, dense_head=dense_head, **kwargs)
-        _check_fraction("layer_spread", layer_spread, high_open=False)
+        check_fraction("layer_spread", layer_spread, high_open=False)
         self.node_seed = node_seed
         self.layer_spread = layer_spread
         self.kept_units: dict[str, int] = {}

@@ -9,9 +9,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from sparsebench.config import ConfigError
-from sparsebench.sparsity.methods.base import SparsityMethod, _check_fraction
+from sparsebench.sparsity.methods.base import SparsityMethod, check_fraction
 from sparsebench.sparsity.methods.nm import _SRSTEMask
 from sparsebench.sparsity.patterns import NM
+from sparsebench.sparsity.schedules import Schedule
 
 DECAYS = ("linear", "exponential", "stepwise", "geometric")
 
@@ -51,25 +52,24 @@ class ProgressiveGradientFlow(SparsityMethod):
     """
 
     sparse_from_start = True
+    patterns = (NM,)
 
-    def __init__(self, name: str = "pgf", n: int = 2, m: int = 4, decay: str = "linear", rate: float = 2e-4,
+    def __init__(self, name: str = "pgf", pattern: str = "2:4", decay: str = "linear", rate: float = 2e-4,
                  dense_until: float = 0.0, end: float = 0.75, **kwargs) -> None:  # fmt: skip
-        kwargs.pop("pattern", None)
-        super().__init__(
-            name=name, distribution="uniform", pattern={"kind": "nm", "n": n, "m": m}, **kwargs
-        )
+        super().__init__(name=name, pattern=pattern, distribution="uniform", **kwargs)
         if decay not in DECAYS:
             raise ConfigError(f"method.decay must be one of {', '.join(DECAYS)}, got '{decay}'.")
         if rate <= 0:
             raise ConfigError(f"method.rate must be > 0, got {rate}.")
-        _check_fraction("dense_until", dense_until)
-        _check_fraction("end", end, high_open=False)
+        check_fraction("dense_until", dense_until)
+        check_fraction("end", end, high_open=False)
         if end <= dense_until:
             raise ConfigError(
                 f"method.end must be after method.dense_until, got {dense_until} and {end}."
             )
-        self.n, self.m, self.decay, self.rate = n, m, decay, rate
-        self.dense_until, self.end = dense_until, end
+        self.n, self.m = self.pattern.n, self.pattern.m
+        self.decay, self.rate, self.end = decay, rate, end
+        self.schedule = Schedule(start=dense_until, end=end)  # decaying from start to end
         self.hardened = False
 
     def stages(self) -> list[tuple[int, int]]:
@@ -87,7 +87,7 @@ class ProgressiveGradientFlow(SparsityMethod):
 
     def phase(self, step: int) -> tuple[float, tuple[int, int]]:
         """(beta, (n, m)) at ``step``; beta = 1 means dense."""
-        start, end = int(self.dense_until * self.total_steps), int(self.end * self.total_steps)
+        start, end = self.schedule.start_step, self.schedule.end_step
         if step < start:
             return 1.0, (self.n, self.m)
         t = step - start
@@ -111,9 +111,11 @@ class ProgressiveGradientFlow(SparsityMethod):
         for _, module in self.masks:
             parametrize.register_parametrization(module, "weight", DecayingMask(NM(self.n, self.m)))
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if not self.hardened and step >= int(self.end * self.total_steps):
+    def update_due(self, step: int) -> bool:
+        return True  # beta or the pattern may change on every step
+
+    def update(self, step: int) -> None:
+        if not self.hardened and step >= self.schedule.end_step:
             self.harden()
         for _, module in self.masks:
             param = module.parametrizations.weight[0]
@@ -125,19 +127,9 @@ class ProgressiveGradientFlow(SparsityMethod):
             if (param.pattern.n, param.pattern.m) != (n, m):
                 param.pattern = NM(n, m)
 
-    # Masks are hard only once hardened; before that the dense weights train.
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.optimizer = trainer.optimizers[0] if trainer.optimizers else None
-        if self.hardened:
-            self.masks.apply()
-
-    def on_after_backward(self, trainer, pl_module) -> None:
-        if self.hardened:
-            self.masks.mask_grads()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.hardened:
-            self.masks.apply()
+    @property
+    def hard_masks(self) -> bool:
+        return self.hardened  # before that the dense weights train
 
     def harden(self) -> None:
         """Fix the target N:M mask of the dense weights; fine-tuning keeps it."""

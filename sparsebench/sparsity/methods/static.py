@@ -24,3 +24,14 @@ class RandomPruning(SparsityMethod):
         gen = self.generator(0)
         scores = {name: torch.rand(m.weight.shape, generator=gen) for name, m in self.masks}
         self.prune_by(scores)
+
+
+class FixedMasks(SparsityMethod):
+    """Fine-tuning after pruning: the pruned masks, never changed (weights and gradients
+    masked by the base class)."""
+
+    sparse_from_start = True
+
+    def __init__(self, pruned: SparsityMethod) -> None:
+        super().__init__(name=pruned.name, pattern=pruned.pattern.label)
+        self.masks = pruned.masks

@@ -14,6 +14,10 @@ import torch
 from torch import nn
 
 from sparsebench.config import ConfigError
+from sparsebench.metrics.flops import module_flops
+from sparsebench.sparsity.prunable import prunable_layers
+from sparsebench.transforms.base import ModelTransform
+from sparsebench.transforms.sparse_ift import set_module
 
 
 class MonarchLinear(nn.Module):
@@ -67,3 +71,40 @@ class MonarchLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_features}->{self.out_features}, nblocks={self.nblocks}, mid={self.mid}"
+
+
+class Monarch(ModelTransform):
+    """Replace the prunable Linear layers (stem and head dense by default) by
+    :class:`MonarchLinear` with ``nblocks`` blocks (Dao et al., ICML 2022); the result trains
+    dense with no masks (``+method=monarch``): the saving is structural, so ``flops/sparse``
+    is the Monarch network's FLOPs, ``flops/dense`` the original's, and ``sparsity/*`` count
+    zeros and stay 0. The run's ``pattern`` tag is ``monarch``.
+    """
+
+    pattern_tag = "monarch"
+
+    def __init__(self, name: str = "monarch", nblocks: int = 4, dense_stem: bool = True,
+                 dense_head: bool = True, include=(), exclude=()) -> None:  # fmt: skip
+        super().__init__(name)
+        if nblocks < 2:
+            raise ConfigError(f"transform.nblocks must be >= 2, got {nblocks}.")
+        self.nblocks = nblocks
+        self.own_layers = {"dense_stem": dense_stem, "dense_head": dense_head,
+                           "include": tuple(include), "exclude": tuple(exclude)}  # fmt: skip
+
+    def apply(self, model: nn.Module, model_cfg, example: torch.Tensor,
+              datamodule=None) -> nn.Module:  # fmt: skip
+        total, _ = module_flops(model, example)
+        self.reference_flops = total / example.shape[0]
+        linears = {n: m for n, m in prunable_layers(model, **self.own_layers).items()
+                   if isinstance(m, nn.Linear)}  # fmt: skip
+        if not linears:
+            raise ConfigError(
+                "transform 'monarch' found no Linear layer to replace outside the stem and head."
+            )
+        for name, layer in linears.items():
+            monarch = MonarchLinear.from_linear(layer, self.nblocks)
+            set_module(model, name, monarch)
+            self.description.append(f"{name}: Linear {layer.in_features}->{layer.out_features} -> Monarch "
+                                    f"{self.nblocks} blocks (middle {monarch.mid})")  # fmt: skip
+        return model

@@ -30,8 +30,6 @@ class ClassificationModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler = scheduler
         self.warmup_epochs = warmup_epochs
-        # Restarts of the schedule: a method that retrains in rounds (IMP) sets this in setup.
-        self.lr_cycles = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -61,11 +59,10 @@ class ClassificationModule(L.LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler == "constant":
             return optimizer
-        total = max(1, int(self.trainer.estimated_stepping_batches) // self.lr_cycles)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(total * self.warmup_epochs / max(1, self.trainer.max_epochs))
 
         def factor(step: int) -> float:
-            step = step % total  # each cycle repeats the schedule
             if step < warmup:
                 return (step + 1) / warmup
             progress = (step - warmup) / max(1, total - warmup)

@@ -15,12 +15,14 @@ earlier nodes, and a classifier that is itself a mixed choice of a dense and spa
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsebench.config import ConfigError
 from sparsebench.sparsity.patterns import topk_mask
 
 # name -> (kind, kernel, sparsity); "sparse" kinds learn which weights they keep.
@@ -329,3 +331,26 @@ def format_genotype(genotype: dict[str, Any]) -> str:
     cells = "; ".join(f"{kind}: " + ", ".join(f"{op}<-{src}" for op, src in genotype[kind])
                       for kind in ("normal", "reduce"))  # fmt: skip
     return f"{cells}; head: {genotype['head']}"
+
+
+def check_genotype(genotype: Any, nodes: int) -> dict[str, Any]:
+    """A genotype from the config (JSON string or mapping), checked."""
+    if isinstance(genotype, str):
+        genotype = json.loads(genotype)
+    ok = isinstance(genotype, dict) and genotype.get("head") in HEADS
+    for kind in ("normal", "reduce"):
+        cells = genotype.get(kind) if isinstance(genotype, dict) else None
+        ok = ok and isinstance(cells, list) and len(cells) == 2 * nodes
+        for index, edge in enumerate(cells or []):
+            op, src = edge
+            ok = ok and op in OPS and op != "none" and 0 <= int(src) < 2 + index // 2
+    if not ok:
+        raise ConfigError(
+            f"transform.genotype is not a genotype for {nodes} nodes: it needs normal and reduce "
+            f"lists of {2 * nodes} [operation, input] pairs (operations: "
+            f"{', '.join(o for o in OPS if o != 'none')}; node j takes inputs 0..j+1) and a head "
+            f"({', '.join(HEADS)}), got {genotype!r}."
+        )
+    return {k: [(op, int(src)) for op, src in genotype[k]] for k in ("normal", "reduce")} | {
+        "head": genotype["head"]
+    }

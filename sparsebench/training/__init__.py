@@ -1,9 +1,9 @@
-"""Building blocks of the training runner: objects from config, and the final measurements."""
+"""The training layer: objects from config, the fit (sparsebench.training.strategies, with the one
+sparsity callback of sparsebench.training.callback), and the final measurements."""
 
 from __future__ import annotations
 
 import collections.abc
-import inspect
 import math
 import pickle
 import random
@@ -32,11 +32,15 @@ from sparsebench.hardware.base import HardwareTarget
 from sparsebench.metrics.flops import flops_per_sample
 from sparsebench.metrics.params import actual_sparsity, count_params
 from sparsebench.metrics.size import model_bytes
-from sparsebench.module import ClassificationModule
+from sparsebench.models import build_model
 from sparsebench.sparsity.methods.base import SparsityMethod
 from sparsebench.sparsity.prunable import prunable_layers
 from sparsebench.tracking.recorder import RunRecorder
 from sparsebench.tracking.results import Results, RunDiverged, write_atomic
+from sparsebench.training.callback import SparsityCallback
+from sparsebench.training.module import ClassificationModule
+from sparsebench.training.strategies import STRATEGIES
+from sparsebench.transforms.base import ModelTransform
 
 
 class RunProgress(Callback):
@@ -292,8 +296,8 @@ def _describe(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
-def check_method_types(node: DictConfig) -> None:
-    """One sentence for a method option of the wrong type (``method.exclude=0``), before the
+def check_option_types(node: DictConfig, group: str) -> None:
+    """One sentence for an option of the wrong type (``method.exclude=0``), before the
     constructor fails on it with a TypeError."""
     target = get_class(node._target_)
     hints = _method_hints(target)
@@ -304,16 +308,15 @@ def check_method_types(node: DictConfig) -> None:
             continue
         expected = _describe(hint)
         raise ConfigError(
-            f"method.{key} must be {expected}, got {value!r} ({type(value).__name__})."
+            f"{group}.{key} must be {expected}, got {value!r} ({type(value).__name__})."
         )
 
 
-def build_method(cfg: DictConfig) -> SparsityMethod | None:
-    """The configured sparsity method, or None for dense training (no method, or ``dense``)."""
-    node = cfg.get("method")
+def _build(node: DictConfig | None, group: str) -> Any:
+    """Instantiate a ``method`` or ``transform`` node; None when absent or ``_target_: null``."""
     if node is None or node.get("_target_") is None:
         return None
-    check_method_types(node)
+    check_option_types(node, group)
     try:
         return instantiate(node, _convert_="all")
     except InstantiationException as exc:
@@ -321,13 +324,53 @@ def build_method(cfg: DictConfig) -> SparsityMethod | None:
         if isinstance(cause, ConfigError):
             raise cause from None
         if isinstance(cause, TypeError) and "unexpected keyword" in str(cause):
-            target = get_class(node._target_)
-            allowed = [p for p in inspect.signature(target).parameters if p != "kwargs"]
-            allowed += [p for p in inspect.signature(SparsityMethod).parameters if p not in allowed]
+            allowed = list(_method_hints(get_class(node._target_)))
             raise ConfigError(
-                f"method '{node.get('name')}' {cause}; it takes: {', '.join(allowed)}."
+                f"{group} '{node.get('name')}' {cause}; it takes: {', '.join(allowed)}."
             ) from None
         raise
+
+
+def build_method(cfg: DictConfig) -> SparsityMethod | None:
+    """The configured sparsity method, or None for dense training (no method, or ``dense``)."""
+    return _build(cfg.get("method"), "method")
+
+
+def build_transform(cfg: DictConfig, method: SparsityMethod | None) -> ModelTransform | None:
+    """The configured model transformation, if any, checked against the method it is composed
+    with (an iso-FLOP transformation fixes the sparsity the method trains at)."""
+    transform = _build(cfg.get("transform"), "transform")
+    if transform is None or method is None:
+        return transform
+    if transform.sparsity is not None and abs(method.target_sparsity - transform.sparsity) > 1e-9:
+        raise ConfigError(
+            f"transform '{transform.name}' is iso-FLOP at transform.sparsity={transform.sparsity}, "
+            f"but method '{method.name}' trains at sparsity {method.target_sparsity:g}; set "
+            "method.sparsity to the same value."
+        )
+    transform.layer_options = dict(method.layer_options)
+    return transform
+
+
+def build_run_model(cfg: DictConfig, datamodule: SparseBenchDataModule,
+                    method: SparsityMethod | None, transform: ModelTransform | None) -> nn.Module:  # fmt: skip
+    """The model the run trains: the configured one, transformed; the method's layer
+    selection leaves out what the transformation keeps dense."""
+    model = build_model(cfg.model)
+    if transform is None:
+        return model
+    model = transform.apply(model, cfg.model, datamodule.example_input(1), datamodule)
+    if method is not None:
+        method.narrow(transform.include, transform.exclude)
+    return model
+
+
+def pattern_tag(method: SparsityMethod | None, transform: ModelTransform | None) -> str:
+    """The run's ``pattern`` tag: the transformation's structure (``monarch``), the method's
+    pattern label, or ``dense``."""
+    if transform is not None and transform.pattern_tag is not None:
+        return transform.pattern_tag
+    return method.pattern_tag if method is not None else "dense"
 
 
 TRAINER_KEYS = (
@@ -337,9 +380,8 @@ TRAINER_KEYS = (
 )  # fmt: skip
 
 
-def build_trainer(
-    cfg: DictConfig, output_dir: Path, callbacks: list[Callback], **overrides: Any
-) -> L.Trainer:
+def build_trainer(cfg: DictConfig, output_dir: Path, callbacks: list[Callback],
+                  extra_callbacks: list[Callback] | None = None, **overrides: Any) -> L.Trainer:  # fmt: skip
     """A Lightning Trainer from ``cfg.trainer`` (``overrides`` win, e.g. ``max_epochs``);
     ``checkpoints/last.ckpt`` is written atomically at the end of every training epoch, after
     :class:`RunProgress` recorded the epoch (so a resumed run's history is complete). MLflow
@@ -348,6 +390,7 @@ def build_trainer(
     options.update(overrides)
     callbacks = [
         *callbacks,
+        *(extra_callbacks or []),
         *(instantiate(node, _convert_="all") for node in cfg.trainer.get("callbacks") or []),
     ]
     if options.get("enable_checkpointing", True):
@@ -375,19 +418,22 @@ def fit(
     make_trainer: Callable[..., L.Trainer],
     ckpt_path: Path | None = None,
 ) -> L.Trainer:
-    """Train; a method that trains in several runs (Sparse Model Soups) drives them itself.
+    """Train with the method's fit strategy (one fit unless IMP's rounds or soups' phases).
 
-    ``make_trainer(**overrides)`` builds a Trainer with the run's callbacks; ``ckpt_path``
-    resumes from a checkpoint (loaded with ``weights_only=True``). Returns the trainer to test
-    with.
+    ``make_trainer(**overrides)`` builds a Trainer with the run's callbacks (the method's
+    :class:`SparsityCallback` among them); ``ckpt_path`` resumes from a checkpoint (loaded with
+    ``weights_only=True``). Returns the trainer to test with.
     """
+    strategy = STRATEGIES[method.fit_strategy if method is not None else "single"]
+    trainer = strategy(method, module, datamodule, make_trainer, ckpt_path)
     if method is not None:
-        trainer = method.fit(module, datamodule, make_trainer, ckpt_path)
         method.ensure_finalized()  # a resumed fit that had already ended skips on_train_end
-        return trainer
-    trainer = make_trainer()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     return trainer
+
+
+def sparsity_callbacks(method: SparsityMethod | None) -> list[Callback]:
+    """The Lightning side of a method: its one callback (none for dense training)."""
+    return [] if method is None else [SparsityCallback(method)]
 
 
 def model_metrics(
@@ -397,6 +443,7 @@ def model_metrics(
     samples_seen: int,
     method: SparsityMethod | None = None,
     hardware: HardwareTarget | None = None,
+    transform: ModelTransform | None = None,
 ) -> dict[str, float]:
     """Parameters, sparsity, FLOPs and weight storage of the trained model.
 
@@ -409,9 +456,9 @@ def model_metrics(
     # Training FLOPs use the trained network's own dense FLOPs: RigL's dense gradient (f_D)
     # is computed on the network that is trained, e.g. Sparse-IFT's widened one.
     trained_dense = flops["flops/dense"]
-    if method is not None and method.reference_flops is not None:
+    if transform is not None and transform.reference_flops is not None:
         # Sparse-IFT and Monarch: flops/dense is the dense original (the iso-FLOP reference).
-        flops["flops/dense"] = method.reference_flops
+        flops["flops/dense"] = transform.reference_flops
     deployed = method.deployed_model(model) if method is not None else None
     if deployed is not None:  # structured: count the physically smaller network
         flops["flops/sparse"] = flops_per_sample(deployed, example)["flops/dense"]
@@ -438,10 +485,10 @@ def model_metrics(
 
 def measure(results: Results, cfg: DictConfig, model: nn.Module, example: torch.Tensor,
             samples_seen: int, method: SparsityMethod | None, hardware: HardwareTarget,
-            benchmark: bool) -> None:  # fmt: skip
+            benchmark: bool, transform: ModelTransform | None = None) -> None:  # fmt: skip
     """The contract's model metrics into ``results`` and, if ``benchmark`` (rank zero), the
     hardware target's latencies and its per-layer kernel choice."""
-    results.update(model_metrics(cfg, model, example, samples_seen, method, hardware))
+    results.update(model_metrics(cfg, model, example, samples_seen, method, hardware, transform))
     if hardware.enabled and benchmark:
         results.update(hardware.benchmark(model, example, pruned_layers(model, method)))
         results.data["kernels"] = hardware.kernels  # per-layer kernel chosen by the target

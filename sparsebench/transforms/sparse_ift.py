@@ -18,10 +18,15 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
+import timm
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import fx, nn
 
 from sparsebench.config import ConfigError
+from sparsebench.metrics.flops import module_flops
+from sparsebench.sparsity.prunable import prunable_layers
+from sparsebench.transforms.base import ModelTransform
 
 FAMILIES = ("sparse_wide", "sparse_parallel", "sparse_factorized", "sparse_doped")
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
@@ -200,3 +205,98 @@ def widen(build: Callable[[float], nn.Module], sparse_flops: Callable[[nn.Module
             f"(closest: {best[0]:+.1%} at width x{best[1]:.3f}, the search stops at x{high:.0f})."
         )
     return build(best[1]), best[1]
+
+
+def _width_arguments(model: nn.Module, model_cfg: dict, k: float) -> dict:
+    """create_model arguments that scale every width by k, per model family."""
+    name = model_cfg["model_name"]
+    if name == "mlp":
+        return {
+            "hidden_dims": [
+                max(1, round(h * k)) for h in model_cfg.get("hidden_dims") or (256, 256)
+            ]
+        }
+    if name == "resnet20":
+        return {"width": max(1, round((model_cfg.get("width") or 16) * k))}
+    if isinstance(model, timm.models.resnet.ResNet):
+        # timm's `channels` are the blocks' inner widths (conv1's outputs, also for bottlenecks).
+        channels = [model.get_submodule(f"layer{i}")[0].conv1.out_channels for i in range(1, 5)]
+        return {
+            "channels": tuple(max(1, round(c * k)) for c in channels),
+            "stem_width": max(1, round(64 * k)),
+        }
+    if isinstance(model, timm.models.vision_transformer.VisionTransformer):
+        hidden = model.blocks[0].mlp.fc1.out_features / model.embed_dim
+        return {"mlp_ratio": hidden * k}
+    raise ConfigError(f"sparse_wide cannot widen model '{name}' (it knows resnet*, resnet20, mlp and vit_*); "
+                      "use transform.family=sparse_parallel, sparse_factorized or sparse_doped.")  # fmt: skip
+
+
+class SparseIFT(ModelTransform):
+    """Saxena et al., "Sparse-IFT: Sparse Iso-FLOP Transformations for Maximizing Training
+    Efficiency", ICML 2024: transform the dense model with ``family`` at ``sparsity`` so that
+    its sparse FLOPs equal the dense original's; the sparsity method then trains it at that
+    sparsity (the ``+method=sparse_ift`` preset: RigL with the paper's settings, drop 0.3
+    cosine-decayed, dT = 100, until 75% of training, uniform over the sparse layers). The dense
+    original's FLOPs are reported as ``flops/dense`` (the iso-FLOP reference). For vision
+    transformers only the MLP blocks are transformed and sparse; the low-rank parts of
+    ``sparse_doped`` stay dense.
+    """
+
+    def __init__(self, name: str = "sparse_ift", family: str = "sparse_wide",
+                 sparsity: float = 0.75) -> None:  # fmt: skip
+        super().__init__(name)
+        if family not in FAMILIES:
+            raise ConfigError(
+                f"transform.family must be one of {', '.join(FAMILIES)}, got '{family}'."
+            )
+        if not 0 < sparsity < 1:
+            raise ConfigError(f"transform.sparsity must be in (0, 1), got {sparsity}.")
+        self.family, self.sparsity = family, sparsity
+        self.exclude = (f"*.{LOWRANK}.*",)
+
+    def _layers(self, model: nn.Module) -> dict[str, nn.Module]:
+        """The layers made sparse: the method's selection; of a ViT only the MLP blocks."""
+        vit = isinstance(model, timm.models.vision_transformer.VisionTransformer)
+        self.include = ("blocks.*.mlp.*",) if vit else ()
+        options = self.layer_options
+        return prunable_layers(model, dense_stem=options["dense_stem"],
+                               dense_head=options["dense_head"],
+                               include=options["include"] or self.include,
+                               exclude=(*options["exclude"], *self.exclude))  # fmt: skip
+
+    def apply(self, model: nn.Module, model_cfg: DictConfig, example: torch.Tensor,
+              datamodule=None) -> nn.Module:  # fmt: skip
+        self.reference_flops, _ = module_flops(model, example)
+        self.reference_flops /= example.shape[0]
+        if self.family == "sparse_wide":
+            config = OmegaConf.to_container(model_cfg, resolve=True)
+            config.pop("_target_", None)
+            base = {k: v for k, v in config.items() if v is not None}
+
+            def build(k: float) -> nn.Module:
+                return timm.create_model(**{**base, **_width_arguments(model, config, k)})
+
+            def sparse_flops(candidate: nn.Module) -> float:
+                total, per_layer = module_flops(
+                    candidate, example.to(next(candidate.parameters()).device)
+                )
+                saved = sum(per_layer[n] for n in self._layers(candidate)) * self.sparsity
+                return (total - saved) / example.shape[0]
+
+            old = self._layers(model)
+            wide, k = widen(build, sparse_flops, self.reference_flops)
+            new = self._layers(wide)
+            self.description = [f"sparse_wide: widths x{k:.3f}"] + [
+                f"{n}: {tuple(o.weight.shape[:2])} -> {tuple(new[n].weight.shape[:2])}"
+                for n, o in old.items()
+                if n in new
+            ]
+            return wide
+        layers = self._layers(model)
+        vit = isinstance(model, timm.models.vision_transformer.VisionTransformer)
+        activation = nn.GELU if vit else nn.ReLU
+        self.description = transform_layers(
+            model, layers, self.family, self.sparsity, activation, token_norm=vit
+        )
+        return model

@@ -1,17 +1,20 @@
-"""DASS as a sparsity method: search a sparse architecture, derive it, retrain it.
+"""DASS as a model transformation: search a sparse architecture and derive it; the run retrains it.
 
-``python -m sparsebench +method=dass`` (which selects ``model=dass``) runs, in one run:
+``python -m sparsebench +method=dass`` (which selects ``model=dass`` and ``transform=dass``)
+runs, in one run:
 
-1. Search (:meth:`DASS.prepare`): the supernet of :mod:`sparsebench.search.dass_space` on the
+1. Search (:meth:`DASS.apply`, before training): the supernet of :mod:`sparsebench.models.dass` on the
    training split, halved: architecture parameters (Adam) on one half's loss plus
    ``cost_weight`` x the softmax-expected cost of the operations (MACs x density: sparse and
    cheap operations cost less), weights and sparse-operation scores (SGD) on the other half
    (first-order DARTS, alternating steps).
 2. Derive: the genotype (two edges per node, one operation each, and the classifier kind),
    printed, kept in results.json and logged as ``genotype.json``.
-3. Retrain the derived network from scratch through the normal Lightning run; every layer of a
-   sparse operation is masked at that operation's sparsity, keeping the weights whose scores
-   the search learnt (top-k), so the results contract counts the searched sparsity.
+3. Retrain the derived network from scratch through the normal Lightning run; the ``dass`` mask
+   policy (sparsebench.sparsity.methods.dass) masks every layer of a sparse operation at that
+   operation's sparsity, keeping the weights whose scores the search learnt (top-k, the scores
+   handed over as each layer's ``searched_scores``), so the results contract counts the
+   searched sparsity.
 
 Mousavi et al., "DASS: Differentiable Architecture Search for Sparse neural networks" (2022);
 first-order DARTS from Liu et al., "DARTS: Differentiable Architecture Search", ICLR 2019.
@@ -22,7 +25,6 @@ from the magnitudes of the fresh weights, i.e. random, since no scores were lear
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import time
 from typing import Any
@@ -33,48 +35,17 @@ from torch import nn
 from torch.utils.data import DataLoader, random_split
 
 from sparsebench.config import ConfigError
-from sparsebench.search.dass_space import (
-    HEADS,
-    OPS,
-    DerivedNetwork,
-    SearchNetwork,
-    format_genotype,
-)
-from sparsebench.sparsity.masks import MaskSet
-from sparsebench.sparsity.methods.base import SparsityMethod
-from sparsebench.sparsity.patterns import topk_mask
+from sparsebench.models.dass import DerivedNetwork, SearchNetwork, check_genotype, format_genotype
+from sparsebench.transforms.base import ModelTransform
 
 log = logging.getLogger(__name__)
 
 
-def check_genotype(genotype: Any, nodes: int) -> dict[str, Any]:
-    """A genotype from the config (JSON string or mapping), checked."""
-    if isinstance(genotype, str):
-        genotype = json.loads(genotype)
-    ok = isinstance(genotype, dict) and genotype.get("head") in HEADS
-    for kind in ("normal", "reduce"):
-        cells = genotype.get(kind) if isinstance(genotype, dict) else None
-        ok = ok and isinstance(cells, list) and len(cells) == 2 * nodes
-        for index, edge in enumerate(cells or []):
-            op, src = edge
-            ok = ok and op in OPS and op != "none" and 0 <= int(src) < 2 + index // 2
-    if not ok:
-        raise ConfigError(
-            f"method.genotype is not a genotype for {nodes} nodes: it needs normal and reduce "
-            f"lists of {2 * nodes} [operation, input] pairs (operations: "
-            f"{', '.join(o for o in OPS if o != 'none')}; node j takes inputs 0..j+1) and a head "
-            f"({', '.join(HEADS)}), got {genotype!r}."
-        )
-    return {k: [(op, int(src)) for op, src in genotype[k]] for k in ("normal", "reduce")} | {
-        "head": genotype["head"]
-    }
-
-
-class DASS(SparsityMethod):
-    sparse_from_start = True
+class DASS(ModelTransform):
+    """Mousavi et al. 2022: the supernet search and the derived network (see the module)."""
 
     resumable = (
-        "method 'dass' searches its architecture before training and cannot continue a "
+        "transform 'dass' searches its architecture before training and cannot continue a "
         "killed run mid-way; start it again."
     )
 
@@ -82,18 +53,18 @@ class DASS(SparsityMethod):
                  search_epochs: int = 10, weight_lr: float = 0.05, arch_lr: float = 3e-3,
                  arch_weight_decay: float = 1e-3, cost_weight: float = 0.2,
                  search_resolution: int | None = 16, search_batches: int | None = None,
-                 genotype: Any = None, **kwargs) -> None:  # fmt: skip
-        kwargs.pop("sparsity", None)  # each operation carries its own
-        super().__init__(name=name, sparsity=0.0, dense_stem=False, dense_head=False, **kwargs)
+                 genotype: Any = None, seed: int = 0) -> None:  # fmt: skip
+        super().__init__(name)
+        self.seed = seed
         for key, value in (("channels", channels), ("cells", cells), ("nodes", nodes),
                            ("search_epochs", search_epochs)):  # fmt: skip
             if value is None or int(value) < 1:
-                raise ConfigError(f"method.{key} must be >= 1, got {value}.")
+                raise ConfigError(f"transform.{key} must be >= 1, got {value}.")
         for key, value in (("weight_lr", weight_lr), ("arch_lr", arch_lr)):
             if value <= 0:
-                raise ConfigError(f"method.{key} must be > 0, got {value}.")
+                raise ConfigError(f"transform.{key} must be > 0, got {value}.")
         if cost_weight < 0:
-            raise ConfigError(f"method.cost_weight must be >= 0, got {cost_weight}.")
+            raise ConfigError(f"transform.cost_weight must be >= 0, got {cost_weight}.")
         self.options = {"channels": channels, "cells": cells, "nodes": nodes}
         self.search_epochs, self.cost_weight = search_epochs, cost_weight
         self.search_resolution = search_resolution
@@ -101,13 +72,11 @@ class DASS(SparsityMethod):
         self.weight_lr, self.arch_lr, self.arch_weight_decay = weight_lr, arch_lr, arch_weight_decay
         self.genotype = check_genotype(genotype, nodes) if genotype is not None else None
         self.scores: dict[str, torch.Tensor] = {}
-        self.layer_sparsity: dict[str, float] = {}
         self.history: list[dict[str, Any]] = []
         self.search_s = 0.0
-        self.description = []
 
     # -- search ---------------------------------------------------------------------------
-    def prepare(self, datamodule, cfg) -> None:
+    def search(self, datamodule) -> None:
         if self.genotype is not None:
             self.description = [
                 f"DASS: retraining the given genotype {format_genotype(self.genotype)}"
@@ -177,43 +146,19 @@ class DASS(SparsityMethod):
             return x
         return F.interpolate(x, size=self.search_resolution, mode="bilinear", align_corners=False)
 
-    def transform_model(self, model: nn.Module, model_cfg: Any, example: torch.Tensor) -> nn.Module:
-        if self.genotype is None:
-            raise ConfigError("method 'dass' has no genotype: the search did not run.")
-        return DerivedNetwork(int(example.shape[1]), int(model_cfg.num_classes), self.genotype,
-                              **self.options)  # fmt: skip
+    def apply(self, model: nn.Module, model_cfg: Any, example: torch.Tensor,
+              datamodule: Any = None) -> nn.Module:  # fmt: skip
+        """Search (unless a genotype is given) and build the derived network; the learnt scores
+        of its sparse layers go with it (``searched_scores``) for the ``dass`` mask policy."""
+        self.search(datamodule)
+        derived = DerivedNetwork(int(example.shape[1]), int(model_cfg.num_classes),
+                                 self.genotype, **self.options)  # fmt: skip
+        for name, score in self.scores.items():
+            derived.get_submodule(name).searched_scores = score
+        return derived
 
     def extra_results(self) -> dict[str, Any]:
         return {"genotype": self.genotype, "search_history": self.history}
 
     def extra_metrics(self) -> dict[str, float]:
         return {"time/search_s": self.search_s} if self.search_s else {}
-
-    # -- masks of the derived network ----------------------------------------------------
-    def attach(self, model: nn.Module) -> MaskSet:
-        if not isinstance(model, DerivedNetwork):
-            raise ConfigError("method 'dass' trains the network it derived (model=dass).")
-        self.layer_sparsity = model.layer_sparsity()
-        if not self.layer_sparsity:  # no sparse operation chosen: say so, train it dense
-            self.layer_sparsity = {"classifier": 0.0}
-            self.description.append("the genotype has no sparse operation: trained dense")
-        self.masks = MaskSet({name: model.get_submodule(name) for name in self.layer_sparsity})
-        return self.masks
-
-    @property
-    def target_sparsity(self) -> float:
-        if not self.masks:
-            return 0.0
-        total = sum(m.weight.numel() for _, m in self.masks)
-        return sum(self.layer_sparsity[n] * m.weight.numel() for n, m in self.masks) / total
-
-    def densities(self, scores=None, sparsity=None) -> dict[str, float]:
-        return {name: 1.0 - s for name, s in self.layer_sparsity.items()}
-
-    def init_masks(self) -> None:
-        for name, module in self.masks:
-            density = 1.0 - self.layer_sparsity[name]
-            score = self.scores.get(name)
-            if score is None or score.shape != module.weight.shape:
-                score = module.weight.detach().abs()
-            self.masks.set(name, topk_mask(score.abs(), max(1, round(density * score.numel()))))
