@@ -11,16 +11,17 @@ import torch
 from mlflow import MlflowClient
 
 from sparsebench.config import ConfigError
-from sparsebench.search.dass import DASS, check_genotype
-from sparsebench.search.dass_space import (
+from sparsebench.models.dass import (
     OPS,
     DerivedNetwork,
     SearchNetwork,
     SparseConv2d,
     TopK,
+    check_genotype,
     default_genotype,
 )
 from sparsebench.sparsity.masks import MASK
+from sparsebench.sparsity.methods import SearchedMasks
 from tests.conftest import run_cli
 
 
@@ -54,7 +55,7 @@ def test_supernet_discretises_to_a_valid_genotype_and_prices_sparsity() -> None:
 
 def test_bad_genotype_is_one_sentence() -> None:
     bad = {"normal": [["conv_9x9", 0]] * 6, "reduce": [["conv_3x3", 0]] * 6, "head": "linear"}
-    with pytest.raises(ConfigError, match="method.genotype is not a genotype for 3 nodes"):
+    with pytest.raises(ConfigError, match="transform.genotype is not a genotype for 3 nodes"):
         check_genotype(bad, 3)
 
 
@@ -62,15 +63,15 @@ def test_derived_network_is_masked_by_the_searched_scores() -> None:
     torch.manual_seed(0)
     genotype = default_genotype(3) | {"head": "sparse_linear_s90"}
     model = DerivedNetwork(1, 10, genotype, channels=4)
-    method = DASS(channels=4, genotype=genotype)
+    method = SearchedMasks()
     layers = model.layer_sparsity()
     assert layers["classifier"] == 0.9 and all(
         s == 0.5 for n, s in layers.items() if n != "classifier"
     )
     method.attach(model)
     name = next(n for n in layers if n != "classifier")
-    method.scores = {name: torch.arange(model.get_submodule(name).weight.numel(), dtype=torch.float)
-                     .view_as(model.get_submodule(name).weight)}  # fmt: skip
+    layer = model.get_submodule(name)  # the scores the search learnt, as the transform hands them
+    layer.searched_scores = torch.arange(layer.weight.numel(), dtype=torch.float).view_as(layer.weight)
     method.init_masks()
     mask = getattr(model.get_submodule(name), MASK).flatten()
     assert mask[mask.numel() // 2 :].all() and not mask[: mask.numel() // 2].any()  # top-k scores
@@ -81,7 +82,7 @@ def test_derived_network_is_masked_by_the_searched_scores() -> None:
 
 @pytest.mark.slow
 def test_dass_searches_derives_retrains_and_logs(tmp_path: Path) -> None:
-    args = ["+method=dass", "method.search_epochs=1", "method.search_batches=2", "method.channels=4",
+    args = ["+method=dass", "transform.search_epochs=1", "transform.search_batches=2", "model.channels=4",
             "debug=fast", "hardware.threads=1"]  # fmt: skip
     proc = run_cli(args, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

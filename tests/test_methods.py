@@ -19,14 +19,17 @@ from sparsebench.__main__ import available
 from sparsebench.config import CONF_DIR, ConfigError
 from sparsebench.models import build_model
 from sparsebench.sparsity.masks import MASK
-from sparsebench.sparsity.patterns import NM, is_nm
+from sparsebench.sparsity.patterns import NM, as_matrix, is_nm
 from sparsebench.training import (
     build_datamodule,
     build_method,
     build_module,
+    build_run_model,
     build_trainer,
+    build_transform,
     fit,
     model_metrics,
+    sparsity_callbacks,
 )
 
 # Every training method with masks (monarch is structural and dense: tests/test_sparse_ift.py;
@@ -45,7 +48,7 @@ FAST_SCHEDULE = {
     "iss_p": ["method.end=0.5"],
     "imp": ["method.rate=0.5"],  # 3 levels: 4 rounds of 2 steps
     "soups": ["method.phases=2", "method.copies=2", "method.recalibrate_batches=2"],
-    "sparse_ift": ["method.family=sparse_parallel", "method.update_interval=1"],
+    "sparse_ift": ["transform.family=sparse_parallel", "method.update_interval=1"],
     "channel": ["method.update_interval=1", "method.start=0.0", "method.end=0.5"],
 }
 # Every method on an MLP and on a CIFAR ResNet-20 (convolutions, residual shortcuts); timm's
@@ -65,19 +68,14 @@ def _fit(cfg, out: Path, ckpt: str | None = None, max_epochs: int = 2, extra: li
     datamodule = build_datamodule(cfg)
     model = build_model(cfg.model)
     method = build_method(cfg)
-    model = method.transform_model(
-        model, cfg.model, datamodule.example_input(1)
-    )  # as the runner does
+    transform = build_transform(cfg, method)
+    model = build_run_model(cfg, datamodule, method, transform)  # as the runner does
     cfg.trainer.max_epochs = max_epochs
     module = build_module(cfg, model)
-    if ckpt is None:  # the method's own training (several fits for soups)
-        trainer = fit(
-            module, datamodule, method, lambda **kw: build_trainer(cfg, out, [method], **kw)
-        )
-    else:  # resume one fit from a checkpoint
-        trainer = build_trainer(cfg, out, [method, *(extra or [])])
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
-    return model, method, trainer, datamodule
+    callbacks = [*sparsity_callbacks(method), *(extra or [])]
+    trainer = fit(module, datamodule, method, lambda **kw: build_trainer(cfg, out, callbacks, **kw),
+                  ckpt)  # fmt: skip
+    return model, method, trainer, datamodule, transform
 
 
 CASES = [(m, net) for m in METHODS for net in ("mlp", "resnet20")] + [
@@ -89,10 +87,12 @@ CASES = [(m, net) for m in METHODS for net in ("mlp", "resnet20")] + [
 def test_method_contract(make_cfg, tmp_path: Path, method_name: str, model_name: str) -> None:
     overrides = [f"+method={method_name}", *MODEL_DATA[model_name], *FAST_SCHEDULE.get(method_name, []),
                  "trainer.limit_train_batches=4", "trainer.enable_checkpointing=true", "logger=none"]  # fmt: skip
-    if method_name not in ("nm", "sr_ste", "pgf"):  # N:M methods: sparsity is 1 - n/m
+    if method_name == "sparse_ift":  # the preset's method trains at the transform's sparsity
+        overrides.append("transform.sparsity=0.8")
+    elif method_name not in ("nm", "sr_ste", "pgf"):  # N:M methods: sparsity is 1 - n/m
         overrides.append("method.sparsity=0.8")
     cfg = make_cfg(*overrides)
-    model, method, trainer, datamodule = _fit(cfg, tmp_path)
+    model, method, trainer, datamodule, transform = _fit(cfg, tmp_path)
 
     densities = method.densities(method.magnitudes())
     for name, module in method.masks:
@@ -104,7 +104,8 @@ def test_method_contract(make_cfg, tmp_path: Path, method_name: str, model_name:
         elif method.distribution != "global":
             slack = method.pattern.granularity(module.weight.shape)
             assert abs(kept - densities[name] * mask.numel()) <= slack, name
-    metrics = model_metrics(cfg, model, datamodule.example_input(1), 64, method)
+    metrics = model_metrics(cfg, model, datamodule.example_input(1), 64, method,
+                            transform=transform)  # fmt: skip
     total = sum(m.weight.numel() for _, m in method.masks)
     slack = sum(
         method.pattern.granularity(m.weight.shape) for _, m in method.masks
@@ -112,7 +113,7 @@ def test_method_contract(make_cfg, tmp_path: Path, method_name: str, model_name:
     assert metrics["sparsity/actual"] == pytest.approx(
         metrics["sparsity/target"], abs=slack / total
     )
-    if method.reference_flops is not None:  # Sparse-IFT: iso-FLOP with the dense original
+    if transform is not None:  # Sparse-IFT: iso-FLOP with the dense original
         assert abs(metrics["flops/sparse"] / metrics["flops/dense"] - 1) <= 0.01
     else:
         assert metrics["flops/sparse"] < metrics["flops/dense"]
@@ -124,8 +125,17 @@ def test_method_contract(make_cfg, tmp_path: Path, method_name: str, model_name:
     saved_masks = {k: v for k, v in state["state_dict"].items() if k.endswith(MASK)}
     assert len(saved_masks) == len(method.masks)
     probe = RestoredState()
-    resumed, method2, _, _ = _fit(cfg, tmp_path / "resumed", ckpt=str(ckpt), max_epochs=state["epoch"] + 2,
+    if method.resumable is not True:  # soups: a run cannot continue mid-way, and says so
+        with pytest.raises(ConfigError, match="cannot continue a killed run"):
+            _fit(cfg, tmp_path / "resumed", ckpt=str(ckpt), max_epochs=state["epoch"] + 2)
+        return
+    resumed, method2, _, _, _ = _fit(cfg, tmp_path / "resumed", ckpt=str(ckpt), max_epochs=state["epoch"] + 2,
                                   extra=[probe])  # fmt: skip
+    if method.fit_strategy == "rounds":  # IMP: its checkpoint is of the last round, finished
+        assert method2.level == method.levels and method2.snapshot is not None
+        for name, _ in method.masks:
+            assert torch.equal(method2.masks.mask(name), method.masks.mask(name))
+        return
     for key, mask in saved_masks.items():
         module_name = key.removeprefix("model.").removesuffix("." + MASK)
         assert torch.equal(probe.buffers[key], mask)
@@ -160,7 +170,11 @@ def test_method_options_are_validated_before_training(make_cfg) -> None:
     ):
         build_method(make_cfg("+method=random", "method.distribution=zipf"))
     with pytest.raises(ConfigError, match="N:M sparsity needs 0 < N < M, got 4:2"):
-        build_method(make_cfg("+method=nm", "method.n=4", "method.m=2"))
+        build_method(make_cfg("+method=nm", "method.pattern=4:2"))
+    with pytest.raises(ConfigError, match="method 'nm' produces nm sparsity; method.pattern=block1x4"):
+        build_method(make_cfg("+method=nm", "method.pattern=block1x4"))
+    with pytest.raises(ConfigError, match="method.pattern must be unstructured, channel, N:M"):
+        build_method(make_cfg("+method=rigl", "method.pattern=2x4"))
     with pytest.raises(
         ConfigError, match="method 'rigl' .*unexpected keyword argument 'drop_frac'.*it takes: "
     ):
@@ -171,11 +185,11 @@ def test_method_options_are_validated_before_training(make_cfg) -> None:
     ("pattern", "check"),
     [
         (
-            "{kind:block,block:[1,4]}",
-            lambda mask: bool((mask.reshape(mask.shape[0], -1, 4).float().std(-1) == 0).all()),
+            "block1x4",
+            lambda mask: bool((as_matrix(mask).reshape(mask.shape[0], -1, 4).float().std(-1) == 0).all()),
         ),
         (
-            "{kind:channel}",
+            "channel",
             lambda mask: bool((mask.reshape(mask.shape[0], -1).float().std(-1) == 0).all()),
         ),
     ],
@@ -183,7 +197,7 @@ def test_method_options_are_validated_before_training(make_cfg) -> None:
 def test_patterns_compose_with_methods(make_cfg, tmp_path: Path, pattern: str, check) -> None:
     cfg = make_cfg("+method=magnitude", "method.distribution=uniform", f"method.pattern={pattern}",
                    "method.sparsity=0.75", "model=resnet20", "dataset=synthetic", "logger=none")  # fmt: skip
-    _, method, _, _ = _fit(cfg, tmp_path)
+    _, method, _, _, _ = _fit(cfg, tmp_path)
     assert method.masks.sparsity() == pytest.approx(0.75, abs=0.01)
     for name, module in method.masks:
         mask = method.masks.mask(name)

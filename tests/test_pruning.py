@@ -14,18 +14,16 @@ from torch import nn
 
 from sparsebench.config import ConfigError
 from sparsebench.pruning import algorithms
-from sparsebench.pruning.algorithms import Pattern
-from sparsebench.pruning.calibrate import (
-    as_matrix,
-    collect,
-    from_matrix,
-    layer_inputs,
-    reconstruction_error,
-)
-from sparsebench.sparsity.patterns import is_nm
+from sparsebench.pruning.calibrate import collect, layer_inputs, reconstruction_error
+from sparsebench.sparsity.patterns import NM, Pattern, Unstructured, as_matrix, from_matrix, is_nm
 from tests.conftest import compose_config, run_cli
 
-PATTERNS = [Pattern(density=0.5), Pattern(density=0.3), Pattern(n=2, m=4), Pattern(n=4, m=8)]
+# (pattern, density): the training patterns' own types; N:M fixes its density.
+PATTERNS = [(Unstructured(), 0.5), (Unstructured(), 0.3), (NM(2, 4), 0.5), (NM(4, 8), 0.5)]
+
+
+def _id(case) -> str:
+    return f"{case[0].label}@{case[1]}"
 
 
 @pytest.fixture(scope="module")
@@ -47,48 +45,51 @@ def trained():
     return model, stats
 
 
-def _check_pattern(keep: torch.Tensor, pattern: Pattern, per_row: bool, slack: int = 0) -> None:
-    if pattern.nm:
+def _check_pattern(keep: torch.Tensor, case: tuple[Pattern, float], per_row: bool,
+                   slack: int = 0) -> None:  # fmt: skip
+    pattern, density = case
+    if isinstance(pattern, NM):
         assert is_nm(keep, pattern.n, pattern.m)
         assert int(keep.sum()) == keep.numel() * pattern.n // pattern.m  # exactly n per group
     elif per_row:
-        assert (keep.sum(1) == round(pattern.density * keep.shape[1])).all()
+        assert (keep.sum(1) == round(density * keep.shape[1])).all()
     else:  # per layer (SparseGPT: per block of columns, one rounding each)
-        assert abs(int(keep.sum()) - pattern.density * keep.numel()) <= 0.5 + slack
+        assert abs(int(keep.sum()) - density * keep.numel()) <= 0.5 + slack
 
 
-@pytest.mark.parametrize("pattern", PATTERNS, ids=str)
-def test_every_method_meets_its_pattern(trained, pattern: Pattern) -> None:
+@pytest.mark.parametrize("case", PATTERNS, ids=_id)
+def test_every_method_meets_its_pattern(trained, case) -> None:
+    pattern, density = case
     model, stats = trained
-    weight = as_matrix(model[2])
-    _check_pattern(algorithms.magnitude(weight, pattern), pattern, per_row=False)
-    _check_pattern(algorithms.wanda(weight, stats.norm, pattern), pattern, per_row=True)
-    new, keep = algorithms.sparsegpt(weight, stats.gram, pattern, block=32)
-    _check_pattern(keep, pattern, per_row=False, slack=weight.shape[1] // 32)
+    weight = as_matrix(model[2].weight.detach())
+    _check_pattern(algorithms.magnitude(weight, pattern, density), case, per_row=False)
+    _check_pattern(algorithms.wanda(weight, stats.norm, pattern, density), case, per_row=True)
+    new, keep = algorithms.sparsegpt(weight, stats.gram, pattern, density, block=32)
+    _check_pattern(keep, case, per_row=False, slack=weight.shape[1] // 32)
     assert (new[~keep] == 0).all()
-    start = algorithms.wanda(weight, stats.norm, pattern)
+    start = algorithms.wanda(weight, stats.norm, pattern, density)
     refined = algorithms.dsnot(weight, start, stats.mean, stats.norm, pattern)
-    _check_pattern(refined, pattern, per_row=True)
+    _check_pattern(refined, case, per_row=True)
 
 
-@pytest.mark.parametrize("pattern", [Pattern(density=0.5), Pattern(n=2, m=4)], ids=str)
-def test_sparsegpt_reconstructs_better_than_magnitude(trained, pattern: Pattern) -> None:
+@pytest.mark.parametrize("case", [PATTERNS[0], PATTERNS[2]], ids=_id)
+def test_sparsegpt_reconstructs_better_than_magnitude(trained, case) -> None:
+    pattern, density = case
     model, stats = trained
-    weight = as_matrix(model[2])
-    new, _ = algorithms.sparsegpt(weight, stats.gram, pattern, block=32)
-    magnitude = weight * algorithms.magnitude(weight, pattern)
+    weight = as_matrix(model[2].weight.detach())
+    new, _ = algorithms.sparsegpt(weight, stats.gram, pattern, density, block=32)
+    magnitude = weight * algorithms.magnitude(weight, pattern, density)
     assert reconstruction_error(weight, new, stats.gram) < 0.7 * reconstruction_error(
         weight, magnitude, stats.gram
     )
 
 
-@pytest.mark.parametrize(
-    "pattern", [Pattern(density=0.5), Pattern(density=0.3), Pattern(n=2, m=4)], ids=str
-)
-def test_dsnot_lowers_the_reconstruction_error_of_its_start(trained, pattern: Pattern) -> None:
+@pytest.mark.parametrize("case", PATTERNS[:3], ids=_id)
+def test_dsnot_lowers_the_reconstruction_error_of_its_start(trained, case) -> None:
+    pattern, density = case
     model, stats = trained
-    weight = as_matrix(model[2])
-    start = algorithms.wanda(weight, stats.norm, pattern)
+    weight = as_matrix(model[2].weight.detach())
+    start = algorithms.wanda(weight, stats.norm, pattern, density)
     refined = algorithms.dsnot(weight, start, stats.mean, stats.norm, pattern, threshold=0.0)
     assert not torch.equal(refined, start)  # it swapped weights
     assert torch.equal(refined.sum(1), start.sum(1))  # every row keeps its count
@@ -107,9 +108,11 @@ def test_convolutions_are_pruned_through_their_unfolded_inputs() -> None:
     x = torch.randn(2, 8, 9, 9)
     rows = layer_inputs(conv, x)  # samples x (kh * kw * in)
     out = conv(x).permute(0, 2, 3, 1).reshape(-1, 6)
-    assert torch.allclose(rows @ as_matrix(conv).T, out, atol=1e-5)
-    keep = algorithms.wanda(as_matrix(conv), rows.norm(dim=0), Pattern(n=2, m=4))
-    mask = from_matrix(keep, conv)
+    weight = as_matrix(conv.weight.detach())  # the one layout of patterns and unfolded inputs
+    assert torch.allclose(rows @ weight.T, out, atol=1e-5)
+    keep = algorithms.wanda(weight, rows.norm(dim=0), NM(2, 4), 0.5)
+    mask = from_matrix(keep, conv.weight.shape)
+    assert torch.equal(mask, NM(2, 4).mask(mask.float()))  # the training pattern's own groups
     assert mask.shape == conv.weight.shape and is_nm(mask, 2, 4)  # groups along input channels
 
 
@@ -142,8 +145,8 @@ def test_prune_runner_trains_dense_first_then_prunes(tmp_path: Path) -> None:
     # (in-process: the CLI path is the one above).
     from runners.prune import run
 
-    run(compose_config(["runner=prune", "+method=sparsegpt", "method.pattern.kind=nm", "method.pattern.n=2",
-                        "method.pattern.m=4", "method.finetune_epochs=1", f"checkpoint={dense_run}", *FAST],
+    run(compose_config(["runner=prune", "+method=sparsegpt", "method.pattern=2:4",
+                        "method.finetune_epochs=1", f"checkpoint={dense_run}", *FAST],
                        output_dir=tmp_path / "again" / "outputs" / "runs" / "x" / "y"))  # fmt: skip
     again = _results(tmp_path / "again")["metrics"]
     assert again["sparsity/actual"] == pytest.approx(0.5, abs=0.01)
@@ -156,8 +159,8 @@ def test_prune_runner_trains_dense_first_then_prunes(tmp_path: Path) -> None:
 def test_prune_runner_on_convolutions_with_nm(make_cfg, tmp_path: Path) -> None:
     from runners.prune import run
 
-    metrics = run(make_cfg("runner=prune", "+method=dsnot", "method.pattern.kind=nm", "method.pattern.n=2",
-                           "method.pattern.m=4", "model=resnet20", "model.width=8", "logger=none",
+    metrics = run(make_cfg("runner=prune", "+method=dsnot", "method.pattern=2:4",
+                           "model=resnet20", "model.width=8", "logger=none",
                            "method.calibration_samples=32"))  # fmt: skip
     assert metrics["sparsity/actual"] == pytest.approx(0.5, abs=0.01)
     assert metrics["flops/sparse"] < 0.6 * metrics["flops/dense"]
@@ -169,8 +172,7 @@ def test_prune_runner_on_convolutions_with_nm(make_cfg, tmp_path: Path) -> None:
         (["+method=rigl"], "runner 'prune' needs a post-training method (+method=wanda, sparsegpt, dsnot or oneshot_magnitude); got 'rigl'."),
         (["+method=wanda", "method.calibration_samples=100000"],
          "method.calibration_samples=100000 is more than the "),
-        (["+method=wanda", "method.pattern.kind=nm", "method.pattern.n=2", "method.pattern.m=4",
-          "model.hidden_dims=[66,66]"],
+        (["+method=wanda", "method.pattern=2:4", "model.hidden_dims=[66,66]"],
          "N:M pattern 2:4 needs every pruned layer's input dimension divisible by 4; layer 'features.4' has 66"),
         (["+method=sparsegpt", "checkpoint=nowhere.ckpt"], "checkpoint nowhere.ckpt does not exist"),
     ],
@@ -206,7 +208,7 @@ def test_sparsegpt_prunes_dead_inputs_first_without_overshooting() -> None:
     weight = torch.randn(16, 64)
     x = torch.randn(512, 64)
     x[:, :16] = 0.0  # a quarter of the inputs are dead
-    new, keep = algorithms.sparsegpt(weight, x.T @ x, Pattern(density=0.5), block=64)
+    new, keep = algorithms.sparsegpt(weight, x.T @ x, Unstructured(), 0.5, block=64)
     assert int(keep.sum()) == 16 * 32 and int((new != 0).sum()) == int(keep.sum())  # exactly 50%
     assert not keep[:, :16].any()  # the dead quarter went first
 

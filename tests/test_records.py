@@ -473,14 +473,14 @@ def test_history_rows_hold_their_own_epoch_and_share_mlflow_s_step_axis(make_cfg
 def test_sparse_ift_training_flops_use_the_widened_network(make_cfg, tmp_path: Path) -> None:
     from runners.train import run
     from sparsebench.metrics.flops import flops_per_sample
-    from sparsebench.models import build_model
-    from sparsebench.training import build_datamodule, build_method
+    from sparsebench.training import build_datamodule, build_method, build_run_model, build_transform
 
     cfg = make_cfg("model=mlp", "dataset=digits", "+method=sparse_ift", "method.update_interval=2")
     metrics = run(cfg)
     method = build_method(cfg)
-    example = build_datamodule(cfg).example_input(1)
-    wide = method.transform_model(build_model(cfg.model), cfg.model, example)
+    datamodule = build_datamodule(cfg, check=True)
+    example = datamodule.example_input(1)
+    wide = build_run_model(cfg, datamodule, method, build_transform(cfg, method))
     f_wide = flops_per_sample(wide, example)["flops/dense"]  # RigL's dense gradient is on this
     f_s, samples, dt = metrics["flops/sparse"], metrics["train/samples"], 2
     # Sparse-IFT's RigL accounting (METHODS.md): 3 f_s per step, a dense gradient every dT.

@@ -67,6 +67,7 @@ def _saved_method_state(ckpt_path: Path) -> dict[str, Any]:
 def planned_steps(trainer: L.Trainer, datamodule: Any) -> int:
     """Optimizer steps of the whole budget (``max_epochs`` of ``limit_train_batches``), known
     before any fit starts (Lightning's own estimate needs a running fit)."""
+    datamodule.setup("fit")
     batches = len(datamodule.train_dataloader())
     limit = trainer.limit_train_batches
     batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)

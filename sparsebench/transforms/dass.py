@@ -155,6 +155,8 @@ class DASS(ModelTransform):
                                  self.genotype, **self.options)  # fmt: skip
         for name, score in self.scores.items():
             derived.get_submodule(name).searched_scores = score
+        if not derived.layer_sparsity():
+            self.description.append("the genotype has no sparse operation: trained dense")
         return derived
 
     def extra_results(self) -> dict[str, Any]:
