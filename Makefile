@@ -32,10 +32,12 @@ system-deps:
 
 test: $(STAMP) system-deps
 	$(PY) -m ruff check sparsebench runners tests benchmarks hydra_plugins
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -n 2 --timeout 600 --durations=15 tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check sparsebench runners tests benchmarks hydra_plugins
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m ruff format --check sparsebench runners tests benchmarks hydra_plugins
 
 bench: $(STAMP)

@@ -24,8 +24,8 @@ from rich.table import Table
 
 from benchmarks.overhead import StepClock
 from sparsebench.config import CONF_DIR, register_configs, register_resolvers
-from sparsebench.logs import quiet_lightning
 from sparsebench.models import build_model
+from sparsebench.tracking.logs import quiet_lightning
 from sparsebench.training import build_datamodule, build_method, build_module, build_trainer
 
 

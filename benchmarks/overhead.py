@@ -28,10 +28,10 @@ from omegaconf import open_dict
 from rich.console import Console
 from rich.table import Table
 
-from runners.train import run as train_run  # noqa: F401  (same imports as the CLI)
 from sparsebench.config import CONF_DIR, register_configs, register_resolvers
-from sparsebench.logs import quiet_lightning
 from sparsebench.models import build_model
+from sparsebench.runners.train import run as train_run  # noqa: F401  (same imports as the CLI)
+from sparsebench.tracking.logs import quiet_lightning
 from sparsebench.tracking.recorder import RunRecorder
 from sparsebench.training import RunProgress, build_datamodule, build_module, build_trainer
 

@@ -87,7 +87,7 @@ def checkpoint_budget(path: Path) -> tuple[float, float]:
 
 def _train_dense(cfg: DictConfig, output_dir: Path) -> tuple[Path, tuple[float, float]]:
     """The same config without the method, trained first; returns its checkpoint and budget."""
-    from runners.train import run as train
+    from sparsebench.runners.train import run as train
 
     dense = cfg.copy()
     with open_dict(dense):

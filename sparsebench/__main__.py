@@ -19,55 +19,13 @@ from sparsebench.config import (
     RUNNERS,
     ConfigError,
     check_composition,
+    check_group_choices,
     register_configs,
     register_resolvers,
     validate,
 )
-from sparsebench.logs import quiet_lightning
+from sparsebench.tracking.logs import quiet_lightning
 from sparsebench.tracking.results import ContractIncomplete, RunDiverged, RunInterrupted
-
-CHOICE_GROUPS = (
-    "model",
-    "dataset",
-    "method",
-    "transform",
-    "hardware",
-    "trainer",
-    "logger",
-    "paths",
-    "experiment",
-    "debug",
-)
-
-
-def available(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
-
-
-def check_group_choices(args: list[str]) -> None:
-    """Raise ConfigError for ``group=NAME`` overrides naming a yaml that does not exist."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    candidates = [a for a in args if "=" in a and not a.startswith("-")]
-    if not candidates:
-        return
-    try:
-        overrides = OverridesParser.create().parse_overrides(candidates)
-    except Exception:
-        return  # malformed overrides: Hydra reports them with its own message
-    for override in overrides:
-        group = override.key_or_group
-        if group not in CHOICE_GROUPS or override.is_delete():
-            continue
-        values = (
-            [str(v) for v in override.sweep_string_iterator()]
-            if override.is_sweep_override()
-            else [override.get_value_element_as_str()]
-        )
-        known = available(group)
-        for value in values:
-            if value not in known and value != "null":
-                raise ConfigError(f"unknown {group} '{value}'; available: {', '.join(known)}.")
 
 
 def _dispatch(cfg: DictConfig, resume: bool = False) -> None:
@@ -79,7 +37,7 @@ def _dispatch(cfg: DictConfig, resume: bool = False) -> None:
             )
         if not resume:
             validate(cfg)  # before Lightning and torch are imported: errors in about a second
-        runner = importlib.import_module(f"runners.{cfg.runner}")
+        runner = importlib.import_module(f"sparsebench.runners.{cfg.runner}")
         runner.run(cfg, resume=resume)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -12,6 +12,7 @@ logging cadence) and are left out of the run hash (see :mod:`sparsebench.trackin
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,10 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-"""The Hydra config tree. Lives at the repository top level (see ARCHITECTURE.md)."""
-SWEEPS_DIR = CONF_DIR.parent / "sweeps"
+# Shipped inside the package (a link to the repository's conf/ in a checkout).
+CONF_DIR = Path(str(importlib.resources.files("sparsebench") / "conf"))
+"""The Hydra config tree: conf/ at the repository top level (docs/architecture.md)."""
+SWEEPS_DIR = Path(str(importlib.resources.files("sparsebench") / "sweeps"))
 """Sweep definitions; on Hydra's search path through hydra_plugins/sparsebench_searchpath."""
 
 NO_HASH = {"hash": False}
@@ -538,3 +540,47 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("sb.size", lambda shape: int(shape[-1]))
     if not OmegaConf.has_resolver("sb.stem"):
         OmegaConf.register_new_resolver("sb.stem", lambda name: Path(str(name)).stem)
+
+
+CHOICE_GROUPS = (
+    "model",
+    "dataset",
+    "method",
+    "transform",
+    "hardware",
+    "trainer",
+    "logger",
+    "paths",
+    "experiment",
+    "debug",
+)
+
+
+def available(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def check_group_choices(args: list[str]) -> None:
+    """Raise ConfigError for ``group=NAME`` overrides naming a yaml that does not exist."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    candidates = [a for a in args if "=" in a and not a.startswith("-")]
+    if not candidates:
+        return
+    try:
+        overrides = OverridesParser.create().parse_overrides(candidates)
+    except Exception:
+        return  # malformed overrides: Hydra reports them with its own message
+    for override in overrides:
+        group = override.key_or_group
+        if group not in CHOICE_GROUPS or override.is_delete():
+            continue
+        values = (
+            [str(v) for v in override.sweep_string_iterator()]
+            if override.is_sweep_override()
+            else [override.get_value_element_as_str()]
+        )
+        known = available(group)
+        for value in values:
+            if value not in known and value != "null":
+                raise ConfigError(f"unknown {group} '{value}'; available: {', '.join(known)}.")

@@ -11,8 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from sparsebench.__main__ import check_group_choices
-from sparsebench.config import ConfigError, check_composition, validate
+from sparsebench.config import ConfigError, check_composition, check_group_choices, validate
 from sparsebench.tracking.identity import flatten
 from tests.conftest import compose_config
 

@@ -9,8 +9,14 @@ import torch
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from sparsebench.__main__ import CHOICE_GROUPS, available, check_group_choices
-from sparsebench.config import CONF_DIR, ConfigError, validate
+from sparsebench.config import (
+    CHOICE_GROUPS,
+    CONF_DIR,
+    ConfigError,
+    available,
+    check_group_choices,
+    validate,
+)
 from tests.conftest import compose_config
 
 MODELS = available("model")

@@ -71,7 +71,9 @@ def test_derived_network_is_masked_by_the_searched_scores() -> None:
     method.attach(model)
     name = next(n for n in layers if n != "classifier")
     layer = model.get_submodule(name)  # the scores the search learnt, as the transform hands them
-    layer.searched_scores = torch.arange(layer.weight.numel(), dtype=torch.float).view_as(layer.weight)
+    layer.searched_scores = torch.arange(layer.weight.numel(), dtype=torch.float).view_as(
+        layer.weight
+    )
     method.init_masks()
     mask = getattr(model.get_submodule(name), MASK).flatten()
     assert mask[mask.numel() // 2 :].all() and not mask[: mask.numel() // 2].any()  # top-k scores

@@ -15,8 +15,7 @@ import lightning as L
 import pytest
 import torch
 
-from sparsebench.__main__ import available
-from sparsebench.config import CONF_DIR, ConfigError
+from sparsebench.config import CONF_DIR, ConfigError, available
 from sparsebench.models import build_model
 from sparsebench.sparsity.masks import MASK
 from sparsebench.sparsity.patterns import NM, as_matrix, is_nm
@@ -171,7 +170,9 @@ def test_method_options_are_validated_before_training(make_cfg) -> None:
         build_method(make_cfg("+method=random", "method.distribution=zipf"))
     with pytest.raises(ConfigError, match="N:M sparsity needs 0 < N < M, got 4:2"):
         build_method(make_cfg("+method=nm", "method.pattern=4:2"))
-    with pytest.raises(ConfigError, match="method 'nm' produces nm sparsity; method.pattern=block1x4"):
+    with pytest.raises(
+        ConfigError, match="method 'nm' produces nm sparsity; method.pattern=block1x4"
+    ):
         build_method(make_cfg("+method=nm", "method.pattern=block1x4"))
     with pytest.raises(ConfigError, match="method.pattern must be unstructured, channel, N:M"):
         build_method(make_cfg("+method=rigl", "method.pattern=2x4"))
@@ -186,7 +187,9 @@ def test_method_options_are_validated_before_training(make_cfg) -> None:
     [
         (
             "block1x4",
-            lambda mask: bool((as_matrix(mask).reshape(mask.shape[0], -1, 4).float().std(-1) == 0).all()),
+            lambda mask: bool(
+                (as_matrix(mask).reshape(mask.shape[0], -1, 4).float().std(-1) == 0).all()
+            ),
         ),
         (
             "channel",

@@ -6,8 +6,7 @@ import pytest
 import timm
 import torch
 
-from sparsebench.__main__ import available
-from sparsebench.config import ConfigError
+from sparsebench.config import ConfigError, available
 from sparsebench.models import build_model
 from tests.conftest import compose_config
 

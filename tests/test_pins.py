@@ -54,13 +54,13 @@ def test_final_masks_and_accuracy_are_pinned(name: str, make_cfg, monkeypatch) -
     monkeypatch.setattr(training, "measure", capture)
     cfg = make_cfg(*BASE, *overrides)
     if cfg.runner == "prune":
-        from runners.prune import run
+        from sparsebench.runners.prune import run
 
-        monkeypatch.setattr("runners.prune.measure", capture)
+        monkeypatch.setattr("sparsebench.runners.prune.measure", capture)
     else:
-        from runners.train import run
+        from sparsebench.runners.train import run
 
-        monkeypatch.setattr("runners.train.measure", capture)
+        monkeypatch.setattr("sparsebench.runners.train.measure", capture)
     metrics = run(cfg)
     found = (mask_digest(seen[-1]), metrics["test/acc"])
     print(f"PIN {name}: {found!r}")

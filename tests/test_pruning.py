@@ -143,7 +143,7 @@ def test_prune_runner_trains_dense_first_then_prunes(tmp_path: Path) -> None:
     (tmp_path / "again").mkdir()
     # Prune the same checkpoint with SparseGPT at 2:4, fine-tuning one epoch with masks fixed
     # (in-process: the CLI path is the one above).
-    from runners.prune import run
+    from sparsebench.runners.prune import run
 
     run(compose_config(["runner=prune", "+method=sparsegpt", "method.pattern=2:4",
                         "method.finetune_epochs=1", f"checkpoint={dense_run}", *FAST],
@@ -157,7 +157,7 @@ def test_prune_runner_trains_dense_first_then_prunes(tmp_path: Path) -> None:
 
 
 def test_prune_runner_on_convolutions_with_nm(make_cfg, tmp_path: Path) -> None:
-    from runners.prune import run
+    from sparsebench.runners.prune import run
 
     metrics = run(make_cfg("runner=prune", "+method=dsnot", "method.pattern=2:4",
                            "model=resnet20", "model.width=8", "logger=none",
@@ -179,7 +179,7 @@ def test_prune_runner_on_convolutions_with_nm(make_cfg, tmp_path: Path) -> None:
 )  # fmt: skip
 def test_prune_runner_bad_input_is_one_sentence(make_cfg, tmp_path: Path, args, message) -> None:
     # Checked before any training (the CLI path of these errors: the next test).
-    from runners.prune import run
+    from sparsebench.runners.prune import run
 
     with pytest.raises(ConfigError) as info:
         run(make_cfg("runner=prune", "model=mlp", "logger=none", *args))
@@ -224,7 +224,7 @@ class _WritesAFile:
 
 
 def test_crafted_or_broken_checkpoints_are_refused_and_never_run(tmp_path: Path) -> None:
-    from runners import prune
+    from sparsebench.runners import prune
 
     marker = tmp_path / "written-by-the-checkpoint"
     evil = tmp_path / "evil.ckpt"

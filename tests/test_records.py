@@ -404,8 +404,8 @@ def test_n_m_methods_are_tagged_with_their_pattern(make_cfg, name: str) -> None:
 
 
 def test_a_2_4_run_is_tagged_2_4_everywhere(make_cfg, tmp_path: Path) -> None:
-    from runners.train import run
     from sparsebench.leaderboard import fetch_runs
+    from sparsebench.runners.train import run
 
     run(make_cfg("model=mlp", "dataset=digits", "+method=sr_ste"))
     data = json.loads((tmp_path / "run/results.json").read_text())
@@ -416,8 +416,8 @@ def test_a_2_4_run_is_tagged_2_4_everywhere(make_cfg, tmp_path: Path) -> None:
 
 
 def test_methods_of_the_other_runner_and_contract_tags_are_refused(make_cfg, tmp_path) -> None:
-    from runners import prune, train
     from sparsebench.config import ConfigError
+    from sparsebench.runners import prune, train
 
     with pytest.raises(ConfigError, match="method 'wanda' prunes a trained model: run it with "
                                           "runner=prune"):  # fmt: skip
@@ -433,7 +433,7 @@ def test_methods_of_the_other_runner_and_contract_tags_are_refused(make_cfg, tmp
 def test_history_rows_hold_their_own_epoch_and_share_mlflow_s_step_axis(make_cfg, tmp_path) -> None:
     import lightning as L
 
-    from runners.train import run
+    from sparsebench.runners.train import run
     from sparsebench.tracking.upload import main as upload
 
     class Losses(L.Callback):  # the ground truth: every batch's loss and size, per epoch
@@ -471,9 +471,14 @@ def test_history_rows_hold_their_own_epoch_and_share_mlflow_s_step_axis(make_cfg
 
 
 def test_sparse_ift_training_flops_use_the_widened_network(make_cfg, tmp_path: Path) -> None:
-    from runners.train import run
     from sparsebench.metrics.flops import flops_per_sample
-    from sparsebench.training import build_datamodule, build_method, build_run_model, build_transform
+    from sparsebench.runners.train import run
+    from sparsebench.training import (
+        build_datamodule,
+        build_method,
+        build_run_model,
+        build_transform,
+    )
 
     cfg = make_cfg("model=mlp", "dataset=digits", "+method=sparse_ift", "method.update_interval=2")
     metrics = run(cfg)

@@ -131,7 +131,7 @@ def test_monarch_is_a_full_rank_structured_map() -> None:
 
 
 def test_monarch_method_trains(make_cfg, tmp_path) -> None:
-    from runners.train import run
+    from sparsebench.runners.train import run
 
     metrics = run(make_cfg("model=mlp", "dataset=mnist1d", "+method=monarch", "logger=none"))
     assert metrics["flops/sparse"] < 0.75 * metrics["flops/dense"]  # 256x256 hidden layer at 2/4
@@ -168,7 +168,7 @@ def test_short_training_fills_the_contract(
 ) -> None:
     import json
 
-    from runners.train import run
+    from sparsebench.runners.train import run
     from sparsebench.tracking.results import CONTRACT_METRICS
 
     metrics = run(make_cfg(*TRAINED[model_name], "+method=sparse_ift", f"transform.family={family}",

@@ -225,7 +225,9 @@ def test_set_growth_is_seeded_so_ranks_agree() -> None:
 def test_pgf_schedules() -> None:
     from sparsebench.sparsity.methods import ProgressiveGradientFlow
 
-    linear = ProgressiveGradientFlow(pattern="2:4", decay="linear", rate=0.01, dense_until=0.1, end=0.9)
+    linear = ProgressiveGradientFlow(
+        pattern="2:4", decay="linear", rate=0.01, dense_until=0.1, end=0.9
+    )
     linear.bind(1000)
     assert linear.phase(50) == (1.0, (2, 4))  # dense phase
     assert linear.phase(150)[0] == pytest.approx(0.5)  # 50 steps after the dense phase

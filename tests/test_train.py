@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from runners.train import run
 from sparsebench.hardware.cpu import CPUTarget
+from sparsebench.runners.train import run
 from sparsebench.tracking.results import CONTRACT_METRICS, CONTRACT_TAGS
 from sparsebench.tracking.upload import main as upload
 from tests.conftest import free_port

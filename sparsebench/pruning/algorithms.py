@@ -46,7 +46,9 @@ def magnitude(weight: torch.Tensor, pattern: Pattern, density: float) -> torch.T
     return keep_top(weight.abs(), pattern, density, per_row=False)
 
 
-def wanda(weight: torch.Tensor, x_norm: torch.Tensor, pattern: Pattern, density: float) -> torch.Tensor:
+def wanda(
+    weight: torch.Tensor, x_norm: torch.Tensor, pattern: Pattern, density: float
+) -> torch.Tensor:
     """``x_norm``: the L2 norm of each input feature over the calibration samples."""
     return keep_top(weight.abs() * x_norm[None, :], pattern, density, per_row=True)
 

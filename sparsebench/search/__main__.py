@@ -22,7 +22,7 @@ from sparsebench.config import (
     register_configs,
     register_resolvers,
 )
-from sparsebench.logs import quiet_lightning
+from sparsebench.tracking.logs import quiet_lightning
 
 
 def sweep_required() -> str:

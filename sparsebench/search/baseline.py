@@ -14,7 +14,6 @@ comparison resumes where it stopped; every run is nested under one MLflow run.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -24,56 +23,19 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from sparsebench.config import ConfigError
-from sparsebench.search.spec import StudySpec
+from sparsebench.search.spec import StudySpec, baseline_cell, baseline_options
 from sparsebench.search.worker import Worker, check_space, compose_trial, mlflow_client
 from sparsebench.tracking.mlflow_logging import create_run
 from sparsebench.tracking.sweep import PARENT_FILE
 
-BASELINE_KEYS = ("method", "compare", "sparsities", "seeds")
 COLUMNS = ("arm", "sparsity", "n", "test_acc_mean", "test_acc_std", "val_acc_mean",
            "sparsity_actual", "params_nonzero")  # fmt: skip
-
-
-def _options(spec: StudySpec) -> dict[str, Any]:
-    where = f"sweep '{spec.name}' baseline"
-    options = dict(spec.baseline or {})
-    unknown = set(options) - set(BASELINE_KEYS)
-    if unknown:
-        raise ConfigError(f"{where} has unknown key(s) {', '.join(sorted(unknown))}; "
-                          f"allowed: {', '.join(BASELINE_KEYS)}.")  # fmt: skip
-    options.setdefault("method", "node")
-    options.setdefault("compare", "random")
-    sparsities, seeds = list(options.get("sparsities") or []), list(options.get("seeds") or [])
-    if not sparsities or not all(0 < float(s) < 1 for s in sparsities):
-        raise ConfigError(
-            f"{where}: sparsities must be a non-empty list in (0, 1), got {sparsities}."
-        )
-    if len(seeds) < 2:
-        raise ConfigError(f"{where}: seeds needs at least 2 seeds for a std, got {seeds}.")
-    return {
-        **options,
-        "sparsities": [float(s) for s in sparsities],
-        "seeds": [int(s) for s in seeds],
-    }
-
-
-def cell(spec: StudySpec, options: dict[str, Any], sparsity: float, seed: int) -> StudySpec:
-    """The node-space search at one (sparsity, seed): a study of its own."""
-    sampler = dict(spec.sampler)
-    if sampler.get("seed") is not None:
-        sampler["seed"] = int(sampler["seed"]) + 7919 * seed + round(1000 * sparsity)
-    return dataclasses.replace(
-        spec, name=f"{spec.name}.s{sparsity:g}.seed{seed}", sampler=sampler, baseline=None,
-        overrides=[*spec.overrides, f"+method={options['method']}", f"method.sparsity={sparsity}",
-                   f"seed={seed}"],
-    )  # fmt: skip
 
 
 class Baseline:
     def __init__(self, cfg: DictConfig, output_dir: Path, spec: StudySpec) -> None:
         self.cfg, self.output_dir, self.spec = cfg, output_dir, spec
-        self.options = _options(spec)
+        self.options = baseline_options(spec)
         self.extra = ["print_summary=false", *(str(o) for o in cfg.get("trial_overrides") or [])]
         check_space(spec, self.extra)  # before anything trains
         first = (self.options["sparsities"][0], self.options["seeds"][0])
@@ -95,7 +57,7 @@ class Baseline:
                 "method.dense_head=false", f"seed={seed}", f"paths.output_dir={out}"]  # fmt: skip
 
     def _train(self, overrides: list[str], name: str, arm: str) -> dict[str, float]:
-        from runners.train import run
+        from sparsebench.runners.train import run
 
         out = self.output_dir / "runs" / name
         cfg = compose_trial([*overrides, f"paths.output_dir={out}"])
@@ -110,7 +72,7 @@ class Baseline:
             results.append(("dense parent", 0.0, self._train(dense, f"dense_seed{seed}", "dense")))
         for sparsity in self.options["sparsities"]:
             for seed in self.options["seeds"]:
-                study = cell(self.spec, self.options, sparsity, seed)
+                study = baseline_cell(self.spec, self.options, sparsity, seed)
                 worker = Worker(self.cfg, self.output_dir / "cells" / study.name, spec=study,
                                 parent=self.parent)  # fmt: skip
                 worker.run()

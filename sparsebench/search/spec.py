@@ -8,6 +8,7 @@ sentence naming the bad value and what is allowed.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,3 +221,44 @@ def load_spec(name: str, n_trials: int | None = None, storage: str | None = None
     except TypeError as exc:  # an option the sampler or pruner does not take
         raise ConfigError(f"{where}: {exc}.") from None
     return spec
+
+
+BASELINE_KEYS = ("method", "compare", "sparsities", "seeds")
+
+
+def baseline_options(spec: StudySpec) -> dict[str, Any]:
+    """The baseline's options of a sweep file, checked."""
+    where = f"sweep '{spec.name}' baseline"
+    options = dict(spec.baseline or {})
+    unknown = set(options) - set(BASELINE_KEYS)
+    if unknown:
+        raise ConfigError(f"{where} has unknown key(s) {', '.join(sorted(unknown))}; "
+                          f"allowed: {', '.join(BASELINE_KEYS)}.")  # fmt: skip
+    options.setdefault("method", "node")
+    options.setdefault("compare", "random")
+    sparsities, seeds = list(options.get("sparsities") or []), list(options.get("seeds") or [])
+    if not sparsities or not all(0 < float(s) < 1 for s in sparsities):
+        raise ConfigError(
+            f"{where}: sparsities must be a non-empty list in (0, 1), got {sparsities}."
+        )
+    if len(seeds) < 2:
+        raise ConfigError(f"{where}: seeds needs at least 2 seeds for a std, got {seeds}.")
+    return {
+        **options,
+        "sparsities": [float(s) for s in sparsities],
+        "seeds": [int(s) for s in seeds],
+    }
+
+
+def baseline_cell(
+    spec: StudySpec, options: dict[str, Any], sparsity: float, seed: int
+) -> StudySpec:
+    """The node-space search at one (sparsity, seed): a study of its own."""
+    sampler = dict(spec.sampler)
+    if sampler.get("seed") is not None:
+        sampler["seed"] = int(sampler["seed"]) + 7919 * seed + round(1000 * sparsity)
+    return dataclasses.replace(
+        spec, name=f"{spec.name}.s{sparsity:g}.seed{seed}", sampler=sampler, baseline=None,
+        overrides=[*spec.overrides, f"+method={options['method']}", f"method.sparsity={sparsity}",
+                   f"seed={seed}"],
+    )  # fmt: skip

@@ -31,7 +31,7 @@ import optuna
 from omegaconf import DictConfig
 
 from sparsebench.config import ConfigError, first_line, validate
-from sparsebench.search.spec import StudySpec, load_spec
+from sparsebench.search.spec import StudySpec, baseline_cell, baseline_options, load_spec
 from sparsebench.search.storage import open_storage, redact
 from sparsebench.tracking.mlflow_logging import create_run
 from sparsebench.tracking.sweep import PARENT_FILE
@@ -52,8 +52,7 @@ def compose_trial(overrides: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from sparsebench.__main__ import check_group_choices
-    from sparsebench.config import CONF_DIR
+    from sparsebench.config import CONF_DIR, check_group_choices
 
     check_group_choices(overrides)
     if GlobalHydra.instance().is_initialized():  # inside the worker's @hydra.main
@@ -69,10 +68,8 @@ def check_space(spec: StudySpec, extra: list[str]) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     if spec.baseline:  # check the first of the baseline's studies (they differ in values only)
-        from sparsebench.search.baseline import _options, cell
-
-        options = _options(spec)
-        spec = cell(spec, options, options["sparsities"][0], options["seeds"][0])
+        options = baseline_options(spec)
+        spec = baseline_cell(spec, options, options["sparsities"][0], options["seeds"][0])
     where = f"sweep '{spec.name}'"
     try:
         compose_trial([*spec.overrides, *extra, "paths.output_dir=."])
@@ -194,7 +191,7 @@ class Worker:
 
             monitor = self.spec.pruner.get("monitor", "val/acc")
             callbacks.append(PyTorchLightningPruningCallback(trial, monitor=monitor))
-        from runners.train import run
+        from sparsebench.runners.train import run
 
         log.info("trial %d: %s", trial.number, " ".join(f"{k}={v}" for k, v in values.items()))
         tags = {"optuna.study": self.spec.name, "optuna.trial": str(trial.number)}

@@ -204,5 +204,5 @@ def parse_pattern(value: str | Pattern, where: str = "method.pattern") -> Patter
         return NM(int(nm.group(1)), int(nm.group(2)))
     if block:
         return Block((int(block.group(1)), int(block.group(2))))
-    hint = " (quote N:M in yaml: pattern: \"2:4\")" if isinstance(value, int) else ""
+    hint = ' (quote N:M in yaml: pattern: "2:4")' if isinstance(value, int) else ""
     raise ConfigError(f"{where} must be {LABEL_HELP}, got '{value}'{hint}.")

@@ -115,7 +115,9 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
         **package_versions(),
     }
     transform = cfg.get("transform")
-    if transform is not None and transform.get("family"):  # Sparse-IFT: pair with the dense baseline
+    if transform is not None and transform.get(
+        "family"
+    ):  # Sparse-IFT: pair with the dense baseline
         tags["method/family"] = str(transform.family)
         tags["baseline_benchmark_key"] = tags["benchmark_key"]
     check_user_tags(cfg)

@@ -192,4 +192,8 @@ def _soup(method: SparseModelSoups, ingredients, module, trainer: L.Trainer,
     return average_states(chosen)
 
 
-STRATEGIES: dict[str, Callable[..., L.Trainer]] = {"single": single, "rounds": rounds, "soups": soups}
+STRATEGIES: dict[str, Callable[..., L.Trainer]] = {
+    "single": single,
+    "rounds": rounds,
+    "soups": soups,
+}
