@@ -25,6 +25,7 @@ from rich.table import Table
 from benchmarks.overhead import StepClock
 from sparsebench.config import CONF_DIR, register_configs, register_resolvers
 from sparsebench.models import build_model
+from sparsebench.schemas import register_schemas
 from sparsebench.tracking.logs import quiet_lightning
 from sparsebench.training import build_datamodule, build_method, build_module, build_trainer
 
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("--update-interval", type=int, default=25)
     args = parser.parse_args()
     register_configs()
+    register_schemas()  # method, transform and hardware schemas, from their classes
     register_resolvers()
     quiet_lightning()
     configs = {

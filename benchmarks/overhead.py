@@ -31,6 +31,7 @@ from rich.table import Table
 from sparsebench.config import CONF_DIR, register_configs, register_resolvers
 from sparsebench.models import build_model
 from sparsebench.runners.train import run as train_run  # noqa: F401  (same imports as the CLI)
+from sparsebench.schemas import register_schemas
 from sparsebench.tracking.logs import quiet_lightning
 from sparsebench.tracking.recorder import RunRecorder
 from sparsebench.training import RunProgress, build_datamodule, build_module, build_trainer
@@ -116,6 +117,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
     register_configs()
+    register_schemas()  # method, transform and hardware schemas, from their classes
     register_resolvers()
     quiet_lightning()
     with tempfile.TemporaryDirectory() as tmp:

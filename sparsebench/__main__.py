@@ -88,6 +88,9 @@ def main() -> None:
 
         raise SystemExit(leaderboard(sys.argv[2:]))
     register_configs()
+    from sparsebench.schemas import register_schemas
+
+    register_schemas()  # method, transform and hardware schemas, from their classes
     register_resolvers()
     if any(a.startswith("resume=") for a in sys.argv[1:]):
         resume(sys.argv[1:])

@@ -51,10 +51,9 @@ def _require(ok: bool, message: str) -> None:
 
 @dataclass
 class ModelConfig:
-    """Arguments of ``timm.create_model`` (our small models register with timm too).
-
-    timm drops keyword arguments that are ``None``, so model-specific options default to None
-    and only reach the models that take them.
+    """Arguments of ``timm.create_model`` that every model family takes (our small models
+    register with timm too); each family's schema adds its own options, so a run's params hold
+    only the options of its model. Options default to None: timm drops None keyword arguments.
     """
 
     _target_: str = "timm.create_model"
@@ -62,24 +61,62 @@ class ModelConfig:
     pretrained: bool = False
     num_classes: int = MISSING
     in_chans: int = MISSING
-    img_size: Any = None  # vision transformers: int or [H, W]
-    in_features: int | None = None  # mlp
-    hidden_dims: list[int] | None = None  # mlp
-    width: int | None = None  # cifar resnet20 base width
-    channels: int | None = None  # dass_network: channels of the first cells
-    cells: int | None = None  # dass_network
-    nodes: int | None = None  # dass_network: intermediate nodes per cell
-    genotype: Any = None  # dass_network: a searched genotype (mapping or JSON string)
-    drop_rate: float | None = None
-    drop_path_rate: float | None = None
 
     def __post_init__(self) -> None:
         _require(self.num_classes >= 2, f"model.num_classes must be >= 2, got {self.num_classes}.")
         _require(self.in_chans >= 1, f"model.in_chans must be >= 1, got {self.in_chans}.")
-        if self.drop_rate is not None:
-            _require(
-                0 <= self.drop_rate < 1, f"model.drop_rate must be in [0, 1), got {self.drop_rate}."
-            )
+        drop_rate = getattr(self, "drop_rate", None)
+        if drop_rate is not None:
+            _require(0 <= drop_rate < 1, f"model.drop_rate must be in [0, 1), got {drop_rate}.")
+
+
+@dataclass
+class TimmModelConfig(ModelConfig):
+    """timm's own networks (resnet18, mobilenetv2_100, vit_tiny_patch16_224, ...)."""
+
+    img_size: Any = None  # vision transformers: int or [H, W]
+    drop_rate: float | None = None
+    drop_path_rate: float | None = None
+
+
+@dataclass
+class MLPConfig(ModelConfig):
+    """sparsebench.models.small.MLP."""
+
+    in_features: int | None = None  # C*H*W or C*L of the dataset
+    hidden_dims: list[int] | None = None
+    drop_rate: float | None = None
+
+
+@dataclass
+class CifarResNetConfig(ModelConfig):
+    """sparsebench.models.small.CifarResNet (resnet20)."""
+
+    width: int | None = None  # base width
+
+
+@dataclass
+class DassNetworkConfig(ModelConfig):
+    """A network of DASS's search space (sparsebench.models.dass)."""
+
+    channels: int | None = None  # channels of the first cells
+    cells: int | None = None
+    nodes: int | None = None  # intermediate nodes per cell
+    genotype: Any = None  # a searched genotype (mapping or JSON string)
+
+
+MODEL_SCHEMAS: dict[str, type] = {"timm": TimmModelConfig, "mlp": MLPConfig,
+                                  "resnet20": CifarResNetConfig, "dass_network": DassNetworkConfig}  # fmt: skip
+
+
+@dataclass
+class DenseMethodConfig:
+    """No sparsity method (``+method=dense``), or a preset whose model transformation is the
+    whole structure (``+method=monarch``)."""
+
+    _target_: Any = None
+    name: str = MISSING
+    sparsity: float | None = None  # dense: 0
 
 
 @dataclass
@@ -287,36 +324,6 @@ def _check_limit(name: str, value: Any) -> None:
     _require(ok, f"{name} must be a fraction in [0, 1] or a batch count >= 0, got {value}.")
 
 
-@dataclass
-class HardwareConfig:
-    """Where latency is measured: the union of the targets' options (unset ones are None)."""
-
-    _target_: str = MISSING
-    name: str = MISSING
-    threads: int | None = None  # None: the number of physical cores
-    batch_size: int = 1
-    min_run_time: float = field(default=0.5, metadata=NO_HASH)
-    warmup: int = field(default=5, metadata=NO_HASH)
-    enabled: bool = True
-    dense_fallback: bool = False  # time a pattern the target cannot accelerate with dense kernels
-    dtype: str = "fp32"
-    storage_format: str = "dense"
-    kernels: list[str] | None = None  # cpu_sparse: candidate sparse kernels (csr, bsr)
-    block_sizes: list[int] | None = None  # cpu_sparse: square BSR block sizes to try
-    min_sparsity: float | None = None  # cpu_sparse: layers below it stay dense
-    peak_tflops: float | None = None  # estimated targets (roofline)
-    bandwidth_gbs: float | None = None
-    accelerations: dict[str, float] | None = None  # pattern -> compute speed-up it gets
-
-    def __post_init__(self) -> None:
-        _require(self.batch_size >= 1, f"hardware.batch_size must be >= 1, got {self.batch_size}.")
-        if self.threads is not None:
-            _require(self.threads >= 1, f"hardware.threads must be >= 1, got {self.threads}.")
-        _require(
-            self.min_run_time > 0, f"hardware.min_run_time must be > 0, got {self.min_run_time}."
-        )
-
-
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "postgresql+psycopg2", "mysql",
                     "databricks")  # fmt: skip
 
@@ -359,11 +366,11 @@ class PathsConfig:
 class SparsebenchConfig:
     """The whole resolved config of one run."""
 
-    model: ModelConfig = MISSING
+    model: Any = MISSING  # a family's schema (MODEL_SCHEMAS)
     dataset: DatasetConfig = MISSING
     method: Any = None  # absent: dense training; ``+method=NAME`` adds one
     transform: Any = None  # absent: the model as configured; ``+transform=NAME`` transforms it
-    hardware: HardwareConfig = MISSING
+    hardware: Any = MISSING  # the target class's schema (sparsebench.schemas)
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
     paths: PathsConfig = MISSING
@@ -415,9 +422,7 @@ class SearchConfig:
 
 
 SCHEMAS: dict[str, type] = {
-    "model": ModelConfig,
     "dataset": DatasetConfig,
-    "hardware": HardwareConfig,
     "trainer": TrainerConfig,
     "logger": LoggerConfig,
     "paths": PathsConfig,
@@ -431,6 +436,9 @@ def register_configs() -> None:
     cs.store(name="search_schema", node=SearchConfig)
     for group, schema in SCHEMAS.items():
         cs.store(group="schema", name=group, node=schema)
+    for family, schema in MODEL_SCHEMAS.items():
+        cs.store(group="schema/model", name=family, node=schema)
+    cs.store(group="schema/method", name="dense", node=DenseMethodConfig)
 
 
 def _check_unknown_keys(node: DictConfig, path: str = "") -> None:

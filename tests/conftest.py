@@ -15,12 +15,14 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from sparsebench.config import CONF_DIR, register_configs, register_resolvers
+from sparsebench.schemas import register_schemas
 
 REPO = Path(__file__).resolve().parent.parent
 
 # Two xdist workers share 2 cores: one thread each keeps them from fighting.
 torch.set_num_threads(1)
 register_configs()
+register_schemas()  # method, transform and hardware schemas, from their classes
 register_resolvers()
 
 

@@ -31,8 +31,10 @@ def test_the_wheel_runs_from_an_empty_folder(tmp_path: Path) -> None:
         [sys.executable, "-m", "venv", "--without-pip", str(fresh)], check=True, timeout=300
     )
     python = fresh / "bin" / "python"
+    # --ignore-installed: pip would otherwise uninstall this environment's sparsebench first.
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                    "--prefix", str(fresh), str(wheel)], check=True, timeout=300)  # fmt: skip
+                    "--ignore-installed", "--prefix", str(fresh), str(wheel)],
+                   check=True, timeout=300)  # fmt: skip
     # The dependencies: this environment's site-packages, added as a plain path (its .pth files,
     # among them the editable install of the checkout, are not processed there).
     (own,) = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"],

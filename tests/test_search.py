@@ -17,11 +17,13 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from sparsebench.config import ConfigError, register_configs, register_resolvers
+from sparsebench.schemas import register_schemas
 from sparsebench.search.spec import load_spec
 from tests.conftest import REPO, search_in_process
 
 pytestmark = pytest.mark.slow
 register_configs()
+register_schemas()  # method, transform and hardware schemas, from their classes
 register_resolvers()
 FAST = ["model=mlp", "dataset=digits", "debug=fast", "model.hidden_dims=[64,64]"]
 

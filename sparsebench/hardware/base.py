@@ -42,7 +42,15 @@ class HardwareTarget(ABC):
 
     def __init__(self, name: str, threads: int | None = None, batch_size: int = 1, enabled: bool = True,
                  dense_fallback: bool = False, dtype: str = "fp32", storage_format: str = "dense",
-                 **_: object) -> None:  # fmt: skip
+                 min_run_time: float = 0.5, warmup: int = 5) -> None:  # fmt: skip
+        """``min_run_time`` (seconds) and ``warmup`` (calls) time measured targets; estimated
+        ones take and ignore them, so that one override (``debug=fast``) fits every target."""
+        if batch_size < 1:
+            raise ConfigError(f"hardware.batch_size must be >= 1, got {batch_size}.")
+        if threads is not None and threads < 1:
+            raise ConfigError(f"hardware.threads must be >= 1, got {threads}.")
+        if min_run_time <= 0:
+            raise ConfigError(f"hardware.min_run_time must be > 0, got {min_run_time}.")
         if dtype not in DTYPE_BYTES:
             raise ConfigError(
                 f"hardware.dtype must be one of {', '.join(DTYPE_BYTES)}, got '{dtype}'."
@@ -58,6 +66,7 @@ class HardwareTarget(ABC):
         self.dense_fallback = dense_fallback
         self.dtype = dtype
         self.storage_format = storage_format
+        self.min_run_time, self.warmup = min_run_time, warmup
         self.kernels: dict[str, str] = {}  # layer -> kernel chosen at conversion
 
     def supports(self, pattern: Pattern | None) -> bool:

@@ -46,11 +46,6 @@ class CPUTarget(HardwareTarget):
     (:func:`time_forward`). It runs every pattern with dense kernels (measured speed-up 1).
     """
 
-    def __init__(self, min_run_time: float = 0.5, warmup: int = 5, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.min_run_time = min_run_time
-        self.warmup = warmup
-
     def time_model(self, model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
         model.eval()
 

@@ -24,8 +24,6 @@ class RooflineTarget(HardwareTarget):
 
     def __init__(self, peak_tflops: float | None = None, bandwidth_gbs: float | None = None,
                  accelerations: dict[str, float] | None = None, **kwargs) -> None:  # fmt: skip
-        kwargs.pop("min_run_time", None)
-        kwargs.pop("warmup", None)
         super().__init__(**kwargs)
         if not peak_tflops or not bandwidth_gbs or peak_tflops <= 0 or bandwidth_gbs <= 0:
             raise ConfigError(

@@ -22,6 +22,7 @@ from sparsebench.config import (
     register_configs,
     register_resolvers,
 )
+from sparsebench.schemas import register_schemas
 from sparsebench.tracking.logs import quiet_lightning
 
 
@@ -64,6 +65,7 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     register_configs()
+    register_schemas()  # method, transform and hardware schemas, from their classes
     register_resolvers()
     args = sys.argv[1:]
     try:

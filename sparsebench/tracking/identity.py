@@ -3,23 +3,19 @@
 Like open_lth's run directories, the hash covers only options whose value differs from the
 schema default, so adding a new option with its default keeps every old hash valid. Options
 that cannot change results (``metadata={"hash": False}`` in the schemas) are left out, and so
-is the seed: replicates over seeds share a ``run_hash``. Groups without a schema (methods) take
-their defaults from the ``_target_`` class's signature.
+is the seed: replicates over seeds share a ``run_hash``. The defaults are the schema's each
+group node was composed with (a model family's, or the one sparsebench.schemas made from a
+method's, transformation's or hardware target's class).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
-from collections.abc import Mapping
 from typing import Any
 
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
-
-from sparsebench.config import SCHEMAS
 
 HASHED_GROUPS = ("model", "dataset", "method", "transform", "hardware", "trainer")
 
@@ -52,30 +48,6 @@ def _schema_defaults(schema: type) -> tuple[dict[str, Any], set[str]]:
     return defaults, excluded
 
 
-def _signature_defaults(target: str | None) -> dict[str, Any]:
-    """Defaults of a ``_target_`` class's keyword arguments, through its base classes.
-
-    Config nodes without a schema (methods) are classes whose signatures are their schema; the
-    seed they take is the run's seed and, like it, stays out of the hash.
-    """
-    if not target:
-        return {}
-    defaults: dict[str, Any] = {}
-    for cls in reversed(get_class(target).__mro__):
-        init = cls.__dict__.get("__init__")
-        if init is None:
-            continue
-        for name, param in inspect.signature(init).parameters.items():
-            value = param.default
-            if value is inspect.Parameter.empty:
-                continue
-            if isinstance(value, Mapping):  # nested nodes (pattern) flatten like the config
-                defaults.update(flatten(dict(value), f"{name}."))
-            else:
-                defaults[name] = list(value) if isinstance(value, tuple) else value
-    return defaults
-
-
 def hashed_options(cfg: DictConfig) -> dict[str, Any]:
     """The options that define a run: non-default values of the hashed groups, flattened."""
     options: dict[str, Any] = {}
@@ -84,10 +56,12 @@ def hashed_options(cfg: DictConfig) -> dict[str, Any]:
         if node is None:
             continue
         values = flatten(OmegaConf.to_container(node, resolve=True))
-        if group in SCHEMAS:
-            defaults, excluded = _schema_defaults(SCHEMAS[group])
-        else:
-            defaults, excluded = _signature_defaults(node.get("_target_")), {"seed"}
+        schema = OmegaConf.get_type(node)
+        defaults, excluded = (
+            _schema_defaults(schema) if dataclasses.is_dataclass(schema) else ({}, set())
+        )
+        if group in ("method", "transform"):
+            excluded.add("seed")  # the run's seed, as for every group
         for key, value in values.items():
             if key in excluded or (key in defaults and defaults[key] == value):
                 continue

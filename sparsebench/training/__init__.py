@@ -3,14 +3,11 @@ sparsity callback of sparsebench.training.callback), and the final measurements.
 
 from __future__ import annotations
 
-import collections.abc
 import math
 import pickle
 import random
 import re
 import time
-import types
-import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +17,7 @@ import numpy as np
 import psutil
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
@@ -248,86 +245,17 @@ def _without_none(node: DictConfig) -> dict:
     return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if v is not None}
 
 
-def _method_hints(target: type) -> dict[str, Any]:
-    """Type hints of the constructor parameters of ``target`` and the classes it forwards
-    ``**kwargs`` to (methods have no schema dataclass yet: their signatures are the schema)."""
-    hints: dict[str, Any] = {}
-    for cls in reversed(target.__mro__):
-        init = cls.__dict__.get("__init__")
-        if init is not None and cls.__module__.startswith("sparsebench"):
-            hints.update({k: v for k, v in typing.get_type_hints(init).items() if k != "return"})
-    return hints
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether a config value has the type a constructor parameter declares."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any or hint is object or value is None:  # null: unset, the method's default
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin in (list, tuple, collections.abc.Sequence) or hint in (list, tuple):
-        inner = args[0] if args and args[-1] is not Ellipsis or len(args) == 2 else Any
-        return isinstance(value, list | tuple) and all(_fits(v, inner) for v in value)
-    if origin in (dict, collections.abc.Mapping) or hint in (dict,):
-        return isinstance(value, dict)
-    return True  # a type the config cannot express: the constructor checks it
-
-
-def _describe(hint: Any) -> str:
-    """``float``, ``int or null``, ``a list of str`` ... for a type hint."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
-    if origin in (list, tuple, collections.abc.Sequence):
-        return f"a list of {_describe(args[0]) if args else 'values'}"
-    if origin in (dict, collections.abc.Mapping):
-        return "a mapping"
-    return getattr(hint, "__name__", str(hint))
-
-
-def check_option_types(node: DictConfig, group: str) -> None:
-    """One sentence for an option of the wrong type (``method.exclude=0``), before the
-    constructor fails on it with a TypeError."""
-    target = get_class(node._target_)
-    hints = _method_hints(target)
-    values = OmegaConf.to_container(node, resolve=True)
-    for key, value in values.items():
-        hint = hints.get(key)
-        if key.startswith("_") or hint is None or _fits(value, hint):
-            continue
-        expected = _describe(hint)
-        raise ConfigError(
-            f"{group}.{key} must be {expected}, got {value!r} ({type(value).__name__})."
-        )
-
-
 def _build(node: DictConfig | None, group: str) -> Any:
-    """Instantiate a ``method`` or ``transform`` node; None when absent or ``_target_: null``."""
+    """Instantiate a ``method`` or ``transform`` node (keys and types were checked against its
+    schema when Hydra composed it; ranges are the constructor's); None when absent or
+    ``_target_: null``."""
     if node is None or node.get("_target_") is None:
         return None
-    check_option_types(node, group)
     try:
         return instantiate(node, _convert_="all")
     except InstantiationException as exc:
-        cause = exc.__cause__
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        if isinstance(cause, TypeError) and "unexpected keyword" in str(cause):
-            allowed = list(_method_hints(get_class(node._target_)))
-            raise ConfigError(
-                f"{group} '{node.get('name')}' {cause}; it takes: {', '.join(allowed)}."
-            ) from None
+        if isinstance(exc.__cause__, ConfigError):
+            raise exc.__cause__ from None
         raise
 
 

@@ -21,8 +21,9 @@ class NMOneShot(MagnitudePruning):
     patterns = (NM,)
 
     def __init__(self, name: str = "nm", pattern: str = "2:4", prune_at: float = 0.5,
-                 **kwargs) -> None:  # fmt: skip
-        super().__init__(name=name, pattern=pattern, prune_at=prune_at, distribution="uniform",
+                 distribution: str = "uniform", **kwargs) -> None:  # fmt: skip
+        # N:M fixes every layer's density: the distribution has nothing to spread.
+        super().__init__(name=name, pattern=pattern, prune_at=prune_at, distribution=distribution,
                          **kwargs)  # fmt: skip
 
 
@@ -64,8 +65,8 @@ class SRSTE(SparsityMethod):
     patterns = (NM,)
 
     def __init__(self, name: str = "sr_ste", pattern: str = "2:4", decay: float = 2e-4,
-                 **kwargs) -> None:  # fmt: skip
-        super().__init__(name=name, pattern=pattern, distribution="uniform", **kwargs)
+                 distribution: str = "uniform", **kwargs) -> None:  # fmt: skip
+        super().__init__(name=name, pattern=pattern, distribution=distribution, **kwargs)
         if decay < 0:
             raise ConfigError(f"method.decay must be >= 0, got {decay}.")
         self.decay = decay

@@ -55,8 +55,9 @@ class ProgressiveGradientFlow(SparsityMethod):
     patterns = (NM,)
 
     def __init__(self, name: str = "pgf", pattern: str = "2:4", decay: str = "linear", rate: float = 2e-4,
-                 dense_until: float = 0.0, end: float = 0.75, **kwargs) -> None:  # fmt: skip
-        super().__init__(name=name, pattern=pattern, distribution="uniform", **kwargs)
+                 dense_until: float = 0.0, end: float = 0.75, distribution: str = "uniform",
+                 **kwargs) -> None:  # fmt: skip
+        super().__init__(name=name, pattern=pattern, distribution=distribution, **kwargs)
         if decay not in DECAYS:
             raise ConfigError(f"method.decay must be one of {', '.join(DECAYS)}, got '{decay}'.")
         if rate <= 0:

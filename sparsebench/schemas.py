@@ -1,0 +1,98 @@
+"""Typed schemas of the method, transform and hardware groups, made from their classes.
+
+A method's (or transformation's, or hardware target's) constructor is its schema: its keyword
+arguments, their type hints and defaults, through its base classes (``**kwargs`` forwards to
+them). :func:`register_schemas` turns each group yaml's ``_target_`` class into a structured
+config stored as ``schema/<group>/<yaml name>``, which the yaml names in its defaults list, so an
+unknown key or a value of the wrong type fails when Hydra composes, in one sentence, and the
+run hash reads the defaults from the schema (sparsebench.tracking.identity). Adding a method
+stays one class and one yaml: the schema follows from the class. Written here because Hydra
+and OmegaConf make structured configs from dataclasses only, not from signatures. Classes are
+loaded by their ``_target_`` names, as Hydra's ``instantiate`` does.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import inspect
+import types
+import typing
+from functools import cache
+from typing import Any, Optional  # noqa: UP035  (OmegaConf reads typing's spellings)
+
+from hydra.core.config_store import ConfigStore
+from hydra.utils import get_class
+from omegaconf import MISSING, OmegaConf
+
+from sparsebench.config import CONF_DIR
+
+SCHEMA_GROUPS = ("method", "transform", "hardware")
+
+
+def _omegaconf_type(hint: Any) -> Any:
+    """The type OmegaConf can check for a constructor's type hint (Any where it cannot)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint in (bool, int, float, str):
+        return hint
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        inner = _omegaconf_type(rest[0]) if len(rest) == 1 else Any
+        return Optional[inner] if len(rest) < len(args) and inner is not Any else inner  # noqa: UP045
+    if origin in (list, tuple, collections.abc.Sequence) or hint in (list, tuple):
+        inner = _omegaconf_type(args[0]) if args else Any
+        return list[inner] if inner in (bool, int, float, str) else list[Any]
+    if origin in (dict, collections.abc.Mapping) or hint is dict:
+        value = _omegaconf_type(args[1]) if len(args) == 2 else Any
+        return dict[str, value] if value in (bool, int, float, str) else dict[str, Any]
+    return Any
+
+
+def _parameters(target: type) -> dict[str, tuple[Any, Any]]:
+    """name -> (type hint, default) over ``target``'s constructor and, while it forwards
+    ``**kwargs``, its base classes' constructors; the most derived class wins."""
+    found: dict[str, tuple[Any, Any]] = {}
+    for cls in target.__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        if cls is object:
+            break
+        hints = typing.get_type_hints(init)
+        forwards = False
+        for name, param in inspect.signature(init).parameters.items():
+            if param.kind is param.VAR_KEYWORD:
+                forwards = True
+            elif name != "self" and param.kind is not param.VAR_POSITIONAL and name not in found:
+                default = param.default if param.default is not param.empty else MISSING
+                found[name] = (hints.get(name, Any), default)
+        if not forwards:
+            break
+    return found
+
+
+@cache
+def schema_of(target: str) -> type:
+    """A dataclass with a field per constructor argument of the class ``target`` names."""
+    # _target_ has no default: the yaml names it, and it is part of every run hash.
+    fields: list[tuple[str, Any, Any]] = [("_target_", str, dataclasses.field(default=MISSING))]
+    for name, (hint, default) in _parameters(get_class(target)).items():
+        kind = _omegaconf_type(hint)
+        if isinstance(default, (list, tuple)):
+            value = dataclasses.field(default_factory=lambda d=list(default): list(d))
+        elif isinstance(default, collections.abc.Mapping):
+            value = dataclasses.field(default_factory=lambda d=dict(default): dict(d))
+        else:
+            value = dataclasses.field(default=default)
+        fields.append((name, kind, value))
+    return dataclasses.make_dataclass(target.rpartition(".")[2] + "Schema", fields)
+
+
+def register_schemas() -> None:
+    """Store the schema of every method, transform and hardware yaml's ``_target_`` class."""
+    store = ConfigStore.instance()
+    for group in SCHEMA_GROUPS:
+        for path in sorted((CONF_DIR / group).glob("*.yaml")):
+            target = OmegaConf.load(path).get("_target_")
+            if target:
+                store.store(group=f"schema/{group}", name=path.stem, node=schema_of(str(target)))
