@@ -88,15 +88,15 @@ def main() -> None:
 
         raise SystemExit(leaderboard(sys.argv[2:]))
     register_configs()
-    from sparsebench.schemas import register_schemas
-
-    register_schemas()  # method, transform and hardware schemas, from their classes
     register_resolvers()
     if any(a.startswith("resume=") for a in sys.argv[1:]):
-        resume(sys.argv[1:])
+        resume(sys.argv[1:])  # the run's saved config: composed before, nothing to compose
         return
     try:
         check_group_choices(sys.argv[1:])
+        from sparsebench.schemas import register_schemas
+
+        register_schemas()  # method, transform and hardware schemas, from their classes
         check_composition(sys.argv[1:], "config")
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

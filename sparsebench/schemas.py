@@ -73,7 +73,9 @@ def _parameters(target: type) -> dict[str, tuple[Any, Any]]:
 
 @cache
 def schema_of(target: str) -> type:
-    """A dataclass with a field per constructor argument of the class ``target`` names."""
+    """A dataclass with a field per constructor argument of the class ``target`` names; it is
+    an attribute of this module (``RigLSchema``), so configs that hold it pickle by reference
+    and unpickle in another process (submitit jobs, DDP ranks)."""
     # _target_ has no default: the yaml names it, and it is part of every run hash.
     fields: list[tuple[str, Any, Any]] = [("_target_", str, dataclasses.field(default=MISSING))]
     for name, (hint, default) in _parameters(get_class(target)).items():
@@ -85,7 +87,25 @@ def schema_of(target: str) -> type:
         else:
             value = dataclasses.field(default=default)
         fields.append((name, kind, value))
-    return dataclasses.make_dataclass(target.rpartition(".")[2] + "Schema", fields)
+    name = target.rpartition(".")[2] + "Schema"
+    while name in globals() and globals()[name].__dataclass_fields__["_target_"].metadata.get(
+        "target"
+    ) not in (None, target):
+        name = "_" + name  # two classes of one name in different modules
+    fields[0] = ("_target_", str, dataclasses.field(default=MISSING, metadata={"target": target}))
+    schema = dataclasses.make_dataclass(name, fields)
+    schema.__module__, schema.__qualname__ = __name__, name
+    globals()[name] = schema
+    return schema
+
+
+def __getattr__(name: str) -> type:
+    """Schemas by name, made on first use (unpickling a config in a fresh process)."""
+    if name.endswith("Schema"):
+        register_schemas()
+        if name in globals():
+            return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register_schemas() -> None:

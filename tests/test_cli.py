@@ -48,7 +48,7 @@ def test_cli_runs_and_prints_summary(tmp_path: Path, args: list[str]) -> None:
             ],
             0.9,
         ),
-        (["+method=nm", "method.n=2", "method.m=4", "model=resnet18"], 0.5),
+        (["+method=nm", "method.pattern=2:4", "model=resnet18"], 0.5),
     ],
 )
 def test_sparse_methods_end_to_end(tmp_path: Path, args: list[str], target: float) -> None:

@@ -81,14 +81,15 @@ def test_cpu_sparse_converts_checks_and_reports_kernels() -> None:
         name="cpu_sparse", threads=1, batch_size=16, min_run_time=0.05, warmup=1
     )
     layers = {"2": model[2], "4": model[4]}
-    metrics = target.benchmark(model, torch.randn(1, 32), layers)
-    assert set(target.kernels) == {"2"}  # layer 4 is below min_sparsity
-    assert target.kernels["2"] in {"dense", "csr", "bsr4x4", "bsr16x16"}
+    measured = target.benchmark(model, torch.randn(1, 32), layers)
+    metrics = measured.metrics
+    assert set(measured.kernels) == {"2"}  # layer 4 is below min_sparsity
+    assert measured.kernels["2"] in {"dense", "csr", "bsr4x4", "bsr16x16"}
     assert metrics["latency/p50_ms"] <= metrics["latency/p90_ms"]
     assert metrics["speedup/measured"] == pytest.approx(
         metrics["latency/dense_p50_ms"] / metrics["latency/p50_ms"]
     )
-    converted = target.convert(model, layers, torch.randn(16, 32))
+    converted, _ = target.convert(model, layers, torch.randn(16, 32))
     x = torch.randn(3, 32)
     with torch.no_grad():
         assert torch.allclose(converted(x), model(x), atol=1e-5)
@@ -142,18 +143,22 @@ def test_roofline_estimates_are_labelled_and_sensible() -> None:
     )
     model, layers = _two_four_model()
     target.check(NM(2, 4), "nm")
-    nm = target.benchmark(model, torch.randn(1, 64), layers)
-    assert 1.0 < nm["speedup/measured"] <= 2.0
+    nm = target.benchmark(model, torch.randn(1, 64), layers, NM(2, 4))
+    assert 1.0 < nm.metrics["speedup/measured"] <= 2.0
+    assert nm.kernels == {"2": "2:4 (estimated)"}
+    assert target.size(model, layers, NM(2, 4)) != target.size(model, layers, Unstructured())
     target.check(Unstructured(), "rigl")
-    unstructured = target.benchmark(model, torch.randn(1, 64), layers)
-    assert unstructured["speedup/measured"] == pytest.approx(1.0)  # no unstructured kernels
+    unstructured = target.benchmark(model, torch.randn(1, 64), layers, Unstructured())
+    assert unstructured.metrics["speedup/measured"] == pytest.approx(1.0)  # no such kernels
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
 def test_cuda_dense_timing() -> None:
     model, _ = _two_four_model()
-    metrics = CUDATarget(name="cuda", batch_size=64, min_run_time=0.1).benchmark(
-        model, torch.randn(1, 64)
+    metrics = (
+        CUDATarget(name="cuda", batch_size=64, min_run_time=0.1)
+        .benchmark(model, torch.randn(1, 64))
+        .metrics
     )
     assert 0 < metrics["latency/p50_ms"] <= metrics["latency/p90_ms"]
 
@@ -163,8 +168,8 @@ def test_cuda_2to4_kernels_match_dense() -> None:
     model, layers = _two_four_model()
     target = CUDA2to4Target(name="cuda_2to4", batch_size=64, min_run_time=0.1)
     target.check(NM(2, 4), "nm")
-    metrics = target.benchmark(model, torch.randn(1, 64), layers)
-    assert target.kernels == {"2": "2:4"} and metrics["speedup/measured"] > 0
+    measured = target.benchmark(model, torch.randn(1, 64), layers, NM(2, 4))
+    assert measured.kernels == {"2": "2:4"} and measured.metrics["speedup/measured"] > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
@@ -174,8 +179,9 @@ def test_cuda_2to4_shape_the_kernels_refuse_stays_dense() -> None:
     with torch.no_grad():
         model[0].weight.mul_(NM(2, 4).mask(model[0].weight.abs()))
     target = CUDA2to4Target(name="cuda_2to4", batch_size=16, min_run_time=0.05)
-    metrics = target.benchmark(model, torch.randn(1, 40), {"0": model[0]})
-    assert target.kernels["0"].startswith("dense (") and metrics["kernels/sparse_layers"] == 0
+    measured = target.benchmark(model, torch.randn(1, 40), {"0": model[0]}, NM(2, 4))
+    assert measured.kernels["0"].startswith("dense (")
+    assert measured.metrics["kernels/sparse_layers"] == 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)

@@ -82,7 +82,7 @@ def test_vit_attention_is_counted() -> None:
 
 def test_cpu_latency_percentiles() -> None:
     target = CPUTarget(name="cpu", threads=1, batch_size=4, min_run_time=0.05, warmup=1)
-    out = target.benchmark(nn.Sequential(nn.Linear(16, 16), nn.ReLU()), torch.zeros(1, 16))
+    out = target.benchmark(nn.Sequential(nn.Linear(16, 16), nn.ReLU()), torch.zeros(1, 16)).metrics
     assert 0 < out["latency/p50_ms"] <= out["latency/p90_ms"]
     assert out["latency/dense_p50_ms"] == out["latency/p50_ms"]
     assert abs(out["throughput/samples_per_s"] - 4 / (out["latency/p50_ms"] / 1e3)) < 1e-6

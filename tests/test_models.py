@@ -36,6 +36,8 @@ def test_timm_models_take_dataset_shape() -> None:
 
 
 def test_small_models_are_registered_with_timm() -> None:
+    from sparsebench.models import small  # noqa: F401  (registers them with timm)
+
     assert timm.is_model("mlp") and timm.is_model("resnet20")
     net = timm.create_model("resnet20", num_classes=10, in_chans=3)
     params = sum(p.numel() for p in net.parameters())

@@ -398,9 +398,7 @@ def test_n_m_methods_are_tagged_with_their_pattern(make_cfg, name: str) -> None:
     from sparsebench.training import build_method
 
     assert build_method(make_cfg(f"+method={name}")).pattern_tag == "2:4"
-    assert (
-        build_method(make_cfg(f"+method={name}", "method.n=1", "method.m=8")).pattern_tag == "1:8"
-    )
+    assert build_method(make_cfg(f"+method={name}", "method.pattern=1:8")).pattern_tag == "1:8"
 
 
 def test_a_2_4_run_is_tagged_2_4_everywhere(make_cfg, tmp_path: Path) -> None:

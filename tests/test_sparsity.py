@@ -313,7 +313,7 @@ def test_channel_pruning_removes_channels_physically_without_changing_outputs(
 ) -> None:
     import timm
 
-    import sparsebench.models  # noqa: F401  (registers resnet20)
+    import sparsebench.models.small  # noqa: F401  (registers resnet20)
     from sparsebench.metrics.flops import flops_per_sample
     from sparsebench.sparsity.methods import ChannelPruning
 

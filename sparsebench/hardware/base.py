@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 
 import psutil
 import torch
@@ -29,6 +30,15 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+@dataclass
+class Measurement:
+    """What a target measured: the contract's latency metrics, and the kernel each pruned layer
+    ran with (``dense``, ``csr``, ``bsr4x4``, ``2:4``, or why it stayed dense)."""
+
+    metrics: dict[str, float]
+    kernels: dict[str, str] = field(default_factory=dict)
 
 
 class HardwareTarget(ABC):
@@ -67,7 +77,6 @@ class HardwareTarget(ABC):
         self.dtype = dtype
         self.storage_format = storage_format
         self.min_run_time, self.warmup = min_run_time, warmup
-        self.kernels: dict[str, str] = {}  # layer -> kernel chosen at conversion
 
     def supports(self, pattern: Pattern | None) -> bool:
         """Whether this target runs ``pattern`` (None: a dense model)."""
@@ -83,18 +92,22 @@ class HardwareTarget(ABC):
             "hardware.dense_fallback=true to time it with dense kernels."
         )
 
-    def convert(
-        self, model: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor
-    ) -> nn.Module:
-        """The model as it runs on this target (dense targets run it unchanged)."""
-        return model
+    def convert(self, model: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor
+                ) -> tuple[nn.Module, dict[str, str]]:  # fmt: skip
+        """The model as it runs on this target, and each layer's kernel (dense targets run it
+        unchanged)."""
+        return model, {}
 
     @abstractmethod
-    def benchmark(self, model: nn.Module, example: torch.Tensor, layers: dict[str, nn.Module] | None = None
-                  ) -> dict[str, float]:  # fmt: skip
-        """Latency metrics of ``model`` on a batch like ``example`` (results-contract names)."""
+    def benchmark(self, model: nn.Module, example: torch.Tensor,
+                  layers: dict[str, nn.Module] | None = None,
+                  pattern: Pattern | None = None) -> Measurement:  # fmt: skip
+        """Latency of ``model`` on a batch like ``example`` (results-contract names), with
+        ``layers`` pruned in ``pattern``. A target keeps no state between calls: everything a
+        measurement depends on is an argument."""
 
-    def size(self, model: nn.Module, layers: dict[str, nn.Module]) -> dict[str, float]:
+    def size(self, model: nn.Module, layers: dict[str, nn.Module],
+             pattern: Pattern | None = None) -> dict[str, float]:  # fmt: skip
         """``size/dense_bytes`` and ``size/sparse_bytes`` in this target's storage format."""
         return model_bytes(model, layers, self.storage_format, self.dtype)
 

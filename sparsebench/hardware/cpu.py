@@ -7,10 +7,9 @@ import copy
 import numpy as np
 import torch
 from torch import nn
-from torch.utils import benchmark
 
 from sparsebench.config import ConfigError
-from sparsebench.hardware.base import HardwareTarget
+from sparsebench.hardware.base import HardwareTarget, Measurement
 from sparsebench.sparsity.patterns import as_matrix
 
 
@@ -25,6 +24,10 @@ def time_forward(fn, threads: int, warmup: int, min_run_time: float) -> tuple[fl
     try:
         for _ in range(warmup):
             fn()
+        # Imported here: torch.utils.benchmark loads torch's C++-extension tooling, which warns
+        # about CUDA on import; a run that fails its config checks never needs it.
+        from torch.utils import benchmark
+
         timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
         single = timer.timeit(number=1).median
         number = max(1, int(0.01 / max(single, 1e-9)))
@@ -64,9 +67,12 @@ class CPUTarget(HardwareTarget):
             "throughput/samples_per_s": self.batch_size / p50,
         }
 
-    def benchmark(self, model, example, layers=None) -> dict[str, float]:
+    def benchmark(self, model, example, layers=None, pattern=None) -> Measurement:
         p50, p90 = self.time_model(model, batch_like(example, self.batch_size))
-        return self.latency_metrics(p50, p90, p50)  # dense kernels: the dense reference itself
+        # Dense kernels: the dense reference is the measurement itself.
+        return Measurement(
+            self.latency_metrics(p50, p90, p50), {name: "dense" for name in layers or {}}
+        )
 
 
 class SparseLinear(nn.Module):
@@ -156,14 +162,13 @@ class CPUSparseTarget(CPUTarget):
             hook.remove()
         return inputs
 
-    def convert(
-        self, model: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor
-    ) -> nn.Module:
+    def convert(self, model: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor
+                ) -> tuple[nn.Module, dict[str, str]]:  # fmt: skip
         converted = copy.deepcopy(model).eval()
         eligible = [n for n, m in layers.items() if is_matmul_layer(m)
                     and 1 - float(m.weight.count_nonzero()) / m.weight.numel() >= self.min_sparsity]  # fmt: skip
         inputs = self.layer_inputs(converted, eligible, example)
-        self.kernels = {}
+        kernels: dict[str, str] = {}
         for name in eligible:
             module = converted.get_submodule(name)
             options = {
@@ -175,7 +180,7 @@ class CPUSparseTarget(CPUTarget):
                 fn = torch.inference_mode()(lambda c=candidate, i=inputs[name]: c(i))
                 timings[kernel] = time_forward(fn, self.threads, 1, self.min_run_time / 10)[0]
             best = min(timings, key=timings.get)
-            self.kernels[name] = best
+            kernels[name] = best
             if best != "dense":
                 parent_name, _, child = name.rpartition(".")
                 setattr(
@@ -183,12 +188,12 @@ class CPUSparseTarget(CPUTarget):
                     child,
                     options[best],
                 )
-        return converted
+        return converted, kernels
 
-    def benchmark(self, model, example, layers=None) -> dict[str, float]:
+    def benchmark(self, model, example, layers=None, pattern=None) -> Measurement:
         x = batch_like(example, self.batch_size)
         dense_p50, _ = self.time_model(model, x)
-        converted = self.convert(model, layers or {}, x)
+        converted, kernels = self.convert(model, layers or {}, x)
         with torch.inference_mode():
             expected, got = model(x), converted(x)
         if not torch.allclose(expected, got, rtol=1e-4, atol=1e-4):
@@ -198,5 +203,5 @@ class CPUSparseTarget(CPUTarget):
             )
         p50, p90 = self.time_model(converted, x)
         metrics = self.latency_metrics(p50, p90, dense_p50)
-        metrics["kernels/sparse_layers"] = sum(k != "dense" for k in self.kernels.values())
-        return metrics
+        metrics["kernels/sparse_layers"] = sum(k != "dense" for k in kernels.values())
+        return Measurement(metrics, kernels)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from sparsebench.config import ConfigError
+from sparsebench.hardware.base import Measurement
 from sparsebench.hardware.cpu import CPUTarget, batch_like
 from sparsebench.sparsity.patterns import is_nm
 
@@ -35,9 +36,11 @@ class CUDATarget(CPUTarget):
     def batch(self, example: torch.Tensor) -> torch.Tensor:
         return batch_like(example, self.batch_size).to(device="cuda", dtype=DTYPES[self.dtype])
 
-    def benchmark(self, model, example, layers=None) -> dict[str, float]:
+    def benchmark(self, model, example, layers=None, pattern=None) -> Measurement:
         p50, p90 = self.time_model(self.prepare(model), self.batch(example))
-        return self.latency_metrics(p50, p90, p50)
+        return Measurement(
+            self.latency_metrics(p50, p90, p50), {name: "dense" for name in layers or {}}
+        )
 
 
 class CUDA2to4Target(CUDATarget):
@@ -57,31 +60,31 @@ class CUDA2to4Target(CUDATarget):
         from torch.sparse import to_sparse_semi_structured
 
         converted = self.prepare(model)
-        self.kernels = {}
+        kernels: dict[str, str] = {}
         for name in layers:
             target = converted.get_submodule(name)
             if not (isinstance(target, nn.Linear) and is_nm(target.weight != 0, 2, 4)):
-                self.kernels[name] = "dense"
+                kernels[name] = "dense"
                 continue
             try:
                 sparse = to_sparse_semi_structured(target.weight.detach())
             except RuntimeError as exc:  # shape the kernels do not take (e.g. rows % 32 != 0)
-                self.kernels[name] = f"dense ({str(exc).splitlines()[0]})"
+                kernels[name] = f"dense ({str(exc).splitlines()[0]})"
                 continue
             target.weight = nn.Parameter(sparse, requires_grad=False)
-            self.kernels[name] = "2:4"
-        return converted
+            kernels[name] = "2:4"
+        return converted, kernels
 
-    def benchmark(self, model, example, layers=None) -> dict[str, float]:
+    def benchmark(self, model, example, layers=None, pattern=None) -> Measurement:
         x = self.batch(example)
         dense = self.prepare(model)
         dense_p50, _ = self.time_model(dense, x)
-        converted = self.convert(model, layers or {}, x)
+        converted, kernels = self.convert(model, layers or {}, x)
         with torch.inference_mode():
             expected, got = dense(x), converted(x)
         if not torch.allclose(expected.float(), got.float(), rtol=1e-2, atol=1e-2):
             raise RuntimeError(f"hardware '{self.name}': 2:4 kernels changed the outputs.")
         p50, p90 = self.time_model(converted, x)
         metrics = self.latency_metrics(p50, p90, dense_p50)
-        metrics["kernels/sparse_layers"] = sum(k == "2:4" for k in self.kernels.values())
-        return metrics
+        metrics["kernels/sparse_layers"] = sum(k == "2:4" for k in kernels.values())
+        return Measurement(metrics, kernels)

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from sparsebench.config import ConfigError
-from sparsebench.hardware.base import HardwareTarget
+from sparsebench.hardware.base import HardwareTarget, Measurement
 from sparsebench.metrics.flops import module_flops
 from sparsebench.metrics.size import DTYPE_BYTES, layer_bytes, model_bytes
-from sparsebench.sparsity.patterns import NM, Pattern, matches
+from sparsebench.sparsity.patterns import NM, Pattern, matches, pattern_label
 
 
 class RooflineTarget(HardwareTarget):
@@ -33,28 +33,23 @@ class RooflineTarget(HardwareTarget):
         self.bandwidth = bandwidth_gbs * 1e9
         self.accelerations = dict(accelerations or {})
         self.accelerates = tuple(k for k, v in self.accelerations.items() if v > 1)
-        self.pattern: Pattern | None = None
 
-    def check(self, pattern: Pattern | None, method_name: str) -> None:
-        self.pattern = pattern  # the estimate needs to know which kernels the layers would use
-        super().check(pattern, method_name)
-
-    def acceleration(self) -> float:
-        return max([v for k, v in self.accelerations.items() if matches(self.pattern, (k,))]
+    def acceleration(self, pattern: Pattern | None) -> float:
+        """The compute speed-up this target's kernels give layers pruned in ``pattern``."""
+        return max([v for k, v in self.accelerations.items() if matches(pattern, (k,))]
                    or [1.0])  # fmt: skip
 
-    def layer_format(self) -> str:
+    def layer_format(self, pattern: Pattern | None) -> str:
         """Accelerated N:M layers are stored compressed (values + indices); others as configured."""
-        if isinstance(self.pattern, NM) and self.acceleration() > 1:
+        if isinstance(pattern, NM) and self.acceleration(pattern) > 1:
             return "nm"
         return self.storage_format
 
-    def size(self, model, layers):
-        return model_bytes(model, layers, self.layer_format(), self.dtype)
+    def size(self, model, layers, pattern=None):
+        return model_bytes(model, layers, self.layer_format(pattern), self.dtype)
 
-    def estimate(
-        self, model: nn.Module, example: torch.Tensor, layers: dict[str, nn.Module], sparse: bool
-    ) -> float:
+    def estimate(self, model: nn.Module, example: torch.Tensor, layers: dict[str, nn.Module],
+                 pattern: Pattern | None, sparse: bool) -> float:  # fmt: skip
         total, per_layer = module_flops(model, example)
         b = DTYPE_BYTES[self.dtype]
         seconds, layer_flops = 0.0, 0
@@ -64,21 +59,22 @@ class RooflineTarget(HardwareTarget):
             flops = per_layer[name]
             layer_flops += flops
             pruned = sparse and name in layers
-            speedup = self.acceleration() if pruned else 1.0
+            speedup = self.acceleration(pattern) if pruned else 1.0
             compute = flops / speedup  # unaccelerated patterns run their zeros at dense speed
-            fmt = self.layer_format() if pruned else "dense"
+            fmt = self.layer_format(pattern) if pruned else "dense"
             memory = layer_bytes(module.weight, fmt, b) / self.bandwidth
             seconds += max(compute / self.peak, memory)
         return seconds + (total - layer_flops) / self.peak
 
-    def benchmark(self, model, example, layers=None) -> dict[str, float]:
+    def benchmark(self, model, example, layers=None, pattern=None) -> Measurement:
         x = example[:1].expand(self.batch_size, *example.shape[1:])
-        sparse = self.estimate(model, x, layers or {}, sparse=True)
-        dense = self.estimate(model, x, layers or {}, sparse=False)
-        return {
+        sparse = self.estimate(model, x, layers or {}, pattern, sparse=True)
+        dense = self.estimate(model, x, layers or {}, pattern, sparse=False)
+        kernel = pattern_label(pattern) if self.acceleration(pattern) > 1 else "dense"
+        return Measurement({
             "latency/p50_ms": sparse * 1e3,
             "latency/p90_ms": sparse * 1e3,
             "latency/dense_p50_ms": dense * 1e3,
             "speedup/measured": dense / sparse,  # an estimate too: latency/estimated=true
             "throughput/samples_per_s": self.batch_size / sparse,
-        }
+        }, {name: f"{kernel} (estimated)" for name in layers or {}})  # fmt: skip

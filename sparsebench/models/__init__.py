@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import timm
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
 from sparsebench.config import ConfigError
-from sparsebench.models import small  # noqa: F401  (registers mlp and resnet20 with timm)
 
 
 def build_model(cfg: DictConfig) -> nn.Module:
     """Instantiate ``cfg`` (``_target_: timm.create_model`` and its explicit arguments)."""
+    import timm  # here, not at import: timm takes seconds, and models/dass.py needs none of it
+
+    from sparsebench.models import small  # noqa: F401  (registers mlp, resnet20, dass_network)
+
     name = cfg.get("model_name")
     if cfg.get("_target_") == "timm.create_model" and not timm.is_model(name):
         raise ConfigError(

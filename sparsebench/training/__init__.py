@@ -396,7 +396,7 @@ def model_metrics(
         else 3 * trained_dense * samples_seen
     )
     size = (
-        hardware.size(model, layers)
+        hardware.size(model, layers, method.pattern if method is not None else None)
         if hardware is not None
         else model_bytes(model, layers, "dense")
     )
@@ -418,8 +418,10 @@ def measure(results: Results, cfg: DictConfig, model: nn.Module, example: torch.
     hardware target's latencies and its per-layer kernel choice."""
     results.update(model_metrics(cfg, model, example, samples_seen, method, hardware, transform))
     if hardware.enabled and benchmark:
-        results.update(hardware.benchmark(model, example, pruned_layers(model, method)))
-        results.data["kernels"] = hardware.kernels  # per-layer kernel chosen by the target
+        pattern = method.pattern if method is not None else None
+        measured = hardware.benchmark(model, example, pruned_layers(model, method), pattern)
+        results.update(measured.metrics)
+        results.data["kernels"] = measured.kernels  # per-layer kernel the target ran
 
 
 def pruned_layers(model: nn.Module, method: SparsityMethod | None) -> dict[str, nn.Module]:

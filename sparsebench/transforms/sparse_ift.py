@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
-import timm
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import fx, nn
@@ -209,6 +208,8 @@ def widen(build: Callable[[float], nn.Module], sparse_flops: Callable[[nn.Module
 
 def _width_arguments(model: nn.Module, model_cfg: dict, k: float) -> dict:
     """create_model arguments that scale every width by k, per model family."""
+    import timm
+
     name = model_cfg["model_name"]
     if name == "mlp":
         return {
@@ -257,6 +258,8 @@ class SparseIFT(ModelTransform):
 
     def _layers(self, model: nn.Module) -> dict[str, nn.Module]:
         """The layers made sparse: the method's selection; of a ViT only the MLP blocks."""
+        import timm  # here: importing timm takes seconds, schemas read this class at start-up
+
         vit = isinstance(model, timm.models.vision_transformer.VisionTransformer)
         self.include = ("blocks.*.mlp.*",) if vit else ()
         options = self.layer_options
@@ -267,6 +270,8 @@ class SparseIFT(ModelTransform):
 
     def apply(self, model: nn.Module, model_cfg: DictConfig, example: torch.Tensor,
               datamodule=None) -> nn.Module:  # fmt: skip
+        import timm
+
         self.reference_flops, _ = module_flops(model, example)
         self.reference_flops /= example.shape[0]
         if self.family == "sparse_wide":

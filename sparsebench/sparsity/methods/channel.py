@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from sparsebench.config import ConfigError
@@ -14,8 +13,12 @@ from sparsebench.sparsity.methods.gmp import GradualMagnitudePruning
 from sparsebench.sparsity.patterns import Channel
 from sparsebench.sparsity.prunable import prunable_layers
 
-OUT_HANDLERS = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
-NORM_HANDLERS = (tp.prune_batchnorm_out_channels,)
+
+def _torch_pruning():
+    """Torch-Pruning, imported when a model is traced (it imports timm: seconds at start-up)."""
+    import torch_pruning
+
+    return torch_pruning
 
 
 class ChannelPruning(GradualMagnitudePruning):
@@ -49,6 +52,8 @@ class ChannelPruning(GradualMagnitudePruning):
             raise ConfigError("method 'channel' needs an example input to trace the model.")
         self.example = example
         candidates = prunable_layers(model, **self.layer_options)
+        tp = _torch_pruning()
+        out_handlers = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=self.example)
         chosen: dict[str, nn.Module] = {}
         for name, module in candidates.items():
@@ -58,11 +63,13 @@ class ChannelPruning(GradualMagnitudePruning):
                 else tp.prune_linear_out_channels
             )
             group = graph.get_pruning_group(module, handler, idxs=[0])
-            writers = [dep.target.module for dep, _ in group if dep.handler in OUT_HANDLERS]
+            writers = [dep.target.module for dep, _ in group if dep.handler in out_handlers]
             if writers == [module]:
                 chosen[name] = module
                 self.norms[name] = [
-                    dep.target.module for dep, _ in group if dep.handler in NORM_HANDLERS
+                    dep.target.module
+                    for dep, _ in group
+                    if dep.handler is tp.prune_batchnorm_out_channels
                 ]
         if not chosen:
             raise ConfigError(
@@ -103,6 +110,7 @@ class ChannelPruning(GradualMagnitudePruning):
         """A copy of ``model`` with the pruned channels physically removed."""
         slim = copy.deepcopy(model).eval()
         MaskSet.detach(slim)  # Torch-Pruning reshapes parameters, not our mask buffers
+        tp = _torch_pruning()
         graph = tp.DependencyGraph().build_dependency(slim, example_inputs=self.example)
         for name, module in self.masks:
             rows = self.masks.mask(name).reshape(module.weight.shape[0], -1)[:, 0]
