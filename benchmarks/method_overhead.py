@@ -27,7 +27,13 @@ from sparsebench.config import CONF_DIR, register_configs, register_resolvers
 from sparsebench.models import build_model
 from sparsebench.schemas import register_schemas
 from sparsebench.tracking.logs import quiet_lightning
-from sparsebench.training import build_datamodule, build_method, build_module, build_trainer
+from sparsebench.training import (
+    build_datamodule,
+    build_method,
+    build_module,
+    build_trainer,
+    sparsity_callbacks,
+)
 
 
 def step_times(overrides: list[str], steps: int, out: Path) -> list[float]:
@@ -41,7 +47,7 @@ def step_times(overrides: list[str], steps: int, out: Path) -> list[float]:
     cfg.trainer.max_epochs = math.ceil((steps + 1) / len(datamodule.train_dataloader()))
     method = build_method(cfg)
     clock = StepClock()
-    callbacks = [clock] if method is None else [method, clock]
+    callbacks = [*sparsity_callbacks(method), clock]
     trainer = build_trainer(cfg, out, callbacks)
     trainer.fit(build_module(cfg, build_model(cfg.model)), datamodule=datamodule)
     # Step-to-step intervals within each epoch (the epoch boundary holds no extra work here).

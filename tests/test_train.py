@@ -56,7 +56,7 @@ def test_resnet20_on_synthetic(make_cfg, tmp_path: Path) -> None:
 def test_failure_mid_run_keeps_results_and_checkpoint(
     make_cfg, tmp_path: Path, monkeypatch
 ) -> None:
-    def broken(self, model, example, layers=None):
+    def broken(self, model, example, layers=None, pattern=None):
         raise RuntimeError("latency probe exploded")
 
     monkeypatch.setattr(CPUTarget, "benchmark", broken)

@@ -4,22 +4,15 @@ sparsity callback of sparsebench.training.callback), and the final measurements.
 from __future__ import annotations
 
 import math
-import pickle
-import random
-import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
-import psutil
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -32,164 +25,18 @@ from sparsebench.metrics.size import model_bytes
 from sparsebench.models import build_model
 from sparsebench.sparsity.methods.base import SparsityMethod
 from sparsebench.sparsity.prunable import prunable_layers
-from sparsebench.tracking.recorder import RunRecorder
-from sparsebench.tracking.results import Results, RunDiverged, write_atomic
+from sparsebench.tracking.results import Results, RunDiverged
 from sparsebench.training.callback import SparsityCallback
+from sparsebench.training.checkpoints import (  # noqa: F401  (the training layer's API)
+    AtomicCheckpointIO,
+    load_checkpoint,
+    rng_states,
+    set_rng_states,
+)
 from sparsebench.training.module import ClassificationModule
+from sparsebench.training.progress import RunProgress  # noqa: F401
 from sparsebench.training.strategies import STRATEGIES
 from sparsebench.transforms.base import ModelTransform
-
-
-class RunProgress(Callback):
-    """The run's progress through Lightning, into its record (:class:`RunRecorder`).
-
-    - Each epoch's row at ``on_train_epoch_end``, after validation and after Lightning has
-      reduced the epoch's train metrics, so a row holds its own epoch's train and val metrics
-      (every epoch, the last included); rows are numbered across fits (soups, IMP rounds).
-    - Training samples seen and seconds spent training, over every fit.
-    - The divergence guard: a non-finite training loss, or one above ``max_loss``, ends the run
-      as ``diverged`` at that step (agreed across DDP ranks).
-    - Signals: SIGTERM/SIGINT received during training end the run after the current batch.
-    - Checkpoints carry its state (counters, history, RNG states), so a resumed run keeps
-      counting and draws the same batches as an uninterrupted run of the same seed.
-    """
-
-    def __init__(self, record: RunRecorder, started: float | None = None,
-                 max_loss: float | None = None) -> None:  # fmt: skip
-        self.record = record
-        self.samples_seen = 0
-        self.train_seconds = 0.0
-        self.max_loss = max_loss
-        self._since: float | None = None
-        self._validated = False  # this epoch validated, its row not yet written
-        # Start-up cost as a user feels it: process start to the first training step; a run
-        # started inside a longer-lived process (a search trial) counts from ``started``.
-        self.started = started if started is not None else psutil.Process().create_time()
-
-    def _clock(self) -> float:
-        return self.train_seconds + (time.perf_counter() - self._since if self._since else 0.0)
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.record.in_training = True
-        self._since = time.perf_counter()
-
-    def _stop_clock(self) -> None:
-        self.record.in_training = False
-        self.train_seconds, self._since = self._clock(), None
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self._stop_clock()
-
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._stop_clock()
-        if self._validated:  # stopped after this epoch's validation (a pruned trial): keep it
-            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
-                       if k.startswith("val/")}  # fmt: skip
-            self.record.add_epoch({"epoch": len(self.record.results.data["history"]), **metrics})
-            self._validated = False
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._validated = False
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        self._validated = trainer.state.fn == "fit" and not trainer.sanity_checking
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if "time/startup_s" not in self.record.results.metrics:
-            self.record.results.update({"time/startup_s": time.time() - self.started})
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.samples_seen += len(batch[1]) * trainer.world_size
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is not None:
-            value = float(loss.detach())
-            bad = not math.isfinite(value) or (self.max_loss is not None and value > self.max_loss)
-            if trainer.strategy.reduce_boolean_decision(bad, all=False):
-                limit = "" if self.max_loss is None else f" and at most {self.max_loss:g}"
-                raise RunDiverged(
-                    f"the training loss is {value:.4g} at step {trainer.global_step}, epoch "
-                    f"{trainer.current_epoch} (trainer.max_loss: finite{limit}); lower "
-                    "trainer.optimizer.lr or clip gradients"
-                )
-        self.record.check_signal()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._validated = False
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
-                   if k.startswith(("train/", "val/"))}  # fmt: skip
-        self.record.add_epoch({"epoch": len(self.record.results.data["history"]), **metrics})
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"samples_seen": self.samples_seen, "train_seconds": self._clock(),
-                "history": list(self.record.results.data["history"]), "rng": rng_states()}  # fmt: skip
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.samples_seen = int(state_dict["samples_seen"])
-        self.train_seconds = float(state_dict["train_seconds"])
-        self.record.results.set_history(state_dict["history"])  # epochs after it run again
-        set_rng_states(state_dict["rng"])
-
-
-def rng_states() -> dict[str, Any]:
-    """torch (CPU and CUDA), NumPy and Python RNG states, in types ``torch.load`` accepts with
-    ``weights_only=True`` (resume never unpickles code)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, state, _ = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-        "python": [int(version), list(state)],
-    }
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    keys, pos, has_gauss, gauss = states["numpy"]
-    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, state = states["python"]
-    random.setstate((version, tuple(state), None))
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to a temporary file in the same folder, then renamed over the old
-    one: a full disk or a kill mid-write leaves the last good checkpoint in place (Lightning's
-    own writer truncates the target first). Loading is unchanged."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            write_atomic(path, lambda f: torch.save(checkpoint, f))
-        except Exception as exc:  # torch's zip writer reports a full disk as a RuntimeError
-            raise OSError(f"could not write checkpoint {path} ({type(exc).__name__}: "
-                          f"{str(exc).strip()[:200]}); the previous one is kept") from exc  # fmt: skip
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint's contents, unpickled with ``torch.load(weights_only=True)``: tensors,
-    containers and plain values only. Run folders and checkpoints are shared between people, so
-    one that would need arbitrary code to load (a crafted or foreign pickle) is refused, as is a
-    truncated or non-PyTorch file, in one sentence."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL (\S+)", str(exc))
-        what = f" ({found.group(1)})" if found else ""
-        raise ConfigError(
-            f"checkpoint {path} holds an object{what} that only running its code could rebuild; "
-            "sparsebench loads checkpoints with weights_only=True and refuses it."
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise ConfigError(
-            f"checkpoint {path} cannot be read ({first_line(exc, 200)}); it is truncated or not a PyTorch "
-            "checkpoint."
-        ) from None
-    if not isinstance(state, dict):
-        raise ConfigError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict.")
-    return state
 
 
 def final_val(trainer: L.Trainer, results: Results) -> dict[str, float]:

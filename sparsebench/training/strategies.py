@@ -33,6 +33,7 @@ from sparsebench.sparsity.methods.base import SparsityMethod
 from sparsebench.sparsity.methods.imp import IterativeMagnitudePruning
 from sparsebench.sparsity.methods.soups import SparseModelSoups
 from sparsebench.training.callback import SparsityCallback
+from sparsebench.training.checkpoints import load_checkpoint
 
 MakeTrainer = Callable[..., L.Trainer]
 
@@ -58,8 +59,6 @@ class _Snapshot(Callback):
 
 
 def _saved_method_state(ckpt_path: Path) -> dict[str, Any]:
-    from sparsebench.training import load_checkpoint
-
     callbacks = load_checkpoint(ckpt_path).get("callbacks", {})
     return callbacks.get(SparsityCallback.__qualname__, {}).get("method", {})
 

@@ -69,7 +69,7 @@ class ChannelPruning(GradualMagnitudePruning):
                 self.norms[name] = [
                     dep.target.module
                     for dep, _ in group
-                    if dep.handler is tp.prune_batchnorm_out_channels
+                    if dep.handler == tp.prune_batchnorm_out_channels
                 ]
         if not chosen:
             raise ConfigError(
