@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from sparsebench.config import (
@@ -298,3 +299,37 @@ def test_an_unreadable_sweep_file_is_one_sentence(tmp_path) -> None:
     (tmp_path / "bad.yaml").write_text("::: not: [yaml")
     with pytest.raises(ConfigError, match=f"^sweep file {tmp_path}/bad.yaml cannot be read"):
         load_spec(str(tmp_path / "bad.yaml"))
+
+
+def test_a_run_holds_only_the_options_of_its_own_model_method_and_target() -> None:
+    from sparsebench.tracking.identity import flatten
+
+    cfg = compose_config(["model=mlp", "dataset=mnist1d", "+method=rigl"], output_dir="/tmp/x")
+    params = flatten(OmegaConf.to_container(cfg, resolve=True))
+    model = {k.removeprefix("model.") for k in params if k.startswith("model.")}
+    assert model == {"_target_", "model_name", "pretrained", "num_classes", "in_chans",
+                     "in_features", "hidden_dims", "drop_rate"}  # fmt: skip
+    hardware = {k for k in params if k.startswith("hardware.")}
+    assert "hardware.kernels" not in hardware and "hardware.peak_tflops" not in hardware
+    assert (
+        "method.drop_fraction" in params and "method.grow_init" not in params
+    )  # RigL's, not SET's
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["+method=rigl", "method.update_interval=ten"], "method.update_interval=ten: "),
+        (["+method=rigl", "method.exclude=0"], "method.exclude=0: "),
+        (["+transform=monarch", "transform.nblocks=four"], "transform.nblocks=four: "),
+        (["+method=rigl", "+method.drop_frac=0.1"], "unknown key 'method.drop_frac'; method takes: "),
+        (["hardware=a100", "+hardware.kernels=[csr]"], "unknown key 'hardware.kernels'"),
+    ],
+)  # fmt: skip
+def test_method_transform_and_target_schemas_check_keys_and_types(args, message) -> None:
+    from sparsebench.config import check_composition
+
+    with pytest.raises(ConfigError) as err:  # types when composing, added keys when validating
+        check_composition(args, "config")
+        validate(compose_config(args, output_dir="/tmp/x"))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from sparsebench.config import CONF_DIR, ConfigError, available, validate
-from sparsebench.models import build_model
 from sparsebench.sparsity.masks import MASK
 from sparsebench.sparsity.patterns import NM, as_matrix, is_nm
 from sparsebench.training import (
@@ -65,7 +64,6 @@ MODEL_DATA = {
 def _fit(cfg, out: Path, ckpt: str | None = None, max_epochs: int = 2, extra: list | None = None):
     L.seed_everything(0, verbose=False)
     datamodule = build_datamodule(cfg)
-    model = build_model(cfg.model)
     method = build_method(cfg)
     transform = build_transform(cfg, method)
     model = build_run_model(cfg, datamodule, method, transform)  # as the runner does
@@ -206,3 +204,41 @@ def test_patterns_compose_with_methods(make_cfg, tmp_path: Path, pattern: str, c
         mask = method.masks.mask(name)
         assert check(mask), name  # whole blocks / whole filters kept or removed
         assert (module.weight[~mask] == 0).all()
+
+
+class _Killed(Exception):
+    pass
+
+
+class _StopAtRound(L.Callback):
+    """Stands for a kill: the run stops as round ``level`` of IMP starts."""
+
+    def __init__(self, method, level: int) -> None:
+        self.method, self.level = method, level
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.method.level == self.level:
+            raise _Killed
+
+
+def test_imp_resumes_from_the_round_its_checkpoint_was_written_in(make_cfg, tmp_path: Path) -> None:
+    overrides = ["+method=imp", "method.rate=0.5", *MODEL_DATA["mlp"], "trainer.max_epochs=2",
+                 "trainer.limit_train_batches=4", "trainer.enable_checkpointing=true", "logger=none"]  # fmt: skip
+    _, whole, _, _, _ = _fit(make_cfg(*overrides), tmp_path / "whole")
+    assert whole.level == whole.levels == 3
+    cfg = make_cfg(*overrides)
+    L.seed_everything(0, verbose=False)  # the same run as _fit's, stopped
+    datamodule = build_datamodule(cfg)
+    method = build_method(cfg)
+    module = build_module(cfg, build_run_model(cfg, datamodule, method, None))
+    callbacks = [*sparsity_callbacks(method), _StopAtRound(method, 2)]
+    with pytest.raises(_Killed):
+        fit(module, datamodule, method,
+            lambda **kw: build_trainer(cfg, tmp_path / "killed", callbacks, **kw))  # fmt: skip
+    ckpt = tmp_path / "killed" / "checkpoints" / "last.ckpt"  # written at the end of round 1
+    saved = torch.load(ckpt, weights_only=True)["callbacks"]["SparsityCallback"]["method"]
+    assert saved["level"] == 1 and saved["snapshot"] is not None
+    _, resumed, _, _, _ = _fit(make_cfg(*overrides), tmp_path / "resumed", ckpt=str(ckpt))
+    assert resumed.level == 3
+    for name, _ in whole.masks:
+        assert torch.equal(resumed.masks.mask(name), whole.masks.mask(name)), name

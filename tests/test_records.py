@@ -486,7 +486,7 @@ def test_sparse_ift_training_flops_use_the_widened_network(make_cfg, tmp_path: P
     wide = build_run_model(cfg, datamodule, method, build_transform(cfg, method))
     f_wide = flops_per_sample(wide, example)["flops/dense"]  # RigL's dense gradient is on this
     f_s, samples, dt = metrics["flops/sparse"], metrics["train/samples"], 2
-    # Sparse-IFT's RigL accounting (METHODS.md): 3 f_s per step, a dense gradient every dT.
+    # Sparse-IFT's RigL accounting (docs/methods.md): 3 f_s per step, a dense gradient every dT.
     assert metrics["flops/train"] == pytest.approx(
         samples * (3 * f_s * dt + 2 * f_s + f_wide) / (dt + 1)
     )

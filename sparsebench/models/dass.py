@@ -4,7 +4,7 @@ Mousavi et al., "DASS: Differentiable Architecture Search for Sparse neural netw
 search space (Liu et al., ICLR 2019) extended with SparseConv and SparseLinear operations. Each
 sparse operation keeps a fixed fraction of its weights, chosen by learnable per-weight scores
 (top-k of |score| with a straight-through gradient, as in Ramanujan et al. 2020's edge-popup;
-METHODS.md notes that DASS's exact scoring is unverified and this is one reading).
+docs/methods.md notes that DASS's exact scoring is not published in detail; this is one reading).
 
 A network has a dense stem, ``cells`` cells (reduction cells at 1/3 and 2/3 of the depth),
 ``nodes`` intermediate nodes per cell, each the sum of edges from the two cell inputs and the

@@ -35,7 +35,7 @@ from sparsebench.search.spec import StudySpec, baseline_cell, baseline_options, 
 from sparsebench.search.storage import open_storage, redact
 from sparsebench.tracking.mlflow_logging import create_run
 from sparsebench.tracking.sweep import PARENT_FILE
-from sparsebench.training import build_hardware, build_method
+from sparsebench.training import build_hardware, build_method, build_transform
 
 log = logging.getLogger(__name__)
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -86,7 +86,8 @@ def check_space(spec: StudySpec, extra: list[str]) -> None:
             try:
                 trial_cfg = compose_trial(overrides)
                 validate(trial_cfg)
-                build_method(trial_cfg), build_hardware(trial_cfg)  # their own range checks
+                method = build_method(trial_cfg)  # their own range checks
+                build_transform(trial_cfg, method), build_hardware(trial_cfg)
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {param.key}={value}: {exc}") from None
             except (HydraException, OmegaConfBaseException) as exc:

@@ -178,7 +178,7 @@ PATTERNS: dict[str, type[Pattern]] = {
 
 def pattern_label(pattern: Pattern | None) -> str:
     """``dense`` for no pattern (dense training), else :attr:`Pattern.label`. Results of
-    different patterns are never comparable one-for-one (METHODS.md, fair comparison)."""
+    different patterns are never comparable one-for-one (docs/methods.md, fair comparison)."""
     return "dense" if pattern is None else pattern.label
 
 

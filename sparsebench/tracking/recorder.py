@@ -1,6 +1,6 @@
 """One run's record: results.json and its MLflow run, opened before training, closed after.
 
-The lifecycle (ARCHITECTURE.md, docs/records.md): the record opens as ``running`` with the
+The lifecycle (docs/records.md): the record opens as ``running`` with the
 resolved config (MLflow params and ``config.yaml``) and the contract tags, so even a run killed
 with SIGKILL says what it was; every epoch's row goes to both; closing sets the final status
 (``ok`` only with the whole contract) in results.json first, then in MLflow (FINISHED, FAILED

@@ -29,7 +29,10 @@ from sparsebench.tracking.results import Results, RunDiverged
 from sparsebench.training.callback import SparsityCallback
 from sparsebench.training.checkpoints import (  # noqa: F401  (the training layer's API)
     AtomicCheckpointIO,
+    checkpoint_budget,
+    checkpoint_path,
     load_checkpoint,
+    load_weights,
     rng_states,
     set_rng_states,
 )
@@ -223,7 +226,7 @@ def model_metrics(
     """Parameters, sparsity, FLOPs and weight storage of the trained model.
 
     Sparsity and sparse FLOPs are over the method's layers (default selection when dense);
-    ``flops/train`` follows ../METHODS.md: 3 forward FLOPs per training sample for dense
+    ``flops/train`` follows docs/methods.md: 3 forward FLOPs per training sample for dense
     training, the method's own accounting otherwise. Storage is in the hardware target's format.
     """
     layers = pruned_layers(model, method)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import pickle
 import random
 import re
@@ -14,6 +16,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from sparsebench.config import ConfigError, first_line
 from sparsebench.tracking.results import write_atomic
+
+log = logging.getLogger(__name__)
 
 
 def rng_states() -> dict[str, Any]:
@@ -76,3 +80,51 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise ConfigError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict.")
     return state
+
+
+def checkpoint_path(value: str) -> Path:
+    """The ``.ckpt`` a ``checkpoint=`` value names: a run folder (its checkpoints/last.ckpt) or a
+    file."""
+    path = Path(value)
+    if path.is_dir():
+        found = path / "checkpoints" / "last.ckpt"
+        if not found.is_file():
+            raise ConfigError(f"checkpoint folder {path} has no checkpoints/last.ckpt.")
+        return found
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} does not exist (give a run folder or a .ckpt file).")
+    return path
+
+
+def load_weights(model: torch.nn.Module, path: Path, model_name: str) -> None:
+    """The checkpoint's model weights (masks of a sparse-trained run are already in them)."""
+    state = load_checkpoint(path)
+    weights = {k.removeprefix("model."): v for k, v in state.get("state_dict", state).items()
+               if not k.endswith("weight_mask")}  # fmt: skip
+    own = {k: v for k, v in model.state_dict().items() if not k.endswith("weight_mask")}
+    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    shapes = [k for k in set(own) & set(weights) if own[k].shape != weights[k].shape]
+    if missing or unexpected or shapes:
+        detail = "; ".join(
+            f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                ("other shapes", sorted(shapes))) if keys
+        )  # fmt: skip
+        raise ConfigError(
+            f"checkpoint {path} does not match model '{model_name}' of this config ({detail})."
+        )
+    model.load_state_dict(weights, strict=False)  # strict but for the masks attached here
+
+
+def checkpoint_budget(path: Path) -> tuple[float, float]:
+    """(``flops/train``, ``train/samples``) of the run that wrote the checkpoint (its
+    results.json), so that the pruned run's budget counts the dense training; zeros (and a
+    warning) when unknown."""
+    for folder in (path.parent.parent, path.parent):
+        results = folder / "results.json"
+        if results.is_file():
+            metrics = json.loads(results.read_text())["metrics"]
+            return float(metrics.get("flops/train", 0.0)), float(metrics.get("train/samples", 0.0))
+    log.warning("checkpoint %s has no results.json beside it: the training budget counts only "
+                "the pruning run's own fine-tuning", path)  # fmt: skip
+    return 0.0, 0.0
