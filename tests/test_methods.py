@@ -224,8 +224,9 @@ class _StopAtRound(L.Callback):
 def test_imp_resumes_from_the_round_its_checkpoint_was_written_in(make_cfg, tmp_path: Path) -> None:
     overrides = ["+method=imp", "method.rate=0.5", *MODEL_DATA["mlp"], "trainer.max_epochs=2",
                  "trainer.limit_train_batches=4", "trainer.enable_checkpointing=true", "logger=none"]  # fmt: skip
-    _, whole, _, _, _ = _fit(make_cfg(*overrides), tmp_path / "whole")
+    _, whole, trainer, _, _ = _fit(make_cfg(*overrides), tmp_path / "whole")
     assert whole.level == whole.levels == 3
+    assert "val/acc" in trainer.callback_metrics  # validated, though rounds end mid-epoch
     cfg = make_cfg(*overrides)
     L.seed_everything(0, verbose=False)  # the same run as _fit's, stopped
     datamodule = build_datamodule(cfg)

@@ -101,6 +101,8 @@ def rounds(method: IterativeMagnitudePruning, module: L.LightningModule, datamod
         resume = ckpt_path if level == first else None
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     assert trainer is not None
+    if "val/acc" not in trainer.callback_metrics:  # the last round ended mid-epoch
+        trainer.validate(module, datamodule=datamodule, verbose=False)
     return trainer
 
 
