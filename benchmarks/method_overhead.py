@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.overhead import StepClock
-from sparsebench.config import CONF_DIR, register_configs, register_resolvers
+from sparsebench.config import CONF_DIR, normalize_overrides, register_configs, register_resolvers
 from sparsebench.models import build_model
 from sparsebench.schemas import register_schemas
 from sparsebench.tracking.logs import quiet_lightning
@@ -38,9 +38,9 @@ from sparsebench.training import (
 
 def step_times(overrides: list[str], steps: int, out: Path) -> list[float]:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
+        cfg = compose(config_name="config", overrides=normalize_overrides([
             "logger=none", "trainer.limit_val_batches=0", "trainer.enable_checkpointing=false",
-            "trainer.enable_progress_bar=false", *overrides])  # fmt: skip
+            "trainer.enable_progress_bar=false", *overrides]))  # fmt: skip
     torch.manual_seed(0)
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")

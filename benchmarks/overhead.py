@@ -28,7 +28,7 @@ from omegaconf import open_dict
 from rich.console import Console
 from rich.table import Table
 
-from sparsebench.config import CONF_DIR, register_configs, register_resolvers
+from sparsebench.config import CONF_DIR, normalize_overrides, register_configs, register_resolvers
 from sparsebench.models import build_model
 from sparsebench.runners.train import run as train_run  # noqa: F401  (same imports as the CLI)
 from sparsebench.schemas import register_schemas
@@ -124,7 +124,7 @@ def main() -> None:
         tmp_path = Path(tmp)
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             overrides = [f"logger.tracking_uri=sqlite:///{tmp}/mlflow.db"]
-            cfg = compose(config_name="config", overrides=overrides)
+            cfg = compose(config_name="config", overrides=normalize_overrides(overrides))
         harness, plain = [], []
         for r in range(args.rounds):
             harness += harness_steps(cfg.copy(), args.steps, tmp_path / f"h{r}")[args.warmup :]

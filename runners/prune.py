@@ -35,6 +35,7 @@ from sparsebench.training import (
     load_weights,
     measure,
     sparsity_callbacks,
+    training_device,
 )
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,8 @@ def run(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
     load_weights(model, path, cfg.model.model_name)
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    with RunRecorder(cfg, output_dir, hardware.fingerprint(), {"pattern": method.pattern_tag}
+    machine = {**hardware.fingerprint(), "hw/train_device": training_device(cfg)}
+    with RunRecorder(cfg, output_dir, machine, {"pattern": method.pattern_tag}
                      ) as record:  # fmt: skip
         results = record.results
         results.data["checkpoint"] = str(path)

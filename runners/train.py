@@ -31,6 +31,7 @@ from sparsebench.training import (
     measure,
     pattern_tag,
     sparsity_callbacks,
+    training_device,
 )
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,8 @@ def run(
     hardware.check(method.pattern if method else None, method.name if method else "dense")
 
     contract = {"pattern": pattern_tag(method, transform)}
-    with RunRecorder(cfg, output_dir, {**hardware.fingerprint(), **(tags or {})}, contract,
+    machine = {**hardware.fingerprint(), "hw/train_device": training_device(cfg)}
+    with RunRecorder(cfg, output_dir, {**machine, **(tags or {})}, contract,
                      resume=checkpoint is not None) as record:  # fmt: skip
         results = record.results
         if checkpoint is not None:

@@ -20,6 +20,7 @@ from sparsebench.config import (
     ConfigError,
     check_composition,
     check_group_choices,
+    normalize_overrides,
     register_configs,
     register_resolvers,
     validate,
@@ -87,6 +88,7 @@ def main() -> None:
         from sparsebench.leaderboard import main as leaderboard
 
         raise SystemExit(leaderboard(sys.argv[2:]))
+    sys.argv[1:] = normalize_overrides(sys.argv[1:])  # before Hydra reads them
     register_configs()
     register_resolvers()
     if any(a.startswith("resume=") for a in sys.argv[1:]):

@@ -72,11 +72,17 @@ class ModelConfig:
 
 @dataclass
 class TimmModelConfig(ModelConfig):
-    """timm's own networks (resnet18, mobilenetv2_100, vit_tiny_patch16_224, ...)."""
+    """timm's own networks (resnet18, mobilenetv2_100, vit_tiny_patch16_224, ...). The common
+    ``create_model`` arguments are typed here; any other a network takes passes through to timm
+    (``+model.KEY=VALUE``), which refuses in one sentence what the network does not take."""
 
     img_size: Any = None  # vision transformers: int or [H, W]
     drop_rate: float | None = None
     drop_path_rate: float | None = None
+    drop_block_rate: float | None = None
+    global_pool: str | None = None  # avg, max, avgmax, catavgmax, '' (none)
+
+    OPEN = True  # not a field: keys beyond these are timm keyword arguments
 
 
 @dataclass
@@ -219,7 +225,7 @@ class TrainerConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: str = "cosine"
     warmup_epochs: int = 0
-    accelerator: str = "cpu"
+    accelerator: str = "auto"
     devices: Any = 1
     strategy: str = "auto"
     num_nodes: int = 1
@@ -444,7 +450,7 @@ def register_configs() -> None:
 def _check_unknown_keys(node: DictConfig, path: str = "") -> None:
     """Reject keys a schema does not declare (``+trainer.max_epoch=3`` slips past Hydra)."""
     schema = OmegaConf.get_type(node)
-    if dataclasses.is_dataclass(schema):
+    if dataclasses.is_dataclass(schema) and not getattr(schema, "OPEN", False):
         allowed = [f.name for f in dataclasses.fields(schema)]
         for key in node:
             if key not in allowed:
@@ -496,6 +502,7 @@ def check_composition(args: list[str], config_name: str) -> None:
     value of the wrong type, a key that does not exist, a group without ``+``) are one
     sentence and exit 2 instead of Hydra's report and exit 1. Runs with flags (``-m``,
     ``--cfg``, ``--help``) are left to Hydra."""
+    args = normalize_overrides(args)
     if args and args[0] in ("-m", "--multirun") and not any(a.startswith("-") for a in args[1:]):
         for job in _multirun_jobs(args[1:]):  # each value of each swept key, once
             check_composition(job, config_name)
@@ -592,3 +599,34 @@ def check_group_choices(args: list[str]) -> None:
         for value in values:
             if value not in known and value != "null":
                 raise ConfigError(f"unknown {group} '{value}'; available: {', '.join(known)}.")
+
+
+OPTIONAL_GROUPS = ("method", "transform")
+"""Groups the defaults list declares with a null default: ``method=rigl`` chooses one."""
+
+
+def normalize_overrides(args: list[str]) -> list[str]:
+    """``+method=rigl`` (the spelling the papers' users and older sweeps type) as
+    ``method=rigl``: the optional groups are in the defaults list, where Hydra refuses ``+``.
+
+    In a multirun (``-m``), an option of an optional group (``method.sparsity=0.8``) becomes a
+    sweep of its one value: Hydra composes a multirun's single values before any job has chosen
+    the group, and would refuse the key, so ``-m +method=random,magnitude method.sparsity=0.8``,
+    the most natural grid, could not run."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    out = []
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key.startswith("+") and key[1:] in CHOICE_GROUPS:  # every group of the defaults list
+            arg = arg[1:]
+        elif multirun and key.lstrip("+").split(".", 1)[0] in OPTIONAL_GROUPS and "." in key:
+            try:
+                (parsed,) = OverridesParser.create().parse_overrides([arg])
+            except Exception:
+                parsed = None  # malformed: Hydra reports it
+            if parsed is not None and not parsed.is_sweep_override() and value:
+                arg = f"{key}=choice({value})"
+        out.append(arg)
+    return out

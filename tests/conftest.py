@@ -14,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from sparsebench.config import CONF_DIR, register_configs, register_resolvers
+from sparsebench.config import CONF_DIR, normalize_overrides, register_configs, register_resolvers
 from sparsebench.schemas import register_schemas
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,7 +30,7 @@ def compose_config(
     overrides: list[str] | None = None, output_dir: Path | None = None
 ) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides or []))
+        cfg = compose(config_name="config", overrides=normalize_overrides(list(overrides or [])))
     if output_dir is not None:
         with open_dict(cfg):
             cfg.paths.output_dir = str(output_dir)

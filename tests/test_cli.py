@@ -113,6 +113,16 @@ def test_multirun_seeds_share_benchmark_key(tmp_path: Path) -> None:
     assert parent.info.status == "FINISHED" and "sparsebench.sweep" in parent.data.tags
 
 
+def test_the_natural_method_grid_runs(tmp_path: Path) -> None:
+    # Hydra composes a multirun's single values before a job chooses the method group.
+    proc = run_cli(["-m", "+method=random,magnitude", "method.sparsity=0.8", "model=mlp",
+                    "dataset=mnist1d", "debug=fast", "hardware.threads=1", "logger=none"], cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [json.loads(p.read_text()) for p in _results_files(tmp_path)]
+    assert sorted(r["tags"]["method"] for r in runs) == ["magnitude", "random"]
+    assert all(r["status"] == "ok" and r["metrics"]["sparsity/target"] == 0.8 for r in runs)
+
+
 # The messages themselves are tested in-process (tests/test_config.py); here one of each path
 # through the CLI: a group name checked before Hydra, a value and a key checked by the runner.
 @pytest.mark.parametrize(

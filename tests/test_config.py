@@ -231,7 +231,6 @@ def test_bad_leaderboard_and_upload_arguments_are_one_sentence(tmp_path, capsys)
         (["seed=abc"], "seed=abc: Value 'abc' of type 'str' could not be converted to Integer."),
         (["trainer.optimizer.lr="], "trainer.optimizer.lr=: Value '' of type 'str' could not be converted to Float."),
         (["trainer.max_epoch=3"], "unknown key 'trainer.max_epoch'; trainer takes: max_epochs, optimizer,"),
-        (["method=random", "method.sparsity=0.5"], "'method' is not chosen by default; add it with +method=random."),
     ],
 )  # fmt: skip
 def test_hydra_composition_errors_are_one_sentence(args: list[str], message: str) -> None:
@@ -333,3 +332,18 @@ def test_method_transform_and_target_schemas_check_keys_and_types(args, message)
         check_composition(args, "config")
         validate(compose_config(args, output_dir="/tmp/x"))
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_method_is_an_optional_group_chosen_with_or_without_plus() -> None:
+    from sparsebench.config import check_composition, normalize_overrides
+
+    for spelling in ("method=rigl", "+method=rigl"):
+        cfg = compose_config([spelling, "method.sparsity=0.5"])
+        assert cfg.method.name == "rigl" and cfg.method.sparsity == 0.5 and cfg.transform is None
+        check_composition([spelling], "config")
+    assert compose_config(["method=sparse_ift"]).transform.name == "sparse_ift"  # its preset
+    assert compose_config([]).method is None  # dense by default
+    assert normalize_overrides(["-m", "+method=random,magnitude", "method.sparsity=0.8", "seed=1"]) == [
+        "-m", "method=random,magnitude", "method.sparsity=choice(0.8)", "seed=1"]  # fmt: skip
+    assert normalize_overrides(["method.sparsity=0.8"]) == ["method.sparsity=0.8"]  # a single run
+    assert normalize_overrides(["+experiment=mnist1d_mlp"]) == ["experiment=mnist1d_mlp"]

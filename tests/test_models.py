@@ -70,3 +70,15 @@ def test_unknown_timm_name_is_one_sentence() -> None:
     cfg = compose_config(["model.model_name=resnet_nope"])
     with pytest.raises(ConfigError, match="timm has no model 'resnet_nope'"):
         build_model(cfg.model)
+
+
+def test_timm_keyword_arguments_pass_through_and_unknown_ones_are_one_sentence() -> None:
+    from sparsebench.config import ConfigError, validate
+
+    cfg = compose_config(
+        ["model.global_pool=max", "+model.zero_init_last=false"], output_dir="/tmp/x"
+    )
+    validate(cfg)  # the timm family's schema is open: its keys are timm's
+    assert build_model(cfg.model).global_pool.pool_type == "max"
+    with pytest.raises(ConfigError, match="unexpected keyword argument 'nonsense'"):
+        build_model(compose_config(["+model.nonsense=1"], output_dir="/tmp/x").model)

@@ -79,7 +79,9 @@ def search_here(tmp_path: Path, monkeypatch, capsys):
         ({"storage": "postgresql://postgres@127.0.0.1:1/nothing"},
          "error: cannot reach the study storage postgresql+psycopg2://postgres@127.0.0.1:1/nothing ("),
         ({"sampler": {"name": "grid"}},
-         "error: sweep 'study': sampler 'grid' is unknown; allowed: random, tpe, nsga2."),
+         "error: sweep 'study': sampler 'grid' is unknown; give one of random, tpe, nsga2, nsga3, cmaes, gp, qmc,"),
+        ({"sampler": {"_target_": "optuna.pruners.MedianPruner"}},
+         "error: sweep 'study': sampler _target_ 'optuna.pruners.MedianPruner' is not an Optuna sampler."),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_sentence_before_any_trial(tmp_path: Path, fields, message) -> None:
@@ -169,6 +171,24 @@ def test_multi_objective_study_reports_a_pareto_front(tmp_path: Path, search_her
         for b in front:
             assert not (a["val/acc"] >= b["val/acc"] and a["flops/sparse"] <= b["flops/sparse"]
                         and (a["val/acc"], a["flops/sparse"]) != (b["val/acc"], b["flops/sparse"]))  # fmt: skip
+
+
+def test_any_optuna_sampler_by_target_and_a_cma_es_study(tmp_path: Path, search_here) -> None:
+    space = {"method.sparsity": {"type": "float", "low": 0.3, "high": 0.95},
+             "trainer.optimizer.lr": {"type": "float", "low": 0.01, "high": 0.3, "log": True}}  # fmt: skip
+    for node, cls in [({"name": "gp", "seed": 0}, optuna.samplers.GPSampler),
+                      ({"_target_": "optuna.samplers.QMCSampler", "seed": 0}, optuna.samplers.QMCSampler)]:  # fmt: skip
+        assert isinstance(load_spec(str(write_sweep(tmp_path, sampler=node))).make_sampler(), cls)
+    path = write_sweep(tmp_path, space=space, n_trials=3,
+                       sampler={"_target_": "optuna.samplers.CmaEsSampler", "seed": 0,
+                                "n_startup_trials": 1},
+                       pruner={"_target_": "optuna.pruners.MedianPruner", "n_warmup_steps": 5})  # fmt: skip
+    search_here([f"sweep={path}"])
+    study = optuna.load_study(study_name="study", storage=f"sqlite:///{tmp_path}/optuna.db")
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == 3
+    # Trials after the first were proposed by CMA-ES itself (its state is in the study).
+    assert any(key.startswith("cma:") for t in trials[1:] for key in t.system_attrs)
 
 
 def test_pruned_trials_stop_early_and_count(tmp_path: Path, search_here) -> None:

@@ -44,6 +44,14 @@ def test_mlp_on_mnist1d_fills_the_contract(make_cfg, tmp_path: Path) -> None:
     assert mlflow_run.data.tags["run_hash"] == data["tags"]["run_hash"]
     assert mlflow_run.data.params["trainer.optimizer.lr"] == "0.05"
     assert data["mlflow"]["run_id"] == mlflow_run.info.run_id
+    # Readable, unique names (the hash tells 1 and 2 epochs apart); the experiment opens in the
+    # MLflow UI's model-training view; the device is recorded.
+    hash6 = data["tags"]["run_hash"][:6]
+    assert mlflow_run.info.run_name == f"dense-mlp-mnist1d-s0-{hash6}"
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment(mlflow_run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert data["tags"]["hw/train_device"] == "cpu"
 
 
 def test_resnet20_on_synthetic(make_cfg, tmp_path: Path) -> None:

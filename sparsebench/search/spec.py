@@ -19,8 +19,38 @@ from omegaconf import OmegaConf
 from sparsebench.config import SWEEPS_DIR, ConfigError, first_line
 from sparsebench.tracking.results import CONTRACT_METRICS
 
-SAMPLERS = ("random", "tpe", "nsga2")
-PRUNERS = ("none", "median", "hyperband", "successive_halving", "threshold")
+# Short names of Optuna's samplers and pruners; any other by ``_target_`` (its import path).
+SAMPLERS = {"random": "optuna.samplers.RandomSampler", "tpe": "optuna.samplers.TPESampler",
+            "nsga2": "optuna.samplers.NSGAIISampler", "nsga3": "optuna.samplers.NSGAIIISampler",
+            "cmaes": "optuna.samplers.CmaEsSampler", "gp": "optuna.samplers.GPSampler",
+            "qmc": "optuna.samplers.QMCSampler", "bruteforce": "optuna.samplers.BruteForceSampler"}  # fmt: skip
+PRUNERS = {"none": "optuna.pruners.NopPruner", "median": "optuna.pruners.MedianPruner",
+           "percentile": "optuna.pruners.PercentilePruner",
+           "hyperband": "optuna.pruners.HyperbandPruner",
+           "successive_halving": "optuna.pruners.SuccessiveHalvingPruner",
+           "threshold": "optuna.pruners.ThresholdPruner",
+           "wilcoxon": "optuna.pruners.WilcoxonPruner"}  # fmt: skip
+
+
+def _component(node: dict[str, Any], names: dict[str, str], base: type, what: str,
+               where: str) -> type:  # fmt: skip
+    """The class a sampler or pruner node names: ``name`` (a short name) or ``_target_``."""
+    from hydra.utils import get_class
+
+    target = node.get("_target_") or names.get(str(node.get("name")))
+    if target is None:
+        raise ConfigError(f"{where}: {what} '{node.get('name')}' is unknown; give one of "
+                          f"{', '.join(names)} as name, or any Optuna {what} class as _target_ "
+                          "(e.g. optuna.samplers.CmaEsSampler).")  # fmt: skip
+    try:
+        cls = get_class(str(target))
+    except Exception:
+        raise ConfigError(f"{where}: {what} _target_ '{target}' cannot be imported.") from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(f"{where}: {what} _target_ '{target}' is not an Optuna {what}.")
+    return cls
+
+
 PARAM_TYPES = ("categorical", "int", "float")
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 STUDY_KEYS = ("study_name", "overrides", "space", "objectives", "sampler", "pruner", "n_trials",
@@ -82,28 +112,20 @@ class StudySpec:
         return len(self.objectives) > 1
 
     def make_sampler(self, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
-        options = {k: v for k, v in self.sampler.items() if k != "name"}
+        options = {k: v for k, v in self.sampler.items() if k not in ("name", "_target_")}
         if options.get("seed") is not None:  # each worker its own stream, reproducibly
             options["seed"] = int(options["seed"]) + seed_offset
-        name = self.sampler["name"]
-        if name == "random":
-            return optuna.samplers.RandomSampler(**options)
-        if name == "tpe":
-            return optuna.samplers.TPESampler(**options)
-        return optuna.samplers.NSGAIISampler(**options)
+        cls = _component(self.sampler, SAMPLERS, optuna.samplers.BaseSampler, "sampler", self.name)
+        return cls(**options)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
-        options = {k: v for k, v in self.pruner.items() if k not in ("name", "monitor")}
-        name = self.pruner["name"]
-        if name == "median":
-            return optuna.pruners.MedianPruner(**options)
-        if name == "hyperband":
-            return optuna.pruners.HyperbandPruner(**options)
-        if name == "successive_halving":
-            return optuna.pruners.SuccessiveHalvingPruner(**options)
-        if name == "threshold":
-            return optuna.pruners.ThresholdPruner(**options)
-        return optuna.pruners.NopPruner()
+        options = {k: v for k, v in self.pruner.items() if k not in ("name", "_target_", "monitor")}
+        cls = _component(self.pruner, PRUNERS, optuna.pruners.BasePruner, "pruner", self.name)
+        return cls(**options)
+
+    @property
+    def prunes(self) -> bool:
+        return self.pruner.get("name") not in (None, "none") or "_target_" in self.pruner
 
 
 def sweep_path(name: str) -> Path:
@@ -180,19 +202,14 @@ def load_spec(name: str, n_trials: int | None = None, storage: str | None = None
             )
         objectives.append(Objective(metric, direction))
     sampler = dict(raw.get("sampler") or {"name": "tpe"})
-    if sampler.get("name") not in SAMPLERS:
-        raise ConfigError(
-            f"{where}: sampler '{sampler.get('name')}' is unknown; allowed: {', '.join(SAMPLERS)}."
-        )
+    _component(sampler, SAMPLERS, optuna.samplers.BaseSampler, "sampler", where)
     pruner = dict(raw.get("pruner") or {"name": "none"})
-    if pruner.get("name") not in PRUNERS:
+    _component(pruner, PRUNERS, optuna.pruners.BasePruner, "pruner", where)
+    pruning = pruner.get("name") not in (None, "none") or "_target_" in pruner
+    if len(objectives) > 1 and pruning:
         raise ConfigError(
-            f"{where}: pruner '{pruner.get('name')}' is unknown; allowed: {', '.join(PRUNERS)}."
-        )
-    if len(objectives) > 1 and pruner["name"] != "none":
-        raise ConfigError(
-            f"{where}: pruner '{pruner['name']}' cannot prune a multi-objective study "
-            "(Optuna reports one value per step); use pruner: {name: none}."
+            f"{where}: pruner '{pruner.get('name') or pruner.get('_target_')}' cannot prune a "
+            "multi-objective study (Optuna reports one value per step); use pruner: {name: none}."
         )
     trials = int(n_trials if n_trials is not None else raw.get("n_trials") or 20)
     if trials < 1:

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -29,6 +30,8 @@ from typing import Any
 
 import optuna
 from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
 
 from sparsebench.config import ConfigError, first_line, validate
 from sparsebench.search.spec import StudySpec, baseline_cell, baseline_options, load_spec
@@ -52,8 +55,9 @@ def compose_trial(overrides: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from sparsebench.config import CONF_DIR, check_group_choices
+    from sparsebench.config import CONF_DIR, check_group_choices, normalize_overrides
 
+    overrides = normalize_overrides(overrides)
     check_group_choices(overrides)
     if GlobalHydra.instance().is_initialized():  # inside the worker's @hydra.main
         return compose(config_name="config", overrides=overrides)
@@ -153,8 +157,11 @@ class Worker:
             else:
                 from mlflow.entities import Param
 
-                params = {"n_trials": self.spec.n_trials, "sampler": self.spec.sampler["name"],
-                          "pruner": self.spec.pruner["name"], "sweep": str(self.spec.path)}  # fmt: skip
+                sampler, pruner = self.spec.sampler, self.spec.pruner
+                params = {"n_trials": self.spec.n_trials,
+                          "sampler": sampler.get("_target_") or sampler.get("name"),
+                          "pruner": pruner.get("_target_") or pruner.get("name"),
+                          "sweep": str(self.spec.path)}  # fmt: skip
                 client.log_batch(parent, params=[Param(k, str(v)) for k, v in params.items()])
         self._parent_file(parent)
         return parent
@@ -187,7 +194,7 @@ class Worker:
         trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
         cfg = compose_trial(overrides)
         callbacks = []
-        if self.spec.pruner["name"] != "none":
+        if self.spec.prunes:
             from optuna_integration import PyTorchLightningPruningCallback
 
             monitor = self.spec.pruner.get("monitor", "val/acc")
@@ -264,9 +271,17 @@ class Worker:
             "pareto_front" if self.spec.multi_objective else "best": rows,
         }
         title = "Pareto front" if self.spec.multi_objective else "best trial"
-        print(f"study {self.spec.name}: {summary['trials']}; {title}:")
+        counts = ", ".join(f"{n} {s.lower()}" for s, n in summary["trials"].items())
+        table = Table(title=f"study {self.spec.name} ({counts}): {title}")
+        columns = [k for k in (rows[0] if rows else {}) if k != "run_dir"]
+        for column in columns:
+            table.add_column(column, justify="left" if column == "trial" else "right")
         for row in rows:
-            print("  " + ", ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k != "run_dir"))
+            table.add_row(*(_fmt(row[c]) for c in columns))
+        Console(width=max(100, shutil.get_terminal_size().columns)).print(table)
+        if rows and rows[0].get("run_dir"):
+            print(f"run folders: {Path(str(rows[0]['run_dir'])).parent}; summary: "
+                  f"{self.output_dir / 'study.json'}")  # fmt: skip
         (self.output_dir / "study.json").write_text(json.dumps(summary, indent=2, default=str))
         if self.parent:
             self._log_summary(summary)

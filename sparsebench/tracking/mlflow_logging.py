@@ -149,20 +149,27 @@ def prepare(uri: str, experiment: str) -> None:
         experiment_id(MlflowClient(tracking_uri=uri), experiment)
 
 
+# MLflow 3's UI opens an experiment in the view this tag names; without it, it may guess the
+# GenAI view ("Evaluations"). sparsebench's runs are model training runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(client, experiment: str) -> str:
-    """The id of ``experiment``, created if missing (a lost creation race reads the winner's)."""
+    """The id of ``experiment``, created if missing (a lost creation race reads the winner's),
+    tagged to open in the MLflow UI's model-training view."""
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(experiment)
-    if found is not None:
-        return found.experiment_id
-    try:
-        return client.create_experiment(experiment)
-    except MlflowException:
-        found = client.get_experiment_by_name(experiment)
-        if found is None:
-            raise
-        return found.experiment_id
+    if found is None:
+        try:
+            return client.create_experiment(experiment, tags=EXPERIMENT_KIND)
+        except MlflowException:
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                raise
+    if "mlflow.experimentKind" not in found.tags:  # made before sparsebench set it
+        client.set_experiment_tag(found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+    return found.experiment_id
 
 
 def tracking_client(cfg: DictConfig):
@@ -198,6 +205,19 @@ def store_problem(uri: str, timeout: float = 5.0) -> str | None:
     return reachable(uri, timeout)
 
 
+def run_name(cfg: DictConfig, tags: dict[str, str]) -> str:
+    """A readable name that tells runs apart: method, sparsity, model, dataset, seed and the
+    first digits of the run hash (so 1 and 10 epochs, or a prune runner's dense pre-training,
+    differ): ``rigl-0.9-mlp-mnist1d-s0-3fa2c1``."""
+    method = cfg.get("method")
+    sparsity = method.get("sparsity") if method is not None else None
+    pattern = tags.get("pattern", "")
+    level = pattern if ":" in pattern else f"{float(sparsity):g}" if sparsity is not None else None
+    parts = [tags["method"], level,
+             tags["model"], tags["dataset"], f"s{tags['seed']}", tags["run_hash"][:6]]  # fmt: skip
+    return "-".join(p for p in parts if p)
+
+
 def open_run(cfg: DictConfig, tags: dict[str, str], run_id: str | None = None
              ) -> tuple[MlflowRun | None, str | None]:  # fmt: skip
     """The run's MLflow record (a new run, or ``run_id`` reopened as RUNNING on resume), or
@@ -214,8 +234,7 @@ def open_run(cfg: DictConfig, tags: dict[str, str], run_id: str | None = None
             client.get_run(run_id)  # raises if the store does not hold it
             client.update_run(run_id, status="RUNNING")
         else:
-            name = cfg.logger.get("run_name") or (
-                f"{tags['method']}-{tags['model']}-{tags['dataset']}-s{tags['seed']}")  # fmt: skip
+            name = cfg.logger.get("run_name") or run_name(cfg, tags)
             run_id = create_run(client, cfg.logger.experiment_name, name, tags)
     except Exception as exc:
         return None, f"tracking store {uri} failed ({type(exc).__name__}: {first_line(exc, 300)})"

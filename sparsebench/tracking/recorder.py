@@ -141,6 +141,25 @@ class RunRecorder:
         else:
             for note in self.notes:
                 log.warning(note)
+        if self.cfg.print_summary:
+            for line in self.where():
+                print(line, flush=True)
+
+    def where(self) -> list[str]:
+        """Where the run's record is: its folder and, when logged, its MLflow run and URL."""
+        lines = [f"run folder: {self.output_dir} (results.json, config.yaml, checkpoints/)"]
+        run = self.mlflow
+        if run is None or run.failure:
+            return lines
+        try:
+            experiment = run.client.get_run(run.run_id).info.experiment_id
+        except Exception:  # the server went away at the end: the id is enough
+            return [*lines, f"MLflow run: {run.run_id}"]
+        page = f"#/experiments/{experiment}/runs/{run.run_id}"
+        if run.tracking_uri.startswith(("http://", "https://")):
+            return [*lines, f"MLflow run: {run.run_id}  {run.tracking_uri.rstrip('/')}/{page}"]
+        return [*lines, f"MLflow run: {run.run_id} (browse: mlflow ui --backend-store-uri "
+                        f"{run.tracking_uri}, then http://127.0.0.1:5000/{page})"]  # fmt: skip
 
     def _close_mlflow(self) -> None:
         run, results = self.mlflow, self.results

@@ -143,6 +143,15 @@ def build_run_model(cfg: DictConfig, datamodule: SparseBenchDataModule,
     return model
 
 
+def training_device(cfg: DictConfig) -> str:
+    """Where the run trains: ``trainer.accelerator``, with ``auto`` resolved as Lightning
+    resolves it (a CUDA GPU if one is visible, else the CPU); recorded as ``hw/train_device``."""
+    accelerator = str(cfg.trainer.get("accelerator") or "auto")
+    if accelerator == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if accelerator == "gpu" else accelerator
+
+
 def pattern_tag(method: SparsityMethod | None, transform: ModelTransform | None) -> str:
     """The run's ``pattern`` tag: the transformation's structure (``monarch``), the method's
     pattern label, or ``dense``."""
