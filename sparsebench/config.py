@@ -305,8 +305,10 @@ def _check_devices(accelerator: str, devices: Any) -> None:
                 f"trainer.devices must be a number, a list of indices or 'auto', got '{devices}'."
             ) from None
     _require(count >= 1, f"trainer.devices must be >= 1, got {devices}.")
-    if accelerator == "auto":
-        return
+    if accelerator == "auto":  # as Lightning resolves it: a CUDA GPU if one is visible
+        import torch
+
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
     have, what = _available_devices(accelerator)
     _require(
         count <= have,
