@@ -18,6 +18,12 @@ from sparsebench.tracking.mlflow_logging import DEFAULT_URI, store_problem
 
 COLUMNS = ("benchmark_key", "rank", "method", "pattern", "n", "acc_mean", "acc_std", "sparsity", "flops_sparse", "latency_ms",
            "latency_estimated", "flops_front", "latency_front", "budget_differs", "run_hash")  # fmt: skip
+# What a reader sees (CSV keeps the names above); the key is each group's heading instead.
+HEADERS = {"rank": "#", "method": "method", "pattern": "pattern", "n": "n", "acc_mean": "test acc",
+           "acc_std": "± std", "sparsity": "sparsity", "flops_sparse": "FLOPs",
+           "latency_ms": "ms", "latency_estimated": "est.", "flops_front": "front",
+           "latency_front": "front ms", "budget_differs": "budget", "run_hash": "run hash"}  # fmt: skip
+SHOWN = tuple(HEADERS)
 
 
 def fetch_runs(tracking_uri: str, experiment: str | None, filters: dict[str, str]) -> list[dict]:
@@ -59,24 +65,80 @@ def _cell(row: Row, column: str) -> str:
     return "" if value is None else str(value)
 
 
-def table(rows: list[Row]) -> Table:
-    out = Table(title="sparsebench leaderboard (* = on the Pareto front / budget differs)")
-    for column in COLUMNS:
-        out.add_column(
-            column,
-            justify="right"
-            if column not in ("benchmark_key", "method", "pattern", "run_hash")
-            else "left",
-        )
+def groups(rows: list[Row]) -> dict[str, list[Row]]:
+    """Rows per benchmark key, in rank order (ranks restart per key: runs of different keys
+    are not comparable)."""
+    out: dict[str, list[Row]] = {}
     for row in rows:
-        out.add_row(*(_cell(row, c) for c in COLUMNS))
+        out.setdefault(row.benchmark_key, []).append(row)
     return out
 
 
+# Left out first when a terminal is too narrow for every column (the CSV has them all).
+DROP_ORDER = ("run_hash", "latency_estimated", "latency_front", "budget_differs", "acc_std", "n",
+              "flops_front", "latency_ms")  # fmt: skip
+
+
+def fitting(rows: list[Row], width: int | None) -> tuple[str, ...]:
+    """The columns that fit ``width`` characters without folding a header or a value."""
+    columns = list(SHOWN)
+    if width is None:
+        return tuple(columns)
+
+    def needed() -> int:
+        return 1 + sum(3 + max(len(HEADERS[c]), *(len(_cell(r, c)) for r in rows)) for c in columns)
+
+    for column in DROP_ORDER:
+        if needed() <= width:
+            break
+        columns.remove(column)
+    return tuple(columns)
+
+
+def tables(rows: list[Row], width: int | None = None) -> list[Table]:
+    """One terminal table per benchmark key, the key as its title (never cut to fit); at
+    ``width`` characters, the columns that fit."""
+    out = []
+    shown = fitting(rows, width)
+    for key, members in groups(rows).items():
+        table = Table(title=key, title_justify="left", title_style="bold")
+        for column in shown:
+            left = column in ("method", "pattern", "run_hash")
+            table.add_column(HEADERS[column], justify="left" if left else "right",
+                             overflow="fold")  # fmt: skip
+        for row in members:
+            table.add_row(*(_cell(row, c) for c in shown))
+        out.append(table)
+    return out
+
+
+def print_tables(rows: list[Row], width: int | None = None) -> None:
+    """The tables at the terminal's width (``width``: a given one, e.g. for a file)."""
+    console = Console(width=width)  # rich reads the terminal's width (or $COLUMNS) when None
+    console.print("sparsebench leaderboard (* = on the Pareto front / budget differs)")
+    shown = fitting(rows, console.width)
+    if len(shown) < len(SHOWN):
+        left = ", ".join(HEADERS[c] for c in SHOWN if c not in shown)
+        console.print(f"(too narrow for {left}: see --csv, or widen the terminal)")
+    for table in tables(rows, console.width):
+        console.print(table)
+
+
 def markdown(rows: list[Row]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(r, c) for c in COLUMNS) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    """A Markdown section per benchmark key (tabulate aligns the columns; it does not escape
+    ``|``, so the cells are escaped here, and a key full of ``|`` stays one heading)."""
+    from tabulate import tabulate
+
+    def escape(text: str) -> str:
+        return text.replace("\\", "\\\\").replace("|", "\\|")
+
+    sections = []
+    for key, members in groups(rows).items():
+        body = [[escape(_cell(r, c)) for c in SHOWN] for r in members]
+        grid = tabulate(body, headers=[HEADERS[c] for c in SHOWN], tablefmt="github",
+                        disable_numparse=True)  # fmt: skip
+        sections.append(f"### {escape(key)}\n\n{grid}\n")
+    return "\n".join(sections)
 
 
 def write_csv(rows: list[Row], path: Path) -> None:
@@ -136,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no complete ok runs in {args.tracking_uri} match these filters"
               f"{'; ' + note if note else '.'}", file=sys.stderr)  # fmt: skip
         return 1
-    Console(width=200).print(table(rows))
+    print_tables(rows)
     if note:
         print(note)
     if args.csv:

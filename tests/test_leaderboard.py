@@ -117,7 +117,8 @@ def test_cli_reads_mlflow_and_writes_csv_and_markdown(tmp_path, capsys) -> None:
     rows = list(csv.DictReader(out_csv.open()))
     assert [(r["run_hash"], r["n"], r["rank"]) for r in rows] == [("a", "2", "1"), ("b", "1", "2")]
     assert all(r["flops_front"] == "True" for r in rows)  # a: most accurate, b: cheapest
-    assert "| digits|mlp|cpu|e1 | 1 | m | unstructured | 2 |" in out_md.read_text()
+    text = out_md.read_text()
+    assert "### digits\\|mlp\\|cpu\\|e1" in text and "| 1   | m        | unstructured" in text
     assert main(["--tracking-uri", uri, "--pattern", "2:4"]) == 1  # N:M and unstructured apart
     printed = capsys.readouterr().out
     assert "leaderboard" in printed and "left out" not in printed  # every run is complete
@@ -204,3 +205,41 @@ def test_budget_is_samples_seen_when_every_run_reports_it() -> None:
                       with_samples(1000, run_hash="rigl50", train=1.5e9),
                       with_samples(3000, run_hash="soups", train=9e9)])  # fmt: skip
     assert {r.run_hash for r in rows if r.budget_differs} == {"soups"}
+
+
+def _board() -> list:
+    keys = ["mnist1d|mlp|cpu|epochs=1,batch=64", "mnist1d|mlp|cpu|epochs=10,batch=64"]
+    runs = [run(key=k, run_hash=f"{i}{j}", seed="0", acc=0.5 + 0.1 * j, flops=100 - 10 * j)
+            for i, k in enumerate(keys) for j in range(3)]  # fmt: skip
+    return aggregate(admit(runs)[0])
+
+
+def test_markdown_rows_have_the_headers_cell_count() -> None:
+    import re
+
+    from sparsebench.leaderboard import markdown
+
+    text = markdown(_board())
+    cells = [
+        len(re.split(r"(?<!\\)\|", line)) for line in text.splitlines() if line.startswith("|")
+    ]
+    assert len(cells) == 2 * (2 + 3) and len(set(cells)) == 1  # header, rule, 3 rows per key
+    assert text.count("### mnist1d\\|mlp\\|cpu\\|epochs=") == 2  # each key one heading
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_terminal_tables_fit_the_width_and_show_every_key_whole(width: int) -> None:
+    from rich.console import Console
+
+    from sparsebench.leaderboard import tables
+
+    console = Console(width=width, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    for table in tables(_board(), width):
+        console.print(table)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= width
+    assert (
+        "mnist1d|mlp|cpu|epochs=1,batch=64" in text and "mnist1d|mlp|cpu|epochs=10,batch=64" in text
+    )
+    assert "test acc" in text and "FLOPs" in text and "unstructured" in text  # never folded
+    assert ("run hash" in text) == (width == 200)  # a narrow terminal leaves it to the CSV
