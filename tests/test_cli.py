@@ -111,6 +111,14 @@ def test_multirun_seeds_share_benchmark_key(tmp_path: Path) -> None:
     assert len(parents) == 1 and None not in parents
     parent = client.get_run(parents.pop())
     assert parent.info.status == "FINISHED" and "sparsebench.sweep" in parent.data.tags
+    # The parent holds the sweep's overrides and, per run_hash, the jobs' aggregates.
+    assert parent.data.params["seed"] == "0,1" and parent.info.run_name.startswith(
+        "sweep seed=0,1 "
+    )
+    run_hash = runs[0].data.tags["run_hash"]
+    accs = [r.data.metrics["test/acc"] for r in runs]
+    assert parent.data.metrics[f"{run_hash}/test/acc/n"] == 2
+    assert parent.data.metrics[f"{run_hash}/test/acc/mean"] == pytest.approx(sum(accs) / 2)
 
 
 def test_the_natural_method_grid_runs(tmp_path: Path) -> None:
