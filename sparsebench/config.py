@@ -345,6 +345,8 @@ class LoggerConfig:
     experiment_name: str = "sparsebench"
     run_name: str | None = None
     connect_timeout_s: float = 5.0
+    # CPU, memory and GPU use sampled into the run (MLflow's system metrics monitor).
+    log_system_metrics: bool = False
 
     def __post_init__(self) -> None:
         _require(

@@ -52,6 +52,15 @@ def test_mlp_on_mnist1d_fills_the_contract(make_cfg, tmp_path: Path) -> None:
     experiment = client.get_experiment(mlflow_run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert data["tags"]["hw/train_device"] == "cpu"
+    (dataset,) = client.get_run(mlflow_run.info.run_id).inputs.dataset_inputs  # an MLflow input
+    assert dataset.dataset.name == "mnist1d" and '"num_samples": 600' in dataset.dataset.source
+
+
+def test_system_metrics_are_an_option(make_cfg, tmp_path: Path) -> None:
+    run(make_cfg("model=mlp", "dataset=digits", "logger.log_system_metrics=true",
+                 "trainer.max_epochs=2", "trainer.limit_train_batches=null"))  # fmt: skip
+    (mlflow_run,) = _runs(tmp_path)
+    assert any(key.startswith("system/cpu_utilization") for key in mlflow_run.data.metrics)
 
 
 def test_resnet20_on_synthetic(make_cfg, tmp_path: Path) -> None:

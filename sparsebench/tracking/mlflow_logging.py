@@ -86,12 +86,42 @@ class MlflowRun:
 
         self._guard(what, send)
 
+    def log_dataset(self, dataset: dict[str, Any]) -> None:
+        """The run's dataset as an MLflow input (the UI's Datasets column): its name, a digest
+        of its config (splits, sizes, seed) and the config as source."""
+        import hashlib
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        blob = json.dumps(dataset, sort_keys=True, default=str)
+        entry = Dataset(name=str(dataset.get("name")), digest=hashlib.sha256(blob.encode()).hexdigest()[:12],
+                        source_type="sparsebench", source=blob)  # fmt: skip
+        context = [InputTag("mlflow.data.context", "training")]
+        self._guard("logging the dataset", self.client.log_inputs, self.run_id,
+                    datasets=[DatasetInput(entry, context)])  # fmt: skip
+
+    def start_system_metrics(self) -> None:
+        """CPU, memory (and GPU) use sampled into the run while it lives (MLflow's monitor)."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        def start() -> None:
+            self.monitor = SystemMetricsMonitor(self.run_id, sampling_interval=1, resume_logging=True,
+                                                tracking_uri=self.tracking_uri)  # fmt: skip
+            self.monitor.start()
+
+        self._guard("starting system metrics", start)
+
     def terminate(self, status: str, lifecycle: str) -> None:
         """End the run with MLflow ``status`` (FINISHED, FAILED, KILLED); ``lifecycle`` is the
         exact state (ok, diverged, interrupted ...) kept as a tag beside it."""
         from mlflow.entities import RunTag
 
         def send() -> None:
+            monitor = getattr(self, "monitor", None)
+            if monitor is not None and status != "RUNNING":
+                monitor.finish()
+                self.monitor = None
             self.client.log_batch(self.run_id, tags=[RunTag(STATUS_TAG, lifecycle)])
             if status == "RUNNING":
                 self.client.update_run(self.run_id, status="RUNNING")

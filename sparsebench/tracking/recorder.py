@@ -75,6 +75,9 @@ class RunRecorder:
         if not resume:  # a resumed run's params are there already (and cannot change)
             self.mlflow.log("logging the config", params=flatten(self.results.data["config"]),
                             tags=self.results.tags, artifacts=[config_path])  # fmt: skip
+            self.mlflow.log_dataset(dict(self.results.data["config"].get("dataset") or {}))
+        if self.cfg.logger.get("log_system_metrics"):
+            self.mlflow.start_system_metrics()
         self.mlflow.terminate("RUNNING", "running")
 
     # -- during the run -------------------------------------------------------------------
