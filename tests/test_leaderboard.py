@@ -145,23 +145,38 @@ def test_cli_reads_mlflow_and_writes_csv_and_markdown(tmp_path, capsys) -> None:
         [experiment], filter_string="tags.`sparsebench.leaderboard` = 'true'"
     )
     names = {a.path for a in client.list_artifacts(board.info.run_id)}
-    assert names == {"leaderboard.csv", "leaderboard.html", "leaderboard.md"}
+    assert names == {"leaderboard.csv", "leaderboard.html", "leaderboard.md", "plotly.min.js"}
     assert main(["--tracking-uri", uri, "--csv", str(out_csv)]) == 0
     assert len(list(csv.DictReader(out_csv.open()))) == 3
 
 
-def test_html_report_is_self_contained(tmp_path) -> None:
+def test_html_report_colours_methods_marks_patterns_and_draws_the_front(tmp_path) -> None:
+    import json
+    import re
+
     from sparsebench.tracking.report import html_report
 
-    rows = aggregate([run(run_hash="a", method="dense", acc=0.95, flops=200), run(run_hash="b", method="rigl"),
-                      run(run_hash="c", method="set", acc=0.7, latency=None)])  # fmt: skip
+    rows = aggregate([run(run_hash="a", method="dense", acc=0.95, flops=200, pattern="dense"),
+                      run(run_hash="b", method="rigl", acc=0.93, flops=40),
+                      run(run_hash="c", method="nm", acc=0.94, flops=100, pattern="2:4", latency=None),
+                      run(key="single", run_hash="d")])  # fmt: skip
     page = html_report(rows, tmp_path / "board.html").read_text()
-    assert page.count("<table class='leaderboard'>") == 1 and page.count("<tr>") == 4
-    assert "dense baseline 0.9500" in page and "accuracy vs latency" in page
-    assert page.count("Plotly.newPlot") == 2  # two interactive plots
-    assert (
-        '<script src="http' not in page and len(page) > 1_000_000
-    )  # plotly.js embedded: works offline
+    assert page.count("<table class='leaderboard'>") == 2 and "<th>test acc</th>" in page
+    figures = [
+        json.loads(m) for m in re.findall(r'Plotly.newPlot\(\s*"[^"]+",\s*(\[.*?\]),\s*\{', page)
+    ]
+    assert len(figures) == 2  # FLOPs and latency for the first key; none for a single row
+    flops = {t["name"]: t for t in figures[0]}
+    assert {"dense", "rigl", "nm", "Pareto front"} <= set(flops)  # a legend entry per method
+    assert flops["nm"]["marker"]["symbol"] == ["diamond"] and flops["rigl"]["marker"]["symbol"] == [
+        "circle"
+    ]
+    assert flops["Pareto front"]["line"]["shape"] == "hv" and len(flops["Pareto front"]["x"]) >= 2
+    assert len(figures[1]) >= 2 and "nm" not in {t["name"] for t in figures[1]}  # no latency
+    assert "dense baseline 0.9500" in page
+    # Small and offline: plotly's JavaScript once, beside the page.
+    assert len(page) < 100_000 and "<script src='plotly.min.js'>" in page
+    assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000
 
 
 def test_report_renders_in_headless_chromium(tmp_path) -> None:

@@ -1,6 +1,8 @@
-"""A self-contained HTML leaderboard: the table and interactive accuracy-vs-FLOPs and
-accuracy-vs-latency plots per benchmark_key (plotly, its JavaScript embedded so the file works
-offline), with the dense baseline drawn as a line and Pareto-front rows highlighted."""
+"""The HTML leaderboard: per benchmark_key the table and interactive accuracy-vs-FLOPs and
+accuracy-vs-latency plots (plotly): a colour and legend entry per method, a marker per sparsity
+pattern, the Pareto front drawn as a step line, the dense baseline as a dashed line, and a plot
+only where there are two points to compare. plotly's JavaScript is written once beside the page
+(``plotly.min.js``), so the page is small and works offline."""
 
 from __future__ import annotations
 
@@ -17,6 +19,10 @@ from sparsebench.tracking.leaderboard import Row
 
 COLUMNS = ("rank", "method", "pattern", "n", "acc_mean", "acc_std", "sparsity", "flops_sparse", "latency_ms",
            "flops_front", "latency_front", "budget_differs", "run_hash")  # fmt: skip
+HEADINGS = {"rank": "#", "acc_mean": "test acc", "acc_std": "&plusmn; std",
+            "flops_sparse": "FLOPs/sample", "latency_ms": "latency ms", "flops_front": "front: FLOPs",
+            "latency_front": "front: latency", "budget_differs": "budget differs",
+            "run_hash": "run hash"}  # fmt: skip
 
 
 def _cell(value) -> str:
@@ -33,53 +39,76 @@ def _label(row: Row) -> str:
     return f"{row.method}{pattern}{sparsity}"
 
 
-def _figure(rows: list[Row], cost: str, title: str) -> go.Figure:
+SYMBOLS = {"dense": "x", "unstructured": "circle", "channel": "triangle-up", "monarch": "star"}
+COST_TITLES = {"flops_sparse": "FLOPs per sample (sparse)", "latency_ms": "latency p50 (ms)"}
+
+
+def _symbol(pattern: str) -> str:
+    if ":" in pattern:
+        return "diamond"  # N:M
+    return "square" if pattern.startswith("block") else SYMBOLS.get(pattern, "circle")
+
+
+def _figure(rows: list[Row], cost: str, title: str) -> go.Figure | None:
+    """Accuracy against ``cost``; None when fewer than two rows have it (nothing to compare).
+    Measured and estimated latencies are never plotted together (estimated: its own plot)."""
+    points = [r for r in rows if getattr(r, cost) is not None]
+    if cost == "latency_ms":
+        measured = [r for r in points if not r.latency_estimated]
+        points = measured if len(measured) >= 2 else [r for r in points if r.latency_estimated]
+    if len(points) < 2:
+        return None
     figure = go.Figure()
-    front_attr = "flops_front" if cost == "flops_sparse" else "latency_front"
-    for estimated in (False, True):  # measured and estimated latencies as separate series
-        subset = [
-            r
-            for r in rows
-            if getattr(r, cost) is not None
-            and (cost == "flops_sparse" or r.latency_estimated == estimated)
-        ]
-        if not subset or (cost == "flops_sparse" and estimated):
-            continue
-        suffix = " (estimated)" if estimated and cost != "flops_sparse" else ""
+    for method in sorted({r.method for r in points}):  # one colour and legend entry per method
+        mine = [r for r in points if r.method == method]
         figure.add_trace(go.Scatter(
-            x=[getattr(r, cost) for r in subset], y=[r.acc_mean for r in subset],
-            mode="markers+text", textposition="top center",
-            error_y={"type": "data", "array": [r.acc_std for r in subset]},
-            marker={"size": [14 if getattr(r, front_attr) else 8 for r in subset],
-                    "symbol": ["star" if getattr(r, front_attr) else "circle" for r in subset]},
-            text=[_label(r) for r in subset],
-            hovertext=[f"{r.method} (n={r.n}, sparsity {r.sparsity or 0:.2f}, {r.run_hash})" for r in subset],
-            name=f"runs{suffix}",
+            x=[getattr(r, cost) for r in mine], y=[r.acc_mean for r in mine], mode="markers",
+            name=method, error_y={"type": "data", "array": [r.acc_std for r in mine]},
+            marker={"size": 11, "symbol": [_symbol(r.pattern) for r in mine],
+                    "line": {"width": 1, "color": "#333"}},
+            hovertext=[f"{_label(r)} (n={r.n}, {r.pattern}, {r.run_hash})" for r in mine],
+            hoverinfo="text+x+y",
         ))  # fmt: skip
-    dense = [r for r in rows if r.method == "dense"]
+    front_attr = "flops_front" if cost == "flops_sparse" else "latency_front"
+    front = sorted((r for r in points if getattr(r, front_attr)), key=lambda r: getattr(r, cost))
+    if len(front) >= 2:  # the best accuracy at each cost: a staircase
+        figure.add_trace(go.Scatter(
+            x=[getattr(r, cost) for r in front], y=[r.acc_mean for r in front], mode="lines",
+            line={"shape": "hv", "dash": "dot", "color": "#555"}, name="Pareto front",
+            hoverinfo="skip",
+        ))  # fmt: skip
+    dense = [r for r in points if r.method == "dense"]
     if dense:
         best = max(dense, key=lambda r: r.acc_mean)
-        figure.add_hline(
-            y=best.acc_mean, line_dash="dash", annotation_text=f"dense baseline {best.acc_mean:.4f}"
-        )
-    figure.update_layout(title=title, xaxis_title=cost.replace("_", " "), yaxis_title="test accuracy",
-                         xaxis_type="log", height=420)  # fmt: skip
+        figure.add_hline(y=best.acc_mean, line_dash="dash", line_color="#999",
+                         annotation_text=f"dense baseline {best.acc_mean:.4f}",
+                         annotation_position="bottom right")  # fmt: skip
+    accs = [r.acc_mean for r in points]
+    pad = max(0.02, (max(accs) - min(accs)) * 0.15)
+    estimated = " (estimated)" if cost == "latency_ms" and points[0].latency_estimated else ""
+    figure.update_layout(
+        title=title + estimated, height=420, legend_title_text="method",
+        xaxis={"title": COST_TITLES[cost], "type": "log"},
+        yaxis={"title": "test accuracy", "range": [max(0.0, min(accs) - pad), min(1.0, max(accs) + pad)]},
+    )  # fmt: skip
     return figure
 
 
 def html_report(rows: list[Row], path: Path, title: str = "sparsebench leaderboard") -> Path:
-    """Write the report to ``path`` and return it."""
+    """Write the report to ``path`` (and plotly's JavaScript beside it) and return it."""
     by_key: dict[str, list[Row]] = defaultdict(list)
     for row in rows:
         by_key[row.benchmark_key].append(row)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>"]  # fmt: skip
-    include_js = True
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style>"
+             "<script src='plotly.min.js'></script></head><body>",
+             f"<h1>{html.escape(title)}</h1>",
+             "<p>Markers: &#9679; unstructured, &#9670; N:M, &#9632; block, &#9650; channel, "
+             "&#10006; dense; &#9733; in the table: on the Pareto front.</p>"]  # fmt: skip
     for key, members in sorted(by_key.items()):
         parts.append(f"<h2>{html.escape(key)}</h2><table class='leaderboard'><tr>")
-        parts += [f"<th>{c}</th>" for c in COLUMNS] + ["</tr>"]
+        parts += [f"<th>{HEADINGS.get(c, c)}</th>" for c in COLUMNS] + ["</tr>"]
         for row in sorted(members, key=lambda r: r.rank):
             parts.append(
                 "<tr>" + "".join(f"<td>{_cell(getattr(row, c))}</td>" for c in COLUMNS) + "</tr>"
@@ -90,11 +119,22 @@ def html_report(rows: list[Row], path: Path, title: str = "sparsebench leaderboa
             ("latency_ms", "accuracy vs latency"),
         ):
             figure = _figure(members, cost, f"{key}: {label}")
-            parts.append(figure.to_html(full_html=False, include_plotlyjs=include_js))
-            include_js = False  # embedded once, offline
+            if figure is not None:
+                parts.append(figure.to_html(full_html=False, include_plotlyjs=False))
     parts.append("</body></html>")
     path.write_text("\n".join(parts))
+    _plotly_js(path.parent)
     return path
+
+
+def _plotly_js(folder: Path) -> Path:
+    """plotly.min.js beside the report (from the installed plotly package: offline)."""
+    from plotly.offline import get_plotlyjs
+
+    target = folder / "plotly.min.js"
+    if not target.is_file():
+        target.write_text(get_plotlyjs())
+    return target
 
 
 # Headless Chromium renders the report exactly as a browser would (plotly draws with JavaScript,
