@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--png", type=Path, default=None,
-        help="also save a screenshot of the HTML report (needs Chromium or Chrome)",
+        help="also save the report as slide-sized PNGs, one per benchmark key, NAME-1.png ... "
+             "(needs Chromium or Chrome)",
     )  # fmt: skip
     parser.add_argument(
         "--log-to-mlflow",
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         args.markdown.write_text(markdown(rows))
     if args.html or args.png:
-        from sparsebench.tracking.report import find_browser, html_report, screenshot
+        from sparsebench.tracking.report import find_browser, html_report, slides
 
         if args.png:
             try:
@@ -214,9 +215,11 @@ def main(argv: list[str] | None = None) -> int:
             except FileNotFoundError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
-        page = html_report(rows, args.html or args.png.with_suffix(".html"))
+        if args.html:
+            html_report(rows, args.html)
         if args.png:
-            screenshot(page, args.png)
+            for path in slides(rows, args.png):
+                print(f"wrote {path}")
     if args.log_to_mlflow:
         print(
             f"leaderboard logged as MLflow run {log_artifacts(rows, args.tracking_uri, args.experiment)}"

@@ -207,6 +207,15 @@ def test_report_renders_in_headless_chromium(tmp_path) -> None:
     assert len(colours) > 50  # text, table borders, markers: not a blank page
     plotly_blue = sum(n for n, rgb in colours if rgb == (99, 110, 250))  # plotly's first colour
     assert plotly_blue > 20
+    # Slides: one 1600x900 image per benchmark key.
+    from sparsebench.tracking.report import slides
+
+    other = aggregate(
+        [run(key="other", run_hash="e", acc=0.5, flops=5), run(key="other", run_hash="f")]
+    )
+    made = slides([*rows, *other], tmp_path / "slide.png")
+    assert [p.name for p in made] == ["slide-1.png", "slide-2.png"]
+    assert all(Image.open(p).size == (1600, 900) for p in made)
 
 
 def test_budget_is_samples_seen_when_every_run_reports_it() -> None:

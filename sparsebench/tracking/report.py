@@ -87,7 +87,7 @@ def _figure(rows: list[Row], cost: str, title: str) -> go.Figure | None:
     pad = max(0.02, (max(accs) - min(accs)) * 0.15)
     estimated = " (estimated)" if cost == "latency_ms" and points[0].latency_estimated else ""
     figure.update_layout(
-        title=title + estimated, height=420, legend_title_text="method",
+        title=title + estimated, height=420, width=700, legend_title_text="method",
         xaxis={"title": COST_TITLES[cost], "type": "log"},
         yaxis={"title": "test accuracy", "range": [max(0.0, min(accs) - pad), min(1.0, max(accs) + pad)]},
     )  # fmt: skip
@@ -114,13 +114,16 @@ def html_report(rows: list[Row], path: Path, title: str = "sparsebench leaderboa
                 "<tr>" + "".join(f"<td>{_cell(getattr(row, c))}</td>" for c in COLUMNS) + "</tr>"
             )
         parts.append("</table>")
+        parts.append("<div style='display:flex;flex-wrap:wrap'>")  # the plots side by side
         for cost, label in (
             ("flops_sparse", "accuracy vs FLOPs"),
             ("latency_ms", "accuracy vs latency"),
         ):
             figure = _figure(members, cost, f"{key}: {label}")
             if figure is not None:
-                parts.append(figure.to_html(full_html=False, include_plotlyjs=False))
+                plot = figure.to_html(full_html=False, include_plotlyjs=False)
+                parts.append(f"<div style='flex:0 0 720px'>{plot}</div>")
+        parts.append("</div>")
     parts.append("</body></html>")
     path.write_text("\n".join(parts))
     _plotly_js(path.parent)
@@ -170,6 +173,23 @@ def _chromium(html_path: Path, *flags: str, timeout: float) -> str:
 def rendered_dom(html_path: Path, timeout: float = 120) -> str:
     """The page's DOM after its scripts ran (plotly's SVG included)."""
     return _chromium(html_path, "--dump-dom", timeout=timeout)
+
+
+SLIDE = (1600, 900)
+
+
+def slides(rows: list[Row], png_path: Path, timeout: float = 120) -> list[Path]:
+    """One slide-sized PNG (1600x900) per benchmark key: ``png_path`` for a single key, else
+    ``NAME-1.png``, ``NAME-2.png``, ... in key order."""
+    keys = sorted({row.benchmark_key for row in rows})
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, key in enumerate(keys, start=1):
+            page = html_report([r for r in rows if r.benchmark_key == key], Path(tmp) / f"{i}.html")
+            target = png_path if len(keys) == 1 else png_path.with_name(
+                f"{png_path.stem}-{i}{png_path.suffix}")  # fmt: skip
+            out.append(screenshot(page, target, *SLIDE, timeout=timeout))
+    return out
 
 
 def screenshot(html_path: Path, png_path: Path, width: int = 1400, height: int | None = None,
