@@ -57,8 +57,8 @@ def test_mlp_on_mnist1d_fills_the_contract(make_cfg, tmp_path: Path) -> None:
 
 
 def test_system_metrics_are_an_option(make_cfg, tmp_path: Path) -> None:
-    run(make_cfg("model=mlp", "dataset=digits", "logger.log_system_metrics=true",
-                 "trainer.max_epochs=2", "trainer.limit_train_batches=null"))  # fmt: skip
+    # A run shorter than the monitor's interval still gets its sample (taken at the end).
+    run(make_cfg("model=mlp", "dataset=digits", "logger.log_system_metrics=true"))
     (mlflow_run,) = _runs(tmp_path)
     assert any(key.startswith("system/cpu_utilization") for key in mlflow_run.data.metrics)
 

@@ -121,6 +121,11 @@ class MlflowRun:
             monitor = getattr(self, "monitor", None)
             if monitor is not None and status != "RUNNING":
                 monitor.finish()
+                # MLflow's monitor drops the samples of its last unfinished interval: a run
+                # shorter than one interval would have none. One last sample, published.
+                monitor.collect_metrics()
+                monitor.publish_metrics(monitor.aggregate_metrics())
+                monitor.mlflow_logger.flush()
                 self.monitor = None
             self.client.log_batch(self.run_id, tags=[RunTag(STATUS_TAG, lifecycle)])
             if status == "RUNNING":
