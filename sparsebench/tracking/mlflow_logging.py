@@ -184,8 +184,9 @@ def prepare(uri: str, experiment: str) -> None:
         experiment_id(MlflowClient(tracking_uri=uri), experiment)
 
 
-# MLflow 3's UI opens an experiment in the view this tag names; without it, it may guess the
-# GenAI view ("Evaluations"). sparsebench's runs are model training runs.
+# The experiment kind MLflow 3's UI reads (custom_model_development: model training, not GenAI).
+# MLflow 3.17's UI still starts in its GenAI mode in a fresh browser: the links sparsebench
+# prints carry ?workflowType=machine_learning, which opens the model-training view.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 

@@ -158,7 +158,9 @@ class RunRecorder:
             experiment = run.client.get_run(run.run_id).info.experiment_id
         except Exception:  # the server went away at the end: the id is enough
             return [*lines, f"MLflow run: {run.run_id}"]
-        page = f"#/experiments/{experiment}/runs/{run.run_id}"
+        # MLflow 3.17's UI starts in its GenAI mode whatever the experiment's tags say; the
+        # workflowType parameter opens the model-training view (checked in headless Chromium).
+        page = f"#/experiments/{experiment}/runs/{run.run_id}?workflowType=machine_learning"
         if run.tracking_uri.startswith(("http://", "https://")):
             return [*lines, f"MLflow run: {run.run_id}  {run.tracking_uri.rstrip('/')}/{page}"]
         return [*lines, f"MLflow run: {run.run_id} (browse: mlflow ui --backend-store-uri "
