@@ -34,7 +34,7 @@ class ModelTransform:
         self.exclude: tuple[str, ...] = ()
         #: The sparsity method's layer selection (stem, head, include, exclude), given by the
         #: training layer before :meth:`apply` so that both see the same layers.
-        self.layer_options: dict[str, Any] = DEFAULT_LAYERS
+        self.layer_options: dict[str, Any] = dict(DEFAULT_LAYERS)
 
     #: The sparsity the method must train at (iso-FLOP transformations), else None.
     sparsity: float | None = None
