@@ -13,37 +13,18 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from sparsebench.tracking.leaderboard import Row, admit, aggregate, describe_left_out
+from sparsebench.tracking.leaderboard import (
+    HEADINGS,
+    SHOWN,
+    Row,
+    admit,
+    aggregate,
+    describe_left_out,
+)
 from sparsebench.tracking.mlflow_logging import DEFAULT_URI, store_problem
+from sparsebench.tracking.reader import read_runs
 
-COLUMNS = ("benchmark_key", "rank", "method", "pattern", "n", "acc_mean", "acc_std", "sparsity", "flops_sparse", "latency_ms",
-           "latency_estimated", "flops_front", "latency_front", "budget_differs", "run_hash")  # fmt: skip
-# What a reader sees (CSV keeps the names above); the key is each group's heading instead.
-HEADERS = {"rank": "#", "method": "method", "pattern": "pattern", "n": "n", "acc_mean": "test acc",
-           "acc_std": "± std", "sparsity": "sparsity", "flops_sparse": "FLOPs",
-           "latency_ms": "ms", "latency_estimated": "est.", "flops_front": "front",
-           "latency_front": "front ms", "budget_differs": "budget", "run_hash": "run hash"}  # fmt: skip
-SHOWN = tuple(HEADERS)
-
-
-def fetch_runs(tracking_uri: str, experiment: str | None, filters: dict[str, str]) -> list[dict]:
-    """Every run of the experiment(s), as {"metrics", "tags", "status", "name"} dicts
-    (:func:`admit` decides which may rank)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    experiments = (
-        [client.get_experiment_by_name(experiment)] if experiment else client.search_experiments()
-    )
-    ids = [e.experiment_id for e in experiments if e is not None]
-    if not ids:
-        return []
-    # Tag filters are applied here, not in an MLflow filter string: user text is never parsed.
-    wanted = {k: v for k, v in filters.items() if v}
-    runs = [r for r in client.search_runs(ids, max_results=50_000)
-            if all(r.data.tags.get(k) == v for k, v in wanted.items())]  # fmt: skip
-    return [{"metrics": dict(r.data.metrics), "tags": dict(r.data.tags), "status": r.info.status,
-             "name": r.info.run_name} for r in runs]  # fmt: skip
+CSV_COLUMNS = ("benchmark_key", *SHOWN, "flops_dense", "flops_train", "train_samples", "seeds")
 
 
 def select(rows: list[Row], min_sparsity: float | None, max_sparsity: float | None) -> list[Row]:
@@ -86,7 +67,9 @@ def fitting(rows: list[Row], width: int | None) -> tuple[str, ...]:
         return tuple(columns)
 
     def needed() -> int:
-        return 1 + sum(3 + max(len(HEADERS[c]), *(len(_cell(r, c)) for r in rows)) for c in columns)
+        return 1 + sum(
+            3 + max(len(HEADINGS[c]), *(len(_cell(r, c)) for r in rows)) for c in columns
+        )
 
     for column in DROP_ORDER:
         if needed() <= width:
@@ -95,32 +78,37 @@ def fitting(rows: list[Row], width: int | None) -> tuple[str, ...]:
     return tuple(columns)
 
 
-def tables(rows: list[Row], width: int | None = None) -> list[Table]:
+def tables(rows: list[Row], width: int | None = None, top: int | None = None) -> list[Table]:
     """One terminal table per benchmark key, the key as its title (never cut to fit); at
-    ``width`` characters, the columns that fit."""
+    ``width`` characters, the columns that fit; the ``top`` rows of each key (None: all) and a
+    caption counting the rest."""
     out = []
     shown = fitting(rows, width)
     for key, members in groups(rows).items():
-        table = Table(title=key, title_justify="left", title_style="bold")
+        hidden = len(members) - top if top is not None and len(members) > top else 0
+        caption = f"+{hidden} more rows (--top 0 or --csv for all)" if hidden else None
+        table = Table(title=key, title_justify="left", title_style="bold", caption=caption,
+                      caption_justify="left")  # fmt: skip
         for column in shown:
             left = column in ("method", "pattern", "run_hash")
-            table.add_column(HEADERS[column], justify="left" if left else "right",
+            table.add_column(HEADINGS[column], justify="left" if left else "right",
                              overflow="fold")  # fmt: skip
-        for row in members:
+        for row in members[: len(members) - hidden]:
             table.add_row(*(_cell(row, c) for c in shown))
         out.append(table)
     return out
 
 
-def print_tables(rows: list[Row], width: int | None = None) -> None:
+def print_tables(rows: list[Row], width: int | None = None, top: int | None = None) -> None:
     """The tables at the terminal's width (``width``: a given one, e.g. for a file)."""
     console = Console(width=width)  # rich reads the terminal's width (or $COLUMNS) when None
     console.print("sparsebench leaderboard (* = on the Pareto front / budget differs)")
-    shown = fitting(rows, console.width)
+    best = [r for r in rows if top is None or r.rank <= top]
+    shown = fitting(best, console.width)
     if len(shown) < len(SHOWN):
-        left = ", ".join(HEADERS[c] for c in SHOWN if c not in shown)
+        left = ", ".join(HEADINGS[c] for c in SHOWN if c not in shown)
         console.print(f"(too narrow for {left}: see --csv, or widen the terminal)")
-    for table in tables(rows, console.width):
+    for table in tables(rows, console.width, top):
         console.print(table)
 
 
@@ -135,7 +123,7 @@ def markdown(rows: list[Row]) -> str:
     sections = []
     for key, members in groups(rows).items():
         body = [[escape(_cell(r, c)) for c in SHOWN] for r in members]
-        grid = tabulate(body, headers=[HEADERS[c] for c in SHOWN], tablefmt="github",
+        grid = tabulate(body, headers=[HEADINGS[c] for c in SHOWN], tablefmt="github",
                         disable_numparse=True)  # fmt: skip
         sections.append(f"### {escape(key)}\n\n{grid}\n")
     return "\n".join(sections)
@@ -143,7 +131,7 @@ def markdown(rows: list[Row]) -> str:
 
 def write_csv(rows: list[Row], path: Path) -> None:
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*COLUMNS, "flops_dense", "flops_train", "seeds"])
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         for row in rows:
             data = asdict(row)
@@ -164,6 +152,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     parser.add_argument("--min-sparsity", type=float, default=None)
     parser.add_argument("--max-sparsity", type=float, default=None)
+    parser.add_argument(
+        "--top", type=int, default=20,
+        help="rows per benchmark key in the terminal (default 20; 0: all); files hold all rows",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-cache", action="store_true",
+        help="read every run from a tracking server again (default: only what changed since "
+             "the last read)",
+    )  # fmt: skip
     parser.add_argument("--csv", type=Path, default=None, help="also write the rows as CSV")
     parser.add_argument("--markdown", type=Path, default=None, help="also write a Markdown table")
     parser.add_argument(
@@ -192,14 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}.", file=sys.stderr)
         return 1
-    admitted, left = admit(fetch_runs(args.tracking_uri, args.experiment, filters))
+    runs = read_runs(args.tracking_uri, args.experiment, filters, cache=not args.no_cache)
+    admitted, left = admit(runs)
     rows = select(aggregate(admitted), args.min_sparsity, args.max_sparsity)
     note = describe_left_out(left)
     if not rows:
         print(f"no complete ok runs in {args.tracking_uri} match these filters"
               f"{'; ' + note if note else '.'}", file=sys.stderr)  # fmt: skip
         return 1
-    print_tables(rows)
+    print_tables(rows, top=args.top or None)
     if note:
         print(note)
     if args.csv:
@@ -239,6 +237,8 @@ def check_arguments(args: argparse.Namespace) -> str | None:
         path = Path(args.tracking_uri.removeprefix("sqlite:///"))
         if not path.is_file():  # reading must never create a database
             return f"--tracking-uri {args.tracking_uri}: no such database file {path}."
+    if args.top < 0:
+        return f"--top must be 0 (every row) or a positive number of rows, got {args.top}."
     for name in ("min_sparsity", "max_sparsity"):
         value = getattr(args, name)
         if value is not None and not 0.0 <= value <= 1.0:  # also rejects nan

@@ -52,6 +52,13 @@ def search_in_process(args: list[str], cwd: Path, monkeypatch) -> tuple[DictConf
     return cfg, output_dir
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path_factory, monkeypatch) -> None:
+    """Each test its own cache folder (the leaderboard caches a tracking server's runs there;
+    servers of different tests reuse addresses)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     """Compose the real config with ``debug=fast``, its outputs and MLflow store under tmp_path."""

@@ -40,6 +40,23 @@ def test_flops_front_with_ties_and_dominance() -> None:
     assert {h for h, r in rows.items() if r.flops_front} == {"a", "b", "c"}
 
 
+def test_the_front_sweep_agrees_with_the_definition() -> None:
+    """The n log n sweep against the definition (no other row at least as accurate and at most
+    as costly, one of them strictly), on random rows with many ties."""
+    import random
+
+    rng = random.Random(0)
+    for trial in range(200):
+        n = rng.randint(1, 12)
+        rows = aggregate([run(run_hash=str(i), acc=rng.choice((0.5, 0.6, 0.7, 0.8)),
+                              flops=rng.choice((10.0, 20.0, 30.0))) for i in range(n)])  # fmt: skip
+        for a in rows:
+            dominated = any(b.acc_mean >= a.acc_mean and b.flops_sparse <= a.flops_sparse
+                            and (b.acc_mean > a.acc_mean or b.flops_sparse < a.flops_sparse)
+                            for b in rows if b is not a)  # fmt: skip
+            assert a.flops_front == (not dominated), (trial, a)
+
+
 def test_missing_latency_and_never_mixed_estimates() -> None:
     rows = {r.run_hash: r for r in aggregate([
         run(run_hash="a", acc=0.9, latency=None),  # no latency: not on the latency front

@@ -83,15 +83,14 @@ def mlflow_run(data: dict):
 
 def board(uri: str) -> tuple[set[str], dict[str, set[str]]]:
     """Run uids the leaderboard ranks, and those it leaves out by reason."""
-    from sparsebench.leaderboard import fetch_runs
+    from sparsebench.tracking.reader import read_runs
 
-    runs = fetch_runs(uri, None, {})
-    for run in runs:
-        run["name"] = run["tags"]["sparsebench.run_uid"]
+    runs = read_runs(uri)
+    client = MlflowClient(tracking_uri=uri)
+    for run in runs:  # name the runs by the uid results.json holds
+        run["name"] = client.get_run(run["id"]).data.tags["sparsebench.run_uid"]
     admitted, left = admit(runs)
-    return {r["tags"]["sparsebench.run_uid"] for r in admitted}, {
-        k: set(v) for k, v in left.items()
-    }
+    return {r["name"] for r in admitted}, {k: set(v) for k, v in left.items()}
 
 
 def masks(path: Path) -> dict[str, torch.Tensor]:
@@ -402,15 +401,15 @@ def test_n_m_methods_are_tagged_with_their_pattern(make_cfg, name: str) -> None:
 
 
 def test_a_2_4_run_is_tagged_2_4_everywhere(make_cfg, tmp_path: Path) -> None:
-    from sparsebench.leaderboard import fetch_runs
     from sparsebench.runners.train import run
+    from sparsebench.tracking.reader import read_runs
 
     run(make_cfg("model=mlp", "dataset=digits", "+method=sr_ste"))
     data = json.loads((tmp_path / "run/results.json").read_text())
     assert data["tags"]["pattern"] == "2:4"
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    assert [r["tags"]["pattern"] for r in fetch_runs(uri, None, {"pattern": "2:4"})] == ["2:4"]
-    assert fetch_runs(uri, None, {"pattern": "unstructured"}) == []
+    assert [r["tags"]["pattern"] for r in read_runs(uri, None, {"pattern": "2:4"})] == ["2:4"]
+    assert read_runs(uri, None, {"pattern": "unstructured"}) == []
 
 
 def test_methods_of_the_other_runner_and_contract_tags_are_refused(make_cfg, tmp_path) -> None:

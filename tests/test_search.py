@@ -146,6 +146,19 @@ def test_study_runs_trials_as_nested_mlflow_runs(tmp_path: Path, search_here) ->
     best = study.best_trial
     assert parent.data.metrics["best/val/acc"] == pytest.approx(best.value)
     assert parent.data.tags["best_trial"] == str(best.number) and parent.info.status == "FINISHED"
+    # The parent holds the study's overrides and, per run_hash (here each trial its own), the
+    # mean, std and n of the trials' metrics.
+    assert (
+        parent.data.params["method"] == "random"
+        and "+method=random" in parent.data.params["overrides"]
+    )
+    assert parent.data.params["space"] == "method.sparsity"
+    for child in children:
+        run_hash = child.data.tags["run_hash"]
+        assert parent.data.metrics[f"{run_hash}/val/acc/n"] == 1
+        assert parent.data.metrics[f"{run_hash}/val/acc/mean"] == pytest.approx(
+            child.data.metrics["val/acc"]
+        )
     assert "best trial" in stdout and "val/acc" in stdout  # a table: a header, then the row
     row = next(
         line for line in stdout.splitlines() if line.strip("│ ").startswith(str(best.number))

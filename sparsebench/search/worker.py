@@ -37,7 +37,7 @@ from sparsebench.config import ConfigError, first_line, validate
 from sparsebench.search.spec import StudySpec, baseline_cell, baseline_options, load_spec
 from sparsebench.search.storage import open_storage, redact
 from sparsebench.tracking.mlflow_logging import create_run
-from sparsebench.tracking.sweep import PARENT_FILE
+from sparsebench.tracking.sweep import PARENT_FILE, log_aggregates, override_params
 from sparsebench.training import build_hardware, build_method, build_transform
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,10 @@ class Worker:
                 params = {"n_trials": self.spec.n_trials,
                           "sampler": sampler.get("_target_") or sampler.get("name"),
                           "pruner": pruner.get("_target_") or pruner.get("name"),
-                          "sweep": str(self.spec.path)}  # fmt: skip
+                          "sweep": str(self.spec.path),
+                          "space": " ".join(p.key for p in self.spec.space)[:6000],
+                          # the study's fixed overrides and the command line's trial_overrides
+                          **override_params([*self.spec.overrides, *self.extra])}  # fmt: skip
                 client.log_batch(parent, params=[Param(k, str(v)) for k, v in params.items()])
         self._parent_file(parent)
         return parent
@@ -300,6 +303,7 @@ class Worker:
             elif rows:
                 client.log_metric(self.parent, "pareto/size", len(rows))
             client.log_dict(self.parent, summary, "study.json")
+            log_aggregates(client, self.parent, self.output_dir / "trials")  # per run_hash
             client.set_terminated(self.parent)
         except Exception as exc:  # the study is done; MLflow trouble loses nothing
             log.warning("could not log the study summary to MLflow (%s)", exc)

@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 
 from sparsebench.tracking.results import CONTRACT_METRICS, STATUS_TAG
 
-Run = dict  # {"metrics": {...}, "tags": {...}, "status": MLflow's status, "name": run name}
+# A run as a leaderboard reads it (``tracking/reader.py``): {"id", "name", "status" (MLflow's),
+# "end_time", "experiment_id", "metrics": {METRICS}, "tags": {TAGS}}.
+Run = dict
+# All a leaderboard reads of a run: the contract's metrics (a run missing one does not rank) and
+# the tags that group, label and filter rows.
+METRICS = (*CONTRACT_METRICS, "train/samples")
+TAGS = ("benchmark_key", "run_hash", "method", "pattern", "seed", "dataset", "model", "hardware",
+        "latency/estimated", STATUS_TAG)  # fmt: skip
 
 LEFT_OUT = ("running", "failed", "diverged", "interrupted", "pruned", "incomplete contract")
 
@@ -89,6 +96,15 @@ class Row:
     budget_differs: bool = False
 
 
+# What a reader sees of a row, in order, under these headings (terminal, Markdown and HTML; the
+# CSV keeps the field names and adds the rest); the benchmark key heads each group instead.
+HEADINGS = {"rank": "#", "method": "method", "pattern": "pattern", "n": "n", "acc_mean": "test acc",
+            "acc_std": "± std", "sparsity": "sparsity", "flops_sparse": "FLOPs",
+            "latency_ms": "latency ms", "latency_estimated": "est.", "flops_front": "front FLOPs",
+            "latency_front": "front ms", "budget_differs": "budget", "run_hash": "run hash"}  # fmt: skip
+SHOWN = tuple(HEADINGS)
+
+
 def _mean(values: list[float]) -> float | None:
     values = [v for v in values if v is not None and not math.isnan(v)]
     return statistics.fmean(values) if values else None
@@ -123,17 +139,26 @@ def aggregate(runs: Iterable[Run]) -> list[Row]:
 
 
 def _front(rows: list[Row], cost: str) -> set[int]:
-    """Indices of rows not dominated in (higher acc_mean, lower cost); rows without cost skipped."""
-    candidates = [(i, r) for i, r in enumerate(rows) if getattr(r, cost) is not None]
-    front = set()
-    for i, a in candidates:
-        dominated = any(
-            b.acc_mean >= a.acc_mean and getattr(b, cost) <= getattr(a, cost)
-            and (b.acc_mean > a.acc_mean or getattr(b, cost) < getattr(a, cost))
-            for j, b in candidates if j != i
-        )  # fmt: skip
-        if not dominated:
-            front.add(i)
+    """Indices of rows not dominated in (higher acc_mean, lower cost); rows without cost skipped.
+
+    One sweep in order of cost (n log n: a key may hold thousands of rows): a row is on the
+    front when it is the most accurate at its cost and more accurate than every cheaper row."""
+    candidates = sorted((getattr(r, cost), i) for i, r in enumerate(rows)
+                        if getattr(r, cost) is not None)  # fmt: skip
+    front: set[int] = set()
+    best_cheaper = -math.inf
+    start = 0
+    while start < len(candidates):
+        end = start
+        while end < len(candidates) and candidates[end][0] == candidates[start][0]:
+            end += 1
+        tied = [rows[i] for _, i in candidates[start:end]]
+        best_here = max(r.acc_mean for r in tied)
+        for _, i in candidates[start:end]:
+            if rows[i].acc_mean == best_here and rows[i].acc_mean > best_cheaper:
+                front.add(i)
+        best_cheaper = max(best_cheaper, best_here)
+        start = end
     return front
 
 

@@ -15,14 +15,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from sparsebench.tracking.leaderboard import Row
-
-COLUMNS = ("rank", "method", "pattern", "n", "acc_mean", "acc_std", "sparsity", "flops_sparse", "latency_ms",
-           "flops_front", "latency_front", "budget_differs", "run_hash")  # fmt: skip
-HEADINGS = {"rank": "#", "acc_mean": "test acc", "acc_std": "&plusmn; std",
-            "flops_sparse": "FLOPs/sample", "latency_ms": "latency ms", "flops_front": "front: FLOPs",
-            "latency_front": "front: latency", "budget_differs": "budget differs",
-            "run_hash": "run hash"}  # fmt: skip
+from sparsebench.tracking.leaderboard import HEADINGS, SHOWN, Row
 
 
 def _cell(value) -> str:
@@ -108,10 +101,10 @@ def html_report(rows: list[Row], path: Path, title: str = "sparsebench leaderboa
              "&#10006; dense; &#9733; in the table: on the Pareto front.</p>"]  # fmt: skip
     for key, members in sorted(by_key.items()):
         parts.append(f"<h2>{html.escape(key)}</h2><table class='leaderboard'><tr>")
-        parts += [f"<th>{HEADINGS.get(c, c)}</th>" for c in COLUMNS] + ["</tr>"]
+        parts += [f"<th>{html.escape(HEADINGS[c])}</th>" for c in SHOWN] + ["</tr>"]
         for row in sorted(members, key=lambda r: r.rank):
             parts.append(
-                "<tr>" + "".join(f"<td>{_cell(getattr(row, c))}</td>" for c in COLUMNS) + "</tr>"
+                "<tr>" + "".join(f"<td>{_cell(getattr(row, c))}</td>" for c in SHOWN) + "</tr>"
             )
         parts.append("</table>")
         parts.append("<div style='display:flex;flex-wrap:wrap'>")  # the plots side by side

@@ -49,6 +49,25 @@ def aggregates(sweep_dir: Path) -> dict[str, float]:
     return out
 
 
+def override_params(overrides: list[str]) -> dict[str, str]:
+    """A parent run's params: every override (``overrides``) and each one's value by key."""
+    params = {"overrides": " ".join(overrides)[:6000]}
+    params.update({o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1][:6000]
+                   for o in overrides if "=" in o})  # fmt: skip
+    return params
+
+
+def log_aggregates(client, run_id: str, folder: Path) -> None:
+    """Log :func:`aggregates` of the jobs in ``folder`` to the parent run ``run_id``."""
+    from mlflow.entities import Metric
+    from mlflow.utils.time import get_current_time_millis
+
+    now = get_current_time_millis()
+    metrics = [Metric(k, v, now, 0) for k, v in sorted(aggregates(folder).items())]
+    for start in range(0, len(metrics), 1000):  # MLflow's batch limit
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+
 def parent_run_id(output_dir: str | Path) -> str | None:
     """The sweep's parent run id, when ``output_dir`` is a job folder of a multirun sweep."""
     path = Path(output_dir).parent / PARENT_FILE
@@ -71,11 +90,10 @@ class ParentRun(Callback):
         try:
             run_id = create_run(client, config.logger.experiment_name, name,
                                 {"sparsebench.sweep": str(sweep_dir)})  # fmt: skip
-            params = {"overrides": " ".join(overrides)[:6000]}
-            params.update({o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1][:6000]
-                           for o in overrides if "=" in o})  # fmt: skip
-            for key, value in params.items():
-                client.log_param(run_id, key, value)
+            from mlflow.entities import Param
+
+            params = [Param(k, v) for k, v in override_params(overrides).items()]
+            client.log_batch(run_id, params=params)
         except Exception as exc:  # the sweep goes on without a parent
             log.warning("could not create the sweep's parent MLflow run (%s)", exc)
             return
@@ -88,17 +106,10 @@ class ParentRun(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if getattr(self, "run_id", None):
             try:
-                from mlflow.entities import Metric
-                from mlflow.utils.time import get_current_time_millis
-
-                now = get_current_time_millis()
-                found = aggregates(Path(config.hydra.sweep.dir))
-                metrics = [Metric(k, v, now, 0) for k, v in sorted(found.items())]
-                for start in range(0, len(metrics), 1000):  # MLflow's batch limit
-                    self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
+                log_aggregates(self.client, self.run_id, Path(config.hydra.sweep.dir))
                 self.client.set_terminated(self.run_id)
             except Exception as exc:
                 log.warning("could not close the sweep's parent MLflow run (%s)", exc)
 
 
-__all__ = ["PARENT_FILE", "ParentRun", "parent_run_id"]
+__all__ = ["PARENT_FILE", "ParentRun", "log_aggregates", "override_params", "parent_run_id"]
