@@ -126,5 +126,6 @@ def run(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
         results.update({"val/acc": val["val/acc"]})
         measure(results, cfg, model, datamodule.example_input(1), progress.samples_seen, method,
                 hardware, benchmark=record.is_zero)  # fmt: skip
+        record.log_model(model, datamodule.example_input(2))
     results.raise_unless_ok()
     return results.metrics

@@ -113,5 +113,6 @@ def run(
 
         measure(results, cfg, model, datamodule.example_input(1), progress.samples_seen, method,
                 hardware, benchmark=record.is_zero, transform=transform)  # fmt: skip
+        record.log_model(model, datamodule.example_input(2))
     results.raise_unless_ok()
     return results.metrics

@@ -347,6 +347,8 @@ class LoggerConfig:
     connect_timeout_s: float = 5.0
     # CPU, memory and GPU use sampled into the run (MLflow's system metrics monitor).
     log_system_metrics: bool = False
+    # The final model as an MLflow logged model (pt2: torch.export's graph and weights).
+    log_model: bool = False
 
     def __post_init__(self) -> None:
         _require(

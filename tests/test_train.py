@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from sparsebench.hardware.cpu import CPUTarget
@@ -56,11 +57,38 @@ def test_mlp_on_mnist1d_fills_the_contract(make_cfg, tmp_path: Path) -> None:
     assert dataset.dataset.name == "mnist1d" and '"num_samples": 600' in dataset.dataset.source
 
 
-def test_system_metrics_are_an_option(make_cfg, tmp_path: Path) -> None:
-    # A run shorter than the monitor's interval still gets its sample (taken at the end).
-    run(make_cfg("model=mlp", "dataset=digits", "logger.log_system_metrics=true"))
+def test_system_metrics_and_the_model_are_options(make_cfg, tmp_path: Path) -> None:
+    import mlflow
+    import mlflow.pytorch
+
+    from sparsebench.training import build_datamodule
+
+    cfg = make_cfg("model=mlp", "dataset=digits", "+method=magnitude", "method.sparsity=0.8",
+                   "logger.log_system_metrics=true", "logger.log_model=true")  # fmt: skip
+    metrics = run(cfg)
     (mlflow_run,) = _runs(tmp_path)
+    # A run shorter than the monitor's interval still gets its sample (taken at the end).
     assert any(key.startswith("system/cpu_utilization") for key in mlflow_run.data.metrics)
+    # The logged model (pt2: loads without unpickling) is the tested one: same test accuracy.
+    data = _results(tmp_path)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(data["mlflow"]["tracking_uri"])
+    try:
+        model = mlflow.pytorch.load_model(f"models:/{data['mlflow']['model_id']}")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("test")
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in datamodule.test_dataloader():
+            correct += int((model(x).argmax(1) == y).sum())
+            total += len(y)
+    assert correct / total == pytest.approx(metrics["test/acc"], abs=1e-6)
+    logged = MlflowClient(tracking_uri=data["mlflow"]["tracking_uri"]).get_logged_model(
+        data["mlflow"]["model_id"]
+    )
+    assert logged.source_run_id == mlflow_run.info.run_id
 
 
 def test_resnet20_on_synthetic(make_cfg, tmp_path: Path) -> None:

@@ -61,8 +61,9 @@ class MlflowRun:
     logging off for the rest of the run (``failure`` says why); results.json keeps everything.
     """
 
-    def __init__(self, client, run_id: str, tracking_uri: str) -> None:
+    def __init__(self, client, run_id: str, tracking_uri: str, experiment_id: str) -> None:
         self.client, self.run_id, self.tracking_uri = client, run_id, tracking_uri
+        self.experiment_id = experiment_id
         self.failure: str | None = None
 
     def _guard(self, what: str, fn, *args: Any, **kwargs: Any) -> None:
@@ -100,6 +101,32 @@ class MlflowRun:
         context = [InputTag("mlflow.data.context", "training")]
         self._guard("logging the dataset", self.client.log_inputs, self.run_id,
                     datasets=[DatasetInput(entry, context)])  # fmt: skip
+
+    def log_model(self, model, example) -> str | None:
+        """The final model as an MLflow logged model of this run (the UI's Models tab;
+        ``mlflow.pytorch.load_model("models:/ID")``), in PyTorch's pt2 format: torch.export's
+        graph and weights, which load without unpickling code (MLflow's default, a pickled
+        module, would run code when loaded). Returns the model id, or None with a warning when
+        the model cannot be exported (the run itself is not affected)."""
+        import mlflow
+        import mlflow.pytorch
+        from mlflow.models import Model
+
+        if self.failure is not None:
+            return None
+        previous = mlflow.get_tracking_uri()
+        try:
+            mlflow.set_tracking_uri(self.tracking_uri)  # Model.log resolves its client from it
+            info = Model.log(None, name="model", flavor=mlflow.pytorch, run_id=self.run_id,
+                             pytorch_model=model.eval(), serialization_format="pt2",
+                             input_example=example.cpu().numpy())  # fmt: skip
+            return info.model_id
+        except Exception as exc:  # export limits of a model, or a store error: warn, keep the run
+            log.warning("logger.log_model: the model was not logged (%s: %s)", type(exc).__name__,
+                        first_line(exc, 300))  # fmt: skip
+            return None
+        finally:
+            mlflow.set_tracking_uri(previous)
 
     def start_system_metrics(self) -> None:
         """CPU, memory (and GPU) use sampled into the run while it lives (MLflow's monitor)."""
@@ -267,11 +294,12 @@ def open_run(cfg: DictConfig, tags: dict[str, str], run_id: str | None = None
     client = MlflowClient(tracking_uri=uri)
     try:
         if run_id is not None:
-            client.get_run(run_id)  # raises if the store does not hold it
+            experiment = client.get_run(run_id).info.experiment_id  # raises if it is not there
             client.update_run(run_id, status="RUNNING")
         else:
             name = cfg.logger.get("run_name") or run_name(cfg, tags)
-            run_id = create_run(client, cfg.logger.experiment_name, name, tags)
+            experiment = experiment_id(client, cfg.logger.experiment_name)
+            run_id = client.create_run(experiment, run_name=name, tags=tags).info.run_id
     except Exception as exc:
         return None, f"tracking store {uri} failed ({type(exc).__name__}: {first_line(exc, 300)})"
-    return MlflowRun(client, run_id, uri), None
+    return MlflowRun(client, run_id, uri, experiment), None

@@ -98,6 +98,19 @@ class RunRecorder:
         if not self.in_training or not first:
             raise RunInterrupted(signum)  # a second signal does not wait
 
+    def log_model(self, model, example) -> None:
+        """``logger.log_model=true``: the final model as an MLflow logged model of the run
+        (its id in results.json); after the contract's metrics, before the run ends."""
+        if not (self.is_zero and self.mlflow and self.cfg.logger.get("log_model")):
+            return
+        model_id = self.mlflow.log_model(model, example)
+        if model_id is not None:
+            self.results.data["mlflow"]["model_id"] = model_id
+            self.results.save()
+        else:
+            self.lines.append("logger.log_model: the model could not be logged (see the "
+                              "warning above); its weights are in checkpoints/.")  # fmt: skip
+
     def check_signal(self) -> None:
         """Raise :class:`RunInterrupted` if a signal arrived (training calls this per batch)."""
         if self.signal is not None:
@@ -154,10 +167,7 @@ class RunRecorder:
         run = self.mlflow
         if run is None or run.failure:
             return lines
-        try:
-            experiment = run.client.get_run(run.run_id).info.experiment_id
-        except Exception:  # the server went away at the end: the id is enough
-            return [*lines, f"MLflow run: {run.run_id}"]
+        experiment = run.experiment_id
         # MLflow 3.17's UI starts in its GenAI mode whatever the experiment's tags say; the
         # workflowType parameter opens the model-training view (checked in headless Chromium).
         page = f"#/experiments/{experiment}/runs/{run.run_id}?workflowType=machine_learning"
