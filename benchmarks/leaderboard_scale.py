@@ -29,7 +29,7 @@ import time
 import uuid
 from pathlib import Path
 
-PG = "postgresql://postgres@127.0.0.1:5432"
+PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"  # SQLAlchemy 2.1 defaults to psycopg 3
 METHODS = ("dense", "magnitude", "gmp", "random", "rigl", "set", "snip", "wanda", "sr_ste", "nm")
 EPOCHS = 10  # history rows per run: train/loss, train/acc, val/loss, val/acc per epoch
 
@@ -156,7 +156,7 @@ def _free_port() -> int:
 def _postgres_database(name: str) -> str:
     import psycopg2
 
-    connection = psycopg2.connect(f"{PG}/postgres")
+    connection = psycopg2.connect(f"{PG.replace('+psycopg2', '')}/postgres")
     connection.autocommit = True
     with connection.cursor() as cursor:
         cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -609,6 +610,16 @@ def check_group_choices(args: list[str]) -> None:
 
 OPTIONAL_GROUPS = ("method", "transform")
 """Groups the defaults list declares with a null default: ``method=rigl`` chooses one."""
+
+
+def shown_override(arg: str) -> str:
+    """An override as typed: ``method.sparsity=choice(0.8)``, a single value that
+    :func:`normalize_overrides` wrapped for a multirun, as ``method.sparsity=0.8``."""
+    key, _, value = arg.partition("=")
+    single = re.fullmatch(r"choice\(([^,()]*)\)", value)
+    if single and key.lstrip("+").split(".", 1)[0] in OPTIONAL_GROUPS and "." in key:
+        return f"{key}={single.group(1)}"
+    return arg
 
 
 def normalize_overrides(args: list[str]) -> list[str]:

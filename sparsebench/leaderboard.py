@@ -21,7 +21,7 @@ from sparsebench.tracking.leaderboard import (
     aggregate,
     describe_left_out,
 )
-from sparsebench.tracking.mlflow_logging import DEFAULT_URI, store_problem
+from sparsebench.tracking.mlflow_logging import DEFAULT_URI, store_problem, ui_link
 from sparsebench.tracking.reader import read_runs
 
 CSV_COLUMNS = ("benchmark_key", *SHOWN, "flops_dense", "flops_train", "train_samples", "seeds")
@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     print_tables(rows, top=args.top or None)
     if note:
         print(note)
+    for experiment in sorted({r["experiment_id"] for r in admitted}):
+        print(f"in the MLflow UI: {ui_link(args.tracking_uri, experiment)}")
     if args.csv:
         write_csv(rows, args.csv)
     if args.markdown:

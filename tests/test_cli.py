@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from sparsebench.tracking.results import CONTRACT_METRICS, CONTRACT_TAGS
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, free_port, run_cli, wait_until_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -121,14 +121,49 @@ def test_multirun_seeds_share_benchmark_key(tmp_path: Path) -> None:
     assert parent.data.metrics[f"{run_hash}/test/acc/mean"] == pytest.approx(sum(accs) / 2)
 
 
-def test_the_natural_method_grid_runs(tmp_path: Path) -> None:
+def test_the_natural_method_grid_runs_and_shows_in_the_mlflow_ui(tmp_path: Path) -> None:
     # Hydra composes a multirun's single values before a job chooses the method group.
     proc = run_cli(["-m", "+method=random,magnitude", "method.sparsity=0.8", "model=mlp",
-                    "dataset=mnist1d", "debug=fast", "hardware.threads=1", "logger=none"], cwd=tmp_path)  # fmt: skip
+                    "dataset=mnist1d", "debug=fast", "hardware.threads=1"], cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [json.loads(p.read_text()) for p in _results_files(tmp_path)]
     assert sorted(r["tags"]["method"] for r in runs) == ["magnitude", "random"]
     assert all(r["status"] == "ok" and r["metrics"]["sparsity/target"] == 0.8 for r in runs)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    (parent,) = client.search_runs(["1"], "tags.`sparsebench.sweep` != ''")
+    # Named and parametrized as typed (the multirun's internal choice(0.8) is not shown).
+    assert "method.sparsity=0.8 " in parent.info.run_name and "choice" not in parent.info.run_name
+    assert parent.data.params["method.sparsity"] == "0.8"
+
+    # The MLflow UI (headless Chromium on `mlflow ui`): the experiment's runs table in
+    # sparsebench's view shows the runs by name, with the contract's metrics as columns.
+    from sparsebench.tracking.mlflow_logging import ui_page
+    from sparsebench.tracking.report import find_browser, rendered_dom, screenshot
+
+    try:
+        find_browser()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    port = free_port()
+    ui = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri",
+                           uri, "--host", "127.0.0.1", "--port", str(port)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_healthy(base, ui, timeout=120)
+        url = f"{base}/{ui_page('1')}"
+        dom = rendered_dom(url, width=1920, height=1000)
+        for data in runs:  # each job's row, by its run name
+            assert client.get_run(data["mlflow"]["run_id"]).info.run_name in dom
+        for metric in ("test/acc", "sparsity/actual", "flops/sparse", "latency/p50_ms"):
+            assert f'col-id="metrics.`{metric}`"' in dom  # a column of the table
+        assert "Model training" in dom and "sweep method=random,magnitude" in dom
+        png = screenshot(url, tmp_path / "mlflow-ui.png", width=1920, height=1000)
+        assert png.stat().st_size > 20_000
+    finally:
+        ui.terminate()
+        ui.wait(timeout=30)
 
 
 # The messages themselves are tested in-process (tests/test_config.py); here one of each path

@@ -8,6 +8,7 @@ turns logging off with a warning; the run finishes and keeps ``results.json``, w
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import urllib.error
@@ -215,6 +216,35 @@ def prepare(uri: str, experiment: str) -> None:
 # MLflow 3.17's UI still starts in its GenAI mode in a fresh browser: the links sparsebench
 # prints carry ?workflowType=machine_learning, which opens the model-training view.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# A view of the runs table that every sparsebench experiment carries (MLflow's "shared view":
+# an experiment tag mlflow.sharedViewState.KEY holding the view as JSON, opened by
+# ?viewStateShareKey=KEY): the contract's main metrics as columns, best test accuracy first
+# (sorting by a metric also lists a sweep's jobs beside its parent rather than folded under it).
+VIEW_KEY = "sparsebench"
+COLUMNS = [*(f"metrics.`{m}`" for m in ("test/acc", "sparsity/actual", "flops/sparse",
+                                          "latency/p50_ms", "speedup/measured")),
+           "tags.`pattern`", "tags.`benchmark_key`"]  # fmt: skip
+VIEW = {"selectedColumns": COLUMNS, "columnOrder": COLUMNS, "orderByKey": "metrics.`test/acc`",
+        "orderByAsc": False, "columnWidths": {"attributes.`Run Name`": 300}}  # fmt: skip
+EXPERIMENT_TAGS = {**EXPERIMENT_KIND, f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(VIEW)}
+
+
+def ui_page(experiment: str, run_id: str | None = None) -> str:
+    """The MLflow UI's page (after the server's address) of a run, or of the experiment's runs
+    table in sparsebench's view. MLflow 3.17's UI starts in its GenAI mode in a fresh browser
+    whatever the experiment's tags say; ``workflowType`` opens the model-training view."""
+    if run_id is not None:
+        return f"#/experiments/{experiment}/runs/{run_id}?workflowType=machine_learning"
+    return f"#/experiments/{experiment}/runs?viewStateShareKey={VIEW_KEY}&workflowType=machine_learning"
+
+
+def ui_link(tracking_uri: str, experiment: str, run_id: str | None = None) -> str:
+    """Where to browse :func:`ui_page`: the URL on a tracking server, else how to start the UI
+    on the store and the URL then."""
+    page = ui_page(experiment, run_id)
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {tracking_uri}, then http://127.0.0.1:5000/{page}"
 
 
 def experiment_id(client, experiment: str) -> str:
@@ -225,13 +255,14 @@ def experiment_id(client, experiment: str) -> str:
     found = client.get_experiment_by_name(experiment)
     if found is None:
         try:
-            return client.create_experiment(experiment, tags=EXPERIMENT_KIND)
+            return client.create_experiment(experiment, tags=EXPERIMENT_TAGS)
         except MlflowException:
             found = client.get_experiment_by_name(experiment)
             if found is None:
                 raise
-    if "mlflow.experimentKind" not in found.tags:  # made before sparsebench set it
-        client.set_experiment_tag(found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+    for key, value in EXPERIMENT_TAGS.items():
+        if key not in found.tags:  # made before sparsebench set it (a user's own value stays)
+            client.set_experiment_tag(found.experiment_id, key, value)
     return found.experiment_id
 
 

@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from sparsebench.tracking.identity import flatten
-from sparsebench.tracking.mlflow_logging import MlflowRun, open_run
+from sparsebench.tracking.mlflow_logging import MlflowRun, open_run, ui_link
 from sparsebench.tracking.results import MLFLOW_STATUS, Results, RunInterrupted, write_atomic
 from sparsebench.tracking.summary import print_summary
 from sparsebench.tracking.sweep import parent_run_id
@@ -167,14 +167,10 @@ class RunRecorder:
         run = self.mlflow
         if run is None or run.failure:
             return lines
-        experiment = run.experiment_id
-        # MLflow 3.17's UI starts in its GenAI mode whatever the experiment's tags say; the
-        # workflowType parameter opens the model-training view (checked in headless Chromium).
-        page = f"#/experiments/{experiment}/runs/{run.run_id}?workflowType=machine_learning"
+        link = ui_link(run.tracking_uri, run.experiment_id, run.run_id)
         if run.tracking_uri.startswith(("http://", "https://")):
-            return [*lines, f"MLflow run: {run.run_id}  {run.tracking_uri.rstrip('/')}/{page}"]
-        return [*lines, f"MLflow run: {run.run_id} (browse: mlflow ui --backend-store-uri "
-                        f"{run.tracking_uri}, then http://127.0.0.1:5000/{page})"]  # fmt: skip
+            return [*lines, f"MLflow run: {run.run_id}  {link}"]
+        return [*lines, f"MLflow run: {run.run_id} (browse: {link})"]
 
     def _close_mlflow(self) -> None:
         run, results = self.mlflow, self.results

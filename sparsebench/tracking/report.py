@@ -151,21 +151,24 @@ def find_browser() -> str:
     )
 
 
-def _chromium(html_path: Path, *flags: str, timeout: float) -> str:
+def _chromium(page: Path | str, *flags: str, timeout: float) -> str:
+    """Run headless Chromium on ``page`` (a file, or an http(s) URL); its stdout."""
+    url = page if str(page).startswith(("http://", "https://")) else Path(page).resolve().as_uri()
     with tempfile.TemporaryDirectory() as profile:
         proc = subprocess.run(
-            [find_browser(), *HEADLESS, f"--user-data-dir={profile}", *flags,
-             Path(html_path).resolve().as_uri()],  # fmt: skip
+            [find_browser(), *HEADLESS, f"--user-data-dir={profile}", *flags, url],
             capture_output=True, text=True, timeout=timeout,
         )  # fmt: skip
     if proc.returncode != 0:
-        raise RuntimeError(f"chromium failed on {html_path}: {proc.stderr[-2000:]}")
+        raise RuntimeError(f"chromium failed on {page}: {proc.stderr[-2000:]}")
     return proc.stdout
 
 
-def rendered_dom(html_path: Path, timeout: float = 120) -> str:
-    """The page's DOM after its scripts ran (plotly's SVG included)."""
-    return _chromium(html_path, "--dump-dom", timeout=timeout)
+def rendered_dom(page: Path | str, timeout: float = 120, width: int = 1400,
+                 height: int = 1000) -> str:  # fmt: skip
+    """The page's DOM after its scripts ran (plotly's SVG included), in a window of this size
+    (pages that draw only what is visible, like MLflow's runs table, need it)."""
+    return _chromium(page, "--dump-dom", f"--window-size={width},{height}", timeout=timeout)
 
 
 SLIDE = (1600, 900)
@@ -185,9 +188,10 @@ def slides(rows: list[Row], png_path: Path, timeout: float = 120) -> list[Path]:
     return out
 
 
-def screenshot(html_path: Path, png_path: Path, width: int = 1400, height: int | None = None,
-               timeout: float = 120) -> Path:  # fmt: skip
-    """A PNG of the rendered report; the default height fits the whole page."""
+def screenshot(html_path: Path | str, png_path: Path, width: int = 1400,
+               height: int | None = None, timeout: float = 120) -> Path:  # fmt: skip
+    """A PNG of the rendered report (or of an http(s) URL, at ``height``); the default height
+    fits the whole report."""
     if height is None:  # the whole page: per board a heading, its table rows, two plots
         page = Path(html_path).read_text()
         boards = max(1, page.count("<table class='leaderboard'>"))

@@ -21,6 +21,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from sparsebench.config import shown_override
+
 log = logging.getLogger(__name__)
 
 PARENT_FILE = "mlflow_parent.json"
@@ -84,7 +86,7 @@ class ParentRun(Callback):
         if problem:
             return  # logging is off, or jobs will report the dead server themselves
         sweep_dir = Path(config.hydra.sweep.dir)
-        overrides = [str(o) for o in config.hydra.overrides.task]
+        overrides = [shown_override(str(o)) for o in config.hydra.overrides.task]
         name = " ".join(overrides)
         name = f"sweep {name[:200] + '...' if len(name) > 200 else name or sweep_dir.name}"
         try:
