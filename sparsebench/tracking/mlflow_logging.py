@@ -225,7 +225,7 @@ COLUMNS = [*(f"metrics.`{m}`" for m in ("test/acc", "sparsity/actual", "flops/sp
                                           "latency/p50_ms", "speedup/measured")),
            "tags.`pattern`", "tags.`benchmark_key`"]  # fmt: skip
 VIEW = {"selectedColumns": COLUMNS, "columnOrder": COLUMNS, "orderByKey": "metrics.`test/acc`",
-        "orderByAsc": False, "columnWidths": {"attributes.`Run Name`": 300}}  # fmt: skip
+        "orderByAsc": False}  # fmt: skip
 EXPERIMENT_TAGS = {**EXPERIMENT_KIND, f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(VIEW)}
 
 

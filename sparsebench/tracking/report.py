@@ -87,8 +87,10 @@ def _figure(rows: list[Row], cost: str, title: str) -> go.Figure | None:
     return figure
 
 
-def html_report(rows: list[Row], path: Path, title: str = "sparsebench leaderboard") -> Path:
-    """Write the report to ``path`` (and plotly's JavaScript beside it) and return it."""
+def html_report(rows: list[Row], path: Path, title: str = "sparsebench leaderboard",
+                slide_rows: int | None = None) -> Path:  # fmt: skip
+    """Write the report to ``path`` (and plotly's JavaScript beside it) and return it.
+    ``slide_rows``: a slide's layout, per key the plots first and then the best rows only."""
     by_key: dict[str, list[Row]] = defaultdict(list)
     for row in rows:
         by_key[row.benchmark_key].append(row)
@@ -100,14 +102,15 @@ def html_report(rows: list[Row], path: Path, title: str = "sparsebench leaderboa
              "<p>Markers: &#9679; unstructured, &#9670; N:M, &#9632; block, &#9650; channel, "
              "&#10006; dense; &#9733; in the table: on the Pareto front.</p>"]  # fmt: skip
     for key, members in sorted(by_key.items()):
-        parts.append(f"<h2>{html.escape(key)}</h2><table class='leaderboard'><tr>")
-        parts += [f"<th>{html.escape(HEADINGS[c])}</th>" for c in SHOWN] + ["</tr>"]
-        for row in sorted(members, key=lambda r: r.rank):
-            parts.append(
-                "<tr>" + "".join(f"<td>{_cell(getattr(row, c))}</td>" for c in SHOWN) + "</tr>"
-            )
-        parts.append("</table>")
-        parts.append("<div style='display:flex;flex-wrap:wrap'>")  # the plots side by side
+        ranked = sorted(members, key=lambda r: r.rank)
+        shown = ranked if slide_rows is None else ranked[:slide_rows]
+        table = ["<table class='leaderboard'><tr>",
+                 *(f"<th>{html.escape(HEADINGS[c])}</th>" for c in SHOWN), "</tr>",
+                 *("<tr>" + "".join(f"<td>{_cell(getattr(row, c))}</td>" for c in SHOWN) + "</tr>"
+                   for row in shown), "</table>"]  # fmt: skip
+        if len(shown) < len(ranked):
+            table.append(f"<p>+{len(ranked) - len(shown)} more rows in the full report</p>")
+        plots = ["<div style='display:flex;flex-wrap:wrap'>"]  # the plots side by side
         for cost, label in (
             ("flops_sparse", "accuracy vs FLOPs"),
             ("latency_ms", "accuracy vs latency"),
@@ -115,8 +118,10 @@ def html_report(rows: list[Row], path: Path, title: str = "sparsebench leaderboa
             figure = _figure(members, cost, f"{key}: {label}")
             if figure is not None:
                 plot = figure.to_html(full_html=False, include_plotlyjs=False)
-                parts.append(f"<div style='flex:0 0 720px'>{plot}</div>")
-        parts.append("</div>")
+                plots.append(f"<div style='flex:0 0 720px'>{plot}</div>")
+        plots.append("</div>")
+        parts.append(f"<h2>{html.escape(key)}</h2>")
+        parts += [*plots, *table] if slide_rows is not None else [*table, *plots]
     parts.append("</body></html>")
     path.write_text("\n".join(parts))
     _plotly_js(path.parent)
@@ -172,6 +177,7 @@ def rendered_dom(page: Path | str, timeout: float = 120, width: int = 1400,
 
 
 SLIDE = (1600, 900)
+SLIDE_ROWS = 8  # under the plots, the rows that fit a slide
 
 
 def slides(rows: list[Row], png_path: Path, timeout: float = 120) -> list[Path]:
@@ -181,7 +187,8 @@ def slides(rows: list[Row], png_path: Path, timeout: float = 120) -> list[Path]:
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, key in enumerate(keys, start=1):
-            page = html_report([r for r in rows if r.benchmark_key == key], Path(tmp) / f"{i}.html")
+            page = html_report([r for r in rows if r.benchmark_key == key], Path(tmp) / f"{i}.html",
+                               slide_rows=SLIDE_ROWS)  # fmt: skip
             target = png_path if len(keys) == 1 else png_path.with_name(
                 f"{png_path.stem}-{i}{png_path.suffix}")  # fmt: skip
             out.append(screenshot(page, target, *SLIDE, timeout=timeout))
