@@ -434,6 +434,26 @@ class SearchConfig:
         _require(self.max_failures >= 1, f"max_failures must be >= 1, got {self.max_failures}.")
 
 
+@dataclass
+class ReproduceConfig:
+    """``python -m sparsebench.reproduce``: which claims (sweeps/claims/NAME.yaml, or ``all``),
+    the tier, and how to run them (conf/reproduce.yaml)."""
+
+    claim: str = "all"
+    tier: str = "quick"
+    job: int | None = None  # run only this (arm, seed) job of the plan: for multirun launchers
+    seeds: int | None = None  # fewer (or more) seeds than the claim file says; said in the report
+    overrides: list[str] = field(default_factory=list)  # added to every run (e.g. logger=none)
+    root: str = "outputs/claims"  # runs in ROOT/TIER/CLAIM/ARM-sSEED; the report in ROOT/TIER
+    report: str | None = None  # also write the Markdown report here (e.g. docs/claims.md)
+
+    def __post_init__(self) -> None:
+        _require(self.tier in ("quick", "full"), f"tier must be quick or full, got '{self.tier}'.")
+        _require(self.job is None or self.job >= 0, f"job must be >= 0, got {self.job}.")
+        _require(self.seeds is None or self.seeds >= 2,
+                 f"seeds must be >= 2 (a paired interval needs two pairs), got {self.seeds}.")  # fmt: skip
+
+
 SCHEMAS: dict[str, type] = {
     "dataset": DatasetConfig,
     "trainer": TrainerConfig,
@@ -447,6 +467,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="sparsebench_schema", node=SparsebenchConfig)
     cs.store(name="search_schema", node=SearchConfig)
+    cs.store(name="reproduce_schema", node=ReproduceConfig)
     for group, schema in SCHEMAS.items():
         cs.store(group="schema", name=group, node=schema)
     for family, schema in MODEL_SCHEMAS.items():

@@ -124,11 +124,11 @@ def html_report(rows: list[Row], path: Path, title: str = "sparsebench leaderboa
         parts += [*plots, *table] if slide_rows is not None else [*table, *plots]
     parts.append("</body></html>")
     path.write_text("\n".join(parts))
-    _plotly_js(path.parent)
+    plotly_js(path.parent)
     return path
 
 
-def _plotly_js(folder: Path) -> Path:
+def plotly_js(folder: Path) -> Path:
     """plotly.min.js beside the report (from the installed plotly package: offline)."""
     from plotly.offline import get_plotlyjs
 

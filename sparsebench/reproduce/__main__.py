@@ -1,0 +1,187 @@
+"""``python -m sparsebench.reproduce claim=NAME|all tier=quick|full``: check claims of the
+sparse-training literature (sweeps/claims/NAME.yaml) with the normal runners.
+
+    python -m sparsebench.reproduce                                   # every claim, quick tier
+    python -m sparsebench.reproduce claim=erk_vs_uniform report=docs/claims.md
+    python -m sparsebench.reproduce -m claim=rigl_vs_static tier=full job='range(0,30)' \\
+        hydra/launcher=submitit_slurm                                 # one cluster job per run
+    python -m sparsebench.reproduce claim=rigl_vs_static tier=full     # then: statistics, report
+
+Without ``job``, the runs of each claim run here one after the other (finished ones are
+skipped, so the command resumes), then each claim's effects, intervals and verdicts are
+computed, logged to its MLflow parent run, and the report is written to ROOT/TIER/claims.md and
+claims.html (and ``report=PATH``), and logged as artifacts of a ``claims TIER`` run. With
+``job=I`` (a multirun launcher's jobs), only the I-th run of the plan runs.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from sparsebench.config import (
+    CONF_DIR,
+    ConfigError,
+    check_composition,
+    register_configs,
+    register_resolvers,
+)
+from sparsebench.schemas import register_schemas
+from sparsebench.tracking.logs import quiet_lightning
+
+
+def _main(cfg: DictConfig) -> None:
+    from sparsebench.config import validate
+    from sparsebench.reproduce.claims import load_claims
+
+    quiet_lightning()
+    try:
+        validate(cfg)
+        claims = load_claims(str(cfg.claim))
+        missing = [c.name for c in claims if cfg.tier not in c.tiers]
+        if missing:
+            raise ConfigError(f"claim(s) {', '.join(missing)} have no {cfg.tier} tier.")
+        root, extra = Path(str(cfg.root)), [str(o) for o in cfg.overrides]
+        plan = [(claim, job) for claim in claims
+                for job in claim.jobs(root, cfg.tier, cfg.seeds)]  # fmt: skip
+        check_plan(plan, extra)  # every run composes, before anything runs
+        if cfg.job is not None:
+            if cfg.job >= len(plan):
+                raise ConfigError(
+                    f"job must be below {len(plan)} (the plan's runs), got {cfg.job}."
+                )
+            run_plan([plan[cfg.job]], cfg, extra)
+            return
+        sections = run_plan(plan, cfg, extra)
+        write_report(sections, cfg)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def check_plan(plan, extra: list[str]) -> None:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sparsebench.config import validate
+    from sparsebench.reproduce.suite import compose
+
+    seen = set()
+    for claim, job in plan:
+        if (claim.name, job.arm) in seen:
+            continue
+        seen.add((claim.name, job.arm))
+        try:
+            validate(compose(job, extra))
+        except ConfigError as exc:
+            raise ConfigError(f"claim {claim.name}, arm {job.arm}: {exc}") from None
+        except (HydraException, OmegaConfBaseException) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ConfigError(
+                f"claim {claim.name}, arm {job.arm} does not compose ({first})."
+            ) from None
+
+
+def run_plan(plan, cfg: DictConfig, extra: list[str]):
+    """Run the plan's jobs; per claim (claim, outcomes, results, compute)."""
+    from sparsebench.reproduce.suite import (
+        analyse,
+        compose,
+        compute_used,
+        log_results,
+        parent_run,
+        run_job,
+    )
+
+    sections, outcomes, current = [], [], None
+    whole_plan = cfg.job is None
+
+    def close(claim) -> None:
+        results = analyse(claim, outcomes)
+        compute = compute_used(outcomes)
+        if whole_plan:
+            log_results(claim, claim.folder(Path(str(cfg.root)), cfg.tier), results, compute)
+        sections.append((claim, list(outcomes), results, compute))
+        for result in results:
+            effect = result.effect.describe() if result.effect else "too few pairs"
+            print(f"{claim.name}: {result.comparison.label}: {effect} -> {result.verdict}",
+                  flush=True)  # fmt: skip
+
+    for i, (claim, job) in enumerate(plan, start=1):
+        if current is not None and claim is not current:
+            close(current)
+            outcomes.clear()
+        current = claim
+        parent_run(claim, cfg.tier, claim.folder(Path(str(cfg.root)), cfg.tier),
+                   compose(job, extra))  # fmt: skip
+        started = time.perf_counter()
+        outcome = run_job(job, extra)
+        outcomes.append(outcome)
+        how = "finished before" if outcome.skipped else f"{time.perf_counter() - started:.0f} s"
+        print(f"[{i}/{len(plan)}] {claim.name} {job.arm}-s{job.seed}: {outcome.status} ({how})",
+              flush=True)  # fmt: skip
+    if current is not None and whole_plan:
+        close(current)
+    return sections
+
+
+def write_report(sections, cfg: DictConfig) -> None:
+    from sparsebench.reproduce.report import html_page, markdown
+
+    command = f"python -m sparsebench.reproduce claim={cfg.claim} tier={cfg.tier}"
+    if cfg.seeds is not None:
+        command += f" seeds={cfg.seeds}"
+    text = markdown(cfg.tier, sections, command, cfg.seeds)
+    folder = Path(str(cfg.root)) / cfg.tier
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "claims.md").write_text(text)
+    page = html_page(cfg.tier, sections, folder / "claims.html")
+    written = [folder / "claims.md", page]
+    if cfg.report:
+        Path(str(cfg.report)).write_text(text)
+        written.append(Path(str(cfg.report)))
+    print("report: " + ", ".join(str(p) for p in written))
+    log_report(cfg, folder, page)
+
+
+def log_report(cfg: DictConfig, folder: Path, page: Path) -> None:
+    """The report as artifacts of a ``claims TIER`` MLflow run."""
+    from sparsebench.reproduce.claims import load_claims
+    from sparsebench.reproduce.suite import compose
+    from sparsebench.tracking.mlflow_logging import create_run, tracking_client
+
+    claim = load_claims(str(cfg.claim))[0]
+    base = compose(claim.jobs(Path(str(cfg.root)), cfg.tier, cfg.seeds)[0],
+                   [str(o) for o in cfg.overrides])  # fmt: skip
+    client, problem = tracking_client(base)
+    if problem:
+        return
+    try:
+        run_id = create_run(client, base.logger.experiment_name, f"claims {cfg.tier}",
+                            {"sparsebench.claims": str(cfg.claim)})  # fmt: skip
+        for path in (folder / "claims.md", page, folder / "plotly.min.js"):
+            client.log_artifact(run_id, str(path))
+        client.set_terminated(run_id)
+        print(f"report logged as MLflow run {run_id}")
+    except Exception as exc:  # the report is on disk; MLflow trouble loses nothing
+        print(f"warning: the report was not logged to MLflow ({exc})", file=sys.stderr)
+
+
+def main() -> None:
+    register_configs()
+    register_schemas()
+    register_resolvers()
+    try:
+        check_composition(sys.argv[1:], "reproduce")
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="reproduce")(_main)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""The reproduction suite: claim files checked in one sentence, and one claim end to end at a
+tiny size (real runs, statistics, verdict, MLflow, report, resume)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from sparsebench.config import ConfigError
+from sparsebench.reproduce.claims import available_claims, load_claim
+from sparsebench.reproduce.stats import paired_effect, verdict
+
+TINY = {
+    "version": 1,
+    "paper": "a test",
+    "claim": "Dense beats 95% random sparse training on digits.",
+    "reference": "none",
+    "metric": "test/acc",
+    "arms": {"dense": ["model=mlp"], "random": ["model=mlp", "+method=random", "method.sparsity=0.95"]},
+    "comparisons": [{"a": "dense", "b": "random", "direction": "greater", "delta": 0.0},
+                    {"a": "random", "b": "dense", "direction": "less", "delta": 0.0,
+                     "metric": "flops/sparse", "label": "FLOPs"}],
+    "tiers": {"quick": {"seeds": 2, "budget": "seconds",
+                        "overrides": ["dataset=digits", "debug=fast", "hardware.threads=1"]}},
+    "changes": [],
+}  # fmt: skip
+
+
+def write(tmp_path: Path, **changes) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY, **changes}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"comparisons": [{"a": "dense", "b": "random", "direction": "bigger", "delta": 0}]},
+            "direction must be one of greater, less, not_less, not_greater, got 'bigger'",
+        ),
+        (
+            {"comparisons": [{"a": "dense", "b": "nope", "direction": "greater", "delta": 0}]},
+            "'b' must name arms of dense, random, got 'nope'",
+        ),
+        (
+            {"arms": {"a": ["checkpoint=@b"], "b": ["model=mlp"]}},
+            "arm 'a' refers to '@b', which must be an arm listed before it",
+        ),
+        ({"version": 2}, "version 2 needs 1 line(s) under 'changes'"),
+        ({"seed": 3}, "unknown field(s) seed"),
+    ],
+)
+def test_claim_files_are_checked_in_one_sentence(tmp_path: Path, changes, message) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_claim(str(write(tmp_path, **changes)))
+
+
+def test_every_shipped_claim_composes() -> None:
+    from sparsebench.reproduce.__main__ import check_plan
+
+    for name in available_claims():
+        claim = load_claim(name)
+        for tier in claim.tiers:
+            check_plan([(claim, job) for job in claim.jobs(Path("/tmp/x"), tier, 2)], [])
+
+
+def test_a_tiny_claim_end_to_end(tmp_path: Path) -> None:
+    claim = write(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+
+    def reproduce() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "sparsebench.reproduce", f"claim={claim}",
+                               "report=claims.md"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600, env=env)  # fmt: skip
+
+    proc = reproduce()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = tmp_path / "outputs/claims/quick/tiny"
+    runs = {p.parent.name: json.loads(p.read_text()) for p in folder.glob("*/results.json")}
+    assert sorted(runs) == ["dense-s0", "dense-s1", "random-s0", "random-s1"]
+    assert all(r["status"] == "ok" for r in runs.values())
+    # The statistics are those of the runs' own records.
+    acc = {k: r["metrics"]["test/acc"] for k, r in runs.items()}
+    effect = paired_effect([acc["dense-s0"], acc["dense-s1"]], [acc["random-s0"], acc["random-s1"]])
+    expected = verdict(effect, "greater", 0.0)
+    report = (tmp_path / "claims.md").read_text()
+    assert f"{effect.describe()} → " in report
+    assert f"| {expected} |" in report or f"**{expected}**" in report
+    # FLOPs of 95% sparse vs dense: the same every seed, so a point interval: reproduced.
+    assert "**FLOPs** (flops/sparse, less, smallest effect 0): " in report
+    assert report.count("reproduced") >= 1
+    assert (tmp_path / "outputs/claims/quick/claims.html").stat().st_size > 1000
+    # MLflow: one parent per claim holding the verdicts; every run nested under it.
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("sparsebench").experiment_id
+    (parent,) = client.search_runs([experiment], "tags.`sparsebench.claim` = 'tiny'")
+    assert parent.data.tags["comparison2/verdict"] == "reproduced"
+    assert parent.data.tags["comparison1/verdict"] == expected
+    assert parent.data.metrics["comparison1/effect_mean"] == pytest.approx(effect.mean)
+    children = client.search_runs(
+        [experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    assert {c.info.run_id for c in children} == {r["mlflow"]["run_id"] for r in runs.values()}
+    (suite,) = client.search_runs([experiment], "tags.`sparsebench.claims` != ''")
+    assert {a.path for a in client.list_artifacts(suite.info.run_id)} >= {
+        "claims.md",
+        "claims.html",
+    }
+    # Again: every run is finished, nothing runs, the same report.
+    again = reproduce()
+    assert again.returncode == 0 and again.stdout.count("finished before") == 4
+    assert (tmp_path / "claims.md").read_text() == report
