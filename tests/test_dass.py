@@ -101,3 +101,13 @@ def test_dass_searches_derives_retrains_and_logs(tmp_path: Path) -> None:
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     run_id = data["mlflow"]["run_id"]
     assert "genotype.json" in {a.path for a in client.list_artifacts(run_id)}
+
+
+def test_a_random_genotype_is_a_seeded_draw_from_the_space() -> None:
+    from sparsebench.models.dass import check_genotype, random_genotype
+    from sparsebench.transforms import DASS
+
+    draws = [random_genotype(3, seed) for seed in range(20)]
+    assert all(check_genotype(g, 3) == g for g in draws)  # valid genotypes of the space
+    assert random_genotype(3, 7) == random_genotype(3, 7) and len({str(g) for g in draws}) == 20
+    assert DASS(nodes=3, genotype="random", seed=7).genotype == random_genotype(3, 7)

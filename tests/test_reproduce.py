@@ -118,3 +118,32 @@ def test_a_tiny_claim_end_to_end(tmp_path: Path) -> None:
     again = reproduce()
     assert again.returncode == 0 and again.stdout.count("finished before") == 4
     assert (tmp_path / "claims.md").read_text() == report
+
+
+def test_a_search_arm_is_the_best_of_its_candidates(tmp_path: Path) -> None:
+    from sparsebench.reproduce.suite import Outcome, analyse, selected
+
+    arms = {"searched": {"best_of": 3, "by": "val/acc", "vary": "method.node_seed",
+                         "overrides": ["+method=node"]}, "random": ["+method=random"]}  # fmt: skip
+    comparisons = [{"a": "searched", "b": "random", "direction": "not_greater", "delta": 0.0}]
+    claim = load_claim(str(write(tmp_path, arms=arms, comparisons=comparisons)))
+    jobs = claim.jobs(tmp_path, "quick")
+    searched = [j for j in jobs if j.arm == "searched"]
+    assert len(jobs) == 3 * 2 + 2 and [j.folder.name for j in searched][:3] == [
+        "searched-s0-c0", "searched-s0-c1", "searched-s0-c2"]  # fmt: skip
+    assert [j.overrides[-1] for j in searched] == [f"method.node_seed={v}" for v in range(6)]
+    # Candidates chosen on val/acc, compared on test/acc.
+    val = {(0, 0): 0.5, (0, 1): 0.9, (0, 2): 0.7, (1, 0): 0.8, (1, 1): 0.6, (1, 2): None}
+    outcomes = [Outcome(j, "ok", {"test/acc": 0.1 * j.candidate + j.seed,
+                                  **({"val/acc": val[(j.seed, j.candidate)]}
+                                     if val[(j.seed, j.candidate)] is not None else {})})
+                for j in searched]  # fmt: skip
+    outcomes += [Outcome(j, "ok", {"test/acc": 0.05 + j.seed}) for j in jobs if j.arm == "random"]
+    chosen = {
+        (o.job.seed, o.job.candidate) for o in selected(claim, outcomes) if o.job.arm == "searched"
+    }
+    assert chosen == {(0, 1), (1, 0)}
+    (result,) = analyse(claim, outcomes)
+    assert [round(d, 6) for _, d in result.pairs] == [0.05, -0.05]
+    with pytest.raises(ConfigError, match="not a search"):
+        load_claim(str(write(tmp_path, arms={**arms, "pruned": ["checkpoint=@searched"]})))

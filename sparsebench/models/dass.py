@@ -333,8 +333,30 @@ def format_genotype(genotype: dict[str, Any]) -> str:
     return f"{cells}; head: {genotype['head']}"
 
 
+def random_genotype(nodes: int, seed: int) -> dict[str, Any]:
+    """A genotype drawn uniformly from the search space (the random-architecture baseline of
+    architecture search): per node two distinct inputs, each with a non-zero operation, and a
+    head."""
+    import random
+
+    rng = random.Random(seed)
+    names = [o for o in OPS if o != "none"]
+
+    def cell() -> list[tuple[str, int]]:
+        edges = []
+        for j in range(nodes):
+            edges += [(rng.choice(names), i) for i in sorted(rng.sample(range(2 + j), 2))]
+        return edges
+
+    return {"normal": cell(), "reduce": cell(), "head": rng.choice(list(HEADS))}
+
+
 def check_genotype(genotype: Any, nodes: int) -> dict[str, Any]:
     """A genotype from the config (JSON string or mapping), checked."""
+    if isinstance(genotype, str) and genotype.strip() == "random":
+        raise ConfigError(
+            "transform.genotype=random is drawn by the DASS transform (with its seed)."
+        )
     if isinstance(genotype, str):
         genotype = json.loads(genotype)
     ok = isinstance(genotype, dict) and genotype.get("head") in HEADS

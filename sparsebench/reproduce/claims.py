@@ -18,7 +18,13 @@
     changes: []                     # one line per version after the first: what and why
 
 An arm's override ``NAME=@ARM`` takes the run folder of arm ARM with the same seed (a
-post-training arm pruning the dense arm's checkpoint: ``checkpoint=@dense``).
+post-training arm pruning the dense arm's checkpoint: ``checkpoint=@dense``). An arm can also be
+a search: the best of K candidates by a metric, each candidate another value of one key::
+
+      searched: {best_of: 8, by: val/acc, vary: method.node_seed, overrides: [+method=node]}
+
+(candidate k of seed s sets ``vary`` to s * K + k; every candidate is a run, and the compute of
+all of them is counted.)
 """
 
 from __future__ import annotations
@@ -55,14 +61,24 @@ class Tier:
 
 
 @dataclass(frozen=True)
+class Search:
+    """An arm that is the best of ``k`` candidates by ``by``, candidates differing in ``vary``."""
+
+    k: int
+    by: str
+    vary: str
+
+
+@dataclass(frozen=True)
 class Job:
-    """One run of a claim: an arm at a seed, in its own folder."""
+    """One run of a claim: an arm at a seed (a search arm's candidate), in its own folder."""
 
     claim: str
     arm: str
     seed: int
     overrides: tuple[str, ...]
     folder: Path
+    candidate: int | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +94,7 @@ class Claim:
     tiers: dict[str, Tier]
     changes: tuple[str, ...]
     path: Path
+    searches: dict[str, Search]
 
     def folder(self, root: Path, tier: str) -> Path:
         return root / tier / self.name
@@ -95,9 +112,17 @@ class Claim:
                     if value.startswith("@"):
                         value = str(self.folder(root, tier) / f"{value[1:]}-s{seed}")
                     resolved.append(f"{key}={value}")
-                folder = self.folder(root, tier) / f"{arm}-s{seed}"
-                out.append(Job(self.name, arm, seed,
-                               (*spec.overrides, *resolved, f"seed={seed}"), folder))  # fmt: skip
+                base = (*spec.overrides, *resolved, f"seed={seed}")
+                search = self.searches.get(arm)
+                if search is None:
+                    out.append(
+                        Job(self.name, arm, seed, base, self.folder(root, tier) / f"{arm}-s{seed}")
+                    )
+                    continue
+                for k in range(search.k):
+                    folder = self.folder(root, tier) / f"{arm}-s{seed}-c{k}"
+                    out.append(Job(self.name, arm, seed, (*base, f"{search.vary}={seed * search.k + k}"),
+                                   folder, candidate=k))  # fmt: skip
         return out
 
 
@@ -143,16 +168,26 @@ def load_claim(name: str) -> Claim:
     if len(arms) < 2:
         raise ConfigError(f"{where}: 'arms' needs two or more arms, got {len(arms)}.")
     checked_arms: dict[str, tuple[str, ...]] = {}
+    searches: dict[str, Search] = {}
     for arm, overrides in arms.items():
+        if isinstance(overrides, dict):  # a search arm: the best of k candidates
+            k, by, vary = overrides.get("best_of"), overrides.get("by"), overrides.get("vary")
+            if not (isinstance(k, int) and k >= 2 and isinstance(by, str) and isinstance(vary, str)
+                    and set(overrides) <= {"best_of", "by", "vary", "overrides"}):  # fmt: skip
+                raise ConfigError(f"{where}: search arm '{arm}' needs best_of (an integer >= 2), "
+                                  f"by (a metric), vary (a key) and overrides, got {overrides!r}.")  # fmt: skip
+            searches[str(arm)] = Search(k, by, vary)
+            overrides = overrides.get("overrides") or []
         if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o
                                                       for o in overrides):  # fmt: skip
             raise ConfigError(f"{where}: arm '{arm}' must be a list of KEY=VALUE overrides, "
                               f"got {overrides!r}.")  # fmt: skip
         for override in overrides:
             ref = override.partition("=")[2]
-            if ref.startswith("@") and ref[1:] not in checked_arms:
+            if ref.startswith("@") and (ref[1:] not in checked_arms or ref[1:] in searches):
                 raise ConfigError(f"{where}: arm '{arm}' refers to '{ref}', which must be an arm "
-                                  f"listed before it ({', '.join(checked_arms) or 'none'}).")  # fmt: skip
+                                  f"listed before it and not a search "
+                                  f"({', '.join(checked_arms) or 'none'}).")  # fmt: skip
         checked_arms[str(arm)] = tuple(overrides)
     metric = need("metric", str)
     comparisons = []
@@ -203,4 +238,4 @@ def load_claim(name: str) -> Claim:
     return Claim(name=path.stem, version=version, paper=need("paper", str),
                  claim=need("claim", str), reference=need("reference", str), metric=metric,
                  arms=checked_arms, comparisons=tuple(comparisons), tiers=tiers, changes=changes,
-                 path=path)  # fmt: skip
+                 path=path, searches=searches)  # fmt: skip

@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 
 from sparsebench.reproduce.claims import Claim
-from sparsebench.reproduce.suite import Outcome, Result
+from sparsebench.reproduce.suite import Outcome, Result, selected
 
 MARK = {
     "reproduced": "reproduced",
@@ -17,8 +17,18 @@ MARK = {
 
 
 def _arm_table(claim: Claim, outcomes: list[Outcome], metrics: list[str]) -> list[str]:
-    lines = ["| arm | overrides | " + " | ".join(f"{m} mean ± std (n)" for m in metrics) + " |",
-             "|---|---|" + "---:|" * len(metrics)]  # fmt: skip
+    """Per arm its overrides, the metrics' mean ± std (n), and its training budget (samples
+    seen, every fit counted), flagged as the leaderboard flags it when it differs by more than
+    10% from the arms' median (Ten Lessons: compare at equal budgets, or say so)."""
+    from sparsebench.tracking.leaderboard import budgets_differ
+
+    lines = ["| arm | overrides | " + " | ".join(f"{m} mean ± std (n)" for m in metrics)
+             + " | training samples | budget differs |",
+             "|---|---|" + "---:|" * len(metrics) + "---:|:---:|"]  # fmt: skip
+    samples = {arm: [o.metrics["train/samples"] for o in outcomes
+                     if o.job.arm == arm and "train/samples" in o.metrics] for arm in claim.arms}  # fmt: skip
+    budget = {arm: statistics.fmean(v) if v else None for arm, v in samples.items()}
+    flagged = dict(zip(budget, budgets_differ(list(budget.values())), strict=True))
     for arm, overrides in claim.arms.items():
         cells = []
         for metric in metrics:
@@ -31,7 +41,9 @@ def _arm_table(claim: Claim, outcomes: list[Outcome], metrics: list[str]) -> lis
             std = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.fmean(values):.4g} ± {std:.2g} ({len(values)})")
         shown = " ".join(overrides).replace("|", "\\|")
-        lines.append(f"| {arm} | `{shown}` | " + " | ".join(cells) + " |")
+        seen = f"{budget[arm]:,.0f}" if budget[arm] else "—"
+        lines.append(f"| {arm} | `{shown}` | " + " | ".join(cells)
+                     + f" | {seen} | {'**yes**' if flagged[arm] else ''} |")  # fmt: skip
     return lines
 
 
@@ -72,7 +84,10 @@ def markdown(tier: str, sections: list[tuple[Claim, list[Outcome], list[Result],
                 f"**Budget ({tier}).** {tier_spec.budget} Overrides of every arm: "
                 f"`{' '.join(tier_spec.overrides)}`; seeds 0..{(seeds or tier_spec.seeds) - 1}; "
                 f"claim file version {claim.version}.", ""]  # fmt: skip
-        out += _arm_table(claim, outcomes, metrics) + [""]
+        out += _arm_table(claim, selected(claim, outcomes), metrics) + [""]
+        for arm, search in getattr(claim, "searches", {}).items():
+            out += [f"Arm `{arm}` is the best of {search.k} candidates per seed by `{search.by}` "
+                    f"(candidates differ in `{search.vary}`; all of them count in the compute).", ""]  # fmt: skip
         for result in results:
             c = result.comparison
             line = f"- **{c.label}** ({c.metric}, {c.direction}, smallest effect {c.delta:g}): "

@@ -9,6 +9,7 @@ checkpoint (the runners' own resume).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -107,16 +108,32 @@ def run_job(job: Job, extra: list[str]) -> Outcome:
     except Exception as exc:  # diverged or failed: recorded in its results.json
         log.warning("%s-s%d: %s: %s", job.arm, job.seed, type(exc).__name__, first_line(exc))
         status = "failed"
-        try:
+        with contextlib.suppress(OSError, ValueError, KeyError):
             status = json.loads((job.folder / "results.json").read_text())["status"]
-        except (OSError, ValueError, KeyError):
-            pass
         return Outcome(job, status)
+
+
+def selected(claim: Claim, outcomes: list[Outcome]) -> list[Outcome]:
+    """One outcome per (arm, seed): a search arm's best candidate by its ``by`` metric (among
+    the candidates that have it; none when no candidate does)."""
+    out, best = [], {}
+    for outcome in outcomes:
+        search = claim.searches.get(outcome.job.arm)
+        if search is None:
+            out.append(outcome)
+            continue
+        score = outcome.metrics.get(search.by)
+        if score is None or not math.isfinite(score):
+            continue
+        key = (outcome.job.arm, outcome.job.seed)
+        if key not in best or score > best[key].metrics[search.by]:
+            best[key] = outcome
+    return out + list(best.values())
 
 
 def analyse(claim: Claim, outcomes: list[Outcome], method: str = "t") -> list[Result]:
     """Each comparison over the seeds where every arm it names has the metric."""
-    by = {(o.job.arm, o.job.seed): o for o in outcomes}
+    by = {(o.job.arm, o.job.seed): o for o in selected(claim, outcomes)}
     seeds = sorted({o.job.seed for o in outcomes})
     results = []
     for comparison in claim.comparisons:

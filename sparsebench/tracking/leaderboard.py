@@ -162,7 +162,20 @@ def _front(rows: list[Row], cost: str) -> set[int]:
     return front
 
 
-def mark(rows: list[Row], budget_tolerance: float = 0.1) -> None:
+BUDGET_TOLERANCE = 0.1  # a budget more than 10% away from its group's median is flagged
+
+
+def budgets_differ(budgets: list[float | None], tolerance: float = BUDGET_TOLERANCE) -> list[bool]:
+    """Per budget, whether it differs from the median of the known ones by more than
+    ``tolerance`` (relative); unknown budgets (None, 0) are never flagged."""
+    known = [b for b in budgets if b]
+    if not known:
+        return [False] * len(budgets)
+    reference = statistics.median(known)
+    return [bool(b) and abs(b / reference - 1) > tolerance for b in budgets]
+
+
+def mark(rows: list[Row], budget_tolerance: float = BUDGET_TOLERANCE) -> None:
     """Set rank, both fronts and the budget flag within each benchmark_key."""
     by_key: dict[str, list[Row]] = defaultdict(list)
     for row in rows:
@@ -180,9 +193,6 @@ def mark(rows: list[Row], budget_tolerance: float = 0.1) -> None:
         # training at other sparsities costs other FLOPs by design and is not flagged. Keys
         # holding runs from before `train/samples` existed compare `flops/train` instead.
         attr = "train_samples" if all(r.train_samples for r in members) else "flops_train"
-        budgets = [getattr(r, attr) for r in members if getattr(r, attr)]
-        if budgets:
-            reference = statistics.median(budgets)
-            for row in members:
-                value = getattr(row, attr)
-                row.budget_differs = bool(value) and abs(value / reference - 1) > budget_tolerance
+        flags = budgets_differ([getattr(r, attr) for r in members], budget_tolerance)
+        for row, flag in zip(members, flags, strict=True):
+            row.budget_differs = flag

@@ -19,7 +19,9 @@ runs, in one run:
 Mousavi et al., "DASS: Differentiable Architecture Search for Sparse neural networks" (2022);
 first-order DARTS from Liu et al., "DARTS: Differentiable Architecture Search", ICLR 2019.
 With ``genotype`` given, the search is skipped and that network is retrained (masks then come
-from the magnitudes of the fresh weights, i.e. random, since no scores were learnt).
+from the magnitudes of the fresh weights, i.e. random, since no scores were learnt);
+``genotype=random`` draws one from the search space with the seed (the random-architecture
+baseline a search must beat).
 """
 
 from __future__ import annotations
@@ -35,7 +37,13 @@ from torch import nn
 from torch.utils.data import DataLoader, random_split
 
 from sparsebench.config import ConfigError
-from sparsebench.models.dass import DerivedNetwork, SearchNetwork, check_genotype, format_genotype
+from sparsebench.models.dass import (
+    DerivedNetwork,
+    SearchNetwork,
+    check_genotype,
+    format_genotype,
+    random_genotype,
+)
 from sparsebench.transforms.base import ModelTransform
 
 log = logging.getLogger(__name__)
@@ -70,7 +78,10 @@ class DASS(ModelTransform):
         self.search_resolution = search_resolution
         self.search_batches = search_batches  # per epoch; None: the whole weight half
         self.weight_lr, self.arch_lr, self.arch_weight_decay = weight_lr, arch_lr, arch_weight_decay
-        self.genotype = check_genotype(genotype, nodes) if genotype is not None else None
+        if genotype == "random":  # the random-architecture baseline: a draw from the space
+            self.genotype = random_genotype(nodes, seed)
+        else:
+            self.genotype = check_genotype(genotype, nodes) if genotype is not None else None
         self.scores: dict[str, torch.Tensor] = {}
         self.history: list[dict[str, Any]] = []
         self.search_s = 0.0
