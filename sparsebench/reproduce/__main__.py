@@ -122,8 +122,10 @@ def run_plan(plan, cfg: DictConfig, extra: list[str]):
         outcome = run_job(job, extra)
         outcomes.append(outcome)
         how = "finished before" if outcome.skipped else f"{time.perf_counter() - started:.0f} s"
-        print(f"[{i}/{len(plan)}] {claim.name} {job.arm}-s{job.seed}: {outcome.status} ({how})",
-              flush=True)  # fmt: skip
+        print(
+            f"[{i}/{len(plan)}] {claim.name} {job.folder.name}: {outcome.status} ({how})",
+            flush=True,
+        )
     if current is not None and whole_plan:
         close(current)
     return sections
