@@ -14,6 +14,7 @@ MARK = {
     "contradicted": "**contradicted**",
     "inconclusive": "inconclusive",
 }
+COLOURS = {"reproduced": "#2a9d4b", "contradicted": "#c0392b", "inconclusive": "#e6a23c"}
 
 
 def _arm_table(claim: Claim, outcomes: list[Outcome], metrics: list[str]) -> list[str]:
@@ -62,16 +63,16 @@ def markdown(tier: str, sections: list[tuple[Claim, list[Outcome], list[Result],
     out += ["| claim | comparison | metric | effect [95% CI] | n | smallest effect | verdict | paper |",
             "|---|---|---|---|---:|---:|---|---|"]  # fmt: skip
     for claim, _, results, _ in sections:
-        for result in results:
+        for row, result in enumerate(results):
             c = result.comparison
+            paper = claim.reference.replace("|", "/") if row == 0 else "(as above)"
             effect = result.effect.interval() if result.effect else "—"
             n = result.effect.n if result.effect else len(result.pairs)
             sign = {"greater": ">", "less": "<", "not_less": ">= -", "not_greater": "<= +"}[
                 c.direction
             ]
             out.append(f"| [{claim.name}](#{claim.name.replace('_', '-')}) | {c.label} | {c.metric} | "
-                       f"{effect} | {n} | {sign}{c.delta:g} | {MARK[result.verdict]} | "
-                       f"{claim.reference.replace('|', '/')} |")  # fmt: skip
+                       f"{effect} | {n} | {sign}{c.delta:g} | {MARK[result.verdict]} | {paper} |")  # fmt: skip
     total_s = sum(compute["train_s"] for *_, compute in sections)
     runs = sum(int(compute["runs"]) for *_, compute in sections)
     out += ["", f"{runs} runs, {total_s / 60:.1f} minutes of training in all (runner overhead, "
@@ -107,6 +108,7 @@ def html_page(tier: str, sections: list[tuple[Claim, list[Outcome], list[Result]
     """One plot per claim: each comparison's paired differences (a point per seed), the mean
     with its interval, zero and the smallest effect that counts."""
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
     from sparsebench.tracking.report import plotly_js
 
@@ -114,29 +116,30 @@ def html_page(tier: str, sections: list[tuple[Claim, list[Outcome], list[Result]
              "<script src='plotly.min.js'></script><style>body{font-family:sans-serif;margin:2em}"
              "</style></head><body>", f"<h1>Claims checked ({tier} tier)</h1>"]  # fmt: skip
     for claim, _, results, _ in sections:
-        figure = go.Figure()
-        for row, result in enumerate(results):
-            label = f"{result.comparison.label} ({result.comparison.metric})"
+        # One row per comparison, each with its own axis (accuracy and FLOPs do not share one).
+        figure = make_subplots(rows=len(results), cols=1, vertical_spacing=0.35 / len(results),
+                               subplot_titles=[f"{r.comparison.label} ({r.comparison.metric}): "
+                                               f"{r.verdict}" for r in results])  # fmt: skip
+        for row, result in enumerate(results, start=1):
             if result.pairs:
                 figure.add_trace(go.Scatter(
-                    x=[d for _, d in result.pairs], y=[label] * len(result.pairs), mode="markers",
-                    marker={"size": 8, "opacity": 0.6}, name=f"seeds: {label}",
-                    hovertext=[f"seed {s}" for s, _ in result.pairs], showlegend=False))  # fmt: skip
+                    x=[d for _, d in result.pairs], y=["seeds"] * len(result.pairs), mode="markers",
+                    marker={"size": 8, "opacity": 0.6, "color": "#888"}, showlegend=False,
+                    hovertext=[f"seed {s}" for s, _ in result.pairs]), row=row, col=1)  # fmt: skip
             if result.effect is not None:
                 e = result.effect
                 figure.add_trace(go.Scatter(
-                    x=[e.mean], y=[label], mode="markers", marker={"size": 14, "symbol": "diamond"},
+                    x=[e.mean], y=["mean, 95% CI"], mode="markers", showlegend=False,
+                    marker={"size": 14, "symbol": "diamond", "color": COLOURS[result.verdict]},
                     error_x={"type": "data", "symmetric": False, "array": [e.high - e.mean],
-                             "arrayminus": [e.mean - e.low]},
-                    name=f"{result.verdict}: {label}", showlegend=False))  # fmt: skip
-            sign = -1 if result.comparison.direction in ("less",) else 1
-            figure.add_shape(type="line", x0=sign * result.comparison.delta,
-                             x1=sign * result.comparison.delta, y0=row - 0.4, y1=row + 0.4,
-                             line={"dash": "dot", "color": "#c33"})  # fmt: skip
-        figure.add_vline(x=0, line_color="#999")
-        figure.update_layout(title=f"{claim.name}: effect (A - B), 95% CI; dotted: smallest effect",
-                             height=160 + 90 * len(results), width=1000,
-                             margin={"l": 320})  # fmt: skip
+                             "arrayminus": [e.mean - e.low]}), row=row, col=1)  # fmt: skip
+            c = result.comparison
+            threshold = c.delta if c.direction in ("greater", "not_greater") else -c.delta
+            figure.add_vline(x=0, line_color="#999", row=row, col=1)
+            figure.add_vline(x=threshold, line_dash="dot", line_color="#c33", row=row, col=1)
+        figure.update_layout(title=f"{claim.name}: effect A - B per comparison (dotted: the "
+                                   "smallest effect that counts)",
+                             height=120 + 150 * len(results), width=1000)  # fmt: skip
         verdicts = ", ".join(r.verdict for r in results)
         parts += [f"<h2>{html.escape(claim.name)}: {html.escape(verdicts)}</h2>",
                   f"<p>{html.escape(claim.claim)}<br><i>{html.escape(claim.paper)}</i><br>"
