@@ -85,6 +85,9 @@ def markdown(tier: str, sections: list[tuple[Claim, list[Outcome], list[Result],
                 f"**Budget ({tier}).** {tier_spec.budget} Overrides of every arm: "
                 f"`{' '.join(tier_spec.overrides)}`; seeds 0..{(seeds or tier_spec.seeds) - 1}; "
                 f"claim file version {claim.version}.", ""]  # fmt: skip
+        out += [f"**Changes.** {change}" for change in claim.changes] + (
+            [""] if claim.changes else []
+        )
         out += _arm_table(claim, selected(claim, outcomes), metrics) + [""]
         for arm, search in getattr(claim, "searches", {}).items():
             out += [f"Arm `{arm}` is the best of {search.k} candidates per seed by `{search.by}` "
