@@ -11,15 +11,14 @@ import importlib
 import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
 from sparsebench.config import (
-    CONF_DIR,
     RUNNERS,
     ConfigError,
     check_composition,
     check_group_choices,
+    hydra_app,
     normalize_overrides,
     register_configs,
     register_resolvers,
@@ -94,16 +93,15 @@ def main() -> None:
     if any(a.startswith("resume=") for a in sys.argv[1:]):
         resume(sys.argv[1:])  # the run's saved config: composed before, nothing to compose
         return
-    try:
-        check_group_choices(sys.argv[1:])
+
+    def check(args: list[str]) -> None:
+        check_group_choices(args)
         from sparsebench.schemas import register_schemas
 
         register_schemas()  # method, transform and hardware schemas, from their classes
-        check_composition(sys.argv[1:], "config")
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_dispatch)()
+        check_composition(args, "config")
+
+    hydra_app("config", _dispatch, check)
 
 
 if __name__ == "__main__":

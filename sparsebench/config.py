@@ -643,6 +643,22 @@ def shown_override(arg: str) -> str:
     return arg
 
 
+def hydra_app(config_name: str, task: Any, check: Any) -> None:
+    """The command lines' common entry: ``check(args)`` first (bad input is one ``error:``
+    sentence and exit 2, before Hydra and before anything runs), then ``task`` as a Hydra app
+    on conf/CONFIG_NAME.yaml."""
+    import sys
+
+    import hydra
+
+    try:
+        check(sys.argv[1:])
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(task)()
+
+
 def normalize_overrides(args: list[str]) -> list[str]:
     """``+method=rigl`` (the spelling the papers' users and older sweeps type) as
     ``method=rigl``: the optional groups are in the defaults list, where Hydra refuses ``+``.

@@ -20,13 +20,12 @@ import sys
 import time
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
 from sparsebench.config import (
-    CONF_DIR,
     ConfigError,
     check_composition,
+    hydra_app,
     register_configs,
     register_resolvers,
 )
@@ -177,12 +176,7 @@ def main() -> None:
     register_configs()
     register_schemas()
     register_resolvers()
-    try:
-        check_composition(sys.argv[1:], "reproduce")
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="reproduce")(_main)()
+    hydra_app("reproduce", _main, lambda args: check_composition(args, "reproduce"))
 
 
 if __name__ == "__main__":

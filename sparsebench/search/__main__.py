@@ -11,14 +11,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from sparsebench.config import (
-    CONF_DIR,
     ConfigError,
     check_composition,
+    hydra_app,
     register_configs,
     register_resolvers,
 )
@@ -67,15 +66,13 @@ def main() -> None:
     register_configs()
     register_schemas()  # method, transform and hardware schemas, from their classes
     register_resolvers()
-    args = sys.argv[1:]
-    try:
+
+    def check(args: list[str]) -> None:
         if not any(a.startswith(("sweep=", "--help", "--hydra-help", "-h")) for a in args):
             raise ConfigError(sweep_required())
         check_composition(args, "search")
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="search")(_main)()
+
+    hydra_app("search", _main, check)
 
 
 if __name__ == "__main__":
