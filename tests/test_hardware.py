@@ -64,7 +64,13 @@ def test_sparse_linear_and_1x1_conv_match_dense() -> None:
         linear.weight.detach().to_sparse_csr(),
         linear.weight.detach().to_sparse_bsr((16, 16)),
     ):
-        assert torch.allclose(SparseLinear(weight, linear.bias)(x), linear(x), atol=1e-5)
+        sparse = SparseLinear(weight, linear.bias)
+        assert torch.allclose(sparse(x), linear(x), atol=1e-5)
+        assert torch.allclose(SparseLinear(weight, None)(x), linear(x) - linear.bias, atol=1e-5)
+        # 32-bit indices, as MKL takes them (64-bit ones are converted on every call)
+        assert (
+            sparse.weight.col_indices().dtype == sparse.weight.crow_indices().dtype == torch.int32
+        )
     conv = _sparse(nn.Conv2d(16, 32, 1, stride=2), 0.8)
     image = torch.randn(2, 16, 9, 9)
     sparse = SparseLinear(
