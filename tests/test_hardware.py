@@ -77,6 +77,9 @@ def test_sparse_linear_and_1x1_conv_match_dense() -> None:
         conv.weight.detach().reshape(32, 16).to_sparse_csr(), conv.bias, conv_stride=2
     )
     assert torch.allclose(sparse(image), conv(image), atol=1e-5)
+    assert torch.allclose(sparse(image[:1]), conv(image[:1]), atol=1e-5)  # batch 1: NCHW as is
+    plain = SparseLinear(conv.weight.detach().reshape(32, 16).to_sparse_csr(), None, conv_stride=2)
+    assert torch.allclose(plain(image[:1]), conv(image[:1]) - conv.bias[:, None, None], atol=1e-5)
 
 
 def test_cpu_sparse_converts_checks_and_reports_kernels() -> None:

@@ -102,6 +102,11 @@ class SparseLinear(nn.Module):
         if self.conv_stride > 1:
             x = x[:, :, :: self.conv_stride, :: self.conv_stride]
         n, c, h, w = x.shape
+        if n == 1:  # W x (C, H*W) in the NCHW layout itself: no permute (Elsen et al. 2020)
+            pixels = x.reshape(c, h * w)
+            y = (torch.sparse.mm(self.weight, pixels) if self.bias is None
+                 else torch.addmm(self.bias, self.weight, pixels))  # fmt: skip
+            return y.reshape(1, -1, h, w)
         y = self.matmul(x.permute(0, 2, 3, 1).reshape(-1, c))
         return y.reshape(n, h, w, -1).permute(0, 3, 1, 2)
 
