@@ -36,6 +36,7 @@ from sparsebench.tracking.logs import quiet_lightning
 def _main(cfg: DictConfig) -> None:
     from sparsebench.config import validate
     from sparsebench.reproduce.claims import load_claims
+    from sparsebench.reproduce.suite import compose
 
     quiet_lightning()
     try:
@@ -56,7 +57,7 @@ def _main(cfg: DictConfig) -> None:
             run_plan([plan[cfg.job]], cfg, extra)
             return
         sections = run_plan(plan, cfg, extra)
-        write_report(sections, cfg)
+        write_report(sections, cfg, compose(plan[0][1], extra))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -66,7 +67,7 @@ def check_plan(plan, extra: list[str]) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from sparsebench.config import validate
+    from sparsebench.config import first_line, validate
     from sparsebench.reproduce.suite import compose
 
     seen = set()
@@ -79,9 +80,8 @@ def check_plan(plan, extra: list[str]) -> None:
         except ConfigError as exc:
             raise ConfigError(f"claim {claim.name}, arm {job.arm}: {exc}") from None
         except (HydraException, OmegaConfBaseException) as exc:
-            first = str(exc).strip().splitlines()[0]
             raise ConfigError(
-                f"claim {claim.name}, arm {job.arm} does not compose ({first})."
+                f"claim {claim.name}, arm {job.arm} does not compose ({first_line(exc)})."
             ) from None
 
 
@@ -115,10 +115,10 @@ def run_plan(plan, cfg: DictConfig, extra: list[str]):
             close(current)
             outcomes.clear()
         current = claim
-        parent_run(claim, cfg.tier, claim.folder(Path(str(cfg.root)), cfg.tier),
-                   compose(job, extra))  # fmt: skip
+        job_cfg = compose(job, extra)
+        parent_run(claim, cfg.tier, claim.folder(Path(str(cfg.root)), cfg.tier), job_cfg)
         started = time.perf_counter()
-        outcome = run_job(job, extra)
+        outcome = run_job(job, job_cfg)
         outcomes.append(outcome)
         how = "finished before" if outcome.skipped else f"{time.perf_counter() - started:.0f} s"
         print(
@@ -130,7 +130,8 @@ def run_plan(plan, cfg: DictConfig, extra: list[str]):
     return sections
 
 
-def write_report(sections, cfg: DictConfig) -> None:
+def write_report(sections, cfg: DictConfig, base: DictConfig) -> None:
+    """The report files, logged to the tracking store of ``base`` (a run of the plan)."""
     from sparsebench.reproduce.report import html_page, markdown
 
     command = f"python -m sparsebench.reproduce claim={cfg.claim} tier={cfg.tier}"
@@ -146,18 +147,13 @@ def write_report(sections, cfg: DictConfig) -> None:
         Path(str(cfg.report)).write_text(text)
         written.append(Path(str(cfg.report)))
     print("report: " + ", ".join(str(p) for p in written))
-    log_report(cfg, folder, page)
+    log_report(cfg, base, folder, page)
 
 
-def log_report(cfg: DictConfig, folder: Path, page: Path) -> None:
+def log_report(cfg: DictConfig, base: DictConfig, folder: Path, page: Path) -> None:
     """The report as artifacts of a ``claims TIER`` MLflow run."""
-    from sparsebench.reproduce.claims import load_claims
-    from sparsebench.reproduce.suite import compose
     from sparsebench.tracking.mlflow_logging import create_run, tracking_client
 
-    claim = load_claims(str(cfg.claim))[0]
-    base = compose(claim.jobs(Path(str(cfg.root)), cfg.tier, cfg.seeds)[0],
-                   [str(o) for o in cfg.overrides])  # fmt: skip
     client, problem = tracking_client(base)
     if problem:
         return

@@ -91,11 +91,11 @@ def parent_run(claim: Claim, tier: str, folder: Path, cfg: DictConfig) -> None:
                                                   "tracking_uri": client.tracking_uri}))  # fmt: skip
 
 
-def run_job(job: Job, extra: list[str]) -> Outcome:
-    """Run ``job`` unless it finished before; a failing run is an outcome, not an error."""
+def run_job(job: Job, cfg: DictConfig) -> Outcome:
+    """Run ``job`` (its config composed by :func:`compose`) unless it finished before; a failing
+    run is an outcome, not an error."""
     import importlib
 
-    cfg = compose(job, extra)
     done = finished(job, cfg)
     if done is not None:
         return Outcome(job, "ok", dict(done["metrics"]), skipped=True)

@@ -106,42 +106,39 @@ def _slim(run) -> Run:
                    {k: v for k, v in data.tags.items() if k in TAGS})  # fmt: skip
 
 
-def _pages(client, ids: list[str], filter_string: str = "", deleted: bool = False) -> Iterator:
-    from mlflow.entities import ViewType
-
-    view = ViewType.DELETED_ONLY if deleted else ViewType.ACTIVE_ONLY
+def _paged(search) -> Iterator:
+    """Every item of an MLflow search, ``search(page_token)`` called page after page."""
     token = None
     while True:
-        # Oldest first: runs created while paging land on the last page and shift nothing.
-        page = client.search_runs(ids, filter_string, run_view_type=view, max_results=PAGE,
-                                  order_by=["attributes.start_time ASC"], page_token=token)  # fmt: skip
+        page = search(token)
         yield from page
         token = page.token
         if not token:
             return
 
 
-def _experiments(client) -> dict[str, int | None]:
-    """The active experiments: id -> creation time."""
-    found, token = {}, None
-    while True:
-        page = client.search_experiments(max_results=PAGE, page_token=token)
-        found.update({e.experiment_id: e.creation_time for e in page})
-        token = page.token
-        if not token:
-            return found
+def _pages(client, ids: list[str], filter_string: str = "", deleted: bool = False) -> Iterator:
+    from mlflow.entities import ViewType
+
+    view = ViewType.DELETED_ONLY if deleted else ViewType.ACTIVE_ONLY
+    # Oldest first: runs created while paging land on the last page and shift nothing.
+    return _paged(lambda token: client.search_runs(
+        ids, filter_string, run_view_type=view, max_results=PAGE,
+        order_by=["attributes.start_time ASC"], page_token=token))  # fmt: skip
 
 
 def _from_client(uri: str, experiment: str | None, cache: RunCache | None) -> list[Run]:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    experiments = _experiments(client)  # every experiment: the cache is one for the whole store
-    ids = list(experiments)
+    # Every active experiment: the cache is one for the whole store.
+    experiments = list(_paged(lambda token: client.search_experiments(max_results=PAGE,
+                                                                      page_token=token)))  # fmt: skip
+    ids = [e.experiment_id for e in experiments]
     if not ids:
         return []
     if cache is not None:
-        cache.check(experiments)
+        cache.check({e.experiment_id: e.creation_time for e in experiments})
     newest = cache.newest_end() if cache is not None else None
     if newest is None:
         if cache is not None:
@@ -160,10 +157,7 @@ def _from_client(uri: str, experiment: str | None, cache: RunCache | None) -> li
         runs = {**cache.load(), **fresh}
         for run_id in deleted:
             runs.pop(run_id, None)
-    live = set(ids)
-    if experiment is not None:
-        found = client.get_experiment_by_name(experiment)
-        live = {found.experiment_id} & live if found is not None else set()
+    live = {e.experiment_id for e in experiments if experiment in (None, e.name)}
     return [r for r in runs.values() if r["experiment_id"] in live]
 
 
