@@ -34,11 +34,13 @@ def cpu_model() -> str:
 
 @dataclass
 class Measurement:
-    """What a target measured: the contract's latency metrics, and the kernel each pruned layer
-    ran with (``dense``, ``csr``, ``bsr4x4``, ``2:4``, or why it stayed dense)."""
+    """What a target measured: the contract's latency metrics, the kernel each pruned layer
+    ran with (``dense``, ``csr``, ``bsr4x4``, ``direct``, ``direct4x1``, ``2:4``, or
+    ``dense (why)``), and tags about the measurement (``latency/noisy``)."""
 
     metrics: dict[str, float]
     kernels: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 class HardwareTarget(ABC):
@@ -52,15 +54,21 @@ class HardwareTarget(ABC):
 
     def __init__(self, name: str, threads: int | None = None, batch_size: int = 1, enabled: bool = True,
                  dense_fallback: bool = False, dtype: str = "fp32", storage_format: str = "dense",
-                 min_run_time: float = 0.5, warmup: int = 5) -> None:  # fmt: skip
-        """``min_run_time`` (seconds) and ``warmup`` (calls) time measured targets; estimated
-        ones take and ignore them, so that one override (``debug=fast``) fits every target."""
+                 min_run_time: float = 0.5, max_run_time: float = 5.0, warmup: int = 5) -> None:  # fmt: skip
+        """``min_run_time`` and ``max_run_time`` (seconds: timing goes on past the first until
+        the median is known to +-5%, never past the second) and ``warmup`` (calls) time
+        measured targets; estimated ones take and ignore them, so that one override
+        (``debug=fast``) fits every target."""
         if batch_size < 1:
             raise ConfigError(f"hardware.batch_size must be >= 1, got {batch_size}.")
         if threads is not None and threads < 1:
             raise ConfigError(f"hardware.threads must be >= 1, got {threads}.")
         if min_run_time <= 0:
             raise ConfigError(f"hardware.min_run_time must be > 0, got {min_run_time}.")
+        if max_run_time < min_run_time:
+            raise ConfigError(
+                f"hardware.max_run_time must be >= hardware.min_run_time ({min_run_time}), got {max_run_time}."
+            )
         if dtype not in DTYPE_BYTES:
             raise ConfigError(
                 f"hardware.dtype must be one of {', '.join(DTYPE_BYTES)}, got '{dtype}'."
@@ -76,7 +84,7 @@ class HardwareTarget(ABC):
         self.dense_fallback = dense_fallback
         self.dtype = dtype
         self.storage_format = storage_format
-        self.min_run_time, self.warmup = min_run_time, warmup
+        self.min_run_time, self.max_run_time, self.warmup = min_run_time, max_run_time, warmup
 
     def supports(self, pattern: Pattern | None) -> bool:
         """Whether this target runs ``pattern`` (None: a dense model)."""

@@ -1,41 +1,17 @@
-"""CPU targets: dense eager PyTorch, and torch.sparse CSR/BSR kernels for Linear and 1x1 convs."""
+"""CPU targets: dense eager PyTorch, and sparse kernels (torch.sparse CSR/BSR; the direct kernel)."""
 
 from __future__ import annotations
 
 import copy
 
-import numpy as np
 import torch
 from torch import nn
 
 from sparsebench.config import ConfigError
 from sparsebench.hardware.base import HardwareTarget, Measurement
+from sparsebench.hardware.direct import DirectSparse, KernelUnavailable, refusal, sparse_rows_op
+from sparsebench.hardware.timing import Noise, Timing, time_interleaved
 from sparsebench.sparsity.patterns import as_matrix
-
-
-def time_forward(fn, threads: int, warmup: int, min_run_time: float) -> tuple[float, float]:
-    """(p50, p90) seconds of ``fn()``: torch.utils.benchmark repeats of ~10 ms each.
-
-    After ``warmup`` calls, one call sizes the repeat (calls per ~10 ms); at least 10 repeats,
-    enough to fill ``min_run_time``. Threads are set for the timing and restored after.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for _ in range(warmup):
-            fn()
-        # Imported here: torch.utils.benchmark loads torch's C++-extension tooling, which warns
-        # about CUDA on import; a run that fails its config checks never needs it.
-        from torch.utils import benchmark
-
-        timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-        single = timer.timeit(number=1).median
-        number = max(1, int(0.01 / max(single, 1e-9)))
-        repeats = max(10, int(min_run_time / max(single * number, 1e-9)))
-        times = np.array([timer.timeit(number=number).median for _ in range(repeats)])
-    finally:
-        torch.set_num_threads(previous)
-    return float(np.percentile(times, 50)), float(np.percentile(times, 90))
 
 
 def batch_like(example: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -45,34 +21,48 @@ def batch_like(example: torch.Tensor, batch_size: int) -> torch.Tensor:
 class CPUTarget(HardwareTarget):
     """Eager PyTorch on the CPU with an explicit thread count, under ``inference_mode``.
 
-    Latency is per forward pass of a batch of ``batch_size``; p50/p90 are over timed repeats
-    (:func:`time_forward`). It runs every pattern with dense kernels (measured speed-up 1).
+    Latency is per forward pass of a batch of ``batch_size``: the median (and p90) of timed
+    blocks, repeated until the median's 95% interval is within +-5% or ``max_run_time`` ends,
+    with the interval, the machine's load and a noise verdict recorded (:mod:`.timing`). It
+    runs every pattern with dense kernels (measured speed-up 1).
     """
 
-    def time_model(self, model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
-        model.eval()
+    def time_models(self, models: dict[str, nn.Module], x: torch.Tensor
+                    ) -> tuple[dict[str, Timing], Noise]:  # fmt: skip
+        """The models' forward passes on ``x``, timed interleaved (:func:`time_interleaved`)."""
+        fns = {}
+        for name, model in models.items():
+            model.eval()
+            fns[name] = torch.inference_mode()(lambda m=model: m(x))
+        return time_interleaved(fns, self.threads, self.warmup, self.min_run_time, self.max_run_time)
 
-        @torch.inference_mode()
-        def forward() -> None:
-            model(x)
-
-        return time_forward(forward, self.threads, self.warmup, self.min_run_time)
-
-    def latency_metrics(self, p50: float, p90: float, dense_p50: float) -> dict[str, float]:
-        return {
-            "latency/p50_ms": p50 * 1e3,
-            "latency/p90_ms": p90 * 1e3,
-            "latency/dense_p50_ms": dense_p50 * 1e3,
-            "speedup/measured": dense_p50 / p50,
-            "throughput/samples_per_s": self.batch_size / p50,
+    def latency(self, timings: dict[str, Timing], noise: Noise) -> Measurement:
+        """The contract's latency metrics of ``timings["model"]`` against ``timings["dense"]``
+        (the model itself where the target runs it dense), and the noise as metrics and tags."""
+        model = timings["model"]
+        dense = timings.get("dense", model)
+        metrics = {
+            "latency/p50_ms": model.p50 * 1e3,
+            "latency/p90_ms": model.p90 * 1e3,
+            "latency/p50_low_ms": model.low * 1e3,
+            "latency/p50_high_ms": model.high * 1e3,
+            "latency/dense_p50_ms": dense.p50 * 1e3,
+            "latency/interval_rel": noise.rel_halfwidth,
+            "speedup/measured": dense.p50 / model.p50,
+            "throughput/samples_per_s": self.batch_size / model.p50,
+            "host/load": noise.competing,
+            "host/load_avg": noise.load_avg,
         }
+        tags = {"latency/noisy": str(noise.noisy).lower()}
+        if noise.noisy:
+            tags["latency/noise"] = "; ".join(noise.reasons)
+        return Measurement(metrics, tags=tags)
 
     def benchmark(self, model, example, layers=None, pattern=None) -> Measurement:
-        p50, p90 = self.time_model(model, batch_like(example, self.batch_size))
         # Dense kernels: the dense reference is the measurement itself.
-        return Measurement(
-            self.latency_metrics(p50, p90, p50), {name: "dense" for name in layers or {}}
-        )
+        measured = self.latency(*self.time_models({"model": model}, batch_like(example, self.batch_size)))
+        measured.kernels = {name: "dense" for name in layers or {}}
+        return measured
 
 
 class SparseLinear(nn.Module):
@@ -135,25 +125,38 @@ def is_matmul_layer(module: nn.Module) -> bool:
 def sparse_candidates(
     module: nn.Module, kernels: list[str], block_sizes: list[int]
 ) -> dict[str, nn.Module]:
-    weight = as_matrix(module.weight.detach())  # 1x1 convs: out x in
-    stride = module.stride[0] if isinstance(module, nn.Conv2d) else None
-    out = {}
-    if "csr" in kernels:
-        out["csr"] = SparseLinear(weight.to_sparse_csr(), module.bias, stride)
-    if "bsr" in kernels:
-        for b in block_sizes:  # MKL's BSR needs square blocks that tile the matrix
-            if weight.shape[0] % b == 0 and weight.shape[1] % b == 0:
-                out[f"bsr{b}x{b}"] = SparseLinear(weight.to_sparse_bsr((b, b)), module.bias, stride)
+    """The sparse versions of ``module`` among ``kernels``: MKL's CSR and square-block BSR
+    (Linear and 1x1 convolutions), and the direct kernel with 1 and 4 rows per group (any
+    Conv2d with groups=1, and Linear)."""
+    out: dict[str, nn.Module] = {}
+    if is_matmul_layer(module):
+        weight = as_matrix(module.weight.detach())  # 1x1 convs: out x in
+        stride = module.stride[0] if isinstance(module, nn.Conv2d) else None
+        if "csr" in kernels:
+            out["csr"] = SparseLinear(weight.to_sparse_csr(), module.bias, stride)
+        if "bsr" in kernels:
+            for b in block_sizes:  # MKL's BSR needs square blocks that tile the matrix
+                if weight.shape[0] % b == 0 and weight.shape[1] % b == 0:
+                    out[f"bsr{b}x{b}"] = SparseLinear(weight.to_sparse_bsr((b, b)), module.bias, stride)
+    if "direct" in kernels and refusal(module) is None:
+        out["direct"] = DirectSparse(module, rows=1)
+        out["direct4x1"] = DirectSparse(module, rows=4)
     return out
 
 
-class CPUSparseTarget(CPUTarget):
-    """torch.sparse kernels for prunable Linear layers and 1x1 convs, the rest dense.
+KERNELS = ("csr", "bsr", "direct")
 
-    Each eligible layer (sparsity >= ``min_sparsity``) is timed on its real input with the
-    dense kernel and each sparse candidate (CSR; BSR with square blocks), and keeps whichever
-    is fastest; the choice per layer is reported. The converted model's outputs are checked
-    against the dense model before any timing.
+
+class CPUSparseTarget(CPUTarget):
+    """Sparse kernels for pruned Linear layers and convolutions, the rest dense.
+
+    Each pruned layer (sparsity >= ``min_sparsity``) is timed on its real input with the dense
+    kernel and each sparse candidate: torch.sparse's MKL CSR and square-block BSR (Linear, 1x1
+    convolutions) and sparsebench's direct kernel (:mod:`.direct`: any convolution with
+    groups=1, and Linear; 1 or 4 output channels per group). It keeps whichever is fastest;
+    the choice per layer is reported, with the reason where a layer stays dense. The converted
+    model's outputs are checked against the dense model before any timing, and the two are
+    timed interleaved.
     """
 
     accelerates = ("unstructured", "nm", "block", "channel")
@@ -161,10 +164,19 @@ class CPUSparseTarget(CPUTarget):
     def __init__(self, kernels: list[str] | None = None, block_sizes: list[int] | None = None,
                  min_sparsity: float | None = None, storage_format: str = "csr", **kwargs) -> None:  # fmt: skip
         super().__init__(storage_format=storage_format, **kwargs)
-        self.kernel_options = list(kernels or ["csr", "bsr"])
-        unknown = set(self.kernel_options) - {"csr", "bsr"}
-        if unknown:
-            raise ConfigError(f"hardware.kernels may hold csr and bsr, got {sorted(unknown)}.")
+        self.kernel_options = list(KERNELS if kernels is None else kernels)
+        unknown = set(self.kernel_options) - set(KERNELS)
+        if unknown or not self.kernel_options:
+            raise ConfigError(
+                f"hardware.kernels may hold {', '.join(KERNELS)} (at least one), got {sorted(unknown) or '[]'}."
+            )
+        if "direct" in self.kernel_options:
+            try:
+                sparse_rows_op()  # built here, before training, so a missing compiler fails first
+            except KernelUnavailable as exc:
+                raise ConfigError(
+                    f"hardware.kernels includes direct, but {exc}; or drop it: hardware.kernels=[csr,bsr]."
+                ) from None
         self.block_sizes = list(block_sizes or [4, 16])
         if any(int(b) < 1 for b in self.block_sizes):
             raise ConfigError(f"hardware.block_sizes must all be >= 1, got {self.block_sizes}.")
@@ -185,43 +197,45 @@ class CPUSparseTarget(CPUTarget):
     def convert(self, model: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor
                 ) -> tuple[nn.Module, dict[str, str]]:  # fmt: skip
         converted = copy.deepcopy(model).eval()
-        eligible = [n for n, m in layers.items() if is_matmul_layer(m)
-                    and 1 - float(m.weight.count_nonzero()) / m.weight.numel() >= self.min_sparsity]  # fmt: skip
-        inputs = self.layer_inputs(converted, eligible, example)
         kernels: dict[str, str] = {}
-        for name in eligible:
+        options: dict[str, dict[str, nn.Module]] = {}
+        for name in layers:
             module = converted.get_submodule(name)
-            options = {
-                "dense": module,
-                **sparse_candidates(module, self.kernel_options, self.block_sizes),
-            }
-            timings = {}
-            for kernel, candidate in options.items():
-                fn = torch.inference_mode()(lambda c=candidate, i=inputs[name]: c(i))
-                timings[kernel] = time_forward(fn, self.threads, 1, self.min_run_time / 10)[0]
-            best = min(timings, key=timings.get)
+            sparsity = 1 - float(module.weight.count_nonzero()) / module.weight.numel()
+            if sparsity < self.min_sparsity:
+                kernels[name] = f"dense (sparsity {sparsity:.2f} < hardware.min_sparsity {self.min_sparsity})"
+                continue
+            candidates = sparse_candidates(module, self.kernel_options, self.block_sizes)
+            if not candidates:
+                reason = refusal(module) if "direct" in self.kernel_options else None
+                kernels[name] = f"dense ({reason or 'no kernel among hardware.kernels runs this layer'})"
+                continue
+            options[name] = {"dense": module, **candidates}
+        inputs = self.layer_inputs(converted, list(options), example)
+        for name, candidates in options.items():
+            fns = {k: lambda c=c, i=inputs[name]: c(i) for k, c in candidates.items()}
+            with torch.inference_mode():
+                timings, _ = time_interleaved(fns, self.threads, 1, self.min_run_time / 10,
+                                              self.min_run_time / 5)  # fmt: skip
+            best = min(timings, key=lambda k: timings[k].p50)
             kernels[name] = best
             if best != "dense":
                 parent_name, _, child = name.rpartition(".")
-                setattr(
-                    converted.get_submodule(parent_name) if parent_name else converted,
-                    child,
-                    options[best],
-                )
+                parent = converted.get_submodule(parent_name) if parent_name else converted
+                setattr(parent, child, candidates[best])
         return converted, kernels
 
     def benchmark(self, model, example, layers=None, pattern=None) -> Measurement:
         x = batch_like(example, self.batch_size)
-        dense_p50, _ = self.time_model(model, x)
         converted, kernels = self.convert(model, layers or {}, x)
         with torch.inference_mode():
-            expected, got = model(x), converted(x)
+            expected, got = model.eval()(x), converted(x)
         if not torch.allclose(expected, got, rtol=1e-4, atol=1e-4):
             error = float((expected - got).abs().max())
             raise RuntimeError(
                 f"hardware '{self.name}': sparse kernels changed the outputs (max error {error:.3g})."
             )
-        p50, p90 = self.time_model(converted, x)
-        metrics = self.latency_metrics(p50, p90, dense_p50)
-        metrics["kernels/sparse_layers"] = sum(k != "dense" for k in kernels.values())
-        return Measurement(metrics, kernels)
+        measured = self.latency(*self.time_models({"dense": model, "model": converted}, x))
+        measured.metrics["kernels/sparse_layers"] = sum(not k.startswith("dense") for k in kernels.values())
+        measured.kernels = kernels
+        return measured

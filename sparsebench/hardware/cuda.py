@@ -37,10 +37,9 @@ class CUDATarget(CPUTarget):
         return batch_like(example, self.batch_size).to(device="cuda", dtype=DTYPES[self.dtype])
 
     def benchmark(self, model, example, layers=None, pattern=None) -> Measurement:
-        p50, p90 = self.time_model(self.prepare(model), self.batch(example))
-        return Measurement(
-            self.latency_metrics(p50, p90, p50), {name: "dense" for name in layers or {}}
-        )
+        measured = self.latency(*self.time_models({"model": self.prepare(model)}, self.batch(example)))
+        measured.kernels = {name: "dense" for name in layers or {}}
+        return measured
 
 
 class CUDA2to4Target(CUDATarget):
@@ -78,13 +77,12 @@ class CUDA2to4Target(CUDATarget):
     def benchmark(self, model, example, layers=None, pattern=None) -> Measurement:
         x = self.batch(example)
         dense = self.prepare(model)
-        dense_p50, _ = self.time_model(dense, x)
         converted, kernels = self.convert(model, layers or {}, x)
         with torch.inference_mode():
             expected, got = dense(x), converted(x)
         if not torch.allclose(expected.float(), got.float(), rtol=1e-2, atol=1e-2):
             raise RuntimeError(f"hardware '{self.name}': 2:4 kernels changed the outputs.")
-        p50, p90 = self.time_model(converted, x)
-        metrics = self.latency_metrics(p50, p90, dense_p50)
-        metrics["kernels/sparse_layers"] = sum(k == "2:4" for k in kernels.values())
-        return Measurement(metrics, kernels)
+        measured = self.latency(*self.time_models({"dense": dense, "model": converted}, x))
+        measured.metrics["kernels/sparse_layers"] = sum(k == "2:4" for k in kernels.values())
+        measured.kernels = kernels
+        return measured

@@ -279,7 +279,7 @@ def measure(results: Results, cfg: DictConfig, model: nn.Module, example: torch.
     if hardware.enabled and benchmark:
         pattern = method.pattern if method is not None else None
         measured = hardware.benchmark(model, example, pruned_layers(model, method), pattern)
-        results.update(measured.metrics)
+        results.update(measured.metrics, measured.tags)  # tags: latency/noisy (and why)
         results.data["kernels"] = measured.kernels  # per-layer kernel the target ran
 
 

@@ -1,0 +1,182 @@
+"""Direct sparse convolution and Linear on the CPU: sparsebench's own kernel, built on first use.
+
+:class:`DirectSparse` runs a pruned Conv2d (any kernel size, stride, padding, dilation;
+``groups=1``) or Linear as sparse weight rows times runs of input pixels, the formulation of
+Elsen et al. 2020, "Fast Sparse ConvNets" (CVPR): activations stay in NCHW order, each
+nonzero weight (c, ky, kx) is an offset into the flat, zero-padded input of one image, and
+output pixel p of a row is the sum of ``value * input[p + offset]`` over the row's nonzeros.
+A stride s is handled by splitting the padded input into its s x s phases first, so that every
+output row reads contiguous input runs. Output pixels are computed on the padded grid's width
+(the few columns past the edge are computed and dropped: one contiguous run per row).
+
+With ``rows=4`` four output channels share their nonzero positions (the group pattern
+``block4x1``, after SparseByteNN, Xu et al. 2023): one load of input pixels feeds four
+accumulators. Any weights run with either kernel (zeros inside a kept group are stored);
+the target picks by measurement.
+
+The kernel is C++ (``kernels/sparse_conv.cpp``), compiled for this machine's CPU by
+``torch.utils.cpp_extension`` the first time it is needed and cached under
+``$TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``), keyed by the source, the
+flags, the CPU and the torch version.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+SOURCE = Path(__file__).with_name("kernels") / "sparse_conv.cpp"
+# -march=native: the vector width and FMA of the CPU it runs on (the build is per machine).
+FLAGS = ["-O3", "-march=native"]
+LANES = 16  # floats per vector in the kernel (vector_size(64))
+
+
+class KernelUnavailable(RuntimeError):
+    """The direct kernel cannot be built here (no C++ compiler)."""
+
+
+def cpu_flags() -> str:
+    """What the compiled code depends on: the CPU's feature flags (or its name off Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), platform.processor())
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+@functools.cache
+def sparse_rows_op():
+    """``torch.ops.sparsebench.sparse_rows``, compiled on first use (about 10 s) and cached.
+
+    One build per source, flags, CPU and torch version: a home folder shared by cluster nodes
+    of different CPUs gets one build per CPU, never a binary the node cannot run."""
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise KernelUnavailable(
+            f"the direct sparse kernel needs a C++ compiler ('{compiler}' is not on PATH; set CXX "
+            "or install g++)"
+        )
+    if shutil.which("ninja") is None:  # torch's builder runs `ninja`; the pip package ships it
+        import ninja
+
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+    from torch.utils import cpp_extension
+
+    key = "\n".join([SOURCE.read_text(), *FLAGS, cpu_flags(), torch.__version__])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    cpp_extension.load(name=f"sparsebench_sparse_rows_{digest}", sources=[str(SOURCE)],
+                       extra_cflags=FLAGS, is_python_module=False, verbose=False)  # fmt: skip
+    return torch.ops.sparsebench.sparse_rows
+
+
+def conv_params(module: nn.Module) -> tuple[tuple[int, int], ...]:
+    """(kernel, stride, padding, dilation) of a Conv2d, or a Linear as a 1x1 convolution."""
+    if isinstance(module, nn.Linear):
+        return (1, 1), (1, 1), (0, 0), (1, 1)
+    return module.kernel_size, module.stride, module.padding, module.dilation
+
+
+def refusal(module: nn.Module) -> str | None:
+    """Why the direct kernel cannot run ``module`` (None: it can)."""
+    if isinstance(module, nn.Linear):
+        return None
+    if not isinstance(module, nn.Conv2d):
+        return f"{type(module).__name__} has no direct kernel"
+    if module.groups != 1:
+        return f"grouped convolution (groups={module.groups}): the direct kernel needs groups=1"
+    if isinstance(module.padding, str) or module.padding_mode != "zeros":
+        return f"padding {module.padding!r} ({module.padding_mode}): the direct kernel pads with zeros"
+    return None
+
+
+class DirectSparse(nn.Module):
+    """A pruned Conv2d or Linear run by the direct kernel (inference only).
+
+    ``rows``: output channels per group (1, or 4 for ``block4x1`` weights). The input layout
+    (offsets, padded width) is derived once per input size and kept."""
+
+    def __init__(self, module: nn.Module, rows: int = 1) -> None:
+        super().__init__()
+        reason = refusal(module)
+        if reason:
+            raise ValueError(reason)
+        weight = module.weight.detach()
+        self.linear = isinstance(module, nn.Linear)
+        self.kernel, self.stride, self.padding, self.dilation = conv_params(module)
+        self.out_channels, self.in_channels = weight.shape[:2]
+        self.rows = rows
+        groups = -(-self.out_channels // rows)
+        weight = weight.reshape(self.out_channels, -1)  # (c, ky, kx) column order, as unfolded
+        weight = torch.cat([weight, weight.new_zeros(groups * rows - len(weight), weight.shape[1])])
+        weight = weight.reshape(groups, rows, -1)
+        keep = (weight != 0).any(1)  # groups x columns: the positions a group stores
+        group, self.columns = keep.nonzero(as_tuple=True)
+        self.values = weight.permute(0, 2, 1)[group, self.columns].contiguous().reshape(-1)
+        self.rowptr = torch.zeros(groups + 1, dtype=torch.int32)
+        self.rowptr[1:] = keep.sum(1).cumsum(0)
+        bias = module.bias.detach() if module.bias is not None else None
+        self.bias = (torch.empty(0) if bias is None
+                     else torch.cat([bias, bias.new_zeros(groups * rows - len(bias))]))  # fmt: skip
+        self.op = sparse_rows_op()
+        self.layouts: dict[tuple[int, int], dict] = {}
+
+    def layout(self, h: int, w: int) -> dict:
+        """Offsets and sizes for an h x w input: the padded input split into its stride phases
+        (for stride 1 the padded input itself), each flat, one image after another."""
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
+        hp, wp = h + 2 * ph, w + 2 * pw
+        ho, wo = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+        hq, wq = -(-hp // sh), -(-wp // sw)  # one phase plane
+        c = torch.arange(self.in_channels)[:, None, None]
+        ky = torch.arange(kh)[None, :, None] * dh
+        kx = torch.arange(kw)[None, None, :] * dw
+        offsets = (((c * sh + ky % sh) * sw + kx % sw) * hq * wq + (ky // sh) * wq + kx // sw)
+        offsets = offsets.reshape(-1)
+        pixels = ho * wq
+        vectors = self.vectors(pixels)
+        tile = vectors * LANES
+        width = -(-pixels // tile) * tile
+        plane = self.in_channels * sh * sw * hq * wq
+        return {"hq": hq, "wq": wq, "ho": ho, "wo": wo, "vectors": vectors, "width": width,
+                "plane": plane, "length": max(plane, int(offsets.max()) + width),
+                "offsets": offsets[self.columns].to(torch.int32)}  # fmt: skip
+
+    def vectors(self, pixels: int) -> int:
+        """Vectors of 16 pixels per tile: the widest that pads the row least (measured on
+        ResNet-18/MobileNetV2 shapes: wider tiles win until padding wastes the row)."""
+        options = (8, 4) if self.rows == 1 else (4, 2)
+        return min(options, key=lambda v: (-(-pixels // (v * LANES)) * v * LANES, -v))
+
+    def flat(self, x: torch.Tensor, lay: dict) -> torch.Tensor:
+        """The padded, phase-split input, one flat row per image."""
+        n, c, h, w = x.shape
+        (sh, sw), (ph, pw) = self.stride, self.padding
+        hq, wq = lay["hq"], lay["wq"]
+        buf = x.new_zeros(n, lay["length"])
+        if sh == sw == 1:
+            buf[:, : lay["plane"]].view(n, c, hq, wq)[:, :, ph : ph + h, pw : pw + w] = x
+            return buf
+        padded = torch.nn.functional.pad(x, (pw, wq * sw - w - pw, ph, hq * sh - h - ph))
+        phases = padded.view(n, c, hq, sh, wq, sw).permute(0, 1, 3, 5, 2, 4)
+        buf[:, : lay["plane"]].view(n, c, sh, sw, hq, wq).copy_(phases)
+        return buf
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.linear:  # the batch as one row of pixels: (in, B), one image
+            lead, x = x.shape[:-1], x.reshape(-1, x.shape[-1])
+            x = x.t().reshape(1, self.in_channels, 1, -1)
+        n, _, h, w = x.shape
+        lay = self.layouts.get((h, w)) or self.layouts.setdefault((h, w), self.layout(h, w))
+        y = self.op(self.flat(x, lay), self.rowptr, lay["offsets"], self.values, self.bias,
+                    self.rows, lay["vectors"], lay["width"])  # fmt: skip
+        y = y[:, : self.out_channels, : lay["ho"] * lay["wq"]]
+        if self.linear:
+            return y[0].t().reshape(*lead, self.out_channels)
+        return y.view(n, self.out_channels, lay["ho"], lay["wq"])[..., : lay["wo"]]

@@ -1,0 +1,118 @@
+// Sparse weight x dense activations on the CPU: the kernel of sparsebench's cpu_sparse target
+// for convolutions (any kernel size, stride, padding, dilation) and Linear layers.
+//
+// Written by hand because no maintained library reachable from PyTorch 2.14 on x86 runs a
+// sparse convolution directly (docs/hardware.md, "Why a kernel of our own"): torch.sparse's
+// MKL CSR/BSR products need the inputs unfolded first, which costs more than the dense
+// convolution it replaces; XNNPACK's sparse path is ARM-only in PyTorch builds; oneDNN's
+// sparse primitives are not exposed to Python.
+//
+// The formulation is Elsen et al. 2020, "Fast Sparse ConvNets" (CVPR): output channels are
+// rows of a sparse matrix, and the activations stay in CHW order so that each nonzero weight
+// multiplies a contiguous run of pixels. A k x k convolution becomes the same product over
+// shifted runs: the caller lays the (zero-padded, stride-phase-split) input out flat, and each
+// nonzero (c, ky, kx) becomes an offset into it; output pixel p of a row reads input p + offset.
+// Rows are processed in blocks of R output channels (R = 1, or 4 for the group pattern of
+// SparseByteNN, Xu et al. 2023, where 4 output channels keep or drop a weight position
+// together): one load of input pixels then feeds R accumulators.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+namespace {
+
+typedef float vf __attribute__((vector_size(64)));  // 16 floats: 1 AVX-512 or 2 AVX2 registers
+constexpr int64_t LANES = 16;
+
+inline vf load(const float* p) {
+  vf v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline void store(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
+
+// out[n, g*R + r, p] = bias[g*R + r] + sum_k vals[k*R + r] * inp[n, offs[k] + p]
+// for k in [rowptr[g], rowptr[g+1]), p in [0, tiles * V * LANES).
+template <int R, int V>
+void spmm(const float* inp, int64_t in_stride, const int32_t* rowptr, const int32_t* offs,
+          const float* vals, const float* bias, float* out, int64_t n_images, int64_t groups,
+          int64_t tiles, int64_t out_stride) {
+  const int64_t tile = V * LANES;
+  const int64_t width = tiles * tile;
+  at::parallel_for(0, n_images * tiles * groups, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t g = i % groups, t = (i / groups) % tiles, n = i / (groups * tiles);
+      const float* x = inp + n * in_stride + t * tile;
+      vf acc[R][V];
+      for (int r = 0; r < R; ++r) {
+        const float b = bias ? bias[g * R + r] : 0.0f;
+        for (int v = 0; v < V; ++v) acc[r][v] = (vf){} + b;
+      }
+      // With one row, two accumulator sets (even and odd nonzeros) hide the FMA latency.
+      constexpr int S = R == 1 ? 2 : 1;
+      vf part[S > 1 ? V : 1];
+      for (int v = 0; v < (S > 1 ? V : 1); ++v) part[v] = (vf){};
+      int32_t k = rowptr[g];
+      const int32_t stop = rowptr[g + 1];
+      if constexpr (S > 1) {
+        for (; k + 1 < stop; k += 2) {
+          const float* xa = x + offs[k];
+          const float* xb = x + offs[k + 1];
+          const float wa = vals[k], wb = vals[k + 1];
+          for (int v = 0; v < V; ++v) {
+            acc[0][v] += wa * load(xa + v * LANES);
+            part[v] += wb * load(xb + v * LANES);
+          }
+        }
+      }
+      for (; k < stop; ++k) {
+        const float* xp = x + offs[k];
+        vf xin[V];
+        for (int v = 0; v < V; ++v) xin[v] = load(xp + v * LANES);
+        for (int r = 0; r < R; ++r) {
+          const float w = vals[int64_t(k) * R + r];
+          for (int v = 0; v < V; ++v) acc[r][v] += w * xin[v];
+        }
+      }
+      if constexpr (S > 1)
+        for (int v = 0; v < V; ++v) acc[0][v] += part[v];
+      float* y = out + n * out_stride + (g * R) * width + t * tile;
+      for (int r = 0; r < R; ++r)
+        for (int v = 0; v < V; ++v) store(y + r * width + v * LANES, acc[r][v]);
+    }
+  });
+}
+
+// inp [N, L] (flat, padded so that every offset + tiles * tile fits); rowptr [G + 1];
+// offs [nnz]; vals [nnz * R]; bias [G * R] or empty. Returns [N, G * R, tiles * tile].
+at::Tensor sparse_rows(const at::Tensor& inp, const at::Tensor& rowptr, const at::Tensor& offs,
+                       const at::Tensor& vals, const at::Tensor& bias, int64_t rows_per_group,
+                       int64_t vectors, int64_t width) {
+  TORCH_CHECK(inp.dim() == 2 && inp.is_contiguous() && inp.scalar_type() == at::kFloat,
+              "sparse_rows: inp must be a contiguous float [N, L] tensor");
+  TORCH_CHECK(rowptr.scalar_type() == at::kInt && offs.scalar_type() == at::kInt,
+              "sparse_rows: rowptr and offs must be int32");
+  const int64_t tile = vectors * LANES;
+  TORCH_CHECK(width % tile == 0, "sparse_rows: width must be a multiple of the tile");
+  const int64_t groups = rowptr.numel() - 1, tiles = width / tile, n = inp.size(0);
+  const int64_t max_off = offs.numel() ? offs.max().item<int32_t>() : 0;
+  TORCH_CHECK(max_off + width <= inp.size(1), "sparse_rows: inp is too short for its offsets");
+  auto out = at::empty({n, groups * rows_per_group, width}, inp.options());
+  const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;
+  auto args = std::make_tuple(inp.data_ptr<float>(), inp.size(1), rowptr.data_ptr<int32_t>(),
+                              offs.data_ptr<int32_t>(), vals.data_ptr<float>(), b,
+                              out.data_ptr<float>(), n, groups, tiles, out.stride(0));
+#define SB_CASE(R, V) \
+  if (rows_per_group == R && vectors == V) return std::apply(spmm<R, V>, args), out;
+  SB_CASE(1, 4) SB_CASE(1, 8) SB_CASE(4, 2) SB_CASE(4, 4)
+#undef SB_CASE
+  TORCH_CHECK(false, "sparse_rows: (rows_per_group, vectors) must be (1, 4), (1, 8), (4, 2) or (4, 4)");
+}
+
+}  // namespace
+
+TORCH_LIBRARY(sparsebench, m) {
+  m.def("sparse_rows(Tensor inp, Tensor rowptr, Tensor offs, Tensor vals, Tensor bias, "
+        "int rows_per_group, int vectors, int width) -> Tensor", &sparse_rows);
+}
