@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 
 import torch
 from torch import nn
@@ -12,6 +13,8 @@ from sparsebench.hardware.base import HardwareTarget, Measurement
 from sparsebench.hardware.direct import DirectSparse, KernelUnavailable, refusal, sparse_rows_op
 from sparsebench.hardware.timing import Noise, Timing, time_interleaved
 from sparsebench.sparsity.patterns import as_matrix
+
+log = logging.getLogger(__name__)
 
 
 def batch_like(example: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -56,6 +59,8 @@ class CPUTarget(HardwareTarget):
         tags = {"latency/noisy": str(noise.noisy).lower()}
         if noise.noisy:
             tags["latency/noise"] = "; ".join(noise.reasons)
+            log.warning("hardware '%s': latency is noisy: %s (latency/noisy=true).", self.name,
+                        tags["latency/noise"])  # fmt: skip
         return Measurement(metrics, tags=tags)
 
     def benchmark(self, model, example, layers=None, pattern=None) -> Measurement:

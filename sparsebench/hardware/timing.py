@@ -14,7 +14,6 @@ training, so the noise verdict reads the measured competition instead.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import threading
@@ -26,8 +25,6 @@ import numpy as np
 import psutil
 import torch
 from scipy import stats
-
-log = logging.getLogger(__name__)
 
 MIN_ROUNDS = 10
 BLOCK_SECONDS = 0.01
@@ -161,8 +158,5 @@ def judge(timings: dict[str, Timing], competing: float, threads: int, cores: int
         reasons.append(f"other work used {competing:.1f} cores beside {threads} timing "
                        f"thread{'s' if threads > 1 else ''} on {cores} cores")  # fmt: skip
     widest = max(t.rel_halfwidth for t in timings.values())
-    noise = Noise(competing, os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan,
-                  cores, threads, widest, reasons)  # fmt: skip
-    if noise.noisy:
-        log.warning("latency is noisy: %s; latency/noisy=true.", "; ".join(reasons))
-    return noise
+    return Noise(competing, os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan,
+                 cores, threads, widest, reasons)  # fmt: skip

@@ -19,6 +19,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstring>
+
 namespace {
 
 typedef float vf __attribute__((vector_size(64)));  // 16 floats: 1 AVX-512 or 2 AVX2 registers
@@ -32,14 +35,55 @@ inline vf load(const float* p) {
 
 inline void store(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
 
-// out[n, g*R + r, p] = bias[g*R + r] + sum_k vals[k*R + r] * inp[n, offs[k] + p]
-// for k in [rowptr[g], rowptr[g+1]), p in [0, tiles * V * LANES).
+// The floats at p of which only the first `avail` exist (the rest read as zeros).
+inline vf load_bounded(const float* p, int64_t avail) {
+  if (avail >= LANES) return load(p);
+  vf v = (vf){};
+  if (avail > 0) __builtin_memcpy(&v, p, avail * sizeof(float));
+  return v;
+}
+
+// Where output pixels go: pixel p of the computed grid (rows of `grid_w`) is output pixel
+// (p / grid_w, p % grid_w) of an out_h x out_w image; columns past out_w are dropped.
+struct Grid {
+  int64_t grid_w, out_h, out_w;
+};
+
+// Store R rows of one tile (pixels p0 .. p0 + n - 1 of the grid) into out (channel stride
+// out_h * out_w): whole vectors when the grid is the output, else row segment by segment.
+template <int R, int V>
+inline void store_tile(const vf (&acc)[R][V], float* out, int64_t p0, const Grid& g) {
+  constexpr int64_t n = V * LANES;
+  const int64_t plane = g.out_h * g.out_w;
+  if (g.grid_w == g.out_w && p0 + n <= plane) {
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < V; ++v) store(out + r * plane + p0 + v * LANES, acc[r][v]);
+    return;
+  }
+  float buf[R][n];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) store(buf[r] + v * LANES, acc[r][v]);
+  for (int64_t p = p0; p < p0 + n;) {
+    const int64_t y = p / g.grid_w, x = p - y * g.grid_w;
+    const int64_t run = std::min(g.grid_w - x, p0 + n - p);
+    if (y >= g.out_h) break;
+    const int64_t keep = std::min(run, std::max<int64_t>(0, g.out_w - x));
+    for (int r = 0; r < R && keep > 0; ++r)
+      std::memcpy(out + r * plane + y * g.out_w + x, buf[r] + (p - p0), keep * sizeof(float));
+    p += run;
+  }
+}
+
+// out[n, g*R + r, pixel] = bias[g*R + r] + sum_k vals[k*R + r] * inp[n, offs[k] + p] for k in
+// [rowptr[g], rowptr[g+1]) and each grid pixel p in [0, tiles * V * LANES), stored by Grid.
+// Tiles from `safe_tiles` on may reach past the end of an image's input (when the caller
+// passes the activations in place, with no padding after them): they read with bounds.
 template <int R, int V>
 void spmm(const float* inp, int64_t in_stride, const int32_t* rowptr, const int32_t* offs,
           const float* vals, const float* bias, float* out, int64_t n_images, int64_t groups,
-          int64_t tiles, int64_t out_stride) {
+          int64_t tiles, int64_t safe_tiles, int64_t out_stride, Grid grid) {
   const int64_t tile = V * LANES;
-  const int64_t width = tiles * tile;
+  const int64_t plane = grid.out_h * grid.out_w;
   at::parallel_for(0, n_images * tiles * groups, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t g = i % groups, t = (i / groups) % tiles, n = i / (groups * tiles);
@@ -55,6 +99,18 @@ void spmm(const float* inp, int64_t in_stride, const int32_t* rowptr, const int3
       for (int v = 0; v < (S > 1 ? V : 1); ++v) part[v] = (vf){};
       int32_t k = rowptr[g];
       const int32_t stop = rowptr[g + 1];
+      if (t >= safe_tiles) {
+        const int64_t end = in_stride - t * tile;  // floats of this image from x on
+        for (; k < stop; ++k) {
+          vf xin[V];
+          for (int v = 0; v < V; ++v)
+            xin[v] = load_bounded(x + offs[k] + v * LANES, end - offs[k] - v * LANES);
+          for (int r = 0; r < R; ++r) {
+            const float w = vals[int64_t(k) * R + r];
+            for (int v = 0; v < V; ++v) acc[r][v] += w * xin[v];
+          }
+        }
+      }
       if constexpr (S > 1) {
         for (; k + 1 < stop; k += 2) {
           const float* xa = x + offs[k];
@@ -77,18 +133,18 @@ void spmm(const float* inp, int64_t in_stride, const int32_t* rowptr, const int3
       }
       if constexpr (S > 1)
         for (int v = 0; v < V; ++v) acc[0][v] += part[v];
-      float* y = out + n * out_stride + (g * R) * width + t * tile;
-      for (int r = 0; r < R; ++r)
-        for (int v = 0; v < V; ++v) store(y + r * width + v * LANES, acc[r][v]);
+      store_tile<R, V>(acc, out + n * out_stride + (g * R) * plane, t * tile, grid);
     }
   });
 }
 
-// inp [N, L] (flat, padded so that every offset + tiles * tile fits); rowptr [G + 1];
-// offs [nnz]; vals [nnz * R]; bias [G * R] or empty. Returns [N, G * R, tiles * tile].
+// inp [N, L] (flat; tiles that would read past L read zeros there); rowptr [G + 1]; offs [nnz];
+// vals [nnz * R]; bias [G * R] or empty; width: grid pixels computed (a multiple of the tile).
+// Returns [N, G * R, out_h * out_w]: grid pixel p is output (p / grid_w, p % grid_w).
 at::Tensor sparse_rows(const at::Tensor& inp, const at::Tensor& rowptr, const at::Tensor& offs,
                        const at::Tensor& vals, const at::Tensor& bias, int64_t rows_per_group,
-                       int64_t vectors, int64_t width) {
+                       int64_t vectors, int64_t width, int64_t grid_w, int64_t out_h,
+                       int64_t out_w) {
   TORCH_CHECK(inp.dim() == 2 && inp.is_contiguous() && inp.scalar_type() == at::kFloat,
               "sparse_rows: inp must be a contiguous float [N, L] tensor");
   TORCH_CHECK(rowptr.scalar_type() == at::kInt && offs.scalar_type() == at::kInt,
@@ -96,13 +152,26 @@ at::Tensor sparse_rows(const at::Tensor& inp, const at::Tensor& rowptr, const at
   const int64_t tile = vectors * LANES;
   TORCH_CHECK(width % tile == 0, "sparse_rows: width must be a multiple of the tile");
   const int64_t groups = rowptr.numel() - 1, tiles = width / tile, n = inp.size(0);
-  const int64_t max_off = offs.numel() ? offs.max().item<int32_t>() : 0;
-  TORCH_CHECK(max_off + width <= inp.size(1), "sparse_rows: inp is too short for its offsets");
-  auto out = at::empty({n, groups * rows_per_group, width}, inp.options());
+  TORCH_CHECK(rowptr.numel() >= 1 && offs.is_contiguous() && vals.is_contiguous(),
+              "sparse_rows: rowptr must be non-empty, offs and vals contiguous");
+  TORCH_CHECK(out_w <= grid_w && out_h * grid_w <= width, "sparse_rows: grid smaller than out");
+  const int32_t* o = offs.data_ptr<int32_t>();
+  int64_t max_off = 0, min_off = 0;
+  for (int64_t k = 0; k < offs.numel(); ++k) {
+    max_off = std::max<int64_t>(max_off, o[k]);
+    min_off = std::min<int64_t>(min_off, o[k]);
+  }
+  TORCH_CHECK(min_off >= 0 && max_off < inp.size(1), "sparse_rows: an offset is outside inp");
+  const int64_t safe_tiles = std::max<int64_t>(0, (inp.size(1) - max_off) / tile);
+  TORCH_CHECK(rowptr.is_contiguous() && rowptr.data_ptr<int32_t>()[groups] == offs.numel() &&
+                  vals.numel() == offs.numel() * rows_per_group,
+              "sparse_rows: rowptr, offs and vals disagree");
+  auto out = at::empty({n, groups * rows_per_group, out_h * out_w}, inp.options());
   const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;
   auto args = std::make_tuple(inp.data_ptr<float>(), inp.size(1), rowptr.data_ptr<int32_t>(),
                               offs.data_ptr<int32_t>(), vals.data_ptr<float>(), b,
-                              out.data_ptr<float>(), n, groups, tiles, out.stride(0));
+                              out.data_ptr<float>(), n, groups, tiles, safe_tiles, out.stride(0),
+                              Grid{grid_w, out_h, out_w});
 #define SB_CASE(R, V) \
   if (rows_per_group == R && vectors == V) return std::apply(spmm<R, V>, args), out;
   SB_CASE(1, 4) SB_CASE(1, 8) SB_CASE(4, 2) SB_CASE(4, 4)
@@ -114,5 +183,6 @@ at::Tensor sparse_rows(const at::Tensor& inp, const at::Tensor& rowptr, const at
 
 TORCH_LIBRARY(sparsebench, m) {
   m.def("sparse_rows(Tensor inp, Tensor rowptr, Tensor offs, Tensor vals, Tensor bias, "
-        "int rows_per_group, int vectors, int width) -> Tensor", &sparse_rows);
+        "int rows_per_group, int vectors, int width, int grid_w, int out_h, int out_w) -> Tensor",
+        &sparse_rows);
 }
