@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import os
 import warnings
 
@@ -50,15 +51,37 @@ LAYERS = [("resnet18 layer1 3x3", 64, 64, 56, 3, 1), ("resnet18 layer2 3x3", 128
           ("mobilenetv2 1x1 project", 144, 24, 56, 1, 1), ("mobilenetv2 1x1 960->160", 960, 160, 7, 1, 1)]  # fmt: skip
 
 
-def prune(model: nn.Module, layers: dict[str, nn.Module], pattern: Pattern, sparsity: float) -> None:
+def prune(
+    model: nn.Module, layers: dict[str, nn.Module], pattern: Pattern, sparsity: float
+) -> None:
     """Magnitude pruning of each layer at ``sparsity`` in ``pattern`` (uniform per layer)."""
     with torch.no_grad():
         for module in layers.values():
             module.weight.mul_(pattern.mask(module.weight.abs(), 1 - sparsity))
 
 
+def alternatives(conv: nn.Conv2d, x: torch.Tensor) -> dict:
+    """The ways to run ``conv`` on ``x``, by name (the columns of the layer table)."""
+    k, stride, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+    channels_last = copy.deepcopy(conv).to(memory_format=torch.channels_last)
+    x_cl = x.to(memory_format=torch.channels_last)
+    weight = int32_indices(conv.weight.detach().reshape(conv.out_channels, -1).to_sparse_csr())
+    direct, group = DirectSparse(conv, rows=1), DirectSparse(conv, rows=4)
+    return {
+        "dense": lambda: F.conv2d(x, conv.weight, None, stride, pad),
+        "dense CL": lambda: channels_last(x_cl),
+        "unfold+CSR": lambda: torch.sparse.mm(
+            weight, F.unfold(x, k, padding=pad, stride=stride)[0]
+        ),
+        "direct": lambda: direct(x),
+        "direct4x1": lambda: group(x),
+    }
+
+
 def layer_table(threads: int, quick: bool) -> Table:
-    table = Table(title=f"Layers at 90% sparsity, batch 1, {threads} threads (median ms; speed-up over dense NCHW)")
+    table = Table(
+        title=f"Layers at 90% sparsity, batch 1, {threads} threads (median ms; speed-up over dense NCHW)"
+    )
     for col in ("layer", "pattern", "dense", "dense CL", "unfold+CSR", "direct", "direct4x1"):
         table.add_column(col, justify="right")
     for name, cin, cout, size, k, stride in LAYERS[:3] if quick else LAYERS:
@@ -67,16 +90,7 @@ def layer_table(threads: int, quick: bool) -> Table:
             conv = nn.Conv2d(cin, cout, k, stride, k // 2, bias=False).eval()
             prune(conv, {"": conv}, pattern, 0.9)
             x = torch.randn(1, cin, size, size)
-            cl, x_cl = conv.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
-            weight = int32_indices(conv.weight.detach().reshape(cout, -1).to_sparse_csr())
-            fns = {
-                "dense": lambda: F.conv2d(x, conv.weight, None, stride, k // 2),
-                "dense CL": lambda: cl(x_cl),
-                "unfold+CSR": lambda: torch.sparse.mm(weight, F.unfold(x, k, padding=k // 2, stride=stride)[0]),
-                "direct": DirectSparse(conv, rows=1).__call__,
-                "direct4x1": DirectSparse(conv, rows=4).__call__,
-            }  # fmt: skip
-            fns = {key: (fn if key.startswith(("dense", "unfold")) else (lambda f=fn: f(x))) for key, fn in fns.items()}
+            fns = alternatives(conv, x)
             with torch.inference_mode():
                 reference = conv(x)
                 for key in ("direct", "direct4x1"):
@@ -95,7 +109,9 @@ def network_row(table: Table, model: nn.Module, label: str, pattern: Pattern, sp
     flops = flops_per_sample(model, x, layers)
     measured = target.benchmark(model, x, layers, pattern)
     m = measured.metrics
-    won = collections.Counter(k if not k.startswith("dense") else "dense" for k in measured.kernels.values())
+    won = collections.Counter(
+        k if not k.startswith("dense") else "dense" for k in measured.kernels.values()
+    )
     table.add_row(label, pattern.label, f"{sparsity:.2f}", f"{m['latency/dense_p50_ms']:.2f}", f"{m['latency/p50_ms']:.2f}",
                   f"{m['speedup/measured']:.2f}x", f"[{m['latency/dense_p50_ms'] / m['latency/p50_high_ms']:.2f}, {m['latency/dense_p50_ms'] / m['latency/p50_low_ms']:.2f}]",
                   f"{flops['flops/dense'] / flops['flops/sparse']:.2f}x", " ".join(f"{k}:{v}" for k, v in sorted(won.items())),
@@ -117,18 +133,24 @@ def network_table(threads: int, quick: bool) -> tuple[Table, dict]:
                 torch.manual_seed(0)
                 model = timm.create_model(arch).eval()
                 target = CPUSparseTarget(name="cpu_sparse", threads=threads, batch_size=1)
-                goals[(arch, pattern.label, sparsity)] = network_row(table, model, arch, pattern, sparsity, target, x)
+                goals[(arch, pattern.label, sparsity)] = network_row(
+                    table, model, arch, pattern, sparsity, target, x
+                )
             if pattern is GROUP:
                 continue
             torch.manual_seed(0)
             model = timm.create_model(arch).eval()
-            mkl = CPUSparseTarget(name="cpu_sparse", threads=threads, batch_size=1, kernels=["csr", "bsr"])
+            mkl = CPUSparseTarget(
+                name="cpu_sparse", threads=threads, batch_size=1, kernels=["csr", "bsr"]
+            )
             network_row(table, model, f"{arch} (MKL only)", pattern, 0.9, mkl, x)
     return table, goals
 
 
 def mlp_table(threads: int) -> tuple[Table, dict]:
-    table = Table(title=f"The README's MLP (40 -> 4096 -> 4096 -> 10), 90% random, batch 64, {threads} threads")
+    table = Table(
+        title=f"The README's MLP (40 -> 4096 -> 4096 -> 10), 90% random, batch 64, {threads} threads"
+    )
     for col in ("network", "pattern", "sparsity", "dense ms", "sparse ms", "speed-up", "interval",
                 "ideal", "kernels (layers won)", "noisy"):  # fmt: skip
         table.add_column(col, justify="right")
@@ -138,7 +160,9 @@ def mlp_table(threads: int) -> tuple[Table, dict]:
         torch.manual_seed(0)
         model = MLP(40, 10, hidden_dims=[4096, 4096]).eval()
         target = CPUSparseTarget(name="cpu_sparse", threads=threads, batch_size=64, kernels=kernels)
-        goals[tuple(kernels)] = network_row(table, model, f"mlp [{','.join(kernels)}]", Unstructured(), 0.9, target, x)
+        goals[tuple(kernels)] = network_row(
+            table, model, f"mlp [{','.join(kernels)}]", Unstructured(), 0.9, target, x
+        )
     return table, goals
 
 
@@ -150,7 +174,9 @@ def main() -> None:
     warnings.filterwarnings("ignore", message=".*Sparse (CSR|BSR) tensor support is in beta.*")
     warnings.filterwarnings("ignore", message=".*Sparse invariant checks are implicitly disabled.*")
     console = Console(width=160)
-    console.print(f"CPU: {psutil.cpu_count(logical=False)} cores, load average {os.getloadavg()[0]:.2f} at start, torch {torch.__version__}")
+    console.print(
+        f"CPU: {psutil.cpu_count(logical=False)} cores, load average {os.getloadavg()[0]:.2f} at start, torch {torch.__version__}"
+    )
     console.print(layer_table(args.threads, args.quick))
     networks, goals = network_table(args.threads, args.quick)
     console.print(networks)

@@ -23,7 +23,10 @@ REPO = Path(__file__).resolve().parent.parent
 torch.set_num_threads(1)
 # The direct sparse kernel is built once per machine, not once per test's own cache folder
 # (own_cache below); run_cli's processes inherit the setting.
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torch_extensions"))
+os.environ.setdefault(
+    "TORCH_EXTENSIONS_DIR",
+    str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torch_extensions"),
+)
 register_configs()
 register_schemas()  # method, transform and hardware schemas, from their classes
 register_resolvers()

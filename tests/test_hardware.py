@@ -4,6 +4,7 @@ pattern checks before training, roofline estimates. CUDA tests need a GPU and sk
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,10 @@ from sparsebench.hardware import (
     CUDATarget,
     RooflineTarget,
 )
-from sparsebench.hardware.cpu import SparseLinear
+from sparsebench.hardware.cpu import SparseLinear, sparse_candidates
+from sparsebench.hardware.deploy import fold_batchnorm
+from sparsebench.hardware.direct import DirectSparse
+from sparsebench.hardware.timing import Timing, judge, time_interleaved, timing_cpus
 from sparsebench.metrics.size import layer_bytes, model_bytes
 from sparsebench.sparsity.patterns import NM, Block, Unstructured
 from tests.conftest import compose_config, run_cli
@@ -95,7 +99,9 @@ def test_cpu_sparse_converts_checks_and_reports_kernels() -> None:
     assert measured.kernels["4"] == "dense (sparsity 0.10 < hardware.min_sparsity 0.3)"
     assert measured.kernels["2"] in {"dense", "csr", "bsr4x4", "bsr16x16", "direct", "direct4x1"}
     assert metrics["latency/p50_ms"] <= metrics["latency/p90_ms"]
-    assert metrics["latency/p50_low_ms"] <= metrics["latency/p50_ms"] <= metrics["latency/p50_high_ms"]
+    assert (
+        metrics["latency/p50_low_ms"] <= metrics["latency/p50_ms"] <= metrics["latency/p50_high_ms"]
+    )
     assert measured.tags["latency/noisy"] in {"true", "false"}
     assert metrics["speedup/measured"] == pytest.approx(
         metrics["latency/dense_p50_ms"] / metrics["latency/p50_ms"]
@@ -104,6 +110,112 @@ def test_cpu_sparse_converts_checks_and_reports_kernels() -> None:
     x = torch.randn(3, 32)
     with torch.no_grad():
         assert torch.allclose(converted(x), model(x), atol=1e-5)
+
+
+# (in, out, kernel, stride, padding, dilation, groups, bias, input h x w): strides 1-3,
+# symmetric and asymmetric padding, dilation, rectangular kernels, grouped and depthwise.
+CONVS = [(8, 12, 3, 1, 1, 1, 1, True, (9, 9)), (8, 12, 3, 2, 1, 1, 1, False, (9, 8)),
+         (8, 12, 3, 3, 2, 1, 1, True, (11, 10)), (8, 12, 3, 1, 2, 2, 1, True, (9, 9)),
+         (8, 12, (1, 3), (2, 1), (0, 2), (1, 2), 1, False, (7, 9)), (8, 16, 5, 2, (2, 1), 1, 1, True, (12, 9)),
+         (8, 12, 1, 1, 0, 1, 1, True, (7, 7)), (8, 12, 1, 2, 0, 1, 1, False, (9, 9)),
+         (8, 16, 3, 1, 1, 1, 2, True, (8, 8)), (8, 8, 3, 2, 1, 1, 8, True, (9, 9))]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CONVS, ids=lambda c: f"k{c[2]}s{c[3]}p{c[4]}d{c[5]}g{c[6]}")
+def test_direct_kernel_matches_dense_convolution(case) -> None:
+    cin, cout, k, stride, padding, dilation, groups, bias, size = case
+    torch.manual_seed(0)
+    conv = _sparse(nn.Conv2d(cin, cout, k, stride, padding, dilation, groups, bias), 0.7)
+    for rows in (1, 4):
+        if rows == 4 and (cout // groups) % 4:  # depthwise: 4 output channels share no input
+            assert "direct4x1" not in sparse_candidates(conv, ["direct"], [])
+            continue
+        direct = DirectSparse(conv, rows)
+        for batch in (1, 3):
+            for x in (
+                torch.randn(batch, cin, *size),
+                torch.randn(batch, cin, *size).to(memory_format=torch.channels_last),
+            ):
+                with torch.no_grad():
+                    expected, got = conv(x), direct(x)  # the second call reuses the input buffer
+                assert got.shape == expected.shape and got.is_contiguous()
+                assert torch.allclose(got, expected, atol=1e-5), (rows, batch)
+
+
+def test_direct_kernel_matches_dense_linear_and_reports_what_it_refuses() -> None:
+    torch.manual_seed(0)
+    linear = _sparse(nn.Linear(40, 30), 0.8)
+    x = torch.randn(5, 3, 40)
+    for rows in (1, 4):
+        assert torch.allclose(DirectSparse(linear, rows)(x), linear(x), atol=1e-5)
+    reflect = _sparse(nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"), 0.9)
+    model = nn.Sequential(_sparse(nn.Conv2d(3, 8, 3, padding=1), 0.9), nn.ReLU(), reflect)
+    target = CPUSparseTarget(name="cpu_sparse", threads=1, min_run_time=0.02, max_run_time=0.2,
+                             warmup=1, kernels=["direct"])  # fmt: skip
+    _, kernels = target.convert(model, {"0": model[0], "2": reflect}, torch.randn(1, 3, 10, 10))
+    assert kernels["2"] == "dense (padding_mode 'reflect': the direct kernel pads with zeros)"
+    assert kernels["0"] in {"dense", "direct", "direct4x1"}
+
+
+def test_batchnorm_folding_keeps_outputs_and_zeros() -> None:
+    torch.manual_seed(0)
+    shared = nn.Conv2d(8, 8, 3, padding=1)  # called twice: never folded
+    model = nn.Sequential(_sparse(nn.Conv2d(3, 8, 3, padding=1), 0.9), nn.BatchNorm2d(8), nn.ReLU(),
+                          shared, nn.BatchNorm2d(8), shared)  # fmt: skip
+    for bn in (model[1], model[4]):
+        (
+            bn.running_mean.uniform_(-1, 1),
+            bn.running_var.uniform_(0.5, 2),
+            bn.weight.data.uniform_(0.5, 2),
+        )
+    x = torch.randn(2, 3, 10, 10)
+    folded, count = fold_batchnorm(model.eval(), x)
+    assert (
+        count == 1 and isinstance(folded[1], nn.Identity) and isinstance(folded[4], nn.BatchNorm2d)
+    )
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-5)
+    assert torch.equal(folded[0].weight == 0, model[0].weight == 0)  # the pattern is kept
+
+
+def test_interleaved_timing_states_its_interval_and_noise() -> None:
+    timings, noise = time_interleaved({"a": lambda: torch.ones(64).sum(), "b": lambda: None},
+                                      threads=1, warmup=1, min_run_time=0.05, max_run_time=0.3)  # fmt: skip
+    for t in timings.values():
+        assert t.low <= t.p50 <= t.high and t.p50 <= t.p90 and t.blocks >= 10
+    assert noise.cores == len(timing_cpus()) and noise.load_avg >= 0
+    wide = Timing(p50=1.0, p90=1.5, low=0.8, high=1.3, blocks=10)
+    narrow = Timing(p50=1.0, p90=1.02, low=0.98, high=1.03, blocks=40)
+    assert judge({"dense": narrow}, competing=0.0, threads=2, cores=2).reasons == []
+    assert (
+        "the p50 of sparse is known only to +-30%" in judge({"sparse": wide}, 0.0, 2, 2).reasons[0]
+    )
+    assert judge({"dense": narrow}, competing=1.0, threads=2, cores=2).reasons == [
+        "other work used 1.0 cores beside 2 timing threads on 2 cores"
+    ]
+    assert judge({"dense": narrow}, competing=1.0, threads=1, cores=2).reasons == []  # a free core
+
+
+def test_a_busy_thread_beside_the_timing_is_tagged_noisy() -> None:
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    target = CPUTarget(name="cpu", threads=len(timing_cpus()), batch_size=8, min_run_time=0.3,
+                       max_run_time=1.0, warmup=1)  # fmt: skip
+    busy = threading.Thread(target=spin, daemon=True)
+    busy.start()
+    try:
+        measured = target.benchmark(model, torch.randn(1, 256))
+    finally:
+        stop.set()
+        busy.join()
+    assert measured.tags["latency/noisy"] == "true", measured.metrics
+    assert "other work used" in measured.tags["latency/noise"]
+    assert measured.metrics["host/load"] > 0.5
 
 
 def test_unsupported_pattern_fails_before_training_unless_fallback() -> None:

@@ -10,6 +10,7 @@ from torch import nn
 
 from sparsebench.config import ConfigError
 from sparsebench.hardware.base import HardwareTarget, Measurement
+from sparsebench.hardware.deploy import fold_batchnorm
 from sparsebench.hardware.direct import DirectSparse, KernelUnavailable, refusal, sparse_rows_op
 from sparsebench.hardware.timing import Noise, Timing, time_interleaved
 from sparsebench.sparsity.patterns import as_matrix
@@ -22,13 +23,21 @@ def batch_like(example: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 
 class CPUTarget(HardwareTarget):
-    """Eager PyTorch on the CPU with an explicit thread count, under ``inference_mode``.
+    """Eager PyTorch on the CPU with an explicit thread count, under ``inference_mode``, the
+    model as inference runtimes deploy it (BatchNorm folded into the conv before it:
+    :mod:`.deploy`).
 
     Latency is per forward pass of a batch of ``batch_size``: the median (and p90) of timed
     blocks, repeated until the median's 95% interval is within +-5% or ``max_run_time`` ends,
     with the interval, the machine's load and a noise verdict recorded (:mod:`.timing`). It
     runs every pattern with dense kernels (measured speed-up 1).
     """
+
+    def deploy(self, model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, dict[str, float]]:
+        """The model to time (BatchNorm folded), checked against ``model`` on ``x``."""
+        deployed, folded = fold_batchnorm(model, x)
+        check_outputs(self.name, "folding BatchNorm", model, deployed, x)
+        return deployed, {"kernels/bn_folded": folded}
 
     def time_models(self, models: dict[str, nn.Module], x: torch.Tensor
                     ) -> tuple[dict[str, Timing], Noise]:  # fmt: skip
@@ -37,7 +46,9 @@ class CPUTarget(HardwareTarget):
         for name, model in models.items():
             model.eval()
             fns[name] = torch.inference_mode()(lambda m=model: m(x))
-        return time_interleaved(fns, self.threads, self.warmup, self.min_run_time, self.max_run_time)
+        return time_interleaved(
+            fns, self.threads, self.warmup, self.min_run_time, self.max_run_time
+        )
 
     def latency(self, timings: dict[str, Timing], noise: Noise) -> Measurement:
         """The contract's latency metrics of ``timings["model"]`` against ``timings["dense"]``
@@ -65,9 +76,25 @@ class CPUTarget(HardwareTarget):
 
     def benchmark(self, model, example, layers=None, pattern=None) -> Measurement:
         # Dense kernels: the dense reference is the measurement itself.
-        measured = self.latency(*self.time_models({"model": model}, batch_like(example, self.batch_size)))
+        x = batch_like(example, self.batch_size)
+        deployed, counts = self.deploy(model, x)
+        measured = self.latency(*self.time_models({"model": deployed}, x))
+        measured.metrics.update(counts)
         measured.kernels = {name: "dense" for name in layers or {}}
         return measured
+
+
+def check_outputs(
+    target: str, what: str, model: nn.Module, converted: nn.Module, x: torch.Tensor
+) -> None:
+    """Raise if ``converted`` computes other outputs than ``model`` on ``x`` (before timing)."""
+    with torch.inference_mode():
+        expected, got = model.eval()(x), converted(x)
+    if not torch.allclose(expected, got, rtol=1e-4, atol=1e-4):
+        error = float((expected - got).abs().max())
+        raise RuntimeError(
+            f"hardware '{target}': {what} changed the outputs (max error {error:.3g})."
+        )
 
 
 class SparseLinear(nn.Module):
@@ -131,8 +158,8 @@ def sparse_candidates(
     module: nn.Module, kernels: list[str], block_sizes: list[int]
 ) -> dict[str, nn.Module]:
     """The sparse versions of ``module`` among ``kernels``: MKL's CSR and square-block BSR
-    (Linear and 1x1 convolutions), and the direct kernel with 1 and 4 rows per group (any
-    Conv2d with groups=1, and Linear)."""
+    (Linear and 1x1 convolutions), and the direct kernel with 1 and 4 output channels per
+    group (Linear and any zero-padded Conv2d, grouped and depthwise ones included)."""
     out: dict[str, nn.Module] = {}
     if is_matmul_layer(module):
         weight = as_matrix(module.weight.detach())  # 1x1 convs: out x in
@@ -142,10 +169,13 @@ def sparse_candidates(
         if "bsr" in kernels:
             for b in block_sizes:  # MKL's BSR needs square blocks that tile the matrix
                 if weight.shape[0] % b == 0 and weight.shape[1] % b == 0:
-                    out[f"bsr{b}x{b}"] = SparseLinear(weight.to_sparse_bsr((b, b)), module.bias, stride)
-    if "direct" in kernels and refusal(module) is None:
-        out["direct"] = DirectSparse(module, rows=1)
-        out["direct4x1"] = DirectSparse(module, rows=4)
+                    out[f"bsr{b}x{b}"] = SparseLinear(
+                        weight.to_sparse_bsr((b, b)), module.bias, stride
+                    )
+    if "direct" in kernels:
+        for rows, label in ((1, "direct"), (4, "direct4x1")):
+            if refusal(module, rows) is None:
+                out[label] = DirectSparse(module, rows=rows)
     return out
 
 
@@ -157,8 +187,8 @@ class CPUSparseTarget(CPUTarget):
 
     Each pruned layer (sparsity >= ``min_sparsity``) is timed on its real input with the dense
     kernel and each sparse candidate: torch.sparse's MKL CSR and square-block BSR (Linear, 1x1
-    convolutions) and sparsebench's direct kernel (:mod:`.direct`: any convolution with
-    groups=1, and Linear; 1 or 4 output channels per group). It keeps whichever is fastest;
+    convolutions) and sparsebench's direct kernel (:mod:`.direct`: Linear and zero-padded
+    convolutions, grouped ones included; 1 or 4 output channels per group). It keeps whichever is fastest;
     the choice per layer is reported, with the reason where a layer stays dense. The converted
     model's outputs are checked against the dense model before any timing, and the two are
     timed interleaved.
@@ -208,12 +238,16 @@ class CPUSparseTarget(CPUTarget):
             module = converted.get_submodule(name)
             sparsity = 1 - float(module.weight.count_nonzero()) / module.weight.numel()
             if sparsity < self.min_sparsity:
-                kernels[name] = f"dense (sparsity {sparsity:.2f} < hardware.min_sparsity {self.min_sparsity})"
+                kernels[name] = (
+                    f"dense (sparsity {sparsity:.2f} < hardware.min_sparsity {self.min_sparsity})"
+                )
                 continue
             candidates = sparse_candidates(module, self.kernel_options, self.block_sizes)
             if not candidates:
                 reason = refusal(module) if "direct" in self.kernel_options else None
-                kernels[name] = f"dense ({reason or 'no kernel among hardware.kernels runs this layer'})"
+                kernels[name] = (
+                    f"dense ({reason or 'no kernel among hardware.kernels runs this layer'})"
+                )
                 continue
             options[name] = {"dense": module, **candidates}
         inputs = self.layer_inputs(converted, list(options), example)
@@ -232,15 +266,13 @@ class CPUSparseTarget(CPUTarget):
 
     def benchmark(self, model, example, layers=None, pattern=None) -> Measurement:
         x = batch_like(example, self.batch_size)
-        converted, kernels = self.convert(model, layers or {}, x)
-        with torch.inference_mode():
-            expected, got = model.eval()(x), converted(x)
-        if not torch.allclose(expected, got, rtol=1e-4, atol=1e-4):
-            error = float((expected - got).abs().max())
-            raise RuntimeError(
-                f"hardware '{self.name}': sparse kernels changed the outputs (max error {error:.3g})."
-            )
-        measured = self.latency(*self.time_models({"dense": model, "model": converted}, x))
-        measured.metrics["kernels/sparse_layers"] = sum(not k.startswith("dense") for k in kernels.values())
+        deployed, counts = self.deploy(model, x)
+        converted, kernels = self.convert(deployed, layers or {}, x)
+        check_outputs(self.name, "sparse kernels", model, converted, x)
+        measured = self.latency(*self.time_models({"dense": deployed, "model": converted}, x))
+        measured.metrics.update(counts)
+        measured.metrics["kernels/sparse_layers"] = sum(
+            not k.startswith("dense") for k in kernels.values()
+        )
         measured.kernels = kernels
         return measured

@@ -37,7 +37,9 @@ class CUDATarget(CPUTarget):
         return batch_like(example, self.batch_size).to(device="cuda", dtype=DTYPES[self.dtype])
 
     def benchmark(self, model, example, layers=None, pattern=None) -> Measurement:
-        measured = self.latency(*self.time_models({"model": self.prepare(model)}, self.batch(example)))
+        measured = self.latency(
+            *self.time_models({"model": self.prepare(model)}, self.batch(example))
+        )
         measured.kernels = {name: "dense" for name in layers or {}}
         return measured
 

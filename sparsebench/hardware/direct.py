@@ -86,42 +86,55 @@ def conv_params(module: nn.Module) -> tuple[tuple[int, int], ...]:
     return module.kernel_size, module.stride, module.padding, module.dilation
 
 
-def refusal(module: nn.Module) -> str | None:
-    """Why the direct kernel cannot run ``module`` (None: it can)."""
+def refusal(module: nn.Module, rows: int = 1) -> str | None:
+    """Why the direct kernel with ``rows`` output channels per group cannot run ``module``
+    (None: it can)."""
     if isinstance(module, nn.Linear):
         return None
     if not isinstance(module, nn.Conv2d):
         return f"{type(module).__name__} has no direct kernel"
-    if module.groups != 1:
-        return f"grouped convolution (groups={module.groups}): the direct kernel needs groups=1"
-    if isinstance(module.padding, str) or module.padding_mode != "zeros":
-        return f"padding {module.padding!r} ({module.padding_mode}): the direct kernel pads with zeros"
+    if module.padding_mode != "zeros":
+        return f"padding_mode '{module.padding_mode}': the direct kernel pads with zeros"
+    if isinstance(module.padding, str):
+        return f"padding '{module.padding}': the direct kernel takes padding in pixels"
+    per_group = module.out_channels // module.groups
+    if rows > 1 and module.groups > 1 and per_group % rows:  # groups=1: padded with zero rows
+        return (f"{rows} output channels per group need out_channels/groups ({per_group}) "
+                f"divisible by {rows}")  # fmt: skip
     return None
 
 
 class DirectSparse(nn.Module):
     """A pruned Conv2d or Linear run by the direct kernel (inference only).
 
-    ``rows``: output channels per group (1, or 4 for ``block4x1`` weights). The input layout
-    (offsets, padded width) is derived once per input size and kept."""
+    ``rows``: output channels sharing their nonzero positions (1, or 4 for ``block4x1``
+    weights). Grouped and depthwise convolutions run too: a row's offsets point into its own
+    group's input channels. The input layout (offsets, padded width) is derived once per input
+    size and kept."""
 
     def __init__(self, module: nn.Module, rows: int = 1) -> None:
         super().__init__()
-        reason = refusal(module)
+        reason = refusal(module, rows)
         if reason:
             raise ValueError(reason)
         weight = module.weight.detach()
         self.linear = isinstance(module, nn.Linear)
         self.kernel, self.stride, self.padding, self.dilation = conv_params(module)
-        self.out_channels, self.in_channels = weight.shape[:2]
+        self.out_channels, per_group = weight.shape[:2]
+        conv_groups = 1 if self.linear else module.groups
+        self.in_channels = per_group * conv_groups
         self.rows = rows
         groups = -(-self.out_channels // rows)
         weight = weight.reshape(self.out_channels, -1)  # (c, ky, kx) column order, as unfolded
         weight = torch.cat([weight, weight.new_zeros(groups * rows - len(weight), weight.shape[1])])
         weight = weight.reshape(groups, rows, -1)
         keep = (weight != 0).any(1)  # groups x columns: the positions a group stores
-        group, self.columns = keep.nonzero(as_tuple=True)
-        self.values = weight.permute(0, 2, 1)[group, self.columns].contiguous().reshape(-1)
+        group, columns = keep.nonzero(as_tuple=True)
+        taps = self.kernel[0] * self.kernel[1]
+        # Each nonzero's input channel (its conv group's channels, for grouped convs) and tap.
+        conv_group = group * rows // (self.out_channels // conv_groups)
+        self.channels, self.taps = conv_group * per_group + columns // taps, columns % taps
+        self.values = weight.permute(0, 2, 1)[group, columns].contiguous().reshape(-1)
         self.rowptr = torch.zeros(groups + 1, dtype=torch.int32)
         self.rowptr[1:] = keep.sum(1).cumsum(0)
         bias = module.bias.detach() if module.bias is not None else None
@@ -136,22 +149,27 @@ class DirectSparse(nn.Module):
     def layout(self, h: int, w: int) -> dict:
         """Offsets and sizes for an h x w input: the padded input split into its stride phases
         (for stride 1 the padded input itself), each flat, one image after another."""
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.padding, self.dilation
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
+            self.kernel,
+            self.stride,
+            self.padding,
+            self.dilation,
+        )
         hp, wp = h + 2 * ph, w + 2 * pw
         ho, wo = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
         hq, wq = -(-hp // sh), -(-wp // sw)  # one phase plane
         c = torch.arange(self.in_channels)[:, None, None]
         ky = torch.arange(kh)[None, :, None] * dh
         kx = torch.arange(kw)[None, None, :] * dw
-        offsets = (((c * sh + ky % sh) * sw + kx % sw) * hq * wq + (ky // sh) * wq + kx // sw)
-        offsets = offsets.reshape(-1)
+        offsets = ((c * sh + ky % sh) * sw + kx % sw) * hq * wq + (ky // sh) * wq + kx // sw
+        offsets = offsets.reshape(self.in_channels, kh * kw)
         pixels = ho * wq
         vectors = self.vectors(pixels)
         tile = vectors * LANES
         width = -(-pixels // tile) * tile
         return {"hq": hq, "wq": wq, "ho": ho, "wo": wo, "vectors": vectors, "width": width,
                 "plane": self.in_channels * sh * sw * hq * wq,
-                "offsets": offsets[self.columns].to(torch.int32).contiguous()}  # fmt: skip
+                "offsets": offsets[self.channels, self.taps].to(torch.int32).contiguous()}  # fmt: skip
 
     def vectors(self, pixels: int) -> int:
         """Vectors of 16 pixels per tile: the widest that pads the row least (measured on
