@@ -57,7 +57,7 @@ def groups(rows: list[Row]) -> dict[str, list[Row]]:
 
 # Left out first when a terminal is too narrow for every column (the CSV has them all).
 DROP_ORDER = ("run_hash", "latency_estimated", "latency_front", "budget_differs", "acc_std", "n",
-              "flops_front", "latency_ms")  # fmt: skip
+              "flops_front", "latency_noisy", "latency_ms")  # fmt: skip
 
 
 def fitting(rows: list[Row], width: int | None) -> tuple[str, ...]:
@@ -102,7 +102,8 @@ def tables(rows: list[Row], width: int | None = None, top: int | None = None) ->
 def print_tables(rows: list[Row], width: int | None = None, top: int | None = None) -> None:
     """The tables at the terminal's width (``width``: a given one, e.g. for a file)."""
     console = Console(width=width)  # rich reads the terminal's width (or $COLUMNS) when None
-    console.print("sparsebench leaderboard (* = on the Pareto front / budget differs)")
+    console.print("sparsebench leaderboard (* = on the Pareto front / budget differs / latency "
+                  "noisy: timed on a busy machine or known to worse than +-5%)")  # fmt: skip
     best = [r for r in rows if top is None or r.rank <= top]
     shown = fitting(best, console.width)
     if len(shown) < len(SHOWN):

@@ -69,6 +69,22 @@ def test_missing_latency_and_never_mixed_estimates() -> None:
     assert rows["d"].latency_front  # would dominate b and c if mixed; it is not compared with them
 
 
+def test_noisy_latency_marks_the_row() -> None:
+    quiet, loud = run(seed="0"), run(seed="1")
+    quiet["tags"]["latency/noisy"], loud["tags"]["latency/noisy"] = "false", "true"
+    other = run(run_hash="g")
+    other["tags"]["latency/noisy"] = "false"
+    rows = {r.run_hash: r for r in aggregate([quiet, loud, other])}
+    assert rows["h"].latency_noisy and not rows["g"].latency_noisy  # one noisy replicate marks it
+    from sparsebench.leaderboard import markdown
+
+    lines = [line for line in markdown(list(rows.values())).splitlines() if line.startswith("|")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    column = cells[0].index("noisy")
+    marks = {row[cells[0].index("run hash")]: row[column] for row in cells[2:]}
+    assert marks == {"h": "*", "g": ""}
+
+
 def test_keys_are_separate_and_budgets_flagged() -> None:
     rows = aggregate([run(key="k1", run_hash="a", acc=0.9), run(key="k2", run_hash="b", acc=0.5),
                       run(key="k1", run_hash="c", acc=0.95, train=3e9), run(key="k1", run_hash="d", acc=0.7)])  # fmt: skip

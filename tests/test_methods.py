@@ -206,6 +206,26 @@ def test_patterns_compose_with_methods(make_cfg, tmp_path: Path, pattern: str, c
         assert (module.weight[~mask] == 0).all()
 
 
+# Every training method that takes a pattern, with the 4x1 group pattern (blocks of 4 output
+# channels at one input position: what cpu_sparse's direct4x1 kernel runs).
+GROUP_METHODS = ["magnitude", "gmp", "imp", "random", "rigl", "set", "iss_p", "soups"]
+
+
+@pytest.mark.parametrize("method_name", GROUP_METHODS)
+def test_group_pattern_with_every_method(make_cfg, tmp_path: Path, method_name: str) -> None:
+    cfg = make_cfg(f"+method={method_name}", "method.pattern=block4x1", "method.sparsity=0.75",
+                   *MODEL_DATA["resnet20"], *FAST_SCHEDULE.get(method_name, []),
+                   "trainer.limit_train_batches=4", "logger=none")  # fmt: skip
+    _, method, _, _, _ = _fit(cfg, tmp_path)
+    assert method.pattern.label == "block4x1"
+    for name, module in method.masks:
+        mask = method.masks.mask(name)
+        groups = as_matrix(mask).reshape(mask.shape[0] // 4, 4, -1).float()
+        assert (groups.std(1) == 0).all(), name  # 4 output channels keep or drop together
+        assert (module.weight[~mask] == 0).all()
+    assert method.masks.sparsity() == pytest.approx(0.75, abs=0.02)
+
+
 class _Killed(Exception):
     pass
 

@@ -15,11 +15,21 @@ from torch import nn
 from sparsebench.config import ConfigError
 from sparsebench.pruning import algorithms
 from sparsebench.pruning.calibrate import collect, layer_inputs, reconstruction_error
-from sparsebench.sparsity.patterns import NM, Pattern, Unstructured, as_matrix, from_matrix, is_nm
+from sparsebench.sparsity.patterns import (
+    NM,
+    Block,
+    Pattern,
+    Unstructured,
+    as_matrix,
+    from_matrix,
+    is_nm,
+)
 from tests.conftest import compose_config, run_cli
 
-# (pattern, density): the training patterns' own types; N:M fixes its density.
-PATTERNS = [(Unstructured(), 0.5), (Unstructured(), 0.3), (NM(2, 4), 0.5), (NM(4, 8), 0.5)]
+# (pattern, density): the training patterns' own types; N:M fixes its density; blocks of 4
+# output rows (the group pattern the cpu_sparse kernel runs) and of 4 inputs.
+PATTERNS = [(Unstructured(), 0.5), (Unstructured(), 0.3), (NM(2, 4), 0.5), (NM(4, 8), 0.5),
+            (Block((4, 1)), 0.3), (Block((1, 4)), 0.5)]  # fmt: skip
 
 
 def _id(case) -> str:
@@ -51,6 +61,14 @@ def _check_pattern(keep: torch.Tensor, case: tuple[Pattern, float], per_row: boo
     if isinstance(pattern, NM):
         assert is_nm(keep, pattern.n, pattern.m)
         assert int(keep.sum()) == keep.numel() * pattern.n // pattern.m  # exactly n per group
+    elif isinstance(pattern, Block):
+        units = pattern.units(keep.float())
+        assert ((units == 0) | (units == pattern.granularity(keep.shape))).all()  # whole blocks
+        kept = units > 0
+        if per_row:  # per row of blocks
+            assert (kept.sum(1) == round(density * kept.shape[1])).all()
+        else:
+            assert abs(int(kept.sum()) - density * kept.numel()) <= 0.5 + slack
     elif per_row:
         assert (keep.sum(1) == round(density * keep.shape[1])).all()
     else:  # per layer (SparseGPT: per block of columns, one rounding each)
@@ -82,6 +100,20 @@ def test_sparsegpt_reconstructs_better_than_magnitude(trained, case) -> None:
     assert reconstruction_error(weight, new, stats.gram) < 0.7 * reconstruction_error(
         weight, magnitude, stats.gram
     )
+
+
+def test_dsnot_swaps_whole_blocks_and_lowers_the_expected_error(trained) -> None:
+    pattern, density = Block((4, 1)), 0.3
+    model, stats = trained
+    weight = as_matrix(model[2].weight.detach())
+    start = algorithms.wanda(weight, stats.norm, pattern, density)
+    refined = algorithms.dsnot(weight, start, stats.mean, stats.norm, pattern, threshold=0.0)
+    assert not torch.equal(refined, start)  # it swapped blocks
+    _check_pattern(refined, (pattern, density), per_row=True)
+    # the expected error of each row of blocks (a vector over its 4 rows) shrank where touched
+    norm = lambda keep: (((weight * ~keep) * stats.mean).sum(1).reshape(-1, 4) ** 2).sum(1)  # noqa: E731
+    touched = (refined != start).reshape(-1, 4, weight.shape[1]).any(2).any(1)
+    assert touched.any() and (norm(refined)[touched] < norm(start)[touched]).all()
 
 
 @pytest.mark.parametrize("case", PATTERNS[:3], ids=_id)
@@ -156,10 +188,11 @@ def test_prune_runner_trains_dense_first_then_prunes(tmp_path: Path) -> None:
     assert again["train/samples"] > metrics["train/samples"]  # plus the fine-tuning epoch
 
 
-def test_prune_runner_on_convolutions_with_nm(make_cfg, tmp_path: Path) -> None:
+@pytest.mark.parametrize("pattern", ["2:4", "block4x1"])
+def test_prune_runner_on_convolutions(make_cfg, tmp_path: Path, pattern: str) -> None:
     from sparsebench.runners.prune import run
 
-    metrics = run(make_cfg("runner=prune", "+method=dsnot", "method.pattern=2:4",
+    metrics = run(make_cfg("runner=prune", "+method=dsnot", f"method.pattern={pattern}",
                            "model=resnet20", "model.width=8", "logger=none",
                            "method.calibration_samples=32"))  # fmt: skip
     assert metrics["sparsity/actual"] == pytest.approx(0.5, abs=0.01)

@@ -4,8 +4,10 @@ A layer is a weight matrix ``W`` (out x in; a convolution's weight as
 :func:`sparsebench.sparsity.patterns.as_matrix` lays it out, matching its unfolded input) and its
 calibration inputs ``X`` (samples x in). Every function returns a boolean keep-mask of ``W``'s
 shape (SparseGPT also new weights). Patterns are the training methods' own
-(:mod:`sparsebench.sparsity.patterns`): unstructured at ``density`` per comparison group, or
-N:M along the input dimension (``n`` kept of every ``m`` consecutive inputs of a row).
+(:mod:`sparsebench.sparsity.patterns`): unstructured at ``density`` per comparison group,
+N:M along the input dimension (``n`` kept of every ``m`` consecutive inputs of a row), or
+blocks (``block4x1``: 4 output rows keep or drop an input together), compared as units (their
+scores summed) within each row of blocks.
 
 - magnitude: |W|, per layer (Han et al. 2015).
 - Wanda: |W_ij| * ||X_j||_2, compared within each output row (Sun et al., "A Simple and
@@ -27,18 +29,20 @@ from __future__ import annotations
 
 import torch
 
-from sparsebench.sparsity.patterns import NM, Pattern
+from sparsebench.sparsity.patterns import NM, Block, Pattern
 
 
 def keep_top(scores: torch.Tensor, pattern: Pattern, density: float, per_row: bool) -> torch.Tensor:
-    """Keep-mask of the highest scores: per group of ``m`` inputs (N:M), per row, or per layer
-    (the training patterns' own masks; per row is what these methods add)."""
+    """Keep-mask of the highest scores: per group of ``m`` inputs (N:M), per row (of blocks,
+    for a block pattern), or per layer (the training patterns' own masks; per row is what these
+    methods add)."""
     if isinstance(pattern, NM):
         return pattern.mask(scores)
     if per_row:
-        k = round(density * scores.shape[1])
-        index = scores.topk(k, dim=1).indices
-        return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, index, True)
+        units = pattern.units(scores)  # single scores, or block sums
+        index = units.topk(round(density * units.shape[1]), dim=1).indices
+        keep = torch.zeros_like(units, dtype=torch.bool).scatter_(1, index, True)
+        return pattern.expand(keep, scores.shape)
     return pattern.mask(scores, density)
 
 
@@ -69,7 +73,9 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, pattern: Pattern, den
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     keep = torch.ones_like(w, dtype=torch.bool)
     nm = isinstance(pattern, NM)
-    block = pattern.m * max(1, block // pattern.m) if nm else block
+    # Column blocks hold whole N:M groups, or whole blocks of a block pattern.
+    width = pattern.m if nm else pattern.block[1] if isinstance(pattern, Block) else 1
+    block = width * max(1, block // width)
     for start in range(0, cols, block):
         end = min(start + block, cols)
         w1, h1 = w[:, start:end].clone(), hinv[start:end, start:end]
@@ -97,7 +103,10 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, pattern: Pattern, den
 def dsnot(weight: torch.Tensor, keep: torch.Tensor, x_mean: torch.Tensor, x_norm: torch.Tensor,
           pattern: Pattern, threshold: float = 0.1, max_cycles: int = 50) -> torch.Tensor:  # fmt: skip
     """Refine ``keep`` by one-for-one swaps per row (each row keeps its count, each N:M group
-    its n). ``x_mean`` and ``x_norm``: mean and L2 norm of each input over the samples."""
+    its n; a block pattern swaps blocks: :func:`dsnot_blocks`). ``x_mean`` and ``x_norm``: mean
+    and L2 norm of each input over the samples."""
+    if isinstance(pattern, Block):
+        return dsnot_blocks(weight, keep, x_mean, x_norm, pattern, threshold, max_cycles)
     w = weight.detach().float()
     keep = keep.clone()
     contribution = w * x_mean[None, :]  # expected share of each weight in its output
@@ -127,3 +136,43 @@ def dsnot(weight: torch.Tensor, keep: torch.Tensor, x_mean: torch.Tensor, x_norm
         keep[rows[ok], grow[ok]] = True
         keep[rows[ok], prune[ok]] = False
     return keep
+
+
+def dsnot_blocks(weight: torch.Tensor, keep: torch.Tensor, x_mean: torch.Tensor,
+                 x_norm: torch.Tensor, pattern: Block, threshold: float = 0.1,
+                 max_cycles: int = 50) -> torch.Tensor:  # fmt: skip
+    """DSnoT's swaps with whole blocks. A row of blocks spans ``bh`` output rows, so its
+    expected error is a vector e (one entry per row); per cycle it grows the pruned block whose
+    contribution c reduces ||e||^2 most (2 e.c - ||c||^2 > 0) and prunes the least important
+    kept block (Wanda's score summed over the block) whose removal leaves ||e|| below its value
+    before the swap; rows of blocks with ||e|| <= ``threshold`` are done. With ``bh = 1`` the
+    error is DSnoT's own scalar; the choice of the grown weight differs from :func:`dsnot`'s
+    (largest reduction rather than largest same-sign contribution)."""
+    bh, bw = pattern.block
+    w = weight.detach().float()
+    rows, cols = w.shape
+    contribution = (w * x_mean[None, :]).reshape(rows // bh, bh, cols // bw, bw).sum(3)
+    contribution = contribution.permute(0, 2, 1)  # row of blocks x block x row within: c
+    importance = pattern.units(w.abs() * x_norm[None, :])
+    kept = pattern.units(keep.float()) > 0
+    groups = torch.arange(kept.shape[0])
+    inf = torch.finfo(w.dtype).max
+    for _ in range(max_cycles):
+        error = (contribution * ~kept[..., None]).sum(1)  # dense - sparse output, expected
+        norm2 = (error**2).sum(-1)
+        active = norm2 > threshold**2
+        if not active.any():
+            break
+        gain = 2 * (contribution * error[:, None, :]).sum(-1) - (contribution**2).sum(-1)
+        gain = torch.where(~kept & (gain > 0), gain, -inf)
+        grow = gain.argmax(1)
+        after_grow = error - contribution[groups, grow]
+        new_norm2 = ((after_grow[:, None, :] + contribution) ** 2).sum(-1)
+        allowed = kept & (new_norm2 < norm2[:, None])
+        prune = torch.where(allowed, importance, inf).argmin(1)
+        ok = active & (gain[groups, grow] > -inf) & allowed[groups, prune]
+        if not ok.any():
+            break
+        kept[groups[ok], grow[ok]] = True
+        kept[groups[ok], prune[ok]] = False
+    return pattern.expand(kept, keep.shape)

@@ -2,7 +2,7 @@
 training method ``magnitude``, which the prune runner applies once to the trained weights).
 
 Each is a :class:`SparsityMethod` (a mask policy) so that layer selection (stem and head dense
-by default, include/exclude), patterns (unstructured or N:M, ``method.pattern``), masks and the
+by default, include/exclude), patterns (unstructured, N:M or blocks, ``method.pattern``), masks and the
 results contract are the training methods' own; :meth:`PostTrainingMethod.prune_layer` is the per-layer algorithm
 (sparsebench.pruning.algorithms) and :meth:`PostTrainingMethod.prune` the layer-by-layer pass.
 """
@@ -18,7 +18,7 @@ from sparsebench.config import ConfigError
 from sparsebench.pruning import algorithms
 from sparsebench.pruning.calibrate import LayerStats, collect, reconstruction_error
 from sparsebench.sparsity.methods.base import SparsityMethod
-from sparsebench.sparsity.patterns import NM, Unstructured, as_matrix, from_matrix
+from sparsebench.sparsity.patterns import NM, Block, Unstructured, as_matrix, from_matrix
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class PostTrainingMethod(SparsityMethod):
 
     #: distributions the method accepts (per-layer algorithms prune every layer at sparsity)
     distributions: tuple[str, ...] = ("uniform",)
-    patterns = (Unstructured, NM)
+    patterns = (Unstructured, NM, Block)
 
     def __init__(self, name: str, sparsity: float = 0.5, calibration_samples: int = 128,
                  finetune_epochs: int = 0, **kwargs) -> None:  # fmt: skip

@@ -6,7 +6,9 @@ A pattern turns per-weight scores (e.g. |w|) into a boolean keep-mask at a given
   input channels), as NVIDIA's ASP does (Mishra et al. 2021, "Accelerating Sparse Deep Neural
   Networks"); the density is always N/M.
 - :class:`Block`: whole (bh, bw) tiles of the weight matrix (:func:`as_matrix`), scored by their sum,
-  for block-sparse kernels (1x4, 4x4, 32x32, ...).
+  for block-sparse kernels (1x4, 4x4, 32x32, ...); ``block4x1``, 4 output channels at one input
+  position, is the group pattern of cpu_sparse's ``direct4x1`` kernel (after SparseByteNN, Xu et
+  al. 2023).
 - :class:`Channel`: whole output filters (rows), scored by their sum (filter norm for |w|).
 """
 
@@ -67,6 +69,17 @@ class Pattern(ABC):
         """The density the pattern imposes on every layer (N:M), else None."""
         return None
 
+    def units(self, scores: torch.Tensor) -> torch.Tensor:
+        """The scores of the pattern's units, the sets of weights kept or removed together
+        (single weights; blocks: the tile sums of :func:`as_matrix`). Methods that move single
+        weights (RigL, SET, ISS-P, DSnoT) move these units instead. Unstructured and block
+        patterns have them; N:M and channel patterns choose within or across whole groups."""
+        raise NotImplementedError(f"the {self.kind} pattern has no units to move one by one")
+
+    def expand(self, keep: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """A keep-mask of the units (:meth:`units`' layout) as a mask of a weight of ``shape``."""
+        raise NotImplementedError(f"the {self.kind} pattern has no units to move one by one")
+
     @property
     def label(self) -> str:
         """The one spelling of this pattern in tags, leaderboards and hardware targets:
@@ -80,6 +93,12 @@ class Unstructured(Pattern):
 
     def mask(self, scores: torch.Tensor, density: float) -> torch.Tensor:
         return topk_mask(scores, round(density * scores.numel()))
+
+    def units(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores
+
+    def expand(self, keep: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        return keep.reshape(shape)
 
 
 @dataclass
@@ -147,12 +166,18 @@ class Block(Pattern):
     def label(self) -> str:
         return f"block{self.block[0]}x{self.block[1]}"
 
-    def mask(self, scores: torch.Tensor, density: float) -> torch.Tensor:
+    def units(self, scores: torch.Tensor) -> torch.Tensor:
         bh, bw = self.block
         mat = as_matrix(scores)
-        tiles = mat.reshape(mat.shape[0] // bh, bh, mat.shape[1] // bw, bw).sum(dim=(1, 3))
-        keep = topk_mask(tiles, round(density * tiles.numel()))
-        return from_matrix(keep.repeat_interleave(bh, 0).repeat_interleave(bw, 1), scores.shape)
+        return mat.reshape(mat.shape[0] // bh, bh, mat.shape[1] // bw, bw).sum(dim=(1, 3))
+
+    def expand(self, keep: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        bh, bw = self.block
+        return from_matrix(keep.repeat_interleave(bh, 0).repeat_interleave(bw, 1), shape)
+
+    def mask(self, scores: torch.Tensor, density: float) -> torch.Tensor:
+        tiles = self.units(scores)
+        return self.expand(topk_mask(tiles, round(density * tiles.numel())), scores.shape)
 
 
 @dataclass

@@ -25,7 +25,7 @@ Run = dict
 # the tags that group, label and filter rows.
 METRICS = (*CONTRACT_METRICS, "train/samples")
 TAGS = ("benchmark_key", "run_hash", "method", "pattern", "seed", "dataset", "model", "hardware",
-        "latency/estimated", STATUS_TAG)  # fmt: skip
+        "latency/estimated", "latency/noisy", STATUS_TAG)  # fmt: skip
 
 LEFT_OUT = ("running", "failed", "diverged", "interrupted", "pruned", "incomplete contract")
 
@@ -87,6 +87,7 @@ class Row:
     latency_ms: float | None
     latency_estimated: bool
     sparsity: float | None
+    latency_noisy: bool = False  # a replicate's latency was timed on a busy machine or wide
     seeds: list[str] = field(default_factory=list)
     pattern: str = ""  # dense, unstructured, 2:4, ... (runs before the tag existed: empty)
     train_samples: float | None = None  # training samples seen, all fits (soups, IMP) included
@@ -100,7 +101,8 @@ class Row:
 # CSV keeps the field names and adds the rest); the benchmark key heads each group instead.
 HEADINGS = {"rank": "#", "method": "method", "pattern": "pattern", "n": "n", "acc_mean": "test acc",
             "acc_std": "± std", "sparsity": "sparsity", "flops_sparse": "FLOPs",
-            "latency_ms": "latency ms", "latency_estimated": "est.", "flops_front": "front FLOPs",
+            "latency_ms": "latency ms", "latency_estimated": "est.", "latency_noisy": "noisy",
+            "flops_front": "front FLOPs",
             "latency_front": "front ms", "budget_differs": "budget", "run_hash": "run hash"}  # fmt: skip
 SHOWN = tuple(HEADINGS)
 
@@ -131,6 +133,7 @@ def aggregate(runs: Iterable[Run]) -> list[Row]:
             flops_sparse=mean_of("flops/sparse"), flops_dense=mean_of("flops/dense"),
             flops_train=mean_of("flops/train"), latency_ms=mean_of("latency/p50_ms"),
             latency_estimated=members[0]["tags"].get("latency/estimated") == "true",
+            latency_noisy=any(m["tags"].get("latency/noisy") == "true" for m in members),
             sparsity=mean_of("sparsity/actual"), seeds=sorted(m["tags"].get("seed", "?") for m in members),
             pattern=members[0]["tags"].get("pattern", ""), train_samples=mean_of("train/samples"),
         ))  # fmt: skip

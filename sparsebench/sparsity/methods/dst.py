@@ -7,18 +7,20 @@ import torch
 from sparsebench.config import ConfigError
 from sparsebench.sparsity.masks import reset_optimizer_state
 from sparsebench.sparsity.methods.base import SparsityMethod, check_fraction
-from sparsebench.sparsity.patterns import Unstructured
+from sparsebench.sparsity.patterns import Block, Unstructured
 from sparsebench.sparsity.schedules import Schedule
 
 
 class DynamicSparseTraining(SparsityMethod):
     """Shared machinery: random ERK masks at init; every ``update_interval`` steps until ``end``
-    (fraction of training), each layer drops the cosine-decayed fraction of its active weights
-    with the smallest |w| and grows as many; grown weights start with no optimizer state.
+    (fraction of training), each layer drops the cosine-decayed fraction of its active units
+    (weights; or whole blocks of a block pattern, scored by their sums) with the smallest |w|
+    and grows as many; grown weights start with no optimizer state.
     """
 
     sparse_from_start = True
-    patterns = (Unstructured,)  # grows single weights
+    # Drops and grows the pattern's units: single weights, or whole blocks (scored by their sums)
+    patterns = (Unstructured, Block)
 
     def __init__(self, name: str, distribution: str = "erk", drop_fraction: float = 0.3, update_interval: int = 100,
                  end: float = 0.75, **kwargs) -> None:  # fmt: skip
@@ -53,28 +55,31 @@ class DynamicSparseTraining(SparsityMethod):
         fraction = self.schedule.cosine(step, self.drop_fraction)
         moved = {}
         for name, module in self.masks:
-            mask = self.masks.mask(name)
+            full = self.masks.mask(name)
+            pattern = self.pattern
+            mask = pattern.units(full.float()) > 0  # units: weights, or blocks of the pattern
             active = int(mask.sum())
             k = min(round(fraction * active), int((~mask).sum()))
             if k == 0:
                 moved[name] = 0
                 continue
-            # Drop: the k active weights of smallest magnitude (inactive ones can't be chosen).
-            magnitude = torch.where(mask, module.weight.detach().abs(), torch.inf)
+            # Drop: the k active units of smallest magnitude (inactive ones can't be chosen).
+            magnitude = torch.where(mask, pattern.units(module.weight.detach().abs()), torch.inf)
             dropped = torch.zeros_like(mask).view(-1)
-            dropped[torch.topk(magnitude.view(-1), k, largest=False).indices] = True
+            dropped[torch.topk(magnitude.reshape(-1), k, largest=False).indices] = True
             kept = mask & ~dropped.view_as(mask)
-            # Grow: the k best positions not kept (dropped ones may come back, as in rigl).
-            scores = torch.where(kept, -torch.inf, self.grow_scores(name, step))
+            # Grow: the k best units not kept (dropped ones may come back, as in rigl).
+            scores = torch.where(kept, -torch.inf, pattern.units(self.grow_scores(name, step)))
             grown = torch.zeros_like(mask).view(-1)
-            grown[torch.topk(scores.view(-1), k).indices] = True
-            grown = grown.view_as(mask)
+            grown[torch.topk(scores.reshape(-1), k).indices] = True
+            kept = pattern.expand(kept, full.shape)
+            grown = pattern.expand(grown.view_as(mask), full.shape)
             with torch.no_grad():
                 module.weight[grown] = self.grow_values(name, grown, step)
             if self.optimizer is not None:
                 reset_optimizer_state(self.optimizer, module.weight, grown)
             self.masks.set(name, kept | grown)
-            moved[name] = k
+            moved[name] = int(grown.sum())
         return moved
 
 

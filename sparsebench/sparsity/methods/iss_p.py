@@ -6,7 +6,7 @@ import torch
 
 from sparsebench.config import ConfigError
 from sparsebench.sparsity.methods.base import SparsityMethod, check_fraction
-from sparsebench.sparsity.patterns import Unstructured
+from sparsebench.sparsity.patterns import Block, Unstructured
 from sparsebench.sparsity.schedules import Schedule
 
 
@@ -19,7 +19,7 @@ class ISSP(SparsityMethod):
     fixed (alpha = 0 would be hard iterative thresholding).
     """
 
-    patterns = (Unstructured,)  # shrinks single weights
+    patterns = (Unstructured, Block)  # shrinks the pattern's units: weights, or whole blocks
 
     def __init__(self, name: str = "iss_p", alpha: float = 0.95, start: float = 0.0, end: float = 1.0,
                  shrink_interval: int = 1, **kwargs) -> None:  # fmt: skip
@@ -46,10 +46,12 @@ class ISSP(SparsityMethod):
         target = self.shrink_fraction(step)
         for name, module in self.masks:
             weight = module.weight
-            k = round(target * (1 - densities[name]) / max(1e-12, self.sparsity) * weight.numel())
+            units = self.pattern.units(weight.abs())
+            k = round(target * (1 - densities[name]) / max(1e-12, self.sparsity) * units.numel())
             if k > 0:
-                smallest = torch.topk(weight.abs().view(-1), k, largest=False).indices
-                weight.view(-1)[smallest] *= self.alpha
+                smallest = torch.zeros(units.numel(), dtype=torch.bool)
+                smallest[torch.topk(units.reshape(-1), k, largest=False).indices] = True
+                weight[self.pattern.expand(smallest.view_as(units), weight.shape)] *= self.alpha
 
     def after_step(self, step: int) -> None:
         if self.hard_pruned:
