@@ -9,6 +9,7 @@ optimizer state intact.
 from __future__ import annotations
 
 import copy
+import types
 from pathlib import Path
 
 import lightning as L
@@ -48,6 +49,7 @@ FAST_SCHEDULE = {
     "soups": ["method.phases=2", "method.copies=2", "method.recalibrate_batches=2"],
     "sparse_ift": ["transform.family=sparse_parallel", "method.update_interval=1"],
     "channel": ["method.update_interval=1", "method.start=0.0", "method.end=0.5"],
+    "hesso": ["method.start=0.0", "method.end=0.5", "method.periods=2"],
 }
 # Every method on an MLP and on a CIFAR ResNet-20 (convolutions, residual shortcuts); timm's
 # resnet18 for the methods whose code depends most on the network's structure (channel pruning's
@@ -86,7 +88,7 @@ def test_method_contract(make_cfg, tmp_path: Path, method_name: str, model_name:
                  "trainer.limit_train_batches=4", "trainer.enable_checkpointing=true", "logger=none"]  # fmt: skip
     if method_name == "sparse_ift":  # the preset's method trains at the transform's sparsity
         overrides.append("transform.sparsity=0.8")
-    elif method_name not in ("nm", "sr_ste", "pgf"):  # N:M methods: sparsity is 1 - n/m
+    elif method_name not in ("nm", "sr_ste", "pgf", "bdwp"):  # N:M methods: sparsity is 1 - n/m
         overrides.append("method.sparsity=0.8")
     cfg = make_cfg(*overrides)
     model, method, trainer, datamodule, transform = _fit(cfg, tmp_path)
@@ -204,6 +206,111 @@ def test_patterns_compose_with_methods(make_cfg, tmp_path: Path, pattern: str, c
         mask = method.masks.mask(name)
         assert check(mask), name  # whole blocks / whole filters kept or removed
         assert (module.weight[~mask] == 0).all()
+
+
+def test_bdwp_masks_both_matmuls_n_m_on_the_autograd_graph() -> None:
+    from torch import nn
+
+    from sparsebench.sparsity.methods.nm import _BDWPForward
+
+    torch.manual_seed(0)
+    decay = 2e-4
+    for layer, x in (
+        (nn.Linear(16, 8), torch.randn(5, 16)),
+        (nn.Conv2d(8, 12, 3, padding=1), torch.randn(2, 8, 6, 6)),
+    ):
+        layer.forward = types.MethodType(_BDWPForward(NM(2, 4), decay), layer)
+        x.requires_grad_(True)
+        y = layer(x)
+        assert type(y.grad_fn).__name__ == "_BDWPFunctionBackward"
+        _, weight, w_forward, w_backward, forward_mask = y.grad_fn.saved_tensors
+        assert is_nm(w_forward != 0, 2, 4)  # along the input dimension: the forward's reduction
+        assert is_nm((w_backward != 0).transpose(0, 1), 2, 4)  # along outputs: dx's reduction
+        assert not torch.equal(w_forward != 0, w_backward != 0)
+        grad = torch.randn_like(y)
+        y.backward(grad)
+        if isinstance(layer, nn.Linear):
+            expected_x, dense_w = grad @ w_backward, grad.t() @ x.detach()
+        else:
+            expected_x = torch.nn.grad.conv2d_input(x.shape, w_backward, grad, padding=1)
+            dense_w = torch.nn.grad.conv2d_weight(x.detach(), weight.shape, grad, padding=1)
+        assert torch.allclose(x.grad, expected_x, atol=1e-5)  # the input gradient is N:M-sparse
+        # the weight gradient is dense, plus SR-STE's term on the weights the forward masked
+        assert torch.allclose(
+            layer.weight.grad, dense_w + decay * ~forward_mask * weight, atol=1e-5
+        )
+
+
+def test_bdwp_training_flops_are_a_hand_count(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg("+method=bdwp", "model=mlp", "model.hidden_dims=[64,64]", "dataset=digits",
+                   "dataset.input_shape=[1,8,8]", "trainer.limit_train_batches=2", "logger=none")  # fmt: skip
+    model, method, _, datamodule, _ = _fit(cfg, tmp_path, max_epochs=1)
+    metrics = model_metrics(cfg, model, datamodule.example_input(1), 100, method)
+    dense = 2 * (64 * 64 + 64 * 64 + 64 * 10)  # stem, the 2:4 layer, head (multiply-adds x 2)
+    sparse = 2 * (64 * 64 + 64 * 64 // 2 + 64 * 10)
+    assert (metrics["flops/dense"], metrics["flops/sparse"]) == (dense, sparse)
+    # forward and input gradient at 2:4, weight gradient dense, per sample
+    assert metrics["flops/train"] == 100 * (sparse + sparse + dense)
+    with pytest.raises(
+        ConfigError,
+        match="BDWP prunes W\\^T 2:4 too: every pruned layer needs its output dimension divisible by 4",
+    ):
+        _fit(make_cfg("+method=bdwp", "model=mlp", "model.hidden_dims=[64,66]", "dataset=digits",
+                      "dataset.input_shape=[1,8,8]", "logger=none"), tmp_path / "bad")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("arch", "size"), [("resnet18", 64), ("mobilenetv2_100", 64), ("vit_tiny_patch16_224", 224)]
+)
+def test_hesso_groups_slim_each_network_without_changing_it(arch: str, size: int) -> None:
+    import timm
+
+    from sparsebench.metrics.flops import flops_per_sample
+    from sparsebench.sparsity.methods import HESSO
+
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=10).eval()
+    x = torch.randn(1, 3, size, size)
+    method = HESSO(sparsity=0.5)
+    method.attach(model, x)
+    if arch.startswith("vit"):  # the MLP blocks: qkv's channels are reshaped into heads
+        assert set(method.masks.layers) == {f"blocks.{i}.mlp.fc1" for i in range(12)}
+    for name, _ in method.masks:  # the last period's choice, made at once
+        method.shrinking[name] = method.choose(name, method.periods - 1, method.protected[name])
+    method.finalize()
+    slim = method.deployed_model(model)
+    with torch.no_grad():
+        assert torch.allclose(slim(x), model(x), atol=1e-4)  # the zero groups did nothing
+    assert sum(p.numel() for p in slim.parameters()) < 0.8 * sum(
+        p.numel() for p in model.parameters()
+    )
+    assert (
+        flops_per_sample(slim, x)["flops/dense"] < 0.8 * flops_per_sample(model, x)["flops/dense"]
+    )
+
+
+def test_hesso_projects_groups_to_zero_over_periods_with_cric(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg("+method=hesso", "method.cric=true", "method.periods=2", "method.start=0.0",
+                   "method.end=0.75", *MODEL_DATA["resnet20"], "trainer.limit_train_batches=8",
+                   "logger=none")  # fmt: skip
+    model, method, _, datamodule, _ = _fit(cfg, tmp_path, max_epochs=1)
+    assert not method.shrinking and method.cycles_left == 0  # every period ended
+    for name, module in method.masks:
+        rows = method.rows(name)
+        assert int((~rows).sum()) == round(0.5 * rows.numel())  # half of each layer's channels
+        for param in method.params(name):
+            assert (param.detach()[~rows] == 0).all()  # filter, bias and BatchNorm exactly zero
+    example = datamodule.example_input(1)
+    metrics = model_metrics(cfg, model, example, 64, method)
+    slim = method.deployed_model(model)
+    from sparsebench.metrics.flops import flops_per_sample
+
+    assert (
+        metrics["flops/sparse"]
+        == flops_per_sample(slim, example)["flops/dense"]
+        < metrics["flops/dense"]
+    )
+    assert metrics["params/total"] > sum(p.numel() for p in slim.parameters())
 
 
 # Every training method that takes a pattern, with the 4x1 group pattern (blocks of 4 output

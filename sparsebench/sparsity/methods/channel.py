@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 
 import torch
 from torch import nn
@@ -12,6 +13,9 @@ from sparsebench.sparsity.masks import MaskSet
 from sparsebench.sparsity.methods.gmp import GradualMagnitudePruning
 from sparsebench.sparsity.patterns import Channel
 from sparsebench.sparsity.prunable import prunable_layers
+
+
+log = logging.getLogger(__name__)
 
 
 def _torch_pruning():
@@ -71,12 +75,44 @@ class ChannelPruning(GradualMagnitudePruning):
                     for dep, _ in group
                     if dep.handler == tp.prune_batchnorm_out_channels
                 ]
+        chosen = self.runnable(model, chosen)
         if not chosen:
             raise ConfigError(
-                "method 'channel' found no layer whose output channels can be removed alone."
+                f"method '{self.name}' found no layer whose output channels can be removed alone."
             )
         self.norms = {n: ms for n, ms in self.norms.items() if n in chosen}
         return chosen
+
+    def runnable(self, model: nn.Module, chosen: dict[str, nn.Module]) -> dict[str, nn.Module]:
+        """The chosen layers whose channel removal leaves a network that still runs: one
+        channel of each removed from a copy (all at once; one by one if that fails). A layer
+        whose output is reshaped by a count of channels (attention's qkv into heads) fails and
+        stays dense, with one warning naming it."""
+
+        def runs(names: list[str]) -> str | None:
+            probe = copy.deepcopy(model).eval()
+            tp = _torch_pruning()
+            try:
+                graph = tp.DependencyGraph().build_dependency(probe, example_inputs=self.example)
+                for name in names:
+                    target = probe.get_submodule(name)
+                    handler = (tp.prune_conv_out_channels if isinstance(target, nn.Conv2d)
+                               else tp.prune_linear_out_channels)  # fmt: skip
+                    graph.get_pruning_group(target, handler, idxs=[0]).prune()
+                with torch.no_grad():
+                    probe(self.example)
+            except Exception as exc:  # noqa: BLE001 (any failure means: not removable)
+                return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return None
+
+        if runs(list(chosen)) is None:
+            return chosen
+        problems = {name: runs([name]) for name in chosen}
+        broken = [name for name, problem in problems.items() if problem is not None]
+        log.warning("method '%s': %d layer(s) stay dense (%s): removing their output channels "
+                    "breaks the network (%s).", self.name, len(broken), ", ".join(broken),
+                    problems[broken[0]])  # fmt: skip
+        return {name: m for name, m in chosen.items() if problems[name] is None}
 
     def magnitudes(self) -> dict[str, torch.Tensor]:
         # Squared magnitudes: the Channel pattern sums them per filter (ordering = L2 norm).
