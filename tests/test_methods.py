@@ -295,7 +295,7 @@ def test_hesso_projects_groups_to_zero_over_periods_with_cric(make_cfg, tmp_path
                    "logger=none")  # fmt: skip
     model, method, _, datamodule, _ = _fit(cfg, tmp_path, max_epochs=1)
     assert not method.shrinking and method.cycles_left == 0  # every period ended
-    for name, module in method.masks:
+    for name, _ in method.masks:
         rows = method.rows(name)
         assert int((~rows).sum()) == round(0.5 * rows.numel())  # half of each layer's channels
         for param in method.params(name):

@@ -14,7 +14,6 @@ from sparsebench.sparsity.methods.gmp import GradualMagnitudePruning
 from sparsebench.sparsity.patterns import Channel
 from sparsebench.sparsity.prunable import prunable_layers
 
-
 log = logging.getLogger(__name__)
 
 
