@@ -313,6 +313,33 @@ def test_hesso_projects_groups_to_zero_over_periods_with_cric(make_cfg, tmp_path
     assert metrics["params/total"] > sum(p.numel() for p in slim.parameters())
 
 
+def test_hesso_cric_restores_a_candidate_the_loss_needs() -> None:
+    from torch import nn
+
+    from sparsebench.sparsity.methods import HESSO
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
+    method = HESSO(sparsity=0.5, start=0.0, end=1.0, periods=1, cric=True, cric_cycles=2,
+                   dense_stem=False)  # fmt: skip
+    method.attach(model, torch.randn(4, 8))
+    method.bind(10)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    method.after_backward(0)  # the period starts: 8 candidates, held at zero
+    candidates = method.shrinking["0"].clone()
+    assert int(candidates.sum()) == 8 and (model[0].weight[candidates] == 0).all()
+    row = int(candidates.nonzero()[0])
+    saved = method.saved["0"][row].clone()
+    # At the projected point the gradient says: restoring this row lowers the loss.
+    model[0].weight.grad[row] = -10 * saved[: model[0].weight.shape[1]]
+    method.after_backward(1)
+    assert method.protected["0"][row] and not method.shrinking["0"][row]
+    assert torch.equal(model[0].weight[row].detach(), saved[: model[0].weight.shape[1]])  # restored
+    assert int(method.shrinking["0"].sum()) == 8  # and replaced by the next-lowest group
+    assert not torch.equal(method.shrinking["0"], candidates)
+
+
 # Every training method that takes a pattern, with the 4x1 group pattern (blocks of 4 output
 # channels at one input position: what cpu_sparse's direct4x1 kernel runs).
 GROUP_METHODS = ["magnitude", "gmp", "imp", "random", "rigl", "set", "iss_p", "soups"]
