@@ -109,9 +109,11 @@ class HardwareTarget(ABC):
     @abstractmethod
     def benchmark(self, model: nn.Module, example: torch.Tensor,
                   layers: dict[str, nn.Module] | None = None,
-                  pattern: Pattern | None = None) -> Measurement:  # fmt: skip
+                  pattern: Pattern | None = None, dense: nn.Module | None = None) -> Measurement:  # fmt: skip
         """Latency of ``model`` on a batch like ``example`` (results-contract names), with
-        ``layers`` pruned in ``pattern``. A target keeps no state between calls: everything a
+        ``layers`` pruned in ``pattern``; ``dense``: the dense reference when ``model`` is
+        another network (the physically smaller one of a structured method), else ``model``
+        itself with dense kernels. A target keeps no state between calls: everything a
         measurement depends on is an argument."""
 
     def size(self, model: nn.Module, layers: dict[str, nn.Module],

@@ -74,11 +74,14 @@ class CPUTarget(HardwareTarget):
                         tags["latency/noise"])  # fmt: skip
         return Measurement(metrics, tags=tags)
 
-    def benchmark(self, model, example, layers=None, pattern=None) -> Measurement:
-        # Dense kernels: the dense reference is the measurement itself.
+    def benchmark(self, model, example, layers=None, pattern=None, dense=None) -> Measurement:
+        # Dense kernels: the dense reference is the measurement itself (or ``dense``).
         x = batch_like(example, self.batch_size)
         deployed, counts = self.deploy(model, x)
-        measured = self.latency(*self.time_models({"model": deployed}, x))
+        models = {"model": deployed}
+        if dense is not None:
+            models["dense"] = self.deploy(dense, x)[0]
+        measured = self.latency(*self.time_models(models, x))
         measured.metrics.update(counts)
         measured.kernels = {name: "dense" for name in layers or {}}
         return measured
@@ -264,12 +267,13 @@ class CPUSparseTarget(CPUTarget):
                 setattr(parent, child, candidates[best])
         return converted, kernels
 
-    def benchmark(self, model, example, layers=None, pattern=None) -> Measurement:
+    def benchmark(self, model, example, layers=None, pattern=None, dense=None) -> Measurement:
         x = batch_like(example, self.batch_size)
         deployed, counts = self.deploy(model, x)
         converted, kernels = self.convert(deployed, layers or {}, x)
         check_outputs(self.name, "sparse kernels", model, converted, x)
-        measured = self.latency(*self.time_models({"dense": deployed, "model": converted}, x))
+        reference = deployed if dense is None else self.deploy(dense, x)[0]
+        measured = self.latency(*self.time_models({"dense": reference, "model": converted}, x))
         measured.metrics.update(counts)
         measured.metrics["kernels/sparse_layers"] = sum(
             not k.startswith("dense") for k in kernels.values()

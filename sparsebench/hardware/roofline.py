@@ -66,10 +66,11 @@ class RooflineTarget(HardwareTarget):
             seconds += max(compute / self.peak, memory)
         return seconds + (total - layer_flops) / self.peak
 
-    def benchmark(self, model, example, layers=None, pattern=None) -> Measurement:
+    def benchmark(self, model, example, layers=None, pattern=None, dense=None) -> Measurement:
         x = example[:1].expand(self.batch_size, *example.shape[1:])
         sparse = self.estimate(model, x, layers or {}, pattern, sparse=True)
-        dense = self.estimate(model, x, layers or {}, pattern, sparse=False)
+        reference = model if dense is None else dense  # a physically smaller model's original
+        dense = self.estimate(reference, x, {}, None, sparse=False)
         kernel = pattern_label(pattern) if self.acceleration(pattern) > 1 else "dense"
         return Measurement({
             "latency/p50_ms": sparse * 1e3,

@@ -249,6 +249,7 @@ def model_metrics(
     deployed = method.deployed_model(model) if method is not None else None
     if deployed is not None:  # structured: count the physically smaller network
         flops["flops/sparse"] = flops_per_sample(deployed, example)["flops/dense"]
+        flops["params/deployed"] = sum(p.numel() for p in deployed.parameters())
     train = (
         method.train_flops(trained_dense, flops["flops/sparse"], samples_seen)
         if method is not None
@@ -278,7 +279,16 @@ def measure(results: Results, cfg: DictConfig, model: nn.Module, example: torch.
     results.update(model_metrics(cfg, model, example, samples_seen, method, hardware, transform))
     if hardware.enabled and benchmark:
         pattern = method.pattern if method is not None else None
-        measured = hardware.benchmark(model, example, pruned_layers(model, method), pattern)
+        deployed = method.deployed_model(model) if method is not None else None
+        if (
+            deployed is not None
+        ):  # structured: time the physically smaller network against the full one
+            measured = hardware.benchmark(deployed, example, {}, None, dense=model)
+            measured.kernels = {
+                name: "dense (channels removed)" for name in pruned_layers(model, method)
+            }
+        else:
+            measured = hardware.benchmark(model, example, pruned_layers(model, method), pattern)
         results.update(measured.metrics, measured.tags)  # tags: latency/noisy (and why)
         results.data["kernels"] = measured.kernels  # per-layer kernel the target ran
 
