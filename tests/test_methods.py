@@ -269,10 +269,14 @@ def test_hesso_groups_slim_each_network_without_changing_it(arch: str, size: int
     from sparsebench.sparsity.methods import HESSO
 
     torch.manual_seed(0)
-    model = timm.create_model(arch, num_classes=10).eval()
-    x = torch.randn(1, 3, size, size)
+    model = timm.create_model(arch, num_classes=10).train()
+    x = torch.randn(2, 3, size, size)
     method = HESSO(sparsity=0.5)
     method.attach(model, x)
+    # Torch-Pruning's trace sets eval mode; training must go on with BatchNorm in train mode.
+    assert all(m.training for m in model.modules())
+    model.eval()
+    x = x[:1]
     if arch.startswith("vit"):  # the MLP blocks: qkv's channels are reshaped into heads
         assert set(method.masks.layers) == {f"blocks.{i}.mlp.fc1" for i in range(12)}
     for name, _ in method.masks:  # the last period's choice, made at once

@@ -57,7 +57,10 @@ class ChannelPruning(GradualMagnitudePruning):
         candidates = prunable_layers(model, **self.layer_options)
         tp = _torch_pruning()
         out_handlers = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
+        modes = {m: m.training for m in model.modules()}
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=self.example)
+        for m, training in modes.items():  # Torch-Pruning's trace leaves the model in eval mode
+            m.training = training
         chosen: dict[str, nn.Module] = {}
         for name, module in candidates.items():
             handler = (
