@@ -141,6 +141,12 @@ class DirectSparse(nn.Module):
         self.bias = (torch.empty(0) if bias is None
                      else torch.cat([bias, bias.new_zeros(groups * rows - len(bias))]))  # fmt: skip
         self.op = sparse_rows_op()
+        # Depthwise convolutions (one input channel per output channel) run a kernel of their
+        # own: a plane per channel, a shifted input plane added per nonzero tap, no input copy.
+        self.depthwise = (not self.linear and rows == 1 and conv_groups == self.out_channels
+                          == self.in_channels)  # fmt: skip
+        if self.depthwise:
+            self.taps = self.taps.to(torch.int32).contiguous()
         self.layouts: dict[tuple[int, int], dict] = {}
         # The flat input per input shape, kept between calls: its padding stays zero and each
         # call writes only the image into it (zeroing it every call cost more than the copy).
@@ -198,7 +204,24 @@ class DirectSparse(nn.Module):
                 phases[:, :, a, b, i0 : i0 + part.shape[2], j0 : j0 + part.shape[3]] = part
         return buf
 
+    def forward_depthwise(self, x: torch.Tensor) -> torch.Tensor:
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
+            self.kernel,
+            self.stride,
+            self.padding,
+            self.dilation,
+        )
+        h, w = x.shape[2:]
+        ho, wo = (
+            (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
+            (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1,
+        )
+        return torch.ops.sparsebench.sparse_depthwise(x.contiguous(), self.rowptr, self.taps, self.values,
+                                                      self.bias, kw, sh, sw, ph, pw, dh, dw, ho, wo)  # fmt: skip
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.depthwise:
+            return self.forward_depthwise(x)
         if self.linear:  # the batch as one row of pixels: (in, B), one image
             lead, x = x.shape[:-1], x.reshape(-1, x.shape[-1])
             x = x.t().reshape(1, self.in_channels, 1, -1)

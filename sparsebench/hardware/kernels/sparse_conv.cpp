@@ -179,10 +179,68 @@ at::Tensor sparse_rows(const at::Tensor& inp, const at::Tensor& rowptr, const at
   TORCH_CHECK(false, "sparse_rows: (rows_per_group, vectors) must be (1, 4), (1, 8), (4, 2) or (4, 4)");
 }
 
+// A depthwise convolution (groups = channels) with few nonzero taps per channel: each output
+// plane starts as its bias and adds, per nonzero tap, the input plane shifted by the tap and
+// scaled by its weight, over the output pixels whose input pixel is inside the image (zero
+// padding by omission). A channel without taps costs one fill and reads no input. x: [N, C, H, W]
+// contiguous; rowptr [C + 1], taps (ky * kw + kx) and vals per nonzero.
+at::Tensor sparse_depthwise(const at::Tensor& x, const at::Tensor& rowptr, const at::Tensor& taps,
+                            const at::Tensor& vals, const at::Tensor& bias, int64_t kw,
+                            int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
+                            int64_t dil_h, int64_t dil_w, int64_t out_h, int64_t out_w) {
+  TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && x.scalar_type() == at::kFloat,
+              "sparse_depthwise: x must be a contiguous float [N, C, H, W] tensor");
+  TORCH_CHECK(rowptr.scalar_type() == at::kInt && taps.scalar_type() == at::kInt &&
+                  rowptr.is_contiguous() && taps.is_contiguous() && vals.is_contiguous() &&
+                  rowptr.numel() == x.size(1) + 1 && taps.numel() == vals.numel() &&
+                  rowptr.data_ptr<int32_t>()[x.size(1)] == taps.numel(),
+              "sparse_depthwise: rowptr, taps and vals disagree with x");
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  auto out = at::empty({n, c, out_h, out_w}, x.options());
+  const float* in = x.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  const int32_t* rp = rowptr.data_ptr<int32_t>();
+  const int32_t* tp = taps.data_ptr<int32_t>();
+  const float* vp = vals.data_ptr<float>();
+  const float* b = bias.numel() ? bias.data_ptr<float>() : nullptr;
+  at::parallel_for(0, n * c, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t ch = i % c;
+      const float* src = in + i * h * w;
+      float* dst = o + i * out_h * out_w;
+      std::fill(dst, dst + out_h * out_w, b ? b[ch] : 0.0f);
+      for (int32_t k = rp[ch]; k < rp[ch + 1]; ++k) {
+        const int64_t dy = (tp[k] / kw) * dil_h - pad_h, dx = (tp[k] % kw) * dil_w - pad_w;
+        const float v = vp[k];
+        // Output pixels whose input pixel (y * s + dy, x * s + dx) is inside the image.
+        const int64_t y0 = std::max<int64_t>(0, (-dy + stride_h - 1) / stride_h);
+        const int64_t y1 = std::min<int64_t>(out_h, (h - 1 - dy) / stride_h + 1);
+        const int64_t x0 = std::max<int64_t>(0, (-dx + stride_w - 1) / stride_w);
+        const int64_t x1 = std::min<int64_t>(out_w, (w - 1 - dx) / stride_w + 1);
+        if (h - 1 - dy < 0 || w - 1 - dx < 0) continue;
+        for (int64_t y = y0; y < y1; ++y) {
+          const float* row = src + (y * stride_h + dy) * w + dx;
+          float* out_row = dst + y * out_w;
+          if (stride_w == 1) {
+            for (int64_t xx = x0; xx < x1; ++xx) out_row[xx] += v * row[xx];
+          } else {
+            for (int64_t xx = x0; xx < x1; ++xx) out_row[xx] += v * row[xx * stride_w];
+          }
+        }
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(sparsebench, m) {
   m.def("sparse_rows(Tensor inp, Tensor rowptr, Tensor offs, Tensor vals, Tensor bias, "
         "int rows_per_group, int vectors, int width, int grid_w, int out_h, int out_w) -> Tensor",
         &sparse_rows);
+  m.def("sparse_depthwise(Tensor x, Tensor rowptr, Tensor taps, Tensor vals, Tensor bias, int kw, "
+        "int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int out_h, "
+        "int out_w) -> Tensor",
+        &sparse_depthwise);
 }
