@@ -14,6 +14,7 @@ from sparsebench.hardware.deploy import fold_batchnorm
 from sparsebench.hardware.direct import DirectSparse, KernelUnavailable, refusal, sparse_rows_op
 from sparsebench.hardware.timing import Noise, Timing, time_interleaved
 from sparsebench.sparsity.patterns import as_matrix
+from sparsebench.sparsity.prunable import set_module
 
 log = logging.getLogger(__name__)
 
@@ -262,9 +263,7 @@ class CPUSparseTarget(CPUTarget):
             best = min(timings, key=lambda k: timings[k].p50)
             kernels[name] = best
             if best != "dense":
-                parent_name, _, child = name.rpartition(".")
-                parent = converted.get_submodule(parent_name) if parent_name else converted
-                setattr(parent, child, candidates[best])
+                set_module(converted, name, candidates[best])
         return converted, kernels
 
     def benchmark(self, model, example, layers=None, pattern=None, dense=None) -> Measurement:

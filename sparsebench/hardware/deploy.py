@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from sparsebench.sparsity.prunable import set_module
+
 
 def without_norm(bn: nn.BatchNorm2d) -> nn.Module:
     """What is left of ``bn`` once its normalisation is folded away: nothing for a plain
@@ -33,11 +35,6 @@ def without_norm(bn: nn.BatchNorm2d) -> nn.Module:
         if isinstance(getattr(bn, name, None), nn.Module)
     ]
     return nn.Sequential(*rest)
-
-
-def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
 def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, int]:

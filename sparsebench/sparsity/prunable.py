@@ -16,6 +16,12 @@ from torch import nn
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted ``name`` (transformations, hardware conversions)."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
 def _head(model: nn.Module) -> nn.Module | None:
     get_classifier = getattr(model, "get_classifier", None)
     if callable(get_classifier):

@@ -15,9 +15,8 @@ from torch import nn
 
 from sparsebench.config import ConfigError
 from sparsebench.metrics.flops import module_flops
-from sparsebench.sparsity.prunable import prunable_layers
+from sparsebench.sparsity.prunable import prunable_layers, set_module
 from sparsebench.transforms.base import ModelTransform
-from sparsebench.transforms.sparse_ift import set_module
 
 
 class MonarchLinear(nn.Module):

@@ -24,7 +24,7 @@ from torch import fx, nn
 
 from sparsebench.config import ConfigError
 from sparsebench.metrics.flops import module_flops
-from sparsebench.sparsity.prunable import prunable_layers
+from sparsebench.sparsity.prunable import prunable_layers, set_module
 from sparsebench.transforms.base import ModelTransform
 
 FAMILIES = ("sparse_wide", "sparse_parallel", "sparse_factorized", "sparse_doped")
@@ -98,12 +98,6 @@ def _following_norms(model: nn.Module, names: list[str]) -> dict[str, str]:
             if user.op == "call_module" and isinstance(modules.get(user.target), NORMS):
                 found[node.target] = user.target
     return found
-
-
-def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    """Replace the submodule at dotted ``name``."""
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 def transform_layers(model: nn.Module, layers: dict[str, nn.Module], family: str, sparsity: float,
