@@ -9,7 +9,7 @@ from torch import nn
 
 from sparsebench.config import ConfigError
 from sparsebench.hardware.base import Measurement
-from sparsebench.hardware.cpu import CPUTarget, batch_like
+from sparsebench.hardware.cpu import CPUTarget, batch_like, check_outputs
 from sparsebench.sparsity.patterns import is_nm
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -82,10 +82,7 @@ class CUDA2to4Target(CUDATarget):
         x = self.batch(example)
         dense = self.prepare(model)
         converted, kernels = self.convert(model, layers or {}, x)
-        with torch.inference_mode():
-            expected, got = dense(x), converted(x)
-        if not torch.allclose(expected.float(), got.float(), rtol=1e-2, atol=1e-2):
-            raise RuntimeError(f"hardware '{self.name}': 2:4 kernels changed the outputs.")
+        check_outputs(self.name, "2:4 kernels", dense, converted, x, tolerance=1e-2)
         measured = self.latency(*self.time_models({"dense": dense, "model": converted}, x))
         measured.metrics["kernels/sparse_layers"] = sum(k == "2:4" for k in kernels.values())
         measured.kernels = kernels
