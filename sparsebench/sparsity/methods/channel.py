@@ -120,17 +120,26 @@ class ChannelPruning(GradualMagnitudePruning):
         # Squared magnitudes: the Channel pattern sums them per filter (ordering = L2 norm).
         return {name: m.weight.detach().pow(2) for name, m in self.masks}
 
+    def rows(self, name: str) -> torch.Tensor:
+        """The output channels of a layer its mask keeps."""
+        return self.masks.mask(name).reshape(self.masks.layers[name].weight.shape[0], -1)[:, 0]
+
+    def params(self, name: str) -> list[torch.Tensor]:
+        """A layer's channel groups, row by row: its filters, conv bias and the following norms'
+        weight and bias."""
+        module = self.masks.layers[name]
+        out = [module.weight, module.bias]
+        for norm in self.norms[name]:
+            out += [norm.weight, norm.bias]
+        return [p for p in out if p is not None]
+
     @torch.no_grad()
     def zero_channels(self, grads: bool = False) -> None:
-        """Hold biases and the following norms of pruned channels at zero (and their gradients)."""
-        for name, module in self.masks:
-            dead = ~self.masks.mask(name).reshape(module.weight.shape[0], -1)[:, 0]
-            params = [module.bias]
-            for norm in self.norms[name]:
-                params += [norm.weight, norm.bias]
-            for param in params:
-                if param is None:
-                    continue
+        """Hold pruned channels' whole groups at zero (and their gradients): the filters are
+        zero by their masks already, the biases and norms by this."""
+        for name, _ in self.masks:
+            dead = ~self.rows(name)
+            for param in self.params(name):
                 target = param.grad if grads else param
                 if target is not None:
                     target[dead] = 0
@@ -150,9 +159,8 @@ class ChannelPruning(GradualMagnitudePruning):
         MaskSet.detach(slim)  # Torch-Pruning reshapes parameters, not our mask buffers
         tp = _torch_pruning()
         graph = tp.DependencyGraph().build_dependency(slim, example_inputs=self.example)
-        for name, module in self.masks:
-            rows = self.masks.mask(name).reshape(module.weight.shape[0], -1)[:, 0]
-            idxs = (~rows).nonzero().view(-1).tolist()
+        for name, _ in self.masks:
+            idxs = (~self.rows(name)).nonzero().view(-1).tolist()
             if idxs:
                 target = slim.get_submodule(name)
                 handler = (

@@ -67,19 +67,7 @@ class HESSO(ChannelPruning):
     def update_due(self, step: int) -> bool:
         return False  # selection happens in after_backward, where this step's gradient is
 
-    # -- per-row quantities -----------------------------------------------------------------------
-    def rows(self, name: str) -> torch.Tensor:
-        """Kept rows of a layer's mask (output channels not yet removed)."""
-        module = self.masks.layers[name]
-        return self.masks.mask(name).reshape(module.weight.shape[0], -1)[:, 0]
-
-    def params(self, name: str) -> list[torch.Tensor]:
-        module = self.masks.layers[name]
-        out = [module.weight, module.bias]
-        for norm in self.norms[name]:
-            out += [norm.weight, norm.bias]
-        return [p for p in out if p is not None]
-
+    # -- per-row quantities (rows and params: channel's groups) --------------------------------------
     def per_row(self, name: str, values: list[torch.Tensor]) -> torch.Tensor:
         rows = self.masks.layers[name].weight.shape[0]
         return torch.stack([v.reshape(rows, -1).sum(1) for v in values]).sum(0)
