@@ -231,8 +231,10 @@ def model_metrics(
     method: SparsityMethod | None = None,
     hardware: HardwareTarget | None = None,
     transform: ModelTransform | None = None,
+    deployed: nn.Module | None = None,
 ) -> dict[str, float]:
-    """Parameters, sparsity, FLOPs and weight storage of the trained model.
+    """Parameters, sparsity, FLOPs and weight storage of the trained model (``deployed``: the
+    method's physically smaller network where the caller built it already).
 
     Sparsity and sparse FLOPs are over the method's layers (default selection when dense);
     ``flops/train`` follows docs/methods.md: 3 forward FLOPs per training sample for dense
@@ -246,7 +248,8 @@ def model_metrics(
     if transform is not None and transform.reference_flops is not None:
         # Sparse-IFT and Monarch: flops/dense is the dense original (the iso-FLOP reference).
         flops["flops/dense"] = transform.reference_flops
-    deployed = method.deployed_model(model) if method is not None else None
+    if deployed is None and method is not None:
+        deployed = method.deployed_model(model)
     if deployed is not None:  # structured: count the physically smaller network
         flops["flops/sparse"] = flops_per_sample(deployed, example)["flops/dense"]
         flops["params/deployed"] = sum(p.numel() for p in deployed.parameters())
@@ -276,19 +279,18 @@ def measure(results: Results, cfg: DictConfig, model: nn.Module, example: torch.
             benchmark: bool, transform: ModelTransform | None = None) -> None:  # fmt: skip
     """The contract's model metrics into ``results`` and, if ``benchmark`` (rank zero), the
     hardware target's latencies and its per-layer kernel choice."""
-    results.update(model_metrics(cfg, model, example, samples_seen, method, hardware, transform))
+    # Structured methods: the physically smaller network, counted and timed (built once).
+    deployed = method.deployed_model(model) if method is not None else None
+    results.update(model_metrics(cfg, model, example, samples_seen, method, hardware, transform,
+                                 deployed))  # fmt: skip
     if hardware.enabled and benchmark:
-        pattern = method.pattern if method is not None else None
-        deployed = method.deployed_model(model) if method is not None else None
-        if (
-            deployed is not None
-        ):  # structured: time the physically smaller network against the full one
+        layers = pruned_layers(model, method)
+        if deployed is not None:  # timed against the full network
             measured = hardware.benchmark(deployed, example, {}, None, dense=model)
-            measured.kernels = {
-                name: "dense (channels removed)" for name in pruned_layers(model, method)
-            }
+            measured.kernels = dict.fromkeys(layers, "dense (channels removed)")
         else:
-            measured = hardware.benchmark(model, example, pruned_layers(model, method), pattern)
+            pattern = method.pattern if method is not None else None
+            measured = hardware.benchmark(model, example, layers, pattern)
         results.update(measured.metrics, measured.tags)  # tags: latency/noisy (and why)
         results.data["kernels"] = measured.kernels  # per-layer kernel the target ran
 
