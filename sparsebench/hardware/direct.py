@@ -152,6 +152,12 @@ class DirectSparse(nn.Module):
         # call writes only the image into it (zeroing it every call cost more than the copy).
         self.buffers: dict[tuple[int, ...], torch.Tensor] = {}
 
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        """The output's height and width for an h x w input (as nn.Conv2d computes them)."""
+        ho, wo = ((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d
+                  in zip((h, w), self.kernel, self.stride, self.padding, self.dilation, strict=True))  # fmt: skip
+        return ho, wo
+
     def layout(self, h: int, w: int) -> dict:
         """Offsets and sizes for an h x w input: the padded input split into its stride phases
         (for stride 1 the padded input itself), each flat, one image after another."""
@@ -162,7 +168,7 @@ class DirectSparse(nn.Module):
             self.dilation,
         )
         hp, wp = h + 2 * ph, w + 2 * pw
-        ho, wo = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+        ho, wo = self.output_size(h, w)
         hq, wq = -(-hp // sh), -(-wp // sw)  # one phase plane
         c = torch.arange(self.in_channels)[:, None, None]
         ky = torch.arange(kh)[None, :, None] * dh
@@ -205,17 +211,13 @@ class DirectSparse(nn.Module):
         return buf
 
     def forward_depthwise(self, x: torch.Tensor) -> torch.Tensor:
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (
+        (_, kw), (sh, sw), (ph, pw), (dh, dw) = (
             self.kernel,
             self.stride,
             self.padding,
             self.dilation,
         )
-        h, w = x.shape[2:]
-        ho, wo = (
-            (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
-            (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1,
-        )
+        ho, wo = self.output_size(*x.shape[2:])
         return torch.ops.sparsebench.sparse_depthwise(x.contiguous(), self.rowptr, self.taps, self.values,
                                                       self.bias, kw, sh, sw, ph, pw, dh, dw, ho, wo)  # fmt: skip
 
