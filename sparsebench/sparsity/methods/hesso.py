@@ -75,10 +75,7 @@ class HESSO(ChannelPruning):
     def saliency(self, name: str) -> torch.Tensor:
         params = self.params(name)
         norm = self.per_row(name, [p.detach() ** 2 for p in params]).sqrt()
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        taylor = self.per_row(
-            name, [(g * p.detach()) for g, p in zip(grads, params, strict=True)]
-        ).abs()
+        taylor = self.first_order(name).abs()
         scale = lambda v: v / v.max() if v.max() > 0 else v  # noqa: E731
         return (scale(norm) + scale(taylor)) / 2
 
@@ -107,6 +104,11 @@ class HESSO(ChannelPruning):
     def set_rows(self, name: str, rows: torch.Tensor, flat: torch.Tensor) -> None:
         for p, value in zip(self.params(name), self.unflatten(name, flat), strict=True):
             p[rows] = value[rows]
+
+    @torch.no_grad()
+    def zero_rows(self, name: str, rows: torch.Tensor) -> None:
+        for p in self.params(name):
+            p[rows] = 0
 
     # -- the hybrid optimizer -----------------------------------------------------------------------
     def select(self, model, example=None):
@@ -145,7 +147,7 @@ class HESSO(ChannelPruning):
                 self.cycles_left = min(self.cric_cycles, end - first - 1)  # leave a step to shrink
                 for name, _ in self.masks:  # hold the candidates at zero, saving their values
                     self.saved[name] = self.flatten(name)
-                    self.set_rows(name, self.shrinking[name], torch.zeros_like(self.saved[name]))
+                    self.zero_rows(name, self.shrinking[name])
             return
         if self.cycles_left > 0:
             self.correct()
@@ -170,7 +172,7 @@ class HESSO(ChannelPruning):
                 self.shrinking[name] = candidates & ~violating
                 more = self.choose(name, self.period, self.protected[name])
                 self.saved[name] = torch.where(more[:, None], self.flatten(name), self.saved[name])
-                self.set_rows(name, more, torch.zeros_like(self.saved[name]))
+                self.zero_rows(name, more)
                 self.shrinking[name] |= more
         if self.cycles_left == 0:  # the survivors shrink from their saved values from now on
             for name, _ in self.masks:
@@ -192,7 +194,7 @@ class HESSO(ChannelPruning):
         _, _, end = period
         if self.cycles_left > 0 and end - step > 0:  # CRIC holds the candidates at zero
             for name, rows in self.shrinking.items():
-                self.set_rows(name, rows, torch.zeros_like(self.flatten(name)))
+                self.zero_rows(name, rows)
             return
         left = end - step
         for name, rows in self.shrinking.items():
@@ -216,10 +218,8 @@ class HESSO(ChannelPruning):
 
     def finalize(self) -> None:
         if self.shrinking:  # a run that ended inside a period: its groups go to zero now
-            with torch.no_grad():
-                for name, rows in self.shrinking.items():
-                    for p in self.params(name):
-                        p[rows] = 0
+            for name, rows in self.shrinking.items():
+                self.zero_rows(name, rows)
             self.retire()
 
     def update(self, step: int) -> None:
