@@ -55,7 +55,7 @@ def populate(uri: str, n_runs: int, seed: int = 0) -> None:
     """``n_runs`` synthetic runs in the (new) store at ``uri``."""
     import sqlalchemy as sa
 
-    from sparsebench.tracking.results import CONTRACT_METRICS, STATUS_TAG
+    from sparsebench.record.results import CONTRACT_METRICS, STATUS_TAG
 
     experiment, params, _ = _template(uri)
     rng = random.Random(seed)

@@ -18,15 +18,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from rich.console import Console
 from rich.table import Table
 
 from benchmarks.overhead import StepClock
-from sparsebench.config import CONF_DIR, normalize_overrides, register_configs, register_resolvers
+from sparsebench.config.compose import compose
 from sparsebench.models import build_model
-from sparsebench.schemas import register_schemas
-from sparsebench.tracking.logs import quiet_lightning
+from sparsebench.record.logs import quiet_lightning
 from sparsebench.training import (
     build_datamodule,
     build_method,
@@ -37,10 +35,9 @@ from sparsebench.training import (
 
 
 def step_times(overrides: list[str], steps: int, out: Path) -> list[float]:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=normalize_overrides([
-            "logger=none", "trainer.limit_val_batches=0", "trainer.enable_checkpointing=false",
-            "trainer.enable_progress_bar=false", *overrides]))  # fmt: skip
+    cfg = compose(["logger=none", "trainer.limit_val_batches=0",
+                   "trainer.enable_checkpointing=false", "trainer.enable_progress_bar=false",
+                   *overrides])  # fmt: skip
     torch.manual_seed(0)
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
@@ -60,9 +57,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--update-interval", type=int, default=25)
     args = parser.parse_args()
-    register_configs()
-    register_schemas()  # method, transform and hardware schemas, from their classes
-    register_resolvers()
     quiet_lightning()
     configs = {
         "dense": [],

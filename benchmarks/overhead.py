@@ -23,17 +23,15 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from rich.console import Console
 from rich.table import Table
 
-from sparsebench.config import CONF_DIR, normalize_overrides, register_configs, register_resolvers
+from sparsebench.config.compose import compose
 from sparsebench.models import build_model
+from sparsebench.record.logs import quiet_lightning
+from sparsebench.record.recorder import RunRecorder
 from sparsebench.runners.train import run as train_run  # noqa: F401  (same imports as the CLI)
-from sparsebench.schemas import register_schemas
-from sparsebench.tracking.logs import quiet_lightning
-from sparsebench.tracking.recorder import RunRecorder
 from sparsebench.training import RunProgress, build_datamodule, build_module, build_trainer
 
 
@@ -116,15 +114,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
-    register_configs()
-    register_schemas()  # method, transform and hardware schemas, from their classes
-    register_resolvers()
     quiet_lightning()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            overrides = [f"logger.tracking_uri=sqlite:///{tmp}/mlflow.db"]
-            cfg = compose(config_name="config", overrides=normalize_overrides(overrides))
+        cfg = compose([f"logger.tracking_uri=sqlite:///{tmp}/mlflow.db"])
         harness, plain = [], []
         for r in range(args.rounds):
             harness += harness_steps(cfg.copy(), args.steps, tmp_path / f"h{r}")[args.warmup :]

@@ -15,13 +15,14 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, open_dict
 
-from sparsebench.config import ConfigError, validate
+from sparsebench.config.checks import validate
+from sparsebench.errors import ConfigError
 from sparsebench.metrics.memory import PeakMemory
 from sparsebench.models import build_model
 from sparsebench.pruning.methods import PostTrainingMethod
+from sparsebench.record.recorder import RunRecorder
+from sparsebench.record.results import check_user_tags
 from sparsebench.sparsity.methods.static import FixedMasks
-from sparsebench.tracking.recorder import RunRecorder
-from sparsebench.tracking.results import check_user_tags
 from sparsebench.training import (
     RunProgress,
     build_datamodule,
@@ -30,6 +31,7 @@ from sparsebench.training import (
     build_module,
     build_trainer,
     check_finite,
+    check_machine,
     checkpoint_budget,
     checkpoint_path,
     load_weights,
@@ -58,6 +60,7 @@ def _train_dense(cfg: DictConfig, output_dir: Path) -> tuple[Path, tuple[float, 
 
 def run(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
     validate(cfg)
+    check_machine(cfg)
     check_user_tags(cfg)
     if resume:
         raise ConfigError("runner 'prune' runs are not resumed (pruning takes minutes, not "

@@ -10,11 +10,12 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from sparsebench.config import ConfigError, validate
-from sparsebench.tracking.identity import run_hash
-from sparsebench.tracking.recorder import RunRecorder
-from sparsebench.tracking.results import check_user_tags
-from sparsebench.tracking.resume import resume_point, resumed_by_rank_zero
+from sparsebench.config.checks import validate
+from sparsebench.errors import ConfigError
+from sparsebench.record.identity import run_hash
+from sparsebench.record.recorder import RunRecorder
+from sparsebench.record.results import check_user_tags
+from sparsebench.record.resume import resume_point, resumed_by_rank_zero
 from sparsebench.training import (
     RunProgress,
     build_datamodule,
@@ -25,6 +26,7 @@ from sparsebench.training import (
     build_trainer,
     build_transform,
     check_finite,
+    check_machine,
     final_val,
     fit,
     load_checkpoint,
@@ -52,6 +54,7 @@ def run(
     ``cfg.paths.output_dir`` from its last checkpoint (``python -m sparsebench resume=DIR``);
     without it, a requeued job finding its own interrupted run there continues it too."""
     validate(cfg)
+    check_machine(cfg)
     check_user_tags(cfg)
     output_dir = Path(cfg.paths.output_dir)
     method = build_method(cfg)

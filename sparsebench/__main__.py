@@ -13,19 +13,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from sparsebench.config import (
-    RUNNERS,
-    ConfigError,
-    check_composition,
-    check_group_choices,
-    hydra_app,
-    normalize_overrides,
-    register_configs,
-    register_resolvers,
-    validate,
-)
-from sparsebench.tracking.logs import quiet_lightning
-from sparsebench.tracking.results import ContractIncomplete, RunDiverged, RunInterrupted
+from sparsebench.config.checks import check_composition, check_group_choices, validate
+from sparsebench.config.compose import hydra_app, normalize_overrides, register
+from sparsebench.config.schemas import RUNNERS
+from sparsebench.errors import ConfigError, ContractIncomplete, RunDiverged, RunInterrupted
+from sparsebench.record.logs import quiet_lightning
 
 
 def _dispatch(cfg: DictConfig, resume: bool = False) -> None:
@@ -54,10 +46,10 @@ def _dispatch(cfg: DictConfig, resume: bool = False) -> None:
 
 def resume(args: list[str]) -> None:
     """``python -m sparsebench resume=RUN_DIR``: continue an unfinished run with its own saved
-    config, in its folder and its MLflow run (sparsebench.tracking.resume)."""
+    config, in its folder and its MLflow run (sparsebench.record.resume)."""
     from omegaconf import OmegaConf, open_dict
 
-    from sparsebench.tracking.resume import resume_point
+    from sparsebench.record.resume import resume_point
 
     given = [a for a in args if a.startswith("resume=")]
     others = [a for a in args if not a.startswith("resume=")]
@@ -80,25 +72,21 @@ def resume(args: list[str]) -> None:
 
 def main() -> None:
     if sys.argv[1:2] == ["upload"]:
-        from sparsebench.tracking.upload import main as upload
+        from sparsebench.record.upload import main as upload
 
         raise SystemExit(upload(sys.argv[2:]))
     if sys.argv[1:2] == ["leaderboard"]:
-        from sparsebench.leaderboard import main as leaderboard
+        from sparsebench.leaderboard.cli import main as leaderboard
 
         raise SystemExit(leaderboard(sys.argv[2:]))
     sys.argv[1:] = normalize_overrides(sys.argv[1:])  # before Hydra reads them
-    register_configs()
-    register_resolvers()
+    register()
     if any(a.startswith("resume=") for a in sys.argv[1:]):
         resume(sys.argv[1:])  # the run's saved config: composed before, nothing to compose
         return
 
     def check(args: list[str]) -> None:
         check_group_choices(args)
-        from sparsebench.schemas import register_schemas
-
-        register_schemas()  # method, transform and hardware schemas, from their classes
         check_composition(args, "config")
 
     hydra_app("config", _dispatch, check)

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from sparsebench.config import CONF_DIR, normalize_overrides, register_configs, register_resolvers
-from sparsebench.schemas import register_schemas
+from sparsebench.config.compose import compose, register
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,16 +25,13 @@ os.environ.setdefault(
     "TORCH_EXTENSIONS_DIR",
     str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "torch_extensions"),
 )
-register_configs()
-register_schemas()  # method, transform and hardware schemas, from their classes
-register_resolvers()
+register()
 
 
 def compose_config(
     overrides: list[str] | None = None, output_dir: Path | None = None
 ) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=normalize_overrides(list(overrides or [])))
+    cfg = compose(list(overrides or []))
     if output_dir is not None:
         with open_dict(cfg):
             cfg.paths.output_dir = str(output_dir)
@@ -50,8 +45,7 @@ def search_in_process(args: list[str], cwd: Path, monkeypatch) -> tuple[DictConf
     monkeypatch.chdir(cwd)
     for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
         monkeypatch.delenv(key)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="search", overrides=args)
+    cfg = compose(args, "search")
     runs = cwd / "outputs" / "search" / Path(str(cfg.sweep)).stem
     output_dir = runs / f"run{len(list(runs.glob('run*')))}" / "worker0"
     output_dir.mkdir(parents=True)

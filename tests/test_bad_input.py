@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from sparsebench.config import ConfigError, check_composition, check_group_choices, validate
-from sparsebench.tracking.identity import flatten
+from sparsebench.config.checks import check_composition, check_group_choices, validate
+from sparsebench.errors import ConfigError
+from sparsebench.record.identity import flatten
 from tests.conftest import compose_config
 
 BASE = ["model=mlp", "dataset=digits", "+method=rigl"]

@@ -10,14 +10,9 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from sparsebench.config import (
-    CHOICE_GROUPS,
-    CONF_DIR,
-    ConfigError,
-    available,
-    check_group_choices,
-    validate,
-)
+from sparsebench.config.checks import check_group_choices, validate
+from sparsebench.config.resources import CHOICE_GROUPS, CONF_DIR, available
+from sparsebench.errors import ConfigError
 from tests.conftest import REPO, compose_config
 
 MODELS = available("model")
@@ -94,7 +89,7 @@ def test_unknown_key_fails_at_composition() -> None:
     [
         (
             "+trainer.max_epoch=3",
-            "unknown key 'trainer.max_epoch'; trainer takes: max_epochs, optimizer,",
+            "unknown key 'trainer.max_epoch'; trainer takes: _target_, max_epochs, optimizer,",
         ),
         ("+dataset.colour=red", "unknown key 'dataset.colour'; dataset takes: _target_, name,"),
         (
@@ -136,11 +131,10 @@ def test_known_names_pass() -> None:
 
 
 def test_grids_in_sweeps_are_on_the_search_path() -> None:
-    from hydra import compose, initialize_config_dir
+    from sparsebench.config.compose import compose
 
     check_group_choices(["+grid=seeds"])
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["+grid=seeds"], return_hydra_config=True)
+    cfg = compose(["+grid=seeds"], return_hydra_config=True)
     assert cfg.hydra.sweeper.params.seed == "0,1,2"
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
 
@@ -162,22 +156,37 @@ def test_docker_compose_is_well_formed() -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("trainer.accelerator=gpu", "trainer.devices=1 asks for more CUDA GPUs than this machine has (0) (no CUDA GPU is visible; use trainer.accelerator=cpu)."),
         ("trainer.accelerator=quantum", "trainer.accelerator must be one of cpu, gpu, cuda, mps, auto, got 'quantum'."),
         ("trainer.precision=bogus", "trainer.precision must be one of 64-true, 64, 32-true, 32, 16-mixed, 16, bf16-mixed, bf16, 16-true, bf16-true, got 'bogus'."),
         ("trainer.devices=abc", "trainer.devices must be a number, a list of indices or 'auto', got 'abc'."),
-        ("trainer.devices=99", "trainer.devices=99 asks for more CPU cores (DDP processes) than this machine has ("),
         ("trainer.limit_train_batches=-1", "trainer.limit_train_batches must be a fraction in [0, 1] or a batch count >= 0, got -1."),
         ("trainer.limit_val_batches=1.5", "trainer.limit_val_batches must be a fraction in [0, 1] or a batch count >= 0, got 1.5."),
         ("logger.tracking_uri=ftp://x", "logger.tracking_uri must start with one of sqlite, http, https, postgresql, postgresql+psycopg2, mysql, databricks (an MLflow store), got 'ftp://x'."),
         ("logger.connect_timeout_s=-1", "logger.connect_timeout_s must be in (0, 600], got -1.0."),
     ],
 )  # fmt: skip
-def test_trainer_and_logger_options_are_checked_against_the_machine(override, message) -> None:
-    if override == "trainer.accelerator=gpu" and torch.cuda.is_available():
-        pytest.skip("this machine has a CUDA GPU: asking for one is valid")
+def test_trainer_and_logger_options_are_one_sentence(override, message) -> None:
     with pytest.raises(ConfigError) as error:
         validate(compose_config([override], output_dir="/tmp/x"))
+    assert str(error.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.accelerator=gpu", "trainer.devices=1 asks for more CUDA GPUs than this machine has (0) (no CUDA GPU is visible; use trainer.accelerator=cpu)."),
+        ("trainer.devices=99", "trainer.devices=99 asks for more CPU cores (DDP processes) than this machine has ("),
+    ],
+)  # fmt: skip
+def test_the_machine_is_asked_where_the_run_starts_not_when_a_config_validates(override, message) -> None:
+    from sparsebench.training import check_machine
+
+    if override == "trainer.accelerator=gpu" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: asking for one is valid")
+    cfg = compose_config([override], output_dir="/tmp/x")
+    validate(cfg)  # a saved config validates on any host
+    with pytest.raises(ConfigError) as error:
+        check_machine(cfg)
     assert str(error.value).startswith(message)
 
 
@@ -194,8 +203,8 @@ def test_hardware_options_are_one_sentence() -> None:
 
 
 def test_bad_leaderboard_and_upload_arguments_are_one_sentence(tmp_path, capsys) -> None:
-    from sparsebench.leaderboard import main as leaderboard
-    from sparsebench.tracking.upload import main as upload
+    from sparsebench.leaderboard.cli import main as leaderboard
+    from sparsebench.record.upload import main as upload
 
     store = tmp_path / "mlflow.db"
     store.touch()
@@ -230,11 +239,11 @@ def test_bad_leaderboard_and_upload_arguments_are_one_sentence(tmp_path, capsys)
         (["trainer.max_epochs=abc"], "trainer.max_epochs=abc: Value 'abc' of type 'str' could not be converted to Integer."),
         (["seed=abc"], "seed=abc: Value 'abc' of type 'str' could not be converted to Integer."),
         (["trainer.optimizer.lr="], "trainer.optimizer.lr=: Value '' of type 'str' could not be converted to Float."),
-        (["trainer.max_epoch=3"], "unknown key 'trainer.max_epoch'; trainer takes: max_epochs, optimizer,"),
+        (["trainer.max_epoch=3"], "unknown key 'trainer.max_epoch'; trainer takes: _target_, max_epochs, optimizer,"),
     ],
 )  # fmt: skip
 def test_hydra_composition_errors_are_one_sentence(args: list[str], message: str) -> None:
-    from sparsebench.config import check_composition
+    from sparsebench.config.checks import check_composition
 
     with pytest.raises(ConfigError) as error:
         check_composition(args, "config")
@@ -244,7 +253,7 @@ def test_hydra_composition_errors_are_one_sentence(args: list[str], message: str
 
 
 def test_multirun_composition_errors_are_one_sentence() -> None:
-    from sparsebench.config import check_composition
+    from sparsebench.config.checks import check_composition
 
     check_composition(["-m", "+method=rigl,set", "method.sparsity=0.5,0.9"], "config")
     with pytest.raises(ConfigError, match="^trainer.max_epochs=x: Value 'x' of type 'str'"):
@@ -262,17 +271,15 @@ def test_multirun_composition_errors_are_one_sentence() -> None:
     ],
 )  # fmt: skip
 def test_search_options_are_one_sentence(args: list[str], message: str) -> None:
-    from hydra import compose, initialize_config_dir
-
-    from sparsebench.config import check_composition
+    from sparsebench.config.checks import check_composition
+    from sparsebench.config.compose import compose
 
     try:
         check_composition(args, "search")  # composition errors
     except ConfigError as error:
         assert str(error).startswith(message)
         return
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="search", overrides=args)
+    cfg = compose(args, "search")
     with pytest.raises(ConfigError) as error:  # range errors: the search entry validates them
         validate(cfg)
     assert str(error.value).startswith(message)
@@ -301,7 +308,7 @@ def test_an_unreadable_sweep_file_is_one_sentence(tmp_path) -> None:
 
 
 def test_a_run_holds_only_the_options_of_its_own_model_method_and_target() -> None:
-    from sparsebench.tracking.identity import flatten
+    from sparsebench.record.identity import flatten
 
     cfg = compose_config(["model=mlp", "dataset=mnist1d", "+method=rigl"], output_dir="/tmp/x")
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
@@ -326,7 +333,7 @@ def test_a_run_holds_only_the_options_of_its_own_model_method_and_target() -> No
     ],
 )  # fmt: skip
 def test_method_transform_and_target_schemas_check_keys_and_types(args, message) -> None:
-    from sparsebench.config import check_composition
+    from sparsebench.config.checks import check_composition
 
     with pytest.raises(ConfigError) as err:  # types when composing, added keys when validating
         check_composition(args, "config")
@@ -335,7 +342,8 @@ def test_method_transform_and_target_schemas_check_keys_and_types(args, message)
 
 
 def test_method_is_an_optional_group_chosen_with_or_without_plus() -> None:
-    from sparsebench.config import check_composition, normalize_overrides
+    from sparsebench.config.checks import check_composition
+    from sparsebench.config.compose import normalize_overrides
 
     for spelling in ("method=rigl", "+method=rigl"):
         cfg = compose_config([spelling, "method.sparsity=0.5"])

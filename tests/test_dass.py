@@ -10,7 +10,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.models.dass import (
     OPS,
     DerivedNetwork,

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.hardware import (
     CPUSparseTarget,
     CPUTarget,

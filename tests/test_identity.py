@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-from sparsebench import config
-from sparsebench.tracking.identity import benchmark_key, hashed_options, run_hash
+from sparsebench.config.schemas import TrainerConfig
+from sparsebench.record.identity import benchmark_key, hashed_options, run_hash
 from tests.conftest import compose_config
 
 # Pinned: a change here means every stored run's identity changed. Only update knowingly.
@@ -71,7 +71,7 @@ def test_new_option_with_its_default_keeps_the_hash() -> None:
     before = run_hash(cfg)
 
     @dataclasses.dataclass
-    class TrainerWithNewOption(config.TrainerConfig):
+    class TrainerWithNewOption(TrainerConfig):
         label_smoothing: float = 0.0
 
     with open_dict(cfg):  # the trainer node as composed with the grown schema

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sparsebench.tracking.leaderboard import admit, aggregate, describe_left_out
-from sparsebench.tracking.results import CONTRACT_METRICS
+from sparsebench.leaderboard.rows import admit, aggregate, describe_left_out
+from sparsebench.record.results import CONTRACT_METRICS
 
 
 def run(key="digits|mlp|cpu|e1", run_hash="h", method="m", seed="0", acc=0.9, flops=100.0, latency=1.0,
@@ -76,7 +76,7 @@ def test_noisy_latency_marks_the_row() -> None:
     other["tags"]["latency/noisy"] = "false"
     rows = {r.run_hash: r for r in aggregate([quiet, loud, other])}
     assert rows["h"].latency_noisy and not rows["g"].latency_noisy  # one noisy replicate marks it
-    from sparsebench.leaderboard import markdown
+    from sparsebench.leaderboard.cli import markdown
 
     lines = [line for line in markdown(list(rows.values())).splitlines() if line.startswith("|")]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
@@ -129,7 +129,7 @@ def test_cli_reads_mlflow_and_writes_csv_and_markdown(tmp_path, capsys) -> None:
 
     from mlflow import MlflowClient
 
-    from sparsebench.leaderboard import main
+    from sparsebench.leaderboard.cli import main
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(tracking_uri=uri)
@@ -187,7 +187,7 @@ def test_html_report_colours_methods_marks_patterns_and_draws_the_front(tmp_path
     import json
     import re
 
-    from sparsebench.tracking.report import html_report
+    from sparsebench.leaderboard.html import html_report
 
     rows = aggregate([run(run_hash="a", method="dense", acc=0.95, flops=200, pattern="dense"),
                       run(run_hash="b", method="rigl", acc=0.93, flops=40),
@@ -216,7 +216,7 @@ def test_report_renders_in_headless_chromium(tmp_path) -> None:
     # Debian's chromium (make test installs it): the page's scripts run, the plots are drawn.
     from PIL import Image
 
-    from sparsebench.tracking.report import find_browser, html_report, rendered_dom, screenshot
+    from sparsebench.leaderboard.html import find_browser, html_report, rendered_dom, screenshot
 
     try:
         find_browser()
@@ -241,7 +241,7 @@ def test_report_renders_in_headless_chromium(tmp_path) -> None:
     plotly_blue = sum(n for n, rgb in colours if rgb == (99, 110, 250))  # plotly's first colour
     assert plotly_blue > 20
     # Slides: one 1600x900 image per benchmark key.
-    from sparsebench.tracking.report import slides
+    from sparsebench.leaderboard.html import slides
 
     other = aggregate(
         [run(key="other", run_hash="e", acc=0.5, flops=5), run(key="other", run_hash="f")]
@@ -274,7 +274,7 @@ def _board() -> list:
 def test_markdown_rows_have_the_headers_cell_count() -> None:
     import re
 
-    from sparsebench.leaderboard import markdown
+    from sparsebench.leaderboard.cli import markdown
 
     text = markdown(_board())
     cells = [
@@ -288,7 +288,7 @@ def test_markdown_rows_have_the_headers_cell_count() -> None:
 def test_terminal_tables_fit_the_width_and_show_every_key_whole(width: int) -> None:
     from rich.console import Console
 
-    from sparsebench.leaderboard import tables
+    from sparsebench.leaderboard.cli import tables
 
     console = Console(width=width, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
     for table in tables(_board(), width):

@@ -16,7 +16,9 @@ import lightning as L
 import pytest
 import torch
 
-from sparsebench.config import CONF_DIR, ConfigError, available, validate
+from sparsebench.config.checks import validate
+from sparsebench.config.resources import CONF_DIR, available
+from sparsebench.errors import ConfigError
 from sparsebench.sparsity.masks import MASK
 from sparsebench.sparsity.patterns import NM, as_matrix, is_nm
 from sparsebench.training import (

@@ -6,7 +6,8 @@ import pytest
 import timm
 import torch
 
-from sparsebench.config import ConfigError, available
+from sparsebench.config.resources import available
+from sparsebench.errors import ConfigError
 from sparsebench.models import build_model
 from tests.conftest import compose_config
 
@@ -73,7 +74,8 @@ def test_unknown_timm_name_is_one_sentence() -> None:
 
 
 def test_timm_keyword_arguments_pass_through_and_unknown_ones_are_one_sentence() -> None:
-    from sparsebench.config import ConfigError, validate
+    from sparsebench.config.checks import validate
+    from sparsebench.errors import ConfigError
 
     cfg = compose_config(
         ["model.global_pool=max", "+model.zero_init_last=false"], output_dir="/tmp/x"

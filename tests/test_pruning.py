@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.pruning import algorithms
 from sparsebench.pruning.calibrate import collect, layer_inputs, reconstruction_error
 from sparsebench.sparsity.patterns import (

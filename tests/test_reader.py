@@ -11,9 +11,9 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
 
-from sparsebench.tracking.leaderboard import METRICS, TAGS
-from sparsebench.tracking.reader import RunCache, _from_client, _from_database, read_runs
-from sparsebench.tracking.results import STATUS_TAG
+from sparsebench.leaderboard.read import RunCache, _from_client, _from_database, read_runs
+from sparsebench.leaderboard.rows import METRICS, TAGS
+from sparsebench.record.results import STATUS_TAG
 
 
 def log_run(client: MlflowClient, experiment: str, name: str, acc: float, end: bool = True,
@@ -128,5 +128,5 @@ def test_the_cache_starts_again_when_the_fields_change(tmp_path: Path, monkeypat
     RunCache(path).store([{"id": "r", "status": "FINISHED", "end_time": 5, "metrics": {},
                            "tags": {}, "experiment_id": "1", "name": "r"}])  # fmt: skip
     assert set(RunCache(path).load()) == {"r"}
-    monkeypatch.setattr("sparsebench.tracking.reader.TAGS", (*TAGS, "latency/noisy"))
+    monkeypatch.setattr("sparsebench.leaderboard.read.TAGS", (*TAGS, "latency/noisy"))
     assert RunCache(path).load() == {}

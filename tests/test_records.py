@@ -18,8 +18,8 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from sparsebench.tracking.leaderboard import admit
-from sparsebench.tracking.results import CONTRACT_METRICS, CONTRACT_TAGS
+from sparsebench.leaderboard.rows import admit
+from sparsebench.record.results import CONTRACT_METRICS, CONTRACT_TAGS
 from tests.conftest import REPO, free_port, wait_until_healthy
 
 pytestmark = pytest.mark.slow
@@ -83,7 +83,7 @@ def mlflow_run(data: dict):
 
 def board(uri: str) -> tuple[set[str], dict[str, set[str]]]:
     """Run uids the leaderboard ranks, and those it leaves out by reason."""
-    from sparsebench.tracking.reader import read_runs
+    from sparsebench.leaderboard.read import read_runs
 
     runs = read_runs(uri)
     client = MlflowClient(tracking_uri=uri)
@@ -112,7 +112,7 @@ def upload(*args: str) -> tuple[int, str]:
     import contextlib
     import io
 
-    from sparsebench.tracking.upload import main
+    from sparsebench.record.upload import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -281,7 +281,7 @@ def test_tracking_server_killed_mid_run_then_upload_completes_it(tmp_path: Path,
     assert failed.returncode == 1 and time.time() - began < 30
     assert failed.stderr.startswith(f"error: tracking server {uri} cannot be reached")
     assert "Traceback" not in failed.stderr
-    from sparsebench.leaderboard import main as leaderboard
+    from sparsebench.leaderboard.cli import main as leaderboard
 
     began = time.time()
     assert leaderboard(["--tracking-uri", uri]) == 1 and time.time() - began < 15
@@ -365,7 +365,7 @@ def test_a_diverging_study_fails_its_trials_everywhere_and_stops(
     import optuna
     import yaml
 
-    from sparsebench.config import ConfigError
+    from sparsebench.errors import ConfigError
     from sparsebench.search.worker import Worker
     from tests.conftest import search_in_process
 
@@ -401,8 +401,8 @@ def test_n_m_methods_are_tagged_with_their_pattern(make_cfg, name: str) -> None:
 
 
 def test_a_2_4_run_is_tagged_2_4_everywhere(make_cfg, tmp_path: Path) -> None:
+    from sparsebench.leaderboard.read import read_runs
     from sparsebench.runners.train import run
-    from sparsebench.tracking.reader import read_runs
 
     run(make_cfg("model=mlp", "dataset=digits", "+method=sr_ste"))
     data = json.loads((tmp_path / "run/results.json").read_text())
@@ -413,7 +413,7 @@ def test_a_2_4_run_is_tagged_2_4_everywhere(make_cfg, tmp_path: Path) -> None:
 
 
 def test_methods_of_the_other_runner_and_contract_tags_are_refused(make_cfg, tmp_path) -> None:
-    from sparsebench.config import ConfigError
+    from sparsebench.errors import ConfigError
     from sparsebench.runners import prune, train
 
     with pytest.raises(ConfigError, match="method 'wanda' prunes a trained model: run it with "
@@ -430,8 +430,8 @@ def test_methods_of_the_other_runner_and_contract_tags_are_refused(make_cfg, tmp
 def test_history_rows_hold_their_own_epoch_and_share_mlflow_s_step_axis(make_cfg, tmp_path) -> None:
     import lightning as L
 
+    from sparsebench.record.upload import main as upload
     from sparsebench.runners.train import run
-    from sparsebench.tracking.upload import main as upload
 
     class Losses(L.Callback):  # the ground truth: every batch's loss and size, per epoch
         def __init__(self) -> None:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.reproduce.claims import available_claims, load_claim
 from sparsebench.reproduce.stats import paired_effect, verdict
 

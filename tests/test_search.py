@@ -16,15 +16,13 @@ import yaml
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from sparsebench.config import ConfigError, register_configs, register_resolvers
-from sparsebench.schemas import register_schemas
+from sparsebench.config.compose import register
+from sparsebench.errors import ConfigError
 from sparsebench.search.spec import load_spec
 from tests.conftest import REPO, search_in_process
 
 pytestmark = pytest.mark.slow
-register_configs()
-register_schemas()  # method, transform and hardware schemas, from their classes
-register_resolvers()
+register()
 FAST = ["model=mlp", "dataset=digits", "debug=fast", "model.hidden_dims=[64,64]"]
 
 
@@ -231,8 +229,8 @@ def _open_stores_at(folder: str, start: float) -> tuple[str, str]:
 
     from mlflow import MlflowClient
 
+    from sparsebench.record.mlflow_logging import create_run, tracking_client
     from sparsebench.search.storage import open_storage
-    from sparsebench.tracking.mlflow_logging import create_run, tracking_client
 
     cfg = OmegaConf.create(
         {"logger": {"tracking_uri": f"sqlite:///{folder}/mlflow.db", "experiment_name": "e"}}

@@ -10,7 +10,7 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.models import build_model
 from sparsebench.sparsity.masks import MASK
 from sparsebench.training import build_method

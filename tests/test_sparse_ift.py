@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.metrics.flops import flops_per_sample
 from sparsebench.models import build_model
 from sparsebench.training import build_method, build_run_model, build_transform
@@ -168,8 +168,8 @@ def test_short_training_fills_the_contract(
 ) -> None:
     import json
 
+    from sparsebench.record.results import CONTRACT_METRICS
     from sparsebench.runners.train import run
-    from sparsebench.tracking.results import CONTRACT_METRICS
 
     metrics = run(make_cfg(*TRAINED[model_name], "+method=sparse_ift", f"transform.family={family}",
                            "method.update_interval=1", "logger=none"))  # fmt: skip

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.sparsity.distributions import layer_densities
 from sparsebench.sparsity.masks import MaskError, MaskSet
 from sparsebench.sparsity.methods import SET, GradualMagnitudePruning, RigL

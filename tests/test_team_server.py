@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sparsebench.tracking.results import CONTRACT_METRICS, CONTRACT_TAGS
+from sparsebench.record.results import CONTRACT_METRICS, CONTRACT_TAGS
 from tests.conftest import REPO, free_port, run_cli, wait_until_healthy
 
 pytestmark = pytest.mark.slow
@@ -75,7 +75,7 @@ def test_sweep_to_postgres_server_and_leaderboard(
         assert set(CONTRACT_TAGS) <= _tags(run).keys()
         assert run["info"]["status"] == "FINISHED"
     out = tmp_path / "board.csv"
-    from sparsebench.leaderboard import main
+    from sparsebench.leaderboard.cli import main
 
     for key, value in ADMIN.items():
         monkeypatch.setenv(key, value)

@@ -10,9 +10,9 @@ import torch
 from mlflow import MlflowClient
 
 from sparsebench.hardware.cpu import CPUTarget
+from sparsebench.record.results import CONTRACT_METRICS, CONTRACT_TAGS
+from sparsebench.record.upload import main as upload
 from sparsebench.runners.train import run
-from sparsebench.tracking.results import CONTRACT_METRICS, CONTRACT_TAGS
-from sparsebench.tracking.upload import main as upload
 from tests.conftest import free_port
 
 

@@ -7,7 +7,7 @@ to add config folders without passing ``--config-dir`` on every command.
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 
-from sparsebench.config import SWEEPS_DIR
+from sparsebench.config.resources import SWEEPS_DIR
 
 
 class SparsebenchSearchPathPlugin(SearchPathPlugin):

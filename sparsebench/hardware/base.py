@@ -15,7 +15,7 @@ import psutil
 import torch
 from torch import nn
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.metrics.size import DTYPE_BYTES, FORMATS, model_bytes
 from sparsebench.sparsity.patterns import Pattern, matches, pattern_label
 

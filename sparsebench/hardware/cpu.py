@@ -8,7 +8,7 @@ import logging
 import torch
 from torch import nn
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.hardware.base import HardwareTarget, Measurement
 from sparsebench.hardware.deploy import fold_batchnorm
 from sparsebench.hardware.direct import DirectSparse, KernelUnavailable, refusal, sparse_rows_op

@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.hardware.base import Measurement
 from sparsebench.hardware.cpu import CPUTarget, batch_like, check_outputs
 from sparsebench.sparsity.patterns import is_nm

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.hardware.base import HardwareTarget, Measurement
 from sparsebench.metrics.flops import module_flops
 from sparsebench.metrics.size import DTYPE_BYTES, layer_bytes, model_bytes

@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.sparsity.patterns import as_matrix
 
 FORMATS = ("dense", "csr", "bitmap", "bcsr", "nm")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.sparsity.patterns import topk_mask
 
 # name -> (kind, kernel, sparsity); "sparse" kinds learn which weights they keep.

@@ -14,7 +14,7 @@ import logging
 import torch
 from torch import nn
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.pruning import algorithms
 from sparsebench.pruning.calibrate import LayerStats, collect, reconstruction_error
 from sparsebench.sparsity.methods.base import SparsityMethod

@@ -22,19 +22,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from sparsebench.config import (
-    ConfigError,
-    check_composition,
-    hydra_app,
-    register_configs,
-    register_resolvers,
-)
-from sparsebench.schemas import register_schemas
-from sparsebench.tracking.logs import quiet_lightning
+from sparsebench.config.checks import check_composition
+from sparsebench.config.compose import hydra_app, register
+from sparsebench.errors import ConfigError
+from sparsebench.record.logs import quiet_lightning
 
 
 def _main(cfg: DictConfig) -> None:
-    from sparsebench.config import validate
+    from sparsebench.config.checks import validate
     from sparsebench.reproduce.claims import load_claims
     from sparsebench.reproduce.suite import compose
 
@@ -67,7 +62,8 @@ def check_plan(plan, extra: list[str]) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from sparsebench.config import first_line, validate
+    from sparsebench.config.checks import validate
+    from sparsebench.errors import first_line
     from sparsebench.reproduce.suite import compose
 
     seen = set()
@@ -152,7 +148,7 @@ def write_report(sections, cfg: DictConfig, base: DictConfig) -> None:
 
 def log_report(cfg: DictConfig, base: DictConfig, folder: Path, page: Path) -> None:
     """The report as artifacts of a ``claims TIER`` MLflow run."""
-    from sparsebench.tracking.mlflow_logging import create_run, tracking_client
+    from sparsebench.record.mlflow_logging import create_run, tracking_client
 
     client, problem = tracking_client(base)
     if problem:
@@ -169,9 +165,7 @@ def log_report(cfg: DictConfig, base: DictConfig, folder: Path, page: Path) -> N
 
 
 def main() -> None:
-    register_configs()
-    register_schemas()
-    register_resolvers()
+    register()
     hydra_app("reproduce", _main, lambda args: check_composition(args, "reproduce"))
 
 

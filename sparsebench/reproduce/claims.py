@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.reproduce.stats import DIRECTIONS
 
 CLAIMS_DIR = Path(str(importlib.resources.files("sparsebench") / "sweeps" / "claims"))

@@ -21,7 +21,7 @@ def _arm_table(claim: Claim, outcomes: list[Outcome], metrics: list[str]) -> lis
     """Per arm its overrides, the metrics' mean ± std (n), and its training budget (samples
     seen, every fit counted), flagged as the leaderboard flags it when it differs by more than
     10% from the arms' median (Ten Lessons: compare at equal budgets, or say so)."""
-    from sparsebench.tracking.leaderboard import budgets_differ
+    from sparsebench.leaderboard.rows import budgets_differ
 
     lines = ["| arm | overrides | " + " | ".join(f"{m} mean ± std (n)" for m in metrics)
              + " | training samples | budget differs |",
@@ -113,7 +113,7 @@ def html_page(tier: str, sections: list[tuple[Claim, list[Outcome], list[Result]
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from sparsebench.tracking.report import plotly_js
+    from sparsebench.leaderboard.html import plotly_js
 
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>claims ({tier})</title>",
              "<script src='plotly.min.js'></script><style>body{font-family:sans-serif;margin:2em}"

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from sparsebench.config import ConfigError, first_line
+from sparsebench.errors import ConfigError, first_line
+from sparsebench.record.sweep import PARENT_FILE
 from sparsebench.reproduce.claims import Claim, Comparison, Job
 from sparsebench.reproduce.stats import Effect, paired_effect, verdict
-from sparsebench.tracking.sweep import PARENT_FILE
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def compose(job: Job, extra: list[str]) -> DictConfig:
 
 def finished(job: Job, cfg: DictConfig) -> dict | None:
     """The job's results.json when it holds a finished ok run of this configuration."""
-    from sparsebench.tracking.identity import run_hash
+    from sparsebench.record.identity import run_hash
 
     path = job.folder / "results.json"
     try:
@@ -72,7 +72,7 @@ def parent_run(claim: Claim, tier: str, folder: Path, cfg: DictConfig) -> None:
     every job's recorder finds it)."""
     from mlflow.entities import Param
 
-    from sparsebench.tracking.mlflow_logging import create_run, tracking_client
+    from sparsebench.record.mlflow_logging import create_run, tracking_client
 
     if (folder / PARENT_FILE).is_file():
         return

@@ -14,26 +14,21 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from sparsebench.config import (
-    ConfigError,
-    check_composition,
-    hydra_app,
-    register_configs,
-    register_resolvers,
-)
-from sparsebench.schemas import register_schemas
-from sparsebench.tracking.logs import quiet_lightning
+from sparsebench.config.checks import check_composition
+from sparsebench.config.compose import hydra_app, register
+from sparsebench.errors import ConfigError
+from sparsebench.record.logs import quiet_lightning
 
 
 def sweep_required() -> str:
-    from sparsebench.config import available_sweeps
+    from sparsebench.config.resources import available_sweeps
 
     return (f"sweep= is required: a study in sweeps/ ({', '.join(available_sweeps())}) or the "
             "path of a study yaml.")  # fmt: skip
 
 
 def _main(cfg: DictConfig) -> None:
-    from sparsebench.config import validate
+    from sparsebench.config.checks import validate
     from sparsebench.search.spec import load_spec
     from sparsebench.search.storage import open_storage
     from sparsebench.search.worker import Worker, check_space, spawn_workers
@@ -63,9 +58,7 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    register_configs()
-    register_schemas()  # method, transform and hardware schemas, from their classes
-    register_resolvers()
+    register()
 
     def check(args: list[str]) -> None:
         if not any(a.startswith(("sweep=", "--help", "--hydra-help", "-h")) for a in args):

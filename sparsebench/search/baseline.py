@@ -23,10 +23,10 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from sparsebench.record.mlflow_logging import create_run
+from sparsebench.record.sweep import PARENT_FILE
 from sparsebench.search.spec import StudySpec, baseline_cell, baseline_options
 from sparsebench.search.worker import Worker, check_space, compose_trial, mlflow_client
-from sparsebench.tracking.mlflow_logging import create_run
-from sparsebench.tracking.sweep import PARENT_FILE
 
 COLUMNS = ("arm", "sparsity", "n", "test_acc_mean", "test_acc_std", "val_acc_mean",
            "sparsity_actual", "params_nonzero")  # fmt: skip

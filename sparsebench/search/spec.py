@@ -16,8 +16,9 @@ from typing import Any
 import optuna
 from omegaconf import OmegaConf
 
-from sparsebench.config import SWEEPS_DIR, ConfigError, first_line
-from sparsebench.tracking.results import CONTRACT_METRICS
+from sparsebench.config.resources import SWEEPS_DIR
+from sparsebench.errors import ConfigError, first_line
+from sparsebench.record.results import CONTRACT_METRICS
 
 # Short names of Optuna's samplers and pruners; any other by ``_target_`` (its import path).
 SAMPLERS = {"random": "optuna.samplers.RandomSampler", "tpe": "optuna.samplers.TPESampler",

@@ -13,7 +13,7 @@ import optuna
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 
 SCHEMES = "sqlite:///FILE, postgresql://USER@HOST:PORT/DB, journal:FILE"
 

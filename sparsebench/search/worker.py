@@ -33,11 +33,12 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from sparsebench.config import ConfigError, first_line, validate
+from sparsebench.config.checks import validate
+from sparsebench.errors import ConfigError, first_line
+from sparsebench.record.mlflow_logging import create_run
+from sparsebench.record.sweep import PARENT_FILE, log_aggregates, override_params
 from sparsebench.search.spec import StudySpec, baseline_cell, baseline_options, load_spec
 from sparsebench.search.storage import open_storage, redact
-from sparsebench.tracking.mlflow_logging import create_run
-from sparsebench.tracking.sweep import PARENT_FILE, log_aggregates, override_params
 from sparsebench.training import build_hardware, build_method, build_transform
 
 log = logging.getLogger(__name__)
@@ -52,17 +53,11 @@ class SurplusTrial(Exception):
 
 def compose_trial(overrides: list[str]) -> DictConfig:
     """The training config of one trial, composed like ``python -m sparsebench OVERRIDES``."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from sparsebench.config.checks import check_group_choices
+    from sparsebench.config.compose import compose
 
-    from sparsebench.config import CONF_DIR, check_group_choices, normalize_overrides
-
-    overrides = normalize_overrides(overrides)
     check_group_choices(overrides)
-    if GlobalHydra.instance().is_initialized():  # inside the worker's @hydra.main
-        return compose(config_name="config", overrides=overrides)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+    return compose(overrides)
 
 
 def check_space(spec: StudySpec, extra: list[str]) -> None:
@@ -311,7 +306,7 @@ class Worker:
 
 def mlflow_client(base: DictConfig):
     """An MlflowClient for the trials' tracking store, or None (logging off, store down)."""
-    from sparsebench.tracking.mlflow_logging import tracking_client
+    from sparsebench.record.mlflow_logging import tracking_client
 
     client, problem = tracking_client(base)
     if problem and base.logger.get("enabled", True):

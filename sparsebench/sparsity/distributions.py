@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 
 DISTRIBUTIONS = ("uniform", "uniform_plus", "er", "erk", "global")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 
 
 def topk_mask(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -4,6 +4,7 @@ sparsity callback of sparsebench.training.callback), and the final measurements.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,16 +17,17 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from sparsebench.config import ConfigError, first_line
+from sparsebench.config.schemas import device_count
 from sparsebench.data.base import SparseBenchDataModule
+from sparsebench.errors import ConfigError, RunDiverged, first_line
 from sparsebench.hardware.base import HardwareTarget
 from sparsebench.metrics.flops import flops_per_sample
 from sparsebench.metrics.params import actual_sparsity, count_params
 from sparsebench.metrics.size import model_bytes
 from sparsebench.models import build_model
+from sparsebench.record.results import Results
 from sparsebench.sparsity.methods.base import SparsityMethod
 from sparsebench.sparsity.prunable import prunable_layers
-from sparsebench.tracking.results import Results, RunDiverged
 from sparsebench.training.callback import SparsityCallback
 from sparsebench.training.checkpoints import (  # noqa: F401  (the training layer's API)
     AtomicCheckpointIO,
@@ -150,6 +152,22 @@ def training_device(cfg: DictConfig) -> str:
     if accelerator == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return "cuda" if accelerator == "gpu" else accelerator
+
+
+def check_machine(cfg: DictConfig) -> None:
+    """What the config asks of this machine, checked where the run starts (a saved config
+    validates on any host): no more CUDA GPUs or CPU cores (DDP processes) than it has."""
+    count = device_count(cfg.trainer.devices)
+    if count is None:
+        return
+    device = training_device(cfg)
+    have, what = (torch.cuda.device_count(), "CUDA GPUs") if device == "cuda" else (
+        os.cpu_count() or 1, "CPU cores (DDP processes)")  # fmt: skip
+    if count > have:
+        raise ConfigError(
+            f"trainer.devices={cfg.trainer.devices} asks for more {what} than this machine has "
+            f"({have})" + (" (no CUDA GPU is visible; use trainer.accelerator=cpu)." if have == 0 else ".")
+        )
 
 
 def pattern_tag(method: SparsityMethod | None, transform: ModelTransform | None) -> str:

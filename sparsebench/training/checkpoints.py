@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from sparsebench.config import ConfigError, first_line
-from sparsebench.tracking.results import write_atomic
+from sparsebench.errors import ConfigError, first_line
+from sparsebench.record.results import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import Any
 import psutil
 from lightning.pytorch.callbacks import Callback
 
-from sparsebench.tracking.recorder import RunRecorder
-from sparsebench.tracking.results import RunDiverged
+from sparsebench.errors import RunDiverged
+from sparsebench.record.recorder import RunRecorder
 from sparsebench.training.checkpoints import rng_states, set_rng_states
 
 

@@ -28,7 +28,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.sparsity.methods.base import SparsityMethod
 from sparsebench.sparsity.methods.imp import IterativeMagnitudePruning
 from sparsebench.sparsity.methods.soups import SparseModelSoups

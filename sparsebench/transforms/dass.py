@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, random_split
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.models.dass import (
     DerivedNetwork,
     SearchNetwork,

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.metrics.flops import module_flops
 from sparsebench.sparsity.prunable import prunable_layers, set_module
 from sparsebench.transforms.base import ModelTransform

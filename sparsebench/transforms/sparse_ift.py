@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import fx, nn
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.metrics.flops import module_flops
 from sparsebench.sparsity.prunable import prunable_layers, set_module
 from sparsebench.transforms.base import ModelTransform

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.sparsity.distributions import DISTRIBUTIONS, layer_densities
 from sparsebench.sparsity.masks import MaskSet
 from sparsebench.sparsity.patterns import Pattern, parse_pattern, pattern_label

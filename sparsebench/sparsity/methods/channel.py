@@ -8,7 +8,7 @@ import logging
 import torch
 from torch import nn
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.sparsity.masks import MaskSet
 from sparsebench.sparsity.methods.gmp import GradualMagnitudePruning
 from sparsebench.sparsity.patterns import Channel

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.sparsity.masks import reset_optimizer_state
 from sparsebench.sparsity.methods.base import SparsityMethod, check_fraction
 from sparsebench.sparsity.patterns import Block, Unstructured

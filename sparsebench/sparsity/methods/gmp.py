@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.sparsity.methods.base import SparsityMethod, check_fraction
 from sparsebench.sparsity.schedules import Schedule, cubic_sparsity
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.sparsity.methods.base import SparsityMethod, check_fraction
 from sparsebench.sparsity.schedules import imp_density
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.sparsity.methods.base import SparsityMethod, check_fraction
 from sparsebench.sparsity.patterns import Block, Unstructured
 from sparsebench.sparsity.schedules import Schedule

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.sparsity.methods.base import SparsityMethod
 from sparsebench.sparsity.methods.magnitude import MagnitudePruning
 from sparsebench.sparsity.patterns import NM

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 from sparsebench.sparsity.methods.base import SparsityMethod, check_fraction
 from sparsebench.sparsity.methods.nm import _SRSTEMask
 from sparsebench.sparsity.patterns import NM

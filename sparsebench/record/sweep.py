@@ -21,7 +21,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from sparsebench.config import shown_override
+from sparsebench.config.compose import shown_override
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class ParentRun(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.get("logger") is None:
             return
-        from sparsebench.tracking.mlflow_logging import create_run, tracking_client
+        from sparsebench.record.mlflow_logging import create_run, tracking_client
 
         client, problem = tracking_client(config)
         if problem:

@@ -21,11 +21,12 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from sparsebench.tracking.identity import flatten
-from sparsebench.tracking.mlflow_logging import MlflowRun, open_run, ui_link
-from sparsebench.tracking.results import MLFLOW_STATUS, Results, RunInterrupted, write_atomic
-from sparsebench.tracking.summary import print_summary
-from sparsebench.tracking.sweep import parent_run_id
+from sparsebench.errors import RunInterrupted
+from sparsebench.record.identity import flatten
+from sparsebench.record.mlflow_logging import MlflowRun, open_run, ui_link
+from sparsebench.record.results import MLFLOW_STATUS, Results, write_atomic
+from sparsebench.record.summary import print_summary
+from sparsebench.record.sweep import parent_run_id
 
 log = logging.getLogger(__name__)
 

@@ -2,10 +2,10 @@
 
 A method's (or transformation's, or hardware target's) constructor is its schema: its keyword
 arguments, their type hints and defaults, through its base classes (``**kwargs`` forwards to
-them). :func:`register_schemas` turns each group yaml's ``_target_`` class into a structured
+them). :func:`register_targets` turns each group yaml's ``_target_`` class into a structured
 config stored as ``schema/<group>/<yaml name>``, which the yaml names in its defaults list, so an
 unknown key or a value of the wrong type fails when Hydra composes, in one sentence, and the
-run hash reads the defaults from the schema (sparsebench.tracking.identity). Adding a method
+run hash reads the defaults from the schema (sparsebench.record.identity). Adding a method
 stays one class and one yaml: the schema follows from the class. Written here because Hydra
 and OmegaConf make structured configs from dataclasses only, not from signatures. Classes are
 loaded by their ``_target_`` names, as Hydra's ``instantiate`` does.
@@ -25,7 +25,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class
 from omegaconf import MISSING, OmegaConf
 
-from sparsebench.config import CONF_DIR
+from sparsebench.config.resources import CONF_DIR
 
 SCHEMA_GROUPS = ("method", "transform", "hardware")
 
@@ -102,13 +102,13 @@ def schema_of(target: str) -> type:
 def __getattr__(name: str) -> type:
     """Schemas by name, made on first use (unpickling a config in a fresh process)."""
     if name.endswith("Schema"):
-        register_schemas()
+        register_targets()
         if name in globals():
             return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def register_schemas() -> None:
+def register_targets() -> None:
     """Store the schema of every method, transform and hardware yaml's ``_target_`` class."""
     store = ConfigStore.instance()
     for group in SCHEMA_GROUPS:

@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 
-from sparsebench.config import ConfigError
+from sparsebench.errors import ConfigError
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 

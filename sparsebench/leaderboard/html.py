@@ -15,7 +15,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from sparsebench.tracking.leaderboard import HEADINGS, SHOWN, Row
+from sparsebench.leaderboard.rows import HEADINGS, SHOWN, Row
 
 
 def _cell(value) -> str:

@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sparsebench.tracking.results import CONTRACT_METRICS, STATUS_TAG
+from sparsebench.record.results import CONTRACT_METRICS, STATUS_TAG
 
 # A run as a leaderboard reads it (``tracking/reader.py``): {"id", "name", "status" (MLflow's),
 # "end_time", "experiment_id", "metrics": {METRICS}, "tags": {TAGS}}.

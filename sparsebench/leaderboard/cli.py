@@ -13,16 +13,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from sparsebench.tracking.leaderboard import (
-    HEADINGS,
-    SHOWN,
-    Row,
-    admit,
-    aggregate,
-    describe_left_out,
-)
-from sparsebench.tracking.mlflow_logging import DEFAULT_URI, store_problem, ui_link
-from sparsebench.tracking.reader import read_runs
+from sparsebench.leaderboard.read import read_runs
+from sparsebench.leaderboard.rows import HEADINGS, SHOWN, Row, admit, aggregate, describe_left_out
+from sparsebench.record.mlflow_logging import DEFAULT_URI, store_problem, ui_link
 
 CSV_COLUMNS = ("benchmark_key", *SHOWN, "flops_dense", "flops_train", "train_samples", "seeds")
 
@@ -208,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         args.markdown.write_text(markdown(rows))
     if args.html or args.png:
-        from sparsebench.tracking.report import find_browser, html_report, slides
+        from sparsebench.leaderboard.html import find_browser, html_report, slides
 
         if args.png:
             try:
@@ -230,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def check_arguments(args: argparse.Namespace) -> str | None:
     """One sentence about the first bad argument, or None."""
-    from sparsebench.config import TRACKING_SCHEMES
+    from sparsebench.config.schemas import TRACKING_SCHEMES
 
     scheme = args.tracking_uri.split(":", 1)[0] if ":" in args.tracking_uri else ""
     if scheme not in TRACKING_SCHEMES:
@@ -259,8 +252,8 @@ def log_artifacts(rows: list[Row], tracking_uri: str, experiment: str | None) ->
 
     from mlflow import MlflowClient
 
-    from sparsebench.tracking.mlflow_logging import create_run
-    from sparsebench.tracking.report import html_report
+    from sparsebench.leaderboard.html import html_report
+    from sparsebench.record.mlflow_logging import create_run
 
     client = MlflowClient(tracking_uri=tracking_uri)
     run_id = create_run(client, experiment or "sparsebench", "leaderboard",

@@ -18,8 +18,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from sparsebench.config import first_line
-from sparsebench.tracking.results import STATUS_TAG
+from sparsebench.errors import first_line
+from sparsebench.record.results import STATUS_TAG
 
 log = logging.getLogger(__name__)
 

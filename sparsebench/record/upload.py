@@ -20,11 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-from sparsebench.tracking.identity import flatten
-from sparsebench.tracking.mlflow_logging import DEFAULT_URI, store_problem
-from sparsebench.tracking.mlflow_logging import experiment_id as get_experiment_id
-from sparsebench.tracking.results import MLFLOW_STATUS, STATUS_TAG, write_atomic
-from sparsebench.tracking.resume import process_alive
+from sparsebench.record.identity import flatten
+from sparsebench.record.mlflow_logging import DEFAULT_URI, store_problem
+from sparsebench.record.mlflow_logging import experiment_id as get_experiment_id
+from sparsebench.record.results import MLFLOW_STATUS, STATUS_TAG, write_atomic
+from sparsebench.record.resume import process_alive
 
 UID_TAG = "sparsebench.run_uid"
 

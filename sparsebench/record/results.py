@@ -10,7 +10,6 @@ import contextlib
 import json
 import math
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -25,8 +24,8 @@ from typing import IO
 import psutil
 from omegaconf import DictConfig, OmegaConf
 
-from sparsebench.config import ConfigError
-from sparsebench.tracking.identity import benchmark_key, run_hash
+from sparsebench.errors import ConfigError, ContractIncomplete, RunDiverged, RunInterrupted
+from sparsebench.record.identity import benchmark_key, run_hash
 
 # The results contract (README.md, docs/records.md): every run writes these metrics and tags.
 CONTRACT_METRICS = (
@@ -132,23 +131,6 @@ metric recorded; an error-free run that misses one is ``failed`` and names what 
 MLFLOW_STATUS = {"running": "RUNNING", "ok": "FINISHED", "failed": "FAILED",
                  "diverged": "FAILED", "interrupted": "KILLED", "pruned": "KILLED"}  # fmt: skip
 STATUS_TAG = "sparsebench.status"  # the exact lifecycle state, beside MLflow's coarser one
-
-
-class RunDiverged(Exception):
-    """The training loss became non-finite (or exceeded ``trainer.max_loss``)."""
-
-
-class RunInterrupted(BaseException):
-    """SIGTERM or SIGINT ended the run; a BaseException, like KeyboardInterrupt, so that no
-    ``except Exception`` on the way swallows it."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = int(signum)
-        super().__init__(f"interrupted by {signal.Signals(self.signum).name}")
-
-
-class ContractIncomplete(Exception):
-    """The run ended without error but did not record every contract metric."""
 
 
 def status_of(error: BaseException | None, missing: list[str]) -> str:

@@ -30,7 +30,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from sparsebench.tracking.leaderboard import METRICS, TAGS, Run
+from sparsebench.leaderboard.rows import METRICS, TAGS, Run
 
 DATABASE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql")
 PAGE = 1000  # runs per request to a tracking server

@@ -4,7 +4,7 @@ Like open_lth's run directories, the hash covers only options whose value differ
 schema default, so adding a new option with its default keeps every old hash valid. Options
 that cannot change results (``metadata={"hash": False}`` in the schemas) are left out, and so
 is the seed: replicates over seeds share a ``run_hash``. The defaults are the schema's each
-group node was composed with (a model family's, or the one sparsebench.schemas made from a
+group node was composed with (a model family's, or the one sparsebench.config.targets made from a
 method's, transformation's or hardware target's class).
 """
 

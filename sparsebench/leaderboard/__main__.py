@@ -1,0 +1,5 @@
+"""``python -m sparsebench.leaderboard``."""
+
+from sparsebench.leaderboard.cli import main
+
+raise SystemExit(main())

@@ -1,1 +1,0 @@
-"""Run identity, results.json and MLflow logging."""

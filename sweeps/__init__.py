@@ -1,0 +1,1 @@
+"""Sweep definitions (Optuna studies, multirun grids, claims), installed as ``sparsebench.sweeps``."""
