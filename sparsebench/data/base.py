@@ -43,7 +43,9 @@ class EpochSampler(RandomSampler):
         self.epoch = epoch
 
     def __iter__(self):
-        self.generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+        # Modulo 2**63: an unseeded process's initial seed is a random 64-bit number, and
+        # manual_seed takes a signed one (seeded runs keep their small values).
+        self.generator.manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
         return super().__iter__()
 
 

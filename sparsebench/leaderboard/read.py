@@ -8,7 +8,7 @@ and has no way to ask for fewer fields. So:
   on the tables MLflow itself writes (``runs``, ``experiments``, ``latest_metrics``, ``tags``;
   SQLAlchemy Core, MLflow's own dependency): the active runs of active experiments, and only the
   latest values of :data:`METRICS` and the values of :data:`TAGS`. Written by hand because no
-  MLflow API selects columns; ``tests/test_reader.py`` checks it against MLflow's client on the
+  MLflow API selects columns; ``tests/leaderboard/test_reader.py`` checks it against MLflow's client on the
   installed MLflow, so a schema change fails a test rather than a leaderboard.
 - A tracking server (``http(s):``) is read through MLflow's client, page by page (nothing is
   truncated), and the finished runs are kept in a local cache (a SQLite file per server under

@@ -1,0 +1,1 @@
+"""The command lines (sparsebench/__main__.py): end-to-end runs as a user types them."""

@@ -1,0 +1,1 @@
+"""The project itself: import layers, the wheel, docker-compose.yml."""

@@ -1,0 +1,409 @@
+"""Contract tests over every method config: the sparsity trained is the sparsity reported.
+
+Each method trains a few steps on a toy-sized run (updates every step), then: every masked
+weight is exactly zero, each layer's density is its target within the pattern's granularity,
+``sparsity/actual`` equals ``sparsity/target``, and a checkpoint resumes with masks and
+optimizer state intact.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from sparsebench.config.checks import validate
+from sparsebench.config.resources import CONF_DIR, available
+from sparsebench.errors import ConfigError
+from sparsebench.sparsity.masks import MASK
+from sparsebench.sparsity.patterns import NM, as_matrix, is_nm
+from sparsebench.training import (
+    build_datamodule,
+    build_method,
+    build_module,
+    build_run_model,
+    build_trainer,
+    build_transform,
+    fit,
+    model_metrics,
+    sparsity_callbacks,
+)
+
+# Every training method with masks (monarch is structural and dense: tests/transforms/test_sparse_ift.py;
+# node masks whole units of an MLP chain: tests/search/test_search_baseline.py; dass trains the network
+# it searched: tests/transforms/test_dass.py; post-training methods prune once: tests/pruning/test_pruning.py).
+POST_TRAINING = {m for m in available("method")
+                 if "_target_: sparsebench.pruning." in (CONF_DIR / "method" / f"{m}.yaml").read_text()}  # fmt: skip
+METHODS = [m for m in available("method")
+           if m not in ("dense", "monarch", "node", "dass") and m not in POST_TRAINING]  # fmt: skip
+# Make every schedule act within an 8-step run.
+FAST_SCHEDULE = {
+    "set": ["method.update_interval=1"],
+    "rigl": ["method.update_interval=1"],
+    "gmp": ["method.update_interval=1", "method.start=0.0", "method.end=0.5"],
+    "pgf": ["method.rate=0.2", "method.end=0.5"],
+    "iss_p": ["method.end=0.5"],
+    "imp": ["method.rate=0.5"],  # 3 levels: 4 rounds of 2 steps
+    "soups": ["method.phases=2", "method.copies=2", "method.recalibrate_batches=2"],
+    "sparse_ift": ["transform.family=sparse_parallel", "method.update_interval=1"],
+    "channel": ["method.update_interval=1", "method.start=0.0", "method.end=0.5"],
+    "hesso": ["method.start=0.0", "method.end=0.5", "method.periods=2"],
+}
+# Every method on an MLP and on a CIFAR ResNet-20 (convolutions, residual shortcuts); timm's
+# resnet18 for the methods whose code depends most on the network's structure (channel pruning's
+# dependency graph, RigL's growth over every conv). resnet18 at 64x64 so that layer4 maps are
+# 2x2: at 1x1 every off-centre 3x3 tap gets a zero gradient, and a weight SET grows there stays
+# exactly zero (counted by sparsity/actual); resnet20 at 16x16 ends at 4x4.
+MODEL_DATA = {
+    "mlp": ["model=mlp", "dataset=digits", "dataset.input_shape=[1,8,8]"],
+    "resnet18": ["model=resnet18", "dataset.input_shape=[1,64,64]", "dataset.batch_size=32"],
+    "resnet20": ["model=resnet20", "dataset.input_shape=[1,16,16]", "dataset.batch_size=32"],
+}
+
+
+def _fit(cfg, out: Path, ckpt: str | None = None, max_epochs: int = 2, extra: list | None = None):
+    L.seed_everything(0, verbose=False)
+    datamodule = build_datamodule(cfg)
+    method = build_method(cfg)
+    transform = build_transform(cfg, method)
+    model = build_run_model(cfg, datamodule, method, transform)  # as the runner does
+    cfg.trainer.max_epochs = max_epochs
+    module = build_module(cfg, model)
+    callbacks = [*sparsity_callbacks(method), *(extra or [])]
+    trainer = fit(module, datamodule, method, lambda **kw: build_trainer(cfg, out, callbacks, **kw),
+                  ckpt)  # fmt: skip
+    return model, method, trainer, datamodule, transform
+
+
+CASES = [(m, net) for m in METHODS for net in ("mlp", "resnet20")] + [
+    (m, "resnet18") for m in ("channel", "rigl")
+]
+
+
+@pytest.mark.parametrize(("method_name", "model_name"), CASES, ids=[f"{m}-{n}" for m, n in CASES])
+def test_method_contract(make_cfg, tmp_path: Path, method_name: str, model_name: str) -> None:
+    overrides = [f"+method={method_name}", *MODEL_DATA[model_name], *FAST_SCHEDULE.get(method_name, []),
+                 "trainer.limit_train_batches=4", "trainer.enable_checkpointing=true", "logger=none"]  # fmt: skip
+    if method_name == "sparse_ift":  # the preset's method trains at the transform's sparsity
+        overrides.append("transform.sparsity=0.8")
+    elif method_name not in ("nm", "sr_ste", "pgf", "bdwp"):  # N:M methods: sparsity is 1 - n/m
+        overrides.append("method.sparsity=0.8")
+    cfg = make_cfg(*overrides)
+    model, method, trainer, datamodule, transform = _fit(cfg, tmp_path)
+
+    densities = method.densities(method.magnitudes())
+    for name, module in method.masks:
+        mask = getattr(module, MASK)
+        assert (module.weight[~mask] == 0).all(), f"{name}: a masked weight is not zero"
+        kept = int(mask.sum())
+        if isinstance(method.pattern, NM):
+            assert is_nm(mask, method.pattern.n, method.pattern.m) and kept == mask.numel() // 2
+        elif method.distribution != "global":
+            slack = method.pattern.granularity(module.weight.shape)
+            assert abs(kept - densities[name] * mask.numel()) <= slack, name
+    metrics = model_metrics(cfg, model, datamodule.example_input(1), 64, method,
+                            transform=transform)  # fmt: skip
+    total = sum(m.weight.numel() for _, m in method.masks)
+    slack = sum(
+        method.pattern.granularity(m.weight.shape) for _, m in method.masks
+    )  # one unit/layer
+    assert metrics["sparsity/actual"] == pytest.approx(
+        metrics["sparsity/target"], abs=slack / total
+    )
+    if transform is not None:  # Sparse-IFT: iso-FLOP with the dense original
+        assert abs(metrics["flops/sparse"] / metrics["flops/dense"] - 1) <= 0.01
+    else:
+        assert metrics["flops/sparse"] < metrics["flops/dense"]
+
+    # Resume from the last checkpoint and train one more epoch: masks, weights and optimizer
+    # state come back at the start, and masked weights stay zero after more steps.
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=False)
+    saved_masks = {k: v for k, v in state["state_dict"].items() if k.endswith(MASK)}
+    assert len(saved_masks) == len(method.masks)
+    probe = RestoredState()
+    if method.resumable is not True:  # soups: a run cannot continue mid-way, and says so
+        with pytest.raises(ConfigError, match="cannot continue a killed run"):
+            _fit(cfg, tmp_path / "resumed", ckpt=str(ckpt), max_epochs=state["epoch"] + 2)
+        return
+    resumed, method2, _, _, _ = _fit(cfg, tmp_path / "resumed", ckpt=str(ckpt), max_epochs=state["epoch"] + 2,
+                                  extra=[probe])  # fmt: skip
+    if method.fit_strategy == "rounds":  # IMP: its checkpoint is of the last round, finished
+        assert method2.level == method.levels and method2.snapshot is not None
+        for name, _ in method.masks:
+            assert torch.equal(method2.masks.mask(name), method.masks.mask(name))
+        return
+    for key, mask in saved_masks.items():
+        module_name = key.removeprefix("model.").removesuffix("." + MASK)
+        assert torch.equal(probe.buffers[key], mask)
+        assert (
+            resumed.get_submodule(module_name).weight[
+                ~getattr(resumed.get_submodule(module_name), MASK)
+            ]
+            == 0
+        ).all()
+    saved_opt = state["optimizer_states"][0]["state"]
+    assert saved_opt and probe.optimizer.keys() == saved_opt.keys()
+    for p_id, values in saved_opt.items():
+        restored = probe.optimizer[p_id]
+        assert all(
+            torch.equal(v, restored[k]) for k, v in values.items() if isinstance(v, torch.Tensor)
+        )
+
+
+class RestoredState(L.Callback):
+    """Captures masks and optimizer state as restored, before the resumed run trains."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.buffers = {k: v.clone() for k, v in pl_module.state_dict().items() if k.endswith(MASK)}
+        self.optimizer = copy.deepcopy(trainer.optimizers[0].state_dict()["state"])
+
+
+def test_method_options_are_validated_before_training(make_cfg) -> None:
+    with pytest.raises(ConfigError, match=r"method.sparsity must be in \[0.0, 1.0\), got 1.5"):
+        build_method(make_cfg("+method=rigl", "method.sparsity=1.5"))
+    with pytest.raises(
+        ConfigError, match="method.distribution must be one of uniform, uniform_plus"
+    ):
+        build_method(make_cfg("+method=random", "method.distribution=zipf"))
+    with pytest.raises(ConfigError, match="N:M sparsity needs 0 < N < M, got 4:2"):
+        build_method(make_cfg("+method=nm", "method.pattern=4:2"))
+    with pytest.raises(
+        ConfigError, match="method 'nm' produces nm sparsity; method.pattern=block1x4"
+    ):
+        build_method(make_cfg("+method=nm", "method.pattern=block1x4"))
+    with pytest.raises(ConfigError, match="method.pattern must be unstructured, channel, N:M"):
+        build_method(make_cfg("+method=rigl", "method.pattern=2x4"))
+    with pytest.raises(
+        ConfigError, match="unknown key 'method.drop_frac'; method takes: _target_, "
+    ):
+        validate(make_cfg("+method=rigl", "+method.drop_frac=0.1"))  # the schema's keys
+
+
+@pytest.mark.parametrize(
+    ("pattern", "check"),
+    [
+        (
+            "block1x4",
+            lambda mask: bool(
+                (as_matrix(mask).reshape(mask.shape[0], -1, 4).float().std(-1) == 0).all()
+            ),
+        ),
+        (
+            "channel",
+            lambda mask: bool((mask.reshape(mask.shape[0], -1).float().std(-1) == 0).all()),
+        ),
+    ],
+)
+def test_patterns_compose_with_methods(make_cfg, tmp_path: Path, pattern: str, check) -> None:
+    cfg = make_cfg("+method=magnitude", "method.distribution=uniform", f"method.pattern={pattern}",
+                   "method.sparsity=0.75", "model=resnet20", "dataset=synthetic", "logger=none")  # fmt: skip
+    _, method, _, _, _ = _fit(cfg, tmp_path)
+    assert method.masks.sparsity() == pytest.approx(0.75, abs=0.01)
+    for name, module in method.masks:
+        mask = method.masks.mask(name)
+        assert check(mask), name  # whole blocks / whole filters kept or removed
+        assert (module.weight[~mask] == 0).all()
+
+
+def test_bdwp_masks_both_matmuls_n_m_on_the_autograd_graph() -> None:
+    from torch import nn
+
+    from sparsebench.sparsity.methods.nm import _BDWPForward
+
+    torch.manual_seed(0)
+    decay = 2e-4
+    for layer, x in (
+        (nn.Linear(16, 8), torch.randn(5, 16)),
+        (nn.Conv2d(8, 12, 3, padding=1), torch.randn(2, 8, 6, 6)),
+    ):
+        layer.forward = types.MethodType(_BDWPForward(NM(2, 4), decay), layer)
+        x.requires_grad_(True)
+        y = layer(x)
+        assert type(y.grad_fn).__name__ == "_BDWPFunctionBackward"
+        _, weight, w_forward, w_backward, forward_mask = y.grad_fn.saved_tensors
+        assert is_nm(w_forward != 0, 2, 4)  # along the input dimension: the forward's reduction
+        assert is_nm((w_backward != 0).transpose(0, 1), 2, 4)  # along outputs: dx's reduction
+        assert not torch.equal(w_forward != 0, w_backward != 0)
+        grad = torch.randn_like(y)
+        y.backward(grad)
+        if isinstance(layer, nn.Linear):
+            expected_x, dense_w = grad @ w_backward, grad.t() @ x.detach()
+        else:
+            expected_x = torch.nn.grad.conv2d_input(x.shape, w_backward, grad, padding=1)
+            dense_w = torch.nn.grad.conv2d_weight(x.detach(), weight.shape, grad, padding=1)
+        assert torch.allclose(x.grad, expected_x, atol=1e-5)  # the input gradient is N:M-sparse
+        # the weight gradient is dense, plus SR-STE's term on the weights the forward masked
+        assert torch.allclose(
+            layer.weight.grad, dense_w + decay * ~forward_mask * weight, atol=1e-5
+        )
+
+
+def test_bdwp_training_flops_are_a_hand_count(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg("+method=bdwp", "model=mlp", "model.hidden_dims=[64,64]", "dataset=digits",
+                   "dataset.input_shape=[1,8,8]", "trainer.limit_train_batches=2", "logger=none")  # fmt: skip
+    model, method, _, datamodule, _ = _fit(cfg, tmp_path, max_epochs=1)
+    metrics = model_metrics(cfg, model, datamodule.example_input(1), 100, method)
+    dense = 2 * (64 * 64 + 64 * 64 + 64 * 10)  # stem, the 2:4 layer, head (multiply-adds x 2)
+    sparse = 2 * (64 * 64 + 64 * 64 // 2 + 64 * 10)
+    assert (metrics["flops/dense"], metrics["flops/sparse"]) == (dense, sparse)
+    # forward and input gradient at 2:4, weight gradient dense, per sample
+    assert metrics["flops/train"] == 100 * (sparse + sparse + dense)
+    with pytest.raises(
+        ConfigError,
+        match="BDWP prunes W\\^T 2:4 too: every pruned layer needs its output dimension divisible by 4",
+    ):
+        _fit(make_cfg("+method=bdwp", "model=mlp", "model.hidden_dims=[64,66]", "dataset=digits",
+                      "dataset.input_shape=[1,8,8]", "logger=none"), tmp_path / "bad")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("arch", "size"), [("resnet18", 64), ("mobilenetv2_100", 64), ("vit_tiny_patch16_224", 224)]
+)
+def test_hesso_groups_slim_each_network_without_changing_it(arch: str, size: int) -> None:
+    import timm
+
+    from sparsebench.metrics.flops import flops_per_sample
+    from sparsebench.sparsity.methods import HESSO
+
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=10).train()
+    x = torch.randn(2, 3, size, size)
+    method = HESSO(sparsity=0.5)
+    method.attach(model, x)
+    # Torch-Pruning's trace sets eval mode; training must go on with BatchNorm in train mode.
+    assert all(m.training for m in model.modules())
+    model.eval()
+    x = x[:1]
+    if arch.startswith("vit"):  # the MLP blocks: qkv's channels are reshaped into heads
+        assert set(method.masks.layers) == {f"blocks.{i}.mlp.fc1" for i in range(12)}
+    for name, _ in method.masks:  # the last period's choice, made at once
+        method.shrinking[name] = method.choose(name, method.periods - 1, method.protected[name])
+    method.finalize()
+    slim = method.deployed_model(model)
+    with torch.no_grad():
+        assert torch.allclose(slim(x), model(x), atol=1e-4)  # the zero groups did nothing
+    assert sum(p.numel() for p in slim.parameters()) < 0.8 * sum(
+        p.numel() for p in model.parameters()
+    )
+    assert (
+        flops_per_sample(slim, x)["flops/dense"] < 0.8 * flops_per_sample(model, x)["flops/dense"]
+    )
+
+
+def test_hesso_projects_groups_to_zero_over_periods_with_cric(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg("+method=hesso", "method.cric=true", "method.periods=2", "method.start=0.0",
+                   "method.end=0.75", *MODEL_DATA["resnet20"], "trainer.limit_train_batches=8",
+                   "logger=none")  # fmt: skip
+    model, method, _, datamodule, _ = _fit(cfg, tmp_path, max_epochs=1)
+    assert not method.shrinking and method.cycles_left == 0  # every period ended
+    for name, _ in method.masks:
+        rows = method.rows(name)
+        assert int((~rows).sum()) == round(0.5 * rows.numel())  # half of each layer's channels
+        for param in method.params(name):
+            assert (param.detach()[~rows] == 0).all()  # filter, bias and BatchNorm exactly zero
+    example = datamodule.example_input(1)
+    metrics = model_metrics(cfg, model, example, 64, method)
+    slim = method.deployed_model(model)
+    from sparsebench.metrics.flops import flops_per_sample
+
+    assert (
+        metrics["flops/sparse"]
+        == flops_per_sample(slim, example)["flops/dense"]
+        < metrics["flops/dense"]
+    )
+    assert (
+        metrics["params/deployed"]
+        == sum(p.numel() for p in slim.parameters())
+        < metrics["params/nonzero"]
+    )
+
+
+def test_hesso_cric_restores_a_candidate_the_loss_needs() -> None:
+    from torch import nn
+
+    from sparsebench.sparsity.methods import HESSO
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
+    method = HESSO(sparsity=0.5, start=0.0, end=1.0, periods=1, cric=True, cric_cycles=2,
+                   dense_stem=False)  # fmt: skip
+    method.attach(model, torch.randn(4, 8))
+    method.bind(10)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    method.after_backward(0)  # the period starts: 8 candidates, held at zero
+    candidates = method.shrinking["0"].clone()
+    assert int(candidates.sum()) == 8 and (model[0].weight[candidates] == 0).all()
+    row = int(candidates.nonzero()[0])
+    saved = method.saved["0"][row].clone()
+    # At the projected point the gradient says: restoring this row lowers the loss.
+    model[0].weight.grad[row] = -10 * saved[: model[0].weight.shape[1]]
+    method.after_backward(1)
+    assert method.protected["0"][row] and not method.shrinking["0"][row]
+    assert torch.equal(model[0].weight[row].detach(), saved[: model[0].weight.shape[1]])  # restored
+    assert int(method.shrinking["0"].sum()) == 8  # and replaced by the next-lowest group
+    assert not torch.equal(method.shrinking["0"], candidates)
+
+
+# Every training method that takes a pattern, with the 4x1 group pattern (blocks of 4 output
+# channels at one input position: what cpu_sparse's direct4x1 kernel runs).
+GROUP_METHODS = ["magnitude", "gmp", "imp", "random", "rigl", "set", "iss_p", "soups"]
+
+
+@pytest.mark.parametrize("method_name", GROUP_METHODS)
+def test_group_pattern_with_every_method(make_cfg, tmp_path: Path, method_name: str) -> None:
+    cfg = make_cfg(f"+method={method_name}", "method.pattern=block4x1", "method.sparsity=0.75",
+                   *MODEL_DATA["resnet20"], *FAST_SCHEDULE.get(method_name, []),
+                   "trainer.limit_train_batches=4", "logger=none")  # fmt: skip
+    _, method, _, _, _ = _fit(cfg, tmp_path)
+    assert method.pattern.label == "block4x1"
+    for name, module in method.masks:
+        mask = method.masks.mask(name)
+        groups = as_matrix(mask).reshape(mask.shape[0] // 4, 4, -1).float()
+        assert (groups.std(1) == 0).all(), name  # 4 output channels keep or drop together
+        assert (module.weight[~mask] == 0).all()
+    assert method.masks.sparsity() == pytest.approx(0.75, abs=0.02)
+
+
+class _Killed(Exception):
+    pass
+
+
+class _StopAtRound(L.Callback):
+    """Stands for a kill: the run stops as round ``level`` of IMP starts."""
+
+    def __init__(self, method, level: int) -> None:
+        self.method, self.level = method, level
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.method.level == self.level:
+            raise _Killed
+
+
+def test_imp_resumes_from_the_round_its_checkpoint_was_written_in(make_cfg, tmp_path: Path) -> None:
+    overrides = ["+method=imp", "method.rate=0.5", *MODEL_DATA["mlp"], "trainer.max_epochs=2",
+                 "trainer.limit_train_batches=4", "trainer.enable_checkpointing=true", "logger=none"]  # fmt: skip
+    _, whole, trainer, _, _ = _fit(make_cfg(*overrides), tmp_path / "whole")
+    assert whole.level == whole.levels == 3
+    assert "val/acc" in trainer.callback_metrics  # validated, though rounds end mid-epoch
+    cfg = make_cfg(*overrides)
+    L.seed_everything(0, verbose=False)  # the same run as _fit's, stopped
+    datamodule = build_datamodule(cfg)
+    method = build_method(cfg)
+    module = build_module(cfg, build_run_model(cfg, datamodule, method, None))
+    callbacks = [*sparsity_callbacks(method), _StopAtRound(method, 2)]
+    with pytest.raises(_Killed):
+        fit(module, datamodule, method,
+            lambda **kw: build_trainer(cfg, tmp_path / "killed", callbacks, **kw))  # fmt: skip
+    ckpt = tmp_path / "killed" / "checkpoints" / "last.ckpt"  # written at the end of round 1
+    saved = torch.load(ckpt, weights_only=True)["callbacks"]["SparsityCallback"]["method"]
+    assert saved["level"] == 1 and saved["snapshot"] is not None
+    _, resumed, _, _, _ = _fit(make_cfg(*overrides), tmp_path / "resumed", ckpt=str(ckpt))
+    assert resumed.level == 3
+    for name, _ in whole.masks:
+        assert torch.equal(resumed.masks.mask(name), whole.masks.mask(name)), name
