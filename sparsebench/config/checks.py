@@ -22,9 +22,8 @@ def _check_unknown_keys(node: DictConfig, path: str = "") -> None:
         for key in node:
             if key not in allowed:
                 where = path.rstrip(".") or "the top level"
-                raise ConfigError(
-                    f"unknown key '{path}{key}'; {where} takes: {', '.join(allowed)}."
-                )
+                shown = ", ".join(a for a in allowed if a != "_target_")  # not a user's key
+                raise ConfigError(f"unknown key '{path}{key}'; {where} takes: {shown}.")
     for key in node:
         child = node._get_node(key)
         if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
