@@ -25,13 +25,8 @@ from benchmarks.overhead import StepClock
 from sparsebench.config.compose import compose
 from sparsebench.models import build_model
 from sparsebench.record.logs import quiet_lightning
-from sparsebench.training import (
-    build_datamodule,
-    build_method,
-    build_module,
-    build_trainer,
-    sparsity_callbacks,
-)
+from sparsebench.training.build import build_datamodule, build_method, build_module
+from sparsebench.training.fit import build_trainer, sparsity_callbacks
 
 
 def step_times(overrides: list[str], steps: int, out: Path) -> list[float]:

@@ -32,7 +32,9 @@ from sparsebench.models import build_model
 from sparsebench.record.logs import quiet_lightning
 from sparsebench.record.recorder import RunRecorder
 from sparsebench.runners.train import run as train_run  # noqa: F401  (same imports as the CLI)
-from sparsebench.training import RunProgress, build_datamodule, build_module, build_trainer
+from sparsebench.training.build import build_datamodule, build_module
+from sparsebench.training.fit import build_trainer
+from sparsebench.training.progress import RunProgress
 
 
 class StepClock(L.Callback):

@@ -11,34 +11,21 @@ import logging
 import time
 from pathlib import Path
 
-import lightning as L
 import torch
 from omegaconf import DictConfig, open_dict
 
-from sparsebench.config.checks import validate
+from sparsebench.config.targets import list_methods
 from sparsebench.errors import ConfigError
 from sparsebench.metrics.memory import PeakMemory
 from sparsebench.models import build_model
-from sparsebench.pruning.methods import PostTrainingMethod
 from sparsebench.record.recorder import RunRecorder
-from sparsebench.record.results import check_user_tags
+from sparsebench.record.results import Results
 from sparsebench.sparsity.methods.static import FixedMasks
-from sparsebench.training import (
-    RunProgress,
-    build_datamodule,
-    build_hardware,
-    build_method,
-    build_module,
-    build_trainer,
-    check_finite,
-    check_machine,
-    checkpoint_budget,
-    checkpoint_path,
-    load_weights,
-    measure,
-    sparsity_callbacks,
-    training_device,
-)
+from sparsebench.training.build import Run
+from sparsebench.training.checkpoints import checkpoint_budget, checkpoint_path, load_weights
+from sparsebench.training.fit import build_trainer, sparsity_callbacks
+from sparsebench.training.measure import check_finite, measure
+from sparsebench.training.progress import RunProgress
 
 log = logging.getLogger(__name__)
 
@@ -53,29 +40,25 @@ def _train_dense(cfg: DictConfig, output_dir: Path) -> tuple[Path, tuple[float, 
         dense.runner = "train"
         dense.paths.output_dir = str(output_dir / "dense")
         dense.trainer.enable_checkpointing = True
-    metrics = train(dense)
+    metrics = train(dense).metrics
     budget = float(metrics["flops/train"]), float(metrics["train/samples"])
     return output_dir / "dense" / "checkpoints" / "last.ckpt", budget
 
 
-def run(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
-    validate(cfg)
-    check_machine(cfg)
-    check_user_tags(cfg)
+def run(cfg: DictConfig, resume: bool = False) -> Results:
+    """Prune ``cfg.checkpoint``'s model (or a dense model trained first) with the configured
+    post-training method; returns the run's :class:`Results`."""
     if resume:
         raise ConfigError("runner 'prune' runs are not resumed (pruning takes minutes, not "
                           "epochs); start it again with the same checkpoint.")  # fmt: skip
-    output_dir = Path(cfg.paths.output_dir)
-    method = build_method(cfg)
-    if not isinstance(method, PostTrainingMethod):
+    parts = Run.build(cfg)
+    method, output_dir = parts.method, parts.output_dir
+    if method is None or method.kind != "post_training":
         name = "none" if method is None else method.name
-        raise ConfigError(
-            "runner 'prune' needs a post-training method (+method=wanda, sparsegpt, dsnot or "
-            f"oneshot_magnitude); got '{name}'."
-        )
-    hardware = build_hardware(cfg)
-    hardware.check(method.pattern, method.name)
-    datamodule = build_datamodule(cfg, check=True)
+        *rest, last = list_methods(kind="post_training")
+        raise ConfigError(f"runner 'prune' needs a post-training method "
+                          f"(+method={', '.join(rest)} or {last}); got '{name}'.")  # fmt: skip
+    datamodule = parts.build_data()
     available = len(datamodule.train_set)
     if method.calibration_samples > available:
         raise ConfigError(
@@ -93,14 +76,13 @@ def run(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
         method.dense_train_flops, dense_samples = checkpoint_budget(path)
     load_weights(model, path, cfg.model.model_name)
 
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    machine = {**hardware.fingerprint(), "hw/train_device": training_device(cfg)}
-    with RunRecorder(cfg, output_dir, machine, {"pattern": method.pattern_tag}
+    parts.seed()
+    with RunRecorder(cfg, output_dir, parts.machine_tags(), {"pattern": method.pattern_tag}
                      ) as record:  # fmt: skip
         results = record.results
-        results.data["checkpoint"] = str(path)
+        results.attach("checkpoint", str(path))
         progress = RunProgress(record, max_loss=cfg.trainer.get("max_loss"))
-        module = build_module(cfg, model)
+        module = parts.module(model)
         evaluate = build_trainer(cfg, output_dir, [], enable_checkpointing=False)
         (dense,) = evaluate.test(module, datamodule=datamodule, verbose=False)
         results.update({"test/acc_dense": dense["test/acc"], "test/loss_dense": dense["test/loss"]})
@@ -113,7 +95,7 @@ def run(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
         with PeakMemory() as memory:
             method.prune(model, batches)
         results.update({"time/prune_s": time.perf_counter() - start, "memory/peak_mb": memory.mb})
-        results.data["layers"] = method.errors  # reconstruction error per layer vs magnitude
+        results.attach("layers", method.errors)  # reconstruction error per layer vs magnitude
 
         trainer = evaluate
         if method.finetune_epochs:
@@ -127,8 +109,7 @@ def run(cfg: DictConfig, resume: bool = False) -> dict[str, float]:
                         "time/train_s": progress.train_seconds})  # fmt: skip
         val = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
         results.update({"val/acc": val["val/acc"]})
-        measure(results, cfg, model, datamodule.example_input(1), progress.samples_seen, method,
-                hardware, benchmark=record.is_zero)  # fmt: skip
+        measure(results, parts, model, progress.samples_seen, benchmark=record.is_zero)
         record.log_model(model, datamodule.example_input(2))
     results.raise_unless_ok()
-    return results.metrics
+    return results

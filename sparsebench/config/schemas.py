@@ -24,6 +24,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from sparsebench.config.store import parse_store
 from sparsebench.errors import ConfigError
 
 NO_HASH = {"hash": False}
@@ -304,10 +305,6 @@ def _check_limit(name: str, value: Any) -> None:
     _require(ok, f"{name} must be a fraction in [0, 1] or a batch count >= 0, got {value}.")
 
 
-TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "postgresql+psycopg2", "mysql",
-                    "databricks")  # fmt: skip
-
-
 @dataclass
 class LoggerConfig:
     """MLflow tracking. ``tracking_uri`` None means ``$MLFLOW_TRACKING_URI`` or sqlite:///mlflow.db."""
@@ -332,12 +329,7 @@ class LoggerConfig:
             f"logger.experiment_name must have 1 to 250 characters, got {len(self.experiment_name)}.",
         )
         if self.tracking_uri is not None:
-            scheme = self.tracking_uri.split(":", 1)[0] if ":" in self.tracking_uri else ""
-            _require(
-                scheme in TRACKING_SCHEMES,
-                f"logger.tracking_uri must start with one of {', '.join(TRACKING_SCHEMES)} "
-                f"(an MLflow store), got '{self.tracking_uri}'.",
-            )
+            parse_store(self.tracking_uri, "logger.tracking_uri")
 
 
 @dataclass

@@ -108,6 +108,49 @@ def __getattr__(name: str) -> type:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+METHOD_KINDS = ("training", "structured", "post_training", "transform_preset")
+
+
+def _overrides_transform(node: Any) -> bool:
+    """Whether a method yaml's defaults list sets the transform group (a preset)."""
+    for entry in node.get("defaults") or []:
+        keys = entry.keys() if isinstance(entry, collections.abc.Mapping) else [str(entry)]
+        if any(key.removeprefix("override ").lstrip("/").startswith("transform") for key in keys):
+            return True
+    return False
+
+
+def method_kind(name: str) -> tuple[str, bool]:
+    """The kind of the method yaml ``name`` (one of :data:`METHOD_KINDS`) and whether it masks
+    weights: a yaml that sets the transform group is a ``transform_preset`` (Sparse-IFT,
+    Monarch, DASS); otherwise its class declares its ``kind``; no ``_target_`` (dense) is
+    training without masks."""
+    node = OmegaConf.load(CONF_DIR / "method" / f"{name}.yaml")
+    target = node.get("_target_")
+    if _overrides_transform(node):
+        return "transform_preset", target is not None
+    if target is None:
+        return "training", False
+    return get_class(str(target)).kind, True
+
+
+def list_methods(kind: str | collections.abc.Iterable[str] | None = None,
+                 masked: bool | None = None) -> list[str]:  # fmt: skip
+    """The method yamls of ``kind`` (one kind, several, or None: all), sorted; ``masked``:
+    only those that mask weights (True) or only those that do not (False). timm's
+    ``list_models(filter=...)`` is the model."""
+    kinds = {kind} if isinstance(kind, str) else set(kind or METHOD_KINDS)
+    unknown = kinds - set(METHOD_KINDS)
+    if unknown:
+        raise ValueError(f"unknown method kind {sorted(unknown)}; kinds: {', '.join(METHOD_KINDS)}")
+    out = []
+    for path in sorted((CONF_DIR / "method").glob("*.yaml")):
+        found, masks = method_kind(path.stem)
+        if found in kinds and masked in (None, masks):
+            out.append(path.stem)
+    return out
+
+
 def register_targets() -> None:
     """Store the schema of every method, transform and hardware yaml's ``_target_`` class."""
     store = ConfigStore.instance()

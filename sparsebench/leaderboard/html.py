@@ -1,8 +1,9 @@
-"""The HTML leaderboard: per benchmark_key the table and interactive accuracy-vs-FLOPs and
-accuracy-vs-latency plots (plotly): a colour and legend entry per method, a marker per sparsity
-pattern, the Pareto front drawn as a step line, the dense baseline as a dashed line, and a plot
-only where there are two points to compare. plotly's JavaScript is written once beside the page
-(``plotly.min.js``), so the page is small and works offline."""
+"""The HTML leaderboard: per benchmark_key the table (:func:`.render.html_table`) and
+interactive accuracy-vs-FLOPs and accuracy-vs-latency plots (plotly): a colour and legend entry
+per method, a marker per sparsity pattern, the Pareto front drawn as a step line, the dense
+baseline as a dashed line, and a plot only where there are two points to compare. plotly's
+JavaScript is written once beside the page (``plotly.min.js``), so the page is small and works
+offline."""
 
 from __future__ import annotations
 
@@ -15,15 +16,8 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from sparsebench.leaderboard.rows import HEADINGS, SHOWN, Row
-
-
-def _cell(value) -> str:
-    if isinstance(value, bool):
-        return "&#9733;" if value else ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "" if value is None else html.escape(str(value))
+from sparsebench.leaderboard.render import html_table
+from sparsebench.leaderboard.rows import Row
 
 
 def _label(row: Row) -> str:
@@ -104,10 +98,7 @@ def html_report(rows: list[Row], path: Path, title: str = "sparsebench leaderboa
     for key, members in sorted(by_key.items()):
         ranked = sorted(members, key=lambda r: r.rank)
         shown = ranked if slide_rows is None else ranked[:slide_rows]
-        table = ["<table class='leaderboard'><tr>",
-                 *(f"<th>{html.escape(HEADINGS[c])}</th>" for c in SHOWN), "</tr>",
-                 *("<tr>" + "".join(f"<td>{_cell(getattr(row, c))}</td>" for c in SHOWN) + "</tr>"
-                   for row in shown), "</table>"]  # fmt: skip
+        table = html_table(shown)
         if len(shown) < len(ranked):
             table.append(f"<p>+{len(ranked) - len(shown)} more rows in the full report</p>")
         plots = ["<div style='display:flex;flex-wrap:wrap'>"]  # the plots side by side

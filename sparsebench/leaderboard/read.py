@@ -30,9 +30,9 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from sparsebench.config.store import Store
 from sparsebench.leaderboard.rows import METRICS, TAGS, Run
 
-DATABASE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "mysql")
 PAGE = 1000  # runs per request to a tracking server
 CLOCK_MARGIN_MS = 3_600_000  # end times of other machines may lag the newest one by this much
 FINISHED = ("FINISHED", "FAILED", "KILLED")  # MLflow's terminal states
@@ -46,8 +46,7 @@ def read_runs(uri: str, experiment: str | None = None, filters: dict[str, str | 
     unknown = set(wanted) - set(TAGS)
     if unknown:
         raise ValueError(f"cannot filter on tags the reader does not read: {sorted(unknown)}")
-    scheme = uri.split(":", 1)[0]
-    if scheme in DATABASE_SCHEMES:
+    if Store.of(uri).database:
         runs = _from_database(uri, experiment)
     else:
         runs = _from_client(uri, experiment, RunCache.for_uri(uri) if cache else None)

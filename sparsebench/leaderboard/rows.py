@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from sparsebench.record.results import CONTRACT_METRICS, STATUS_TAG
 
-# A run as a leaderboard reads it (``tracking/reader.py``): {"id", "name", "status" (MLflow's),
-# "end_time", "experiment_id", "metrics": {METRICS}, "tags": {TAGS}}.
+# A run as a leaderboard reads it (:mod:`sparsebench.leaderboard.read`): {"id", "name",
+# "status" (MLflow's), "end_time", "experiment_id", "metrics": {METRICS}, "tags": {TAGS}}.
 Run = dict
 # All a leaderboard reads of a run: the contract's metrics (a run missing one does not rank) and
 # the tags that group, label and filter rows.

@@ -27,7 +27,7 @@ class PostTrainingMethod(SparsityMethod):
     """Base: ``calibration_samples`` inputs from the training split drive the pruning."""
 
     needs_gram = False  # SparseGPT needs X^T X; the error report uses it when present
-    post_training = True
+    kind = "post_training"
 
     #: distributions the method accepts (per-layer algorithms prune every layer at sparsity)
     distributions: tuple[str, ...] = ("uniform",)

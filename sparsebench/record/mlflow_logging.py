@@ -18,12 +18,11 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from sparsebench.config.store import DEFAULT_URI, Store
 from sparsebench.errors import first_line
 from sparsebench.record.results import STATUS_TAG
 
 log = logging.getLogger(__name__)
-
-DEFAULT_URI = "sqlite:///mlflow.db"
 
 
 def tracking_uri(cfg: DictConfig) -> str:
@@ -31,21 +30,23 @@ def tracking_uri(cfg: DictConfig) -> str:
     relative SQLite path is made absolute (from the working directory now), since MLflow caches
     one store per URI string in a process and would keep writing to the first folder's file."""
     uri = cfg.logger.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    path = Store.of(uri).path
+    if path is not None and not path.is_absolute():
+        uri = f"sqlite:///{path.resolve()}"
     return uri
 
 
 def reachable(uri: str, timeout: float) -> str | None:
     """None if the store can be used, else one sentence saying why not."""
-    if uri.startswith(("http://", "https://")):
+    store = Store.of(uri)
+    if store.http:
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
                 return None
         except (urllib.error.URLError, OSError, ValueError) as exc:
             return f"tracking server {uri} cannot be reached ({getattr(exc, 'reason', exc)})"
-    if uri.startswith("sqlite:///"):
-        parent = Path(uri.removeprefix("sqlite:///")).resolve().parent
+    if store.path is not None:
+        parent = store.path.resolve().parent
         if not parent.is_dir():
             return f"tracking store {uri}: folder {parent} does not exist"
     return None
@@ -205,8 +206,9 @@ def prepare(uri: str, experiment: str) -> None:
     from filelock import FileLock
     from mlflow import MlflowClient
 
-    if uri.startswith("sqlite:///"):
-        with FileLock(uri.removeprefix("sqlite:///") + ".lock", timeout=120):
+    path = Store.of(uri).path
+    if path is not None:
+        with FileLock(f"{path}.lock", timeout=120):
             experiment_id(MlflowClient(tracking_uri=uri), experiment)
     else:
         experiment_id(MlflowClient(tracking_uri=uri), experiment)
@@ -242,7 +244,7 @@ def ui_link(tracking_uri: str, experiment: str, run_id: str | None = None) -> st
     """Where to browse :func:`ui_page`: the URL on a tracking server, else how to start the UI
     on the store and the URL then."""
     page = ui_page(experiment, run_id)
-    if tracking_uri.startswith(("http://", "https://")):
+    if Store.of(tracking_uri).http:
         return f"{tracking_uri.rstrip('/')}/{page}"
     return f"mlflow ui --backend-store-uri {tracking_uri}, then http://127.0.0.1:5000/{page}"
 

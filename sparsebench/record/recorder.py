@@ -21,12 +21,13 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from sparsebench.config.store import Store
 from sparsebench.errors import RunInterrupted
 from sparsebench.record.identity import flatten
 from sparsebench.record.mlflow_logging import MlflowRun, open_run, ui_link
+from sparsebench.record.parents import parent_run_id
 from sparsebench.record.results import MLFLOW_STATUS, Results, write_atomic
 from sparsebench.record.summary import print_summary
-from sparsebench.record.sweep import parent_run_id
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +66,17 @@ class RunRecorder:
             parent = parent_run_id(self.output_dir)
             if parent:  # a job of a multirun sweep: nest under the sweep's run
                 self.results.update(tags={"mlflow.parentRunId": parent})
-        previous = self.results.data.get("mlflow", {}).get("run_id") if resume else None
+        previous = self.results.mlflow.get("run_id") if resume else None
         self.mlflow, problem = open_run(self.cfg, self.results.tags, previous)
         if problem:
             self.notes.append(f"MLflow: {problem}; results are kept in {self.results.path}.")
             return
-        self.results.data["mlflow"] = {"tracking_uri": self.mlflow.tracking_uri,
-                                       "run_id": self.mlflow.run_id}  # fmt: skip
-        self.results.save()
+        self.results.set_mlflow(tracking_uri=self.mlflow.tracking_uri, run_id=self.mlflow.run_id)
         if not resume:  # a resumed run's params are there already (and cannot change)
-            self.mlflow.log("logging the config", params=flatten(self.results.data["config"]),
-                            tags=self.results.tags, artifacts=[config_path])  # fmt: skip
-            self.mlflow.log_dataset(dict(self.results.data["config"].get("dataset") or {}))
+            config = self.results.config
+            self.mlflow.log("logging the config", params=flatten(config),
+                            tags=dict(self.results.tags), artifacts=[config_path])  # fmt: skip
+            self.mlflow.log_dataset(dict(config.get("dataset") or {}))
         if self.cfg.logger.get("log_system_metrics"):
             self.mlflow.start_system_metrics()
         self.mlflow.terminate("RUNNING", "running")
@@ -106,8 +106,7 @@ class RunRecorder:
             return
         model_id = self.mlflow.log_model(model, example)
         if model_id is not None:
-            self.results.data["mlflow"]["model_id"] = model_id
-            self.results.save()
+            self.results.set_mlflow(model_id=model_id)
         else:
             self.lines.append("logger.log_model: the model could not be logged (see the "
                               "warning above); its weights are in checkpoints/.")  # fmt: skip
@@ -152,7 +151,7 @@ class RunRecorder:
                 f"Send them to a tracking server later with: sparsebench upload {self.output_dir}"
             )
         if results.status != "ok" and error is None:
-            log.warning("run %s: %s", results.status, results.data.get("error"))
+            log.warning("run %s: %s", results.status, results.error)
         if results.status == "ok" and self.cfg.print_summary:
             print_summary(results.metrics, results.tags, self.lines + self.notes)
         else:
@@ -169,7 +168,7 @@ class RunRecorder:
         if run is None or run.failure:
             return lines
         link = ui_link(run.tracking_uri, run.experiment_id, run.run_id)
-        if run.tracking_uri.startswith(("http://", "https://")):
+        if Store.of(run.tracking_uri).http:
             return [*lines, f"MLflow run: {run.run_id}  {link}"]
         return [*lines, f"MLflow run: {run.run_id} (browse: {link})"]
 
@@ -177,11 +176,11 @@ class RunRecorder:
         run, results = self.mlflow, self.results
         if run is None:
             return
-        step = max([int(row["epoch"]) for row in results.data["history"]] or [0])
+        step = max([int(row["epoch"]) for row in results.history] or [0])
         # Contract metrics at the last epoch's step: val/acc lands on its curve's last point.
         tags = dict(results.tags)
-        if results.data.get("error"):
-            tags["sparsebench.error"] = results.data["error"][:5000]
+        if results.error:
+            tags["sparsebench.error"] = results.error[:5000]
         run.log("final logging", results.metrics, step=step, tags=tags,
                 artifacts=[results.path, *self.artifacts])  # fmt: skip
         run.terminate(MLFLOW_STATUS[results.status], results.status)

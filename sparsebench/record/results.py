@@ -7,6 +7,7 @@ mid-run keeps what was already computed, with ``status: failed`` and the error.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -16,10 +17,11 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import IO
+from types import MappingProxyType
+from typing import IO, Any
 
 import psutil
 from omegaconf import DictConfig, OmegaConf
@@ -174,8 +176,18 @@ def write_atomic(path: Path, content: str | Callable[[IO[bytes]], object]) -> No
         raise
 
 
+SECTIONS = (
+    "kernels", "layers", "checkpoint", "resumed_from", "transform", "genotype", "search_history",
+)
+"""What a run may record beside its metrics and tags (docs/records.md): the hardware target's
+kernel per layer, post-training's reconstruction error per layer, the checkpoint a pruned model
+came from, the checkpoint a resumed run continued from, a transformation's description, DASS's
+searched genotype and its search's per-epoch history."""
+
+
 class Results:
-    """The results of one run, mirrored to ``results.json`` in the run directory.
+    """The record of one run, mirrored to ``results.json`` in the run directory; the only way a
+    record is written (its state is private; every change is saved at once).
 
     ``resume``: the ``results.json`` of an unfinished run to continue (same run uid, MLflow run
     and history); otherwise a new record."""
@@ -183,17 +195,17 @@ class Results:
     def __init__(self, output_dir: str | Path, cfg: DictConfig, write: bool = True,
                  contract_tags: dict[str, str] | None = None, resume: bool = False) -> None:  # fmt: skip
         self.path = Path(output_dir) / "results.json"
-        self.write = write  # False on DDP ranks other than zero
+        self._write = write  # False on DDP ranks other than zero
         if write:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume:
-            self.data = json.loads(self.path.read_text())
-            self.data.update(status="running", resumed=self.data.get("resumed", 0) + 1)
+            self._data = json.loads(self.path.read_text())
+            self._data.update(status="running", resumed=self._data.get("resumed", 0) + 1)
             for key in ("error", "traceback", "finished", "missing", "resumed_from"):
-                self.data.pop(key, None)
+                self._data.pop(key, None)
         else:
             uid = uuid.uuid4().hex  # identifies this run on upload, so it is never duplicated
-            self.data = {
+            self._data = {
                 "run_uid": uid,
                 "status": "running",
                 "started": time.time(),
@@ -204,55 +216,89 @@ class Results:
                 "mlflow": {},
             }
         # Who is running it: lets `sparsebench upload` tell a killed run from a live one.
-        self.data["process"] = {"host": socket.gethostname(), "pid": os.getpid(),
-                                "started": psutil.Process().create_time()}  # fmt: skip
-        self.save()
+        self._data["process"] = {"host": socket.gethostname(), "pid": os.getpid(),
+                                 "started": psutil.Process().create_time()}  # fmt: skip
+        self._save()
+
+    # -- reading -----------------------------------------------------------------------------
+    @property
+    def metrics(self) -> Mapping[str, float]:
+        return MappingProxyType(self._data["metrics"])
 
     @property
-    def metrics(self) -> dict[str, float]:
-        return self.data["metrics"]
-
-    @property
-    def tags(self) -> dict[str, str]:
-        return self.data["tags"]
+    def tags(self) -> Mapping[str, str]:
+        return MappingProxyType(self._data["tags"])
 
     @property
     def status(self) -> str:
-        return self.data["status"]
+        return self._data["status"]
+
+    @property
+    def error(self) -> str | None:
+        return self._data.get("error")
+
+    @property
+    def history(self) -> tuple[dict[str, float], ...]:
+        return tuple(dict(row) for row in self._data["history"])
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return copy.deepcopy(self._data["config"])
+
+    @property
+    def mlflow(self) -> Mapping[str, str]:
+        """The MLflow run (``tracking_uri``, ``run_id``, ``model_id``) once one is open."""
+        return MappingProxyType(self._data["mlflow"])
+
+    def section(self, name: str) -> Any:
+        return copy.deepcopy(self._data.get(name))
 
     def missing(self) -> list[str]:
         """Contract metrics not recorded (or not finite)."""
         return [k for k in CONTRACT_METRICS if not math.isfinite(self.metrics.get(k, math.nan))]
 
+    # -- writing -----------------------------------------------------------------------------
     def update(
-        self, metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None
+        self, metrics: Mapping[str, float] | None = None, tags: Mapping[str, str] | None = None
     ) -> None:
-        self.metrics.update({k: float(v) for k, v in (metrics or {}).items()})
-        self.tags.update({k: str(v) for k, v in (tags or {}).items()})
-        self.save()
+        self._data["metrics"].update({k: float(v) for k, v in (metrics or {}).items()})
+        self._data["tags"].update({k: str(v) for k, v in (tags or {}).items()})
+        self._save()
 
-    def add_epoch(self, row: dict[str, float]) -> None:
-        self.data["history"].append(row)
-        self.save()
+    def attach(self, name: str, value: Any) -> None:
+        """Record one of :data:`SECTIONS` (JSON-serialisable)."""
+        if name not in SECTIONS:
+            raise KeyError(f"results.json has no section '{name}'; it has {', '.join(SECTIONS)}")
+        self._data[name] = value
+        self._save()
+
+    def add_epoch(self, row: Mapping[str, float]) -> None:
+        self._data["history"].append(dict(row))
+        self._save()
 
     def set_history(self, rows: list[dict[str, float]]) -> None:
         """The history up to a resumed checkpoint (epochs after it are trained again)."""
-        self.data["history"] = list(rows)
-        self.save()
+        self._data["history"] = [dict(row) for row in rows]
+        self._save()
+
+    def set_mlflow(self, **fields: str) -> None:
+        """Where the run's MLflow record is: ``tracking_uri`` and ``run_id``, then ``model_id``."""
+        self._data["mlflow"].update(fields)
+        self._save()
 
     def finish(self, error: BaseException | None = None) -> None:
         missing = self.missing() if error is None else []
-        self.data["status"] = status_of(error, missing)
-        self.data["finished"] = time.time()
+        self._data["status"] = status_of(error, missing)
+        self._data["finished"] = time.time()
         message = error_text(error, missing)
         if message:
-            self.data["error"] = message
+            self._data["error"] = message
         if missing:
-            self.data["missing"] = missing
+            self._data["missing"] = missing
         if error is not None and not isinstance(error, (RunInterrupted, RunDiverged)):
-            self.data["traceback"] = "".join(traceback.format_exception(error))
+            self._data["traceback"] = "".join(traceback.format_exception(error))
         try:
-            self.save()
+            self._save()
         except OSError as exc:  # e.g. the disk is full: say so where a person will see it
             print(f"error: could not write {self.path} ({exc}); this run's final status "
                   f"'{self.status}' ({message or 'no error'}) is not recorded there.",
@@ -262,9 +308,9 @@ class Results:
     def raise_unless_ok(self) -> None:
         """After an error-free run: raise :class:`ContractIncomplete` if it is not ``ok``, so
         that the exit code (and a search trial's state) agrees with the record."""
-        if self.status == "failed" and self.data.get("missing"):
-            raise ContractIncomplete(self.data["error"])
+        if self.status == "failed" and self._data.get("missing"):
+            raise ContractIncomplete(self._data["error"])
 
-    def save(self) -> None:
-        if self.write:
-            write_atomic(self.path, json.dumps(self.data, indent=2, sort_keys=True, default=str))
+    def _save(self) -> None:
+        if self._write:
+            write_atomic(self.path, json.dumps(self._data, indent=2, sort_keys=True, default=str))

@@ -15,14 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import sys
 import time
 from pathlib import Path
 
+from sparsebench.config.cli import command_parser, fail, run_command
+from sparsebench.errors import ConfigError
 from sparsebench.record.identity import flatten
-from sparsebench.record.mlflow_logging import DEFAULT_URI, store_problem
 from sparsebench.record.mlflow_logging import experiment_id as get_experiment_id
+from sparsebench.record.mlflow_logging import store_problem
 from sparsebench.record.results import MLFLOW_STATUS, STATUS_TAG, write_atomic
 from sparsebench.record.resume import process_alive
 
@@ -117,48 +117,45 @@ def _artifact_names(client, run_id: str) -> set[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sparsebench upload", description=__doc__.splitlines()[0])
+    parser = command_parser("sparsebench upload", __doc__, "each run's logger.experiment_name")
     parser.add_argument(
         "run_dirs", nargs="+", type=Path, help="run directories holding results.json"
     )
-    parser.add_argument(
-        "--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
-    )
-    parser.add_argument(
-        "--experiment", default=None, help="default: each run's logger.experiment_name"
-    )
-    args = parser.parse_args(argv)
-    paths = []
-    for run_dir in args.run_dirs:
-        path = run_dir / "results.json" if run_dir.is_dir() else run_dir
-        problem = None if path.is_file() else f"{run_dir} holds no results.json."
-        if problem is None:
-            try:
-                data = json.loads(path.read_text())
-                missing = [k for k in ("run_uid", "started", "tags", "metrics") if k not in data]
-            except (OSError, ValueError, TypeError) as exc:
-                data, missing = None, [f"({type(exc).__name__}: {str(exc)[:100]})"]
-            if missing:
-                problem = (f"{path} is not a sparsebench results.json (no "
-                           f"{', '.join(missing)}); nothing was uploaded.")  # fmt: skip
-        if problem:
-            print(f"error: {problem}", file=sys.stderr)
-            return 2
-        paths.append(path)
+    return run_command(parser, argv, _upload)
+
+
+def results_path(run_dir: Path) -> Path:
+    """``RUN_DIR/results.json`` (or the file given), or ConfigError saying why it is not one."""
+    path = run_dir / "results.json" if run_dir.is_dir() else run_dir
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} holds no results.json.")
+    try:
+        data = json.loads(path.read_text())
+        missing = [k for k in ("run_uid", "started", "tags", "metrics") if k not in data]
+    except (OSError, ValueError, TypeError) as exc:
+        missing = [f"({type(exc).__name__}: {str(exc)[:100]})"]
+    if missing:
+        raise ConfigError(
+            f"{path} is not a sparsebench results.json (no {', '.join(missing)}); nothing was "
+            "uploaded."
+        )
+    return path
+
+
+def _upload(args: argparse.Namespace) -> int:
+    paths = [results_path(run_dir) for run_dir in args.run_dirs]
     problem = store_problem(args.tracking_uri)
     if problem:
-        print(f"error: {problem}; nothing was uploaded.", file=sys.stderr)
-        return 1
+        return fail(f"{problem}; nothing was uploaded.")
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=args.tracking_uri)
+    words = {"created": "uploaded", "completed": "completed", "unchanged": "already complete"}
     for path in paths:
         config = json.loads(path.read_text()).get("config", {})
         experiment = args.experiment or config.get("logger", {}).get(
             "experiment_name", "sparsebench"
         )
         run_id, action = upload_run(client, path, experiment)
-        words = {"created": "uploaded", "completed": "completed",
-                 "unchanged": "already complete"}  # fmt: skip
         print(f"{words[action]}: {path.parent} -> run {run_id}")
     return 0

@@ -6,6 +6,7 @@ import html
 import statistics
 from pathlib import Path
 
+from sparsebench.record.tables import cell, markdown_table
 from sparsebench.reproduce.claims import Claim
 from sparsebench.reproduce.suite import Outcome, Result, selected
 
@@ -13,6 +14,16 @@ MARK = {
     "reproduced": "reproduced",
     "contradicted": "**contradicted**",
     "inconclusive": "inconclusive",
+}
+VERDICTS = {  # the verdict table's columns and their alignment
+    "claim": "left",
+    "comparison": "left",
+    "metric": "left",
+    "effect [95% CI]": "left",
+    "n": "right",
+    "smallest effect": "right",
+    "verdict": "left",
+    "paper": "left",
 }
 COLOURS = {"reproduced": "#2a9d4b", "contradicted": "#c0392b", "inconclusive": "#e6a23c"}
 
@@ -23,13 +34,14 @@ def _arm_table(claim: Claim, outcomes: list[Outcome], metrics: list[str]) -> lis
     10% from the arms' median (Ten Lessons: compare at equal budgets, or say so)."""
     from sparsebench.leaderboard.rows import budgets_differ
 
-    lines = ["| arm | overrides | " + " | ".join(f"{m} mean ± std (n)" for m in metrics)
-             + " | training samples | budget differs |",
-             "|---|---|" + "---:|" * len(metrics) + "---:|:---:|"]  # fmt: skip
+    headers = ["arm", "overrides", *(f"{m} mean ± std (n)" for m in metrics)]
+    headers += ["training samples", "budget differs"]
+    align = ["left", "left", *(["right"] * len(metrics)), "right", "center"]
     samples = {arm: [o.metrics["train/samples"] for o in outcomes
                      if o.job.arm == arm and "train/samples" in o.metrics] for arm in claim.arms}  # fmt: skip
     budget = {arm: statistics.fmean(v) if v else None for arm, v in samples.items()}
     flagged = dict(zip(budget, budgets_differ(list(budget.values())), strict=True))
+    rows = []
     for arm, overrides in claim.arms.items():
         cells = []
         for metric in metrics:
@@ -40,12 +52,11 @@ def _arm_table(claim: Claim, outcomes: list[Outcome], metrics: list[str]) -> lis
                 cells.append("—")
                 continue
             std = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.fmean(values):.4g} ± {std:.2g} ({len(values)})")
-        shown = " ".join(overrides).replace("|", "\\|")
+            cells.append(f"{cell(statistics.fmean(values))} ± {std:.2g} ({len(values)})")
         seen = f"{budget[arm]:,.0f}" if budget[arm] else "—"
-        lines.append(f"| {arm} | `{shown}` | " + " | ".join(cells)
-                     + f" | {seen} | {'**yes**' if flagged[arm] else ''} |")  # fmt: skip
-    return lines
+        mark = "**yes**" if flagged[arm] else ""
+        rows.append([arm, f"`{' '.join(overrides)}`", *cells, seen, mark])
+    return markdown_table(headers, rows, align).splitlines()
 
 
 def markdown(tier: str, sections: list[tuple[Claim, list[Outcome], list[Result], dict]],
@@ -60,19 +71,22 @@ def markdown(tier: str, sections: list[tuple[Claim, list[Outcome], list[Result],
     if seeds is not None:
         out += [f"**Seeds overridden on the command line: {seeds} per arm** (not the claim "
                 "files' counts).", ""]  # fmt: skip
-    out += ["| claim | comparison | metric | effect [95% CI] | n | smallest effect | verdict | paper |",
-            "|---|---|---|---|---:|---:|---|---|"]  # fmt: skip
+    verdicts = []
     for claim, _, results, _ in sections:
         for row, result in enumerate(results):
             c = result.comparison
-            paper = claim.reference.replace("|", "/") if row == 0 else "(as above)"
+            paper = claim.reference if row == 0 else "(as above)"
             effect = result.effect.interval() if result.effect else "—"
             n = result.effect.n if result.effect else len(result.pairs)
             sign = {"greater": ">", "less": "<", "not_less": ">= -", "not_greater": "<= +"}[
                 c.direction
             ]
-            out.append(f"| [{claim.name}](#{claim.name.replace('_', '-')}) | {c.label} | {c.metric} | "
-                       f"{effect} | {n} | {sign}{c.delta:g} | {MARK[result.verdict]} | {paper} |")  # fmt: skip
+            link = f"[{claim.name}](#{claim.name.replace('_', '-')})"
+            smallest = f"{sign}{c.delta:g}"
+            verdicts.append(
+                [link, c.label, c.metric, effect, str(n), smallest, MARK[result.verdict], paper]
+            )
+    out += markdown_table(list(VERDICTS), verdicts, list(VERDICTS.values())).splitlines()
     total_s = sum(compute["train_s"] for *_, compute in sections)
     runs = sum(int(compute["runs"]) for *_, compute in sections)
     out += ["", f"{runs} runs, {total_s / 60:.1f} minutes of training in all (runner overhead, "

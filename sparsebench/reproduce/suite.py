@@ -9,7 +9,6 @@ checkpoint (the runners' own resume).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -19,7 +18,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from sparsebench.errors import ConfigError, first_line
-from sparsebench.record.sweep import PARENT_FILE
+from sparsebench.record.parents import PARENT_FILE, ParentRun
+from sparsebench.record.results import status_of
 from sparsebench.reproduce.claims import Claim, Comparison, Job
 from sparsebench.reproduce.stats import Effect, paired_effect, verdict
 
@@ -68,27 +68,28 @@ def finished(job: Job, cfg: DictConfig) -> dict | None:
 
 
 def parent_run(claim: Claim, tier: str, folder: Path, cfg: DictConfig) -> None:
-    """The claim's MLflow parent run (created once; its id in FOLDER/mlflow_parent.json, where
-    every job's recorder finds it)."""
-    from mlflow.entities import Param
-
-    from sparsebench.record.mlflow_logging import create_run, tracking_client
+    """The claim's MLflow parent run: created once (by whichever process runs a job of it
+    first) and published in FOLDER, where every job's recorder finds it."""
+    from sparsebench.record.mlflow_logging import tracking_client
 
     if (folder / PARENT_FILE).is_file():
         return
     client, problem = tracking_client(cfg)
     if problem:
         return  # logging off, or the jobs report the dead store themselves
-    run_id = create_run(client, cfg.logger.experiment_name, f"claim {claim.name} ({tier})",
-                        {"sparsebench.claim": claim.name, "sparsebench.tier": tier})  # fmt: skip
-    params = {"claim": claim.claim[:6000], "paper": claim.paper[:6000], "version": claim.version,
-              "seeds": claim.tiers[tier].seeds, "budget": claim.tiers[tier].budget[:6000],
-              **{f"arm.{arm}": " ".join(o)[:6000] for arm, o in claim.arms.items()},
-              "overrides": " ".join(claim.tiers[tier].overrides)[:6000]}  # fmt: skip
-    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / PARENT_FILE).write_text(json.dumps({"run_id": run_id,
-                                                  "tracking_uri": client.tracking_uri}))  # fmt: skip
+    spec = claim.tiers[tier]
+    params = {
+        "claim": claim.claim,
+        "paper": claim.paper,
+        "version": claim.version,
+        "seeds": spec.seeds,
+        "budget": spec.budget,
+        **{f"arm.{arm}": " ".join(o) for arm, o in claim.arms.items()},
+        "overrides": " ".join(spec.overrides),
+    }
+    tags = {"sparsebench.claim": claim.name, "sparsebench.tier": tier}
+    name = f"claim {claim.name} ({tier})"
+    ParentRun.start(client, cfg.logger.experiment_name, name, tags, params).publish(folder)
 
 
 def run_job(job: Job, cfg: DictConfig) -> Outcome:
@@ -101,16 +102,13 @@ def run_job(job: Job, cfg: DictConfig) -> Outcome:
         return Outcome(job, "ok", dict(done["metrics"]), skipped=True)
     runner = importlib.import_module(f"sparsebench.runners.{cfg.runner}")
     try:
-        metrics = runner.run(cfg)
-        return Outcome(job, "ok", dict(metrics))
+        results = runner.run(cfg)
+        return Outcome(job, results.status, dict(results.metrics))
     except ConfigError:
         raise  # a claim file that does not compose: one sentence, the suite stops
-    except Exception as exc:  # diverged or failed: recorded in its results.json
+    except Exception as exc:  # diverged or failed, and recorded so (the record's own rule)
         log.warning("%s-s%d: %s: %s", job.arm, job.seed, type(exc).__name__, first_line(exc))
-        status = "failed"
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            status = json.loads((job.folder / "results.json").read_text())["status"]
-        return Outcome(job, status)
+        return Outcome(job, status_of(exc, []))
 
 
 def selected(claim: Claim, outcomes: list[Outcome]) -> list[Outcome]:
@@ -165,27 +163,19 @@ def log_results(
     claim: Claim, folder: Path, results: list[Result], compute: dict[str, float]
 ) -> None:
     """The effects, intervals and verdicts on the claim's parent run, which then ends."""
-    path = folder / PARENT_FILE
-    if not path.is_file():
+    parent = ParentRun.published(folder)
+    if parent is None:
         return
-    from mlflow import MlflowClient
-
-    parent = json.loads(path.read_text())
-    client = MlflowClient(tracking_uri=parent["tracking_uri"])
-    try:
-        for i, result in enumerate(results, start=1):
-            if result.effect is not None:
-                for key in ("mean", "low", "high"):
-                    client.log_metric(parent["run_id"], f"comparison{i}/effect_{key}",
-                                      getattr(result.effect, key))  # fmt: skip
-                client.log_metric(parent["run_id"], f"comparison{i}/n", result.effect.n)
-            client.set_tag(parent["run_id"], f"comparison{i}/verdict", result.verdict)
-            client.set_tag(parent["run_id"], f"comparison{i}/label", result.comparison.label)
-        for key, value in compute.items():
-            client.log_metric(parent["run_id"], f"compute/{key}", value)
-        client.set_terminated(parent["run_id"])
-    except Exception as exc:  # the numbers are in the report; MLflow trouble loses nothing
-        log.warning("could not log claim %s to MLflow (%s)", claim.name, first_line(exc))
+    metrics, tags = {}, {}
+    for i, result in enumerate(results, start=1):
+        if result.effect is not None:
+            for key in ("mean", "low", "high"):
+                metrics[f"comparison{i}/effect_{key}"] = getattr(result.effect, key)
+            metrics[f"comparison{i}/n"] = result.effect.n
+        tags[f"comparison{i}/verdict"] = result.verdict
+        tags[f"comparison{i}/label"] = result.comparison.label
+    metrics.update({f"compute/{key}": value for key, value in compute.items()})
+    parent.close(metrics=metrics, tags=tags)  # the numbers are in the report whatever happens
 
 
 def compute_used(outcomes: list[Outcome]) -> dict[str, float]:

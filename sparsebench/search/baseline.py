@@ -13,8 +13,6 @@ comparison resumes where it stopped; every run is nested under one MLflow run.
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +21,8 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from sparsebench.record.mlflow_logging import create_run
-from sparsebench.record.sweep import PARENT_FILE
+from sparsebench.record.parents import ParentRun
+from sparsebench.record.tables import cell, markdown_table, write_csv
 from sparsebench.search.spec import StudySpec, baseline_cell, baseline_options
 from sparsebench.search.worker import Worker, check_space, compose_trial, mlflow_client
 
@@ -41,14 +39,12 @@ class Baseline:
         first = (self.options["sparsities"][0], self.options["seeds"][0])
         compose_trial(self._compare(*first, "."))
         self.base = compose_trial([*spec.overrides, *self.extra, "paths.output_dir=."])
-        self.client = mlflow_client(self.base)
+        client = mlflow_client(self.base)
         self.parent = None
-        if self.client is not None:
-            self.parent = create_run(self.client, self.base.logger.experiment_name,
-                                     f"baseline {spec.name}", {"sparsebench.baseline": spec.name})  # fmt: skip
-            runs = self.output_dir / "runs"
-            runs.mkdir(parents=True, exist_ok=True)
-            (runs / PARENT_FILE).write_text(json.dumps({"run_id": self.parent}))
+        if client is not None:  # every run nested under it: the arms' and the studies' trials
+            name, tags = f"baseline {spec.name}", {"sparsebench.baseline": spec.name}
+            self.parent = ParentRun.start(client, self.base.logger.experiment_name, name, tags)
+            self.parent.publish(self.output_dir / "runs")
 
     def _compare(self, sparsity: float, seed: int, out: str) -> list[str]:
         # Equal sparsity over the same weights: the node arm masks stem and head too.
@@ -61,7 +57,7 @@ class Baseline:
 
         out = self.output_dir / "runs" / name
         cfg = compose_trial([*overrides, f"paths.output_dir={out}"])
-        return run(cfg, tags={"baseline.arm": arm, "baseline.study": self.spec.name})
+        return dict(run(cfg, tags={"baseline.arm": arm, "baseline.study": self.spec.name}).metrics)
 
     def run(self) -> list[dict[str, Any]]:
         results: list[tuple[str, float, dict[str, float]]] = []
@@ -77,8 +73,7 @@ class Baseline:
                                 parent=self.parent)  # fmt: skip
                 worker.run()
                 best = worker.study.best_trial  # chosen on validation accuracy
-                chosen = json.loads((Path(best.user_attrs["run_dir"]) / "results.json").read_text())
-                results.append((search_arm, sparsity, chosen["metrics"]))
+                results.append((search_arm, sparsity, worker.trial_metrics(best)))
                 name = f"{self.options['compare']}_s{sparsity:g}_seed{seed}"
                 results.append((compare_arm, sparsity, self._train(
                     self._compare(sparsity, seed, "."), name, self.options["compare"])))  # fmt: skip
@@ -93,20 +88,13 @@ class Baseline:
         for column in COLUMNS:
             table.add_column(column, justify="right")
         for row in rows:
-            table.add_row(*(_cell(row[c]) for c in COLUMNS))
+            table.add_row(*(cell(row[c]) for c in COLUMNS))
         Console(width=140).print(table)
-        with (self.output_dir / "baseline.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(self.output_dir / "baseline.csv", COLUMNS, rows)
         (self.output_dir / "baseline.md").write_text(markdown(rows))
-        if self.client is not None and self.parent:
-            try:
-                for name in ("baseline.csv", "baseline.md"):
-                    self.client.log_artifact(self.parent, str(self.output_dir / name))
-                self.client.set_terminated(self.parent)
-            except Exception as exc:  # the table is on disk; MLflow trouble loses nothing
-                print(f"could not log the table to MLflow ({exc})")
+        if self.parent is not None:
+            tables = [self.output_dir / "baseline.csv", self.output_dir / "baseline.md"]
+            self.parent.close(artifacts=tables)
 
 
 def table_rows(results: list[tuple[str, float, dict[str, float]]]) -> list[dict[str, Any]]:
@@ -128,10 +116,4 @@ def table_rows(results: list[tuple[str, float, dict[str, float]]]) -> list[dict[
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _cell(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    return markdown_table(COLUMNS, [[cell(row[c]) for c in COLUMNS] for row in rows]) + "\n"

@@ -35,11 +35,12 @@ from rich.table import Table
 
 from sparsebench.config.checks import validate
 from sparsebench.errors import ConfigError, first_line
-from sparsebench.record.mlflow_logging import create_run
-from sparsebench.record.sweep import PARENT_FILE, log_aggregates, override_params
+from sparsebench.record.parents import ParentRun, override_params
+from sparsebench.record.results import Results
+from sparsebench.record.tables import cell
 from sparsebench.search.spec import StudySpec, baseline_cell, baseline_options, load_spec
 from sparsebench.search.storage import open_storage, redact
-from sparsebench.training import build_hardware, build_method, build_transform
+from sparsebench.training.build import build_hardware, build_method, build_transform
 
 log = logging.getLogger(__name__)
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -102,9 +103,10 @@ class Worker:
     several studies, such as the random-search baseline."""
 
     def __init__(self, cfg: DictConfig, output_dir: Path, spec: StudySpec | None = None,
-                 parent: str | None = None) -> None:  # fmt: skip
+                 parent: ParentRun | None = None) -> None:  # fmt: skip
         self.cfg = cfg
         self.output_dir = output_dir
+        self.results: dict[int, Results] = {}  # the trials this worker ran, by number
         self.spec = spec or load_spec(cfg.sweep, cfg.get("n_trials"), cfg.get("storage"))
         # Trials print no summary table each (the study prints its own); trial_overrides win.
         self.extra = ["print_summary=false", *(str(o) for o in cfg.get("trial_overrides") or [])]
@@ -123,52 +125,42 @@ class Worker:
         self.study.sampler = self.spec.make_sampler(seed_offset=offset)
         self.study.set_user_attr("n_trials", self.spec.n_trials)
         self.base = compose_trial([*self.spec.overrides, *self.extra, "paths.output_dir=."])
-        if parent is not None:
-            self._parent_file(parent)
         self.parent = parent if parent is not None else self._parent_run()
+        if self.parent is not None:  # trials find it in the folder above their own
+            self.parent.publish(self.output_dir / "trials")
 
     # MLflow ------------------------------------------------------------------------------
     def _client(self):
         return mlflow_client(self.base)
 
-    def _parent_run(self) -> str | None:
+    def _parent_run(self) -> ParentRun | None:
         """The study's parent run: created by the first worker, found by the others."""
         client = self._client()
         if client is None:
             return None
-        attrs = self.study.user_attrs
-        if attrs.get(PARENT_ATTR):
-            parent = attrs[PARENT_ATTR]
-        else:
-            tags = {"sparsebench.study": self.spec.name,
-                    "optuna.storage": redact(self.spec.storage)}  # fmt: skip
-            mine = create_run(client, self.base.logger.experiment_name, f"study {self.spec.name}",
-                              tags)  # fmt: skip
-            self.study.set_user_attr(PARENT_ATTR, mine)
-            time.sleep(0.5)  # two workers may have raced: the last write wins, the loser retracts
-            parent = self.study.user_attrs[PARENT_ATTR]
-            if parent != mine:
-                client.delete_run(mine)
-            else:
-                from mlflow.entities import Param
-
-                sampler, pruner = self.spec.sampler, self.spec.pruner
-                params = {"n_trials": self.spec.n_trials,
-                          "sampler": sampler.get("_target_") or sampler.get("name"),
-                          "pruner": pruner.get("_target_") or pruner.get("name"),
-                          "sweep": str(self.spec.path),
-                          "space": " ".join(p.key for p in self.spec.space)[:6000],
-                          # the study's fixed overrides and the command line's trial_overrides
-                          **override_params([*self.spec.overrides, *self.extra])}  # fmt: skip
-                client.log_batch(parent, params=[Param(k, str(v)) for k, v in params.items()])
-        self._parent_file(parent)
-        return parent
-
-    def _parent_file(self, parent: str) -> None:
-        """Trials find their parent run in the folder above their own (tracking.sweep)."""
-        trials_dir = self.output_dir / "trials"
-        trials_dir.mkdir(parents=True, exist_ok=True)
-        (trials_dir / PARENT_FILE).write_text(json.dumps({"run_id": parent}))
+        found = self.study.user_attrs.get(PARENT_ATTR)
+        if found:
+            return ParentRun(client, found)
+        tags = {"sparsebench.study": self.spec.name, "optuna.storage": redact(self.spec.storage)}
+        experiment = self.base.logger.experiment_name
+        mine = ParentRun.start(client, experiment, f"study {self.spec.name}", tags)
+        self.study.set_user_attr(PARENT_ATTR, mine.run_id)
+        time.sleep(0.5)  # two workers may have raced: the last write wins, the loser retracts
+        winner = self.study.user_attrs[PARENT_ATTR]
+        if winner != mine.run_id:
+            mine.delete()
+            return ParentRun(client, winner)
+        sampler, pruner = self.spec.sampler, self.spec.pruner
+        mine.log(params={
+            "n_trials": self.spec.n_trials,
+            "sampler": sampler.get("_target_") or sampler.get("name"),
+            "pruner": pruner.get("_target_") or pruner.get("name"),
+            "sweep": str(self.spec.path),
+            "space": " ".join(p.key for p in self.spec.space),
+            # the study's fixed overrides and the command line's trial_overrides
+            **override_params([*self.spec.overrides, *self.extra]),
+        })
+        return mine
 
     # Trials ------------------------------------------------------------------------------
     def _counts(self) -> tuple[int, int, int]:
@@ -201,10 +193,11 @@ class Worker:
 
         log.info("trial %d: %s", trial.number, " ".join(f"{k}={v}" for k, v in values.items()))
         tags = {"optuna.study": self.spec.name, "optuna.trial": str(trial.number)}
-        metrics = run(cfg, callbacks=callbacks, tags=tags, started=started)
-        results = json.loads((run_dir / "results.json").read_text())
-        if results.get("mlflow"):
-            trial.set_user_attr("mlflow_run_id", results["mlflow"]["run_id"])
+        results = run(cfg, callbacks=callbacks, tags=tags, started=started)
+        self.results[trial.number] = results
+        if results.mlflow.get("run_id"):
+            trial.set_user_attr("mlflow_run_id", results.mlflow["run_id"])
+        metrics = results.metrics
         missing = [o.metric for o in self.spec.objectives if o.metric not in metrics]
         if missing:
             raise RuntimeError(f"trial {trial.number} wrote no {', '.join(missing)}")
@@ -212,6 +205,14 @@ class Worker:
         if not all(math.isfinite(v) for v in out):  # never hand Optuna a NaN as a result
             raise RuntimeError(f"trial {trial.number}: non-finite objective {out}")
         return out if self.spec.multi_objective else out[0]
+
+    def trial_metrics(self, trial: optuna.trial.FrozenTrial) -> dict[str, float]:
+        """A trial's metrics: the value of this worker's own run of it, else (a trial that
+        another worker or an earlier process ran) its run folder's record."""
+        if trial.number in self.results:
+            return dict(self.results[trial.number].metrics)
+        record = Path(trial.user_attrs["run_dir"]) / "results.json"
+        return dict(json.loads(record.read_text())["metrics"])
 
     def run(self) -> int:
         """Run trials until the study has ``n_trials`` completed or pruned; returns how many
@@ -275,7 +276,7 @@ class Worker:
         for column in columns:
             table.add_column(column, justify="left" if column == "trial" else "right")
         for row in rows:
-            table.add_row(*(_fmt(row[c]) for c in columns))
+            table.add_row(*(cell(row[c]) for c in columns))
         Console(width=max(100, shutil.get_terminal_size().columns)).print(table)
         if rows and rows[0].get("run_dir"):
             print(f"run folders: {Path(str(rows[0]['run_dir'])).parent}; summary: "
@@ -286,22 +287,17 @@ class Worker:
         return summary
 
     def _log_summary(self, summary: dict[str, Any]) -> None:
-        client = self._client()
-        if client is None:
-            return
-        try:
-            rows = summary.get("best") or summary.get("pareto_front")
-            if rows and "best" in summary:
-                for metric in (o.metric for o in self.spec.objectives):
-                    client.log_metric(self.parent, f"best/{metric}", float(rows[0][metric]))
-                client.set_tag(self.parent, "best_trial", str(rows[0]["trial"]))
-            elif rows:
-                client.log_metric(self.parent, "pareto/size", len(rows))
-            client.log_dict(self.parent, summary, "study.json")
-            log_aggregates(client, self.parent, self.output_dir / "trials")  # per run_hash
-            client.set_terminated(self.parent)
-        except Exception as exc:  # the study is done; MLflow trouble loses nothing
-            log.warning("could not log the study summary to MLflow (%s)", exc)
+        """The best trial (or the Pareto front's size), study.json and the trials' aggregates
+        on the study's parent run, which then ends."""
+        rows = summary.get("best") or summary.get("pareto_front")
+        metrics, tags = {}, {}
+        if rows and "best" in summary:
+            metrics = {f"best/{o.metric}": float(rows[0][o.metric]) for o in self.spec.objectives}
+            tags = {"best_trial": str(rows[0]["trial"])}
+        elif rows:
+            metrics = {"pareto/size": len(rows)}
+        summary_file = {"study.json": summary}
+        self.parent.close(self.output_dir / "trials", metrics=metrics, tags=tags, dicts=summary_file)
 
 
 def mlflow_client(base: DictConfig):
@@ -312,10 +308,6 @@ def mlflow_client(base: DictConfig):
     if problem and base.logger.get("enabled", True):
         log.warning("MLflow: %s; trials keep their results.json", problem)
     return client
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def spawn_workers(output_dir: Path, count: int) -> int:

@@ -13,13 +13,32 @@ jaxpruner's sparsity schedules do (google/jaxpruner, ``sparsity_schedules.py``):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+
+from sparsebench.errors import ConfigError
+
+
+def check_fraction(
+    name: str, value: float, low: float = 0.0, high: float = 1.0, high_open: bool = True
+) -> None:
+    """``method.NAME`` within [low, high) (``high_open``) or [low, high], else one sentence."""
+    ok = low <= value < high if high_open else low <= value <= high
+    if not ok:
+        bracket = ")" if high_open else "]"
+        raise ConfigError(f"method.{name} must be in [{low}, {high}{bracket}, got {value}.")
 
 
 @dataclass(frozen=True)
 class Schedule:
     """Update steps from ``start`` to ``end`` (fractions of training) every ``interval`` steps.
+
+    Every scheduled method speaks this one vocabulary, its options named ``method.start``,
+    ``method.end`` and ``method.update_interval`` (jaxpruner's ``update_start_step``,
+    ``update_end_step`` and ``update_freq``), and is checked here, once: start in [0, 1), end
+    in [0, 1] and after start, interval >= 1. ``start_option``: the option a method's start is
+    set by (None: the method has none and starts at 0; magnitude pruning's ``prune_at``).
 
     ``total_steps`` is 0 until :meth:`bind` gives it the run's length in optimizer steps; then
     :attr:`start_step` and :attr:`end_step` are steps. ``shrink``: in runs too short for the
@@ -31,9 +50,20 @@ class Schedule:
     interval: int = 1
     total_steps: int = 0
     shrink: bool = False
+    start_option: str | None = "start"
+
+    def __post_init__(self) -> None:
+        check_fraction(self.start_option or "start", self.start)
+        check_fraction("end", self.end, high_open=False)
+        if self.end <= self.start:
+            after = f"method.{self.start_option}" if self.start_option else f"{self.start}"
+            raise ConfigError(f"method.end must be after {after}, got "
+                              f"{self.start_option or 'start'}={self.start}, end={self.end}.")  # fmt: skip
+        if self.interval < 1:
+            raise ConfigError(f"method.update_interval must be >= 1, got {self.interval}.")
 
     def bind(self, total_steps: int) -> Schedule:
-        return Schedule(self.start, self.end, self.interval, max(1, int(total_steps)), self.shrink)
+        return dataclasses.replace(self, total_steps=max(1, int(total_steps)))
 
     @property
     def start_step(self) -> int:

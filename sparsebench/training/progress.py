@@ -59,7 +59,7 @@ class RunProgress(Callback):
         if self._validated:  # stopped after this epoch's validation (a pruned trial): keep it
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                        if k.startswith("val/")}  # fmt: skip
-            self.record.add_epoch({"epoch": len(self.record.results.data["history"]), **metrics})
+            self.record.add_epoch({"epoch": len(self.record.results.history), **metrics})
             self._validated = False
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
@@ -91,11 +91,11 @@ class RunProgress(Callback):
         self._validated = False
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                    if k.startswith(("train/", "val/"))}  # fmt: skip
-        self.record.add_epoch({"epoch": len(self.record.results.data["history"]), **metrics})
+        self.record.add_epoch({"epoch": len(self.record.results.history), **metrics})
 
     def state_dict(self) -> dict[str, Any]:
         return {"samples_seen": self.samples_seen, "train_seconds": self._clock(),
-                "history": list(self.record.results.data["history"]), "rng": rng_states()}  # fmt: skip
+                "history": list(self.record.results.history), "rng": rng_states()}  # fmt: skip
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.samples_seen = int(state_dict["samples_seen"])

@@ -58,7 +58,7 @@ VALUES = st.one_of(
 
 def outcome(overrides: list[str]) -> str:
     """``ok`` or ``error: <one sentence>``; anything else raises (the test fails)."""
-    from sparsebench.training import build_hardware, build_method
+    from sparsebench.training.build import build_hardware, build_method
 
     try:
         check_group_choices(overrides)

@@ -19,7 +19,7 @@ from sparsebench.data import (
     TorchvisionDataModule,
 )
 from sparsebench.data.base import split_indices
-from sparsebench.training import build_datamodule
+from sparsebench.training.build import build_datamodule
 from tests.fixtures import compose_config
 
 

@@ -259,7 +259,7 @@ def _two_four_model() -> tuple[nn.Module, dict[str, nn.Module]]:
 
 def test_roofline_estimates_are_labelled_and_sensible() -> None:
     cfg = compose_config(["hardware=a100"])
-    from sparsebench.training import build_hardware
+    from sparsebench.training.build import build_hardware
 
     target = build_hardware(cfg)
     assert (

@@ -76,7 +76,7 @@ def test_noisy_latency_marks_the_row() -> None:
     other["tags"]["latency/noisy"] = "false"
     rows = {r.run_hash: r for r in aggregate([quiet, loud, other])}
     assert rows["h"].latency_noisy and not rows["g"].latency_noisy  # one noisy replicate marks it
-    from sparsebench.leaderboard.cli import markdown
+    from sparsebench.leaderboard.render import markdown
 
     lines = [line for line in markdown(list(rows.values())).splitlines() if line.startswith("|")]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
@@ -274,7 +274,7 @@ def _board() -> list:
 def test_markdown_rows_have_the_headers_cell_count() -> None:
     import re
 
-    from sparsebench.leaderboard.cli import markdown
+    from sparsebench.leaderboard.render import markdown
 
     text = markdown(_board())
     cells = [
@@ -288,7 +288,7 @@ def test_markdown_rows_have_the_headers_cell_count() -> None:
 def test_terminal_tables_fit_the_width_and_show_every_key_whole(width: int) -> None:
     from rich.console import Console
 
-    from sparsebench.leaderboard.cli import tables
+    from sparsebench.leaderboard.render import tables
 
     console = Console(width=width, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
     for table in tables(_board(), width):

@@ -194,7 +194,7 @@ def test_prune_runner_on_convolutions(make_cfg, tmp_path: Path, pattern: str) ->
 
     metrics = run(make_cfg("runner=prune", "+method=dsnot", f"method.pattern={pattern}",
                            "model=resnet20", "model.width=8", "logger=none",
-                           "method.calibration_samples=32"))  # fmt: skip
+                           "method.calibration_samples=32")).metrics  # fmt: skip
     assert metrics["sparsity/actual"] == pytest.approx(0.5, abs=0.01)
     assert metrics["flops/sparse"] < 0.6 * metrics["flops/dense"]
 
@@ -202,7 +202,7 @@ def test_prune_runner_on_convolutions(make_cfg, tmp_path: Path, pattern: str) ->
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["+method=rigl"], "runner 'prune' needs a post-training method (+method=wanda, sparsegpt, dsnot or oneshot_magnitude); got 'rigl'."),
+        (["+method=rigl"], "runner 'prune' needs a post-training method (+method=dsnot, oneshot_magnitude, sparsegpt or wanda); got 'rigl'."),
         (["+method=wanda", "method.calibration_samples=100000"],
          "method.calibration_samples=100000 is more than the "),
         (["+method=wanda", "method.pattern=2:4", "model.hidden_dims=[66,66]"],

@@ -394,7 +394,7 @@ def test_a_diverging_study_fails_its_trials_everywhere_and_stops(
 
 @pytest.mark.parametrize("name", ["nm", "sr_ste", "pgf"])
 def test_n_m_methods_are_tagged_with_their_pattern(make_cfg, name: str) -> None:
-    from sparsebench.training import build_method
+    from sparsebench.training.build import build_method
 
     assert build_method(make_cfg(f"+method={name}")).pattern_tag == "2:4"
     assert build_method(make_cfg(f"+method={name}", "method.pattern=1:8")).pattern_tag == "1:8"
@@ -470,7 +470,7 @@ def test_history_rows_hold_their_own_epoch_and_share_mlflow_s_step_axis(make_cfg
 def test_sparse_ift_training_flops_use_the_widened_network(make_cfg, tmp_path: Path) -> None:
     from sparsebench.metrics.flops import flops_per_sample
     from sparsebench.runners.train import run
-    from sparsebench.training import (
+    from sparsebench.training.build import (
         build_datamodule,
         build_method,
         build_run_model,
@@ -478,7 +478,7 @@ def test_sparse_ift_training_flops_use_the_widened_network(make_cfg, tmp_path: P
     )
 
     cfg = make_cfg("model=mlp", "dataset=digits", "+method=sparse_ift", "method.update_interval=2")
-    metrics = run(cfg)
+    metrics = run(cfg).metrics
     method = build_method(cfg)
     datamodule = build_datamodule(cfg, check=True)
     example = datamodule.example_input(1)

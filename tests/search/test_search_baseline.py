@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from sparsebench.errors import ConfigError
 from sparsebench.models import build_model
 from sparsebench.sparsity.masks import MASK
-from sparsebench.training import build_method
+from sparsebench.training.build import build_method
 from tests.fixtures import compose_config, search_in_process
 
 

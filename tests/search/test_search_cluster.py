@@ -16,6 +16,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
+from sqlalchemy.pool import NullPool
 
 from tests.fixtures import FAST, run_cli, search, write_sweep
 
@@ -37,7 +38,12 @@ def test_two_workers_on_postgres_survive_a_killed_worker(pg_database: str, tmp_p
     args = [f"sweep={path}", "heartbeat_interval=1", "grace_period=3", "poll_s=0.5", NO_MLFLOW]
     log = tmp_path / "workers.log"
     first, second = _worker(args, tmp_path, 0, log), _worker(args, tmp_path, 1, log)
-    storage = pg_database.replace("postgresql://", "postgresql+psycopg2://")
+    # One storage for the whole poll: a URL string would open a new engine (and its pooled
+    # connections) on every call, and 0.1 s polls exhaust PostgreSQL's max_connections.
+    storage = optuna.storages.RDBStorage(
+        pg_database.replace("postgresql://", "postgresql+psycopg2://"),
+        engine_kwargs={"poolclass": NullPool},
+    )
     killed = None
     deadline = time.time() + 300
     while killed is None and time.time() < deadline:  # kill `first` in the middle of a trial

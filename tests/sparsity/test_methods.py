@@ -17,29 +17,25 @@ import pytest
 import torch
 
 from sparsebench.config.checks import validate
-from sparsebench.config.resources import CONF_DIR, available
+from sparsebench.config.targets import list_methods
 from sparsebench.errors import ConfigError
 from sparsebench.sparsity.masks import MASK
 from sparsebench.sparsity.patterns import NM, as_matrix, is_nm
-from sparsebench.training import (
+from sparsebench.training.build import (
     build_datamodule,
     build_method,
     build_module,
     build_run_model,
-    build_trainer,
     build_transform,
-    fit,
-    model_metrics,
-    sparsity_callbacks,
 )
+from sparsebench.training.fit import build_trainer, fit, sparsity_callbacks
+from sparsebench.training.measure import model_metrics
 
 # Every training method with masks (monarch is structural and dense: tests/transforms/test_sparse_ift.py;
 # node masks whole units of an MLP chain: tests/search/test_search_baseline.py; dass trains the network
 # it searched: tests/transforms/test_dass.py; post-training methods prune once: tests/pruning/test_pruning.py).
-POST_TRAINING = {m for m in available("method")
-                 if "_target_: sparsebench.pruning." in (CONF_DIR / "method" / f"{m}.yaml").read_text()}  # fmt: skip
-METHODS = [m for m in available("method")
-           if m not in ("dense", "monarch", "node", "dass") and m not in POST_TRAINING]  # fmt: skip
+METHODS = [m for m in list_methods(("training", "structured", "transform_preset"), masked=True)
+           if m not in ("node", "dass")]  # fmt: skip
 # Make every schedule act within an 8-step run.
 FAST_SCHEDULE = {
     "set": ["method.update_interval=1"],
@@ -105,7 +101,7 @@ def test_method_contract(make_cfg, tmp_path: Path, method_name: str, model_name:
         elif method.distribution != "global":
             slack = method.pattern.granularity(module.weight.shape)
             assert abs(kept - densities[name] * mask.numel()) <= slack, name
-    metrics = model_metrics(cfg, model, datamodule.example_input(1), 64, method,
+    metrics = model_metrics(model, datamodule.example_input(1), 64, method,
                             transform=transform)  # fmt: skip
     total = sum(m.weight.numel() for _, m in method.masks)
     slack = sum(
@@ -179,7 +175,7 @@ def test_method_options_are_validated_before_training(make_cfg) -> None:
     with pytest.raises(ConfigError, match="method.pattern must be unstructured, channel, N:M"):
         build_method(make_cfg("+method=rigl", "method.pattern=2x4"))
     with pytest.raises(
-        ConfigError, match="unknown key 'method.drop_frac'; method takes: _target_, "
+        ConfigError, match="unknown key 'method.drop_frac'; method takes: name, "
     ):
         validate(make_cfg("+method=rigl", "+method.drop_frac=0.1"))  # the schema's keys
 
@@ -247,7 +243,7 @@ def test_bdwp_training_flops_are_a_hand_count(make_cfg, tmp_path: Path) -> None:
     cfg = make_cfg("+method=bdwp", "model=mlp", "model.hidden_dims=[64,64]", "dataset=digits",
                    "dataset.input_shape=[1,8,8]", "trainer.limit_train_batches=2", "logger=none")  # fmt: skip
     model, method, _, datamodule, _ = _fit(cfg, tmp_path, max_epochs=1)
-    metrics = model_metrics(cfg, model, datamodule.example_input(1), 100, method)
+    metrics = model_metrics(model, datamodule.example_input(1), 100, method)
     dense = 2 * (64 * 64 + 64 * 64 + 64 * 10)  # stem, the 2:4 layer, head (multiply-adds x 2)
     sparse = 2 * (64 * 64 + 64 * 64 // 2 + 64 * 10)
     assert (metrics["flops/dense"], metrics["flops/sparse"]) == (dense, sparse)
@@ -307,7 +303,7 @@ def test_hesso_projects_groups_to_zero_over_periods_with_cric(make_cfg, tmp_path
         for param in method.params(name):
             assert (param.detach()[~rows] == 0).all()  # filter, bias and BatchNorm exactly zero
     example = datamodule.example_input(1)
-    metrics = model_metrics(cfg, model, example, 64, method)
+    metrics = model_metrics(model, example, 64, method)
     slim = method.deployed_model(model)
     from sparsebench.metrics.flops import flops_per_sample
 

@@ -226,7 +226,7 @@ def test_pgf_schedules() -> None:
     from sparsebench.sparsity.methods import ProgressiveGradientFlow
 
     linear = ProgressiveGradientFlow(
-        pattern="2:4", decay="linear", rate=0.01, dense_until=0.1, end=0.9
+        pattern="2:4", decay="linear", rate=0.01, start=0.1, end=0.9
     )
     linear.bind(1000)
     assert linear.phase(50) == (1.0, (2, 4))  # dense phase

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-import sparsebench.training as training
 from sparsebench.sparsity.masks import MASK
+from sparsebench.training import measure as measuring
 
 BASE = ("model=mlp", "dataset=mnist1d", "logger=none",
         "trainer.max_epochs=2", "trainer.limit_train_batches=6")  # fmt: skip
@@ -45,13 +45,12 @@ def mask_digest(model: nn.Module) -> str:
 def test_final_masks_and_accuracy_are_pinned(name: str, make_cfg, monkeypatch) -> None:
     overrides, digest, accuracy = PINNED[name]
     seen: list[nn.Module] = []
-    measure = training.measure
+    measure = measuring.measure
 
-    def capture(results, cfg, model, *args, **kwargs):
+    def capture(results, run, model, *args, **kwargs):
         seen.append(model)
-        return measure(results, cfg, model, *args, **kwargs)
+        return measure(results, run, model, *args, **kwargs)
 
-    monkeypatch.setattr(training, "measure", capture)
     cfg = make_cfg(*BASE, *overrides)
     if cfg.runner == "prune":
         from sparsebench.runners.prune import run
@@ -61,7 +60,7 @@ def test_final_masks_and_accuracy_are_pinned(name: str, make_cfg, monkeypatch) -
         from sparsebench.runners.train import run
 
         monkeypatch.setattr("sparsebench.runners.train.measure", capture)
-    metrics = run(cfg)
+    metrics = run(cfg).metrics
     found = (mask_digest(seen[-1]), metrics["test/acc"])
     print(f"PIN {name}: {found!r}")
     assert found == (digest, accuracy)

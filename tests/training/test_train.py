@@ -28,7 +28,7 @@ def _runs(tmp_path: Path, uri: str | None = None):
 
 def test_mlp_on_mnist1d_fills_the_contract(make_cfg, tmp_path: Path) -> None:
     metrics = run(make_cfg("model=mlp", "dataset=mnist1d", "dataset.num_samples=600", "trainer.max_epochs=2",
-                           "trainer.limit_train_batches=null"))  # fmt: skip
+                           "trainer.limit_train_batches=null")).metrics  # fmt: skip
     data = _results(tmp_path)
     assert data["status"] == "ok"
     assert set(CONTRACT_METRICS) <= set(data["metrics"]) and set(CONTRACT_TAGS) <= set(data["tags"])
@@ -61,11 +61,11 @@ def test_system_metrics_and_the_model_are_options(make_cfg, tmp_path: Path) -> N
     import mlflow
     import mlflow.pytorch
 
-    from sparsebench.training import build_datamodule
+    from sparsebench.training.build import build_datamodule
 
     cfg = make_cfg("model=mlp", "dataset=digits", "+method=magnitude", "method.sparsity=0.8",
                    "logger.log_system_metrics=true", "logger.log_model=true")  # fmt: skip
-    metrics = run(cfg)
+    metrics = run(cfg).metrics
     (mlflow_run,) = _runs(tmp_path)
     # A run shorter than the monitor's interval still gets its sample (taken at the end).
     assert any(key.startswith("system/cpu_utilization") for key in mlflow_run.data.metrics)
@@ -92,7 +92,7 @@ def test_system_metrics_and_the_model_are_options(make_cfg, tmp_path: Path) -> N
 
 
 def test_resnet20_on_synthetic(make_cfg, tmp_path: Path) -> None:
-    metrics = run(make_cfg("model=resnet20", "dataset=synthetic", "logger=none"))
+    metrics = run(make_cfg("model=resnet20", "dataset=synthetic", "logger=none")).metrics
     assert metrics["params/total"] == pytest.approx(0.275e6, rel=0.02)
     assert _results(tmp_path)["status"] == "ok"
     assert _runs(tmp_path) == []  # logger=none
@@ -121,7 +121,7 @@ def test_unreachable_server_then_upload_once(make_cfg, tmp_path: Path, capsys) -
     cfg = make_cfg(
         "model=mlp", "dataset=digits", f"logger.tracking_uri={dead}", "print_summary=true"
     )
-    metrics = run(cfg)
+    metrics = run(cfg).metrics
     out = capsys.readouterr().out
     assert f"tracking server {dead} cannot be reached" in out
     assert f"sparsebench upload {tmp_path / 'run'}" in out

@@ -9,7 +9,7 @@ import torch
 from sparsebench.errors import ConfigError
 from sparsebench.metrics.flops import flops_per_sample
 from sparsebench.models import build_model
-from sparsebench.training import build_method, build_run_model, build_transform
+from sparsebench.training.build import build_method, build_run_model, build_transform
 from sparsebench.transforms import FAMILIES
 from tests.fixtures import compose_config
 
@@ -133,7 +133,7 @@ def test_monarch_is_a_full_rank_structured_map() -> None:
 def test_monarch_method_trains(make_cfg, tmp_path) -> None:
     from sparsebench.runners.train import run
 
-    metrics = run(make_cfg("model=mlp", "dataset=mnist1d", "+method=monarch", "logger=none"))
+    metrics = run(make_cfg("model=mlp", "dataset=mnist1d", "+method=monarch", "logger=none")).metrics
     assert metrics["flops/sparse"] < 0.75 * metrics["flops/dense"]  # 256x256 hidden layer at 2/4
     assert metrics["sparsity/actual"] == 0.0 and 0 <= metrics["test/acc"] <= 1
 
@@ -172,7 +172,7 @@ def test_short_training_fills_the_contract(
     from sparsebench.runners.train import run
 
     metrics = run(make_cfg(*TRAINED[model_name], "+method=sparse_ift", f"transform.family={family}",
-                           "method.update_interval=1", "logger=none"))  # fmt: skip
+                           "method.update_interval=1", "logger=none")).metrics  # fmt: skip
     data = json.loads((tmp_path / "run" / "results.json").read_text())
     assert data["status"] == "ok" and set(CONTRACT_METRICS) <= set(metrics)
     assert abs(metrics["flops/sparse"] - metrics["flops/dense"]) / metrics["flops/dense"] <= 0.01

@@ -32,21 +32,16 @@ from sparsebench.sparsity.distributions import DISTRIBUTIONS, layer_densities
 from sparsebench.sparsity.masks import MaskSet
 from sparsebench.sparsity.patterns import Pattern, parse_pattern, pattern_label
 from sparsebench.sparsity.prunable import prunable_layers
-from sparsebench.sparsity.schedules import Schedule
-
-
-def check_fraction(
-    name: str, value: float, low: float = 0.0, high: float = 1.0, high_open: bool = True
-) -> None:
-    ok = low <= value < high if high_open else low <= value <= high
-    if not ok:
-        bracket = ")" if high_open else "]"
-        raise ConfigError(f"method.{name} must be in [{low}, {high}{bracket}, got {value}.")
+from sparsebench.sparsity.schedules import Schedule, check_fraction
 
 
 class SparsityMethod:
     """Base class: which layers, what pattern, how the total sparsity is spread, when."""
 
+    #: What the method is, for the runners and :func:`sparsebench.config.targets.list_methods`:
+    #: ``training`` (masks while training), ``structured`` (whole units removed: a physically
+    #: smaller network) or ``post_training`` (prunes a trained model once: runner=prune).
+    kind: str = "training"
     #: Methods whose masks exist from the first step train sparse from scratch (3*f_s per step).
     sparse_from_start: bool = False
     #: True, or the sentence saying why a killed run of this method cannot continue mid-way.

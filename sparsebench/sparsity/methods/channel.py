@@ -38,6 +38,7 @@ class ChannelPruning(GradualMagnitudePruning):
     physically smaller network's FLOPs.
     """
 
+    kind = "structured"
     patterns = (Channel,)
 
     def __init__(self, name: str = "channel", sparsity: float = 0.5, pattern: str = "channel",

@@ -26,11 +26,8 @@ class DynamicSparseTraining(SparsityMethod):
                  end: float = 0.75, **kwargs) -> None:  # fmt: skip
         super().__init__(name=name, distribution=distribution, **kwargs)
         check_fraction("drop_fraction", drop_fraction, high_open=False)
-        check_fraction("end", end, high_open=False)
-        if update_interval < 1:
-            raise ConfigError(f"method.update_interval must be >= 1, got {update_interval}.")
         self.drop_fraction, self.update_interval = drop_fraction, update_interval
-        self.schedule = Schedule(start=0.0, end=end, interval=update_interval)
+        self.schedule = Schedule(start=0.0, end=end, interval=update_interval, start_option=None)
 
     def init_masks(self) -> None:
         gen = self.generator(0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from sparsebench.errors import ConfigError
 from sparsebench.sparsity.methods.base import SparsityMethod, check_fraction
 from sparsebench.sparsity.schedules import Schedule, cubic_sparsity
 
@@ -16,19 +15,11 @@ class GradualMagnitudePruning(SparsityMethod):
     def __init__(self, name: str = "gmp", start: float = 0.1, end: float = 0.75, update_interval: int = 100,
                  initial_sparsity: float = 0.0, **kwargs) -> None:  # fmt: skip
         super().__init__(name=name, **kwargs)
-        check_fraction("start", start)
-        check_fraction("end", end, high_open=False)
         check_fraction("initial_sparsity", initial_sparsity)
-        if end <= start:
-            raise ConfigError(
-                f"method.end must be after method.start, got start={start}, end={end}."
-            )
-        if update_interval < 1:
-            raise ConfigError(f"method.update_interval must be >= 1, got {update_interval}.")
-        self.start, self.end, self.update_interval = start, end, update_interval
-        self.initial_sparsity = initial_sparsity
         # The interval shrinks in runs too short for it (at least four updates).
         self.schedule = Schedule(start=start, end=end, interval=update_interval, shrink=True)
+        self.start, self.end, self.update_interval = start, end, update_interval
+        self.initial_sparsity = initial_sparsity
 
     def sparsity_at(self, step: int) -> float:
         return self.schedule.cubic(step, self.sparsity, self.initial_sparsity)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from sparsebench.errors import ConfigError
 from sparsebench.sparsity.methods.base import SparsityMethod, check_fraction
 from sparsebench.sparsity.patterns import Block, Unstructured
 from sparsebench.sparsity.schedules import Schedule
@@ -12,7 +11,7 @@ from sparsebench.sparsity.schedules import Schedule
 
 class ISSP(SparsityMethod):
     """Iterative Soft Shrinkage-Percentage (Wang et al., "Iterative Soft Shrinkage Learning for
-    Efficient Image Super-Resolution", ICCV 2023): after each optimizer step, per layer, the
+    Efficient Image Super-Resolution", ICCV 2023): every ``update_interval`` optimizer steps (1), per layer, the
     smallest p_t fraction of |w| is multiplied by ``alpha`` (0.95) rather than set to zero, so
     pruned candidates can still recover; p_t follows the cubic schedule to the target between
     ``start`` and ``end``; at ``end`` the layer is hard-pruned to its target and the mask is
@@ -22,19 +21,11 @@ class ISSP(SparsityMethod):
     patterns = (Unstructured, Block)  # shrinks the pattern's units: weights, or whole blocks
 
     def __init__(self, name: str = "iss_p", alpha: float = 0.95, start: float = 0.0, end: float = 1.0,
-                 shrink_interval: int = 1, **kwargs) -> None:  # fmt: skip
+                 update_interval: int = 1, **kwargs) -> None:  # fmt: skip
         super().__init__(name=name, **kwargs)
         check_fraction("alpha", alpha)
-        check_fraction("start", start)
-        check_fraction("end", end, high_open=False)
-        if end <= start:
-            raise ConfigError(
-                f"method.end must be after method.start, got start={start}, end={end}."
-            )
-        if shrink_interval < 1:
-            raise ConfigError(f"method.shrink_interval must be >= 1, got {shrink_interval}.")
-        self.alpha, self.shrink_interval = alpha, shrink_interval
-        self.schedule = Schedule(start=start, end=end)
+        self.alpha = alpha
+        self.schedule = Schedule(start=start, end=end, interval=update_interval)
         self.hard_pruned = False
 
     def shrink_fraction(self, step: int) -> float:
@@ -58,7 +49,7 @@ class ISSP(SparsityMethod):
             return
         if step >= max(1, self.schedule.end_step):
             self.finalize()
-        elif step >= self.schedule.start_step and step % self.shrink_interval == 0:
+        elif self.schedule.due(step):
             self.shrink(step)
 
     def finalize(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sparsebench.sparsity.methods.base import SparsityMethod, check_fraction
+from sparsebench.sparsity.methods.base import SparsityMethod
 from sparsebench.sparsity.schedules import Schedule
 
 
@@ -16,9 +16,8 @@ class MagnitudePruning(SparsityMethod):
     def __init__(self, name: str = "magnitude", distribution: str = "global", prune_at: float = 0.5,
                  **kwargs) -> None:  # fmt: skip
         super().__init__(name=name, distribution=distribution, **kwargs)
-        check_fraction("prune_at", prune_at)
         self.prune_at = prune_at
-        self.schedule = Schedule(start=prune_at)  # one update, at prune_at
+        self.schedule = Schedule(start=prune_at, start_option="prune_at")  # one update, at prune_at
 
     def update_due(self, step: int) -> bool:
         return step == self.schedule.start_step

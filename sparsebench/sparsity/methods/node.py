@@ -25,6 +25,7 @@ class NodeMask(SparsityMethod):
     not a chain of Linear layers are refused.
     """
 
+    kind = "structured"
     sparse_from_start = True
 
     def __init__(self, name: str = "node", node_seed: int = 0, layer_spread: float = 0.5,

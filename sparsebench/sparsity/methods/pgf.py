@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from sparsebench.errors import ConfigError
-from sparsebench.sparsity.methods.base import SparsityMethod, check_fraction
+from sparsebench.sparsity.methods.base import SparsityMethod
 from sparsebench.sparsity.methods.nm import _SRSTEMask
 from sparsebench.sparsity.patterns import NM
 from sparsebench.sparsity.schedules import Schedule
@@ -43,7 +43,7 @@ class ProgressiveGradientFlow(SparsityMethod):
     """Bambhaniya et al., "Progressive Gradient Flow for Robust N:M Sparsity Training in
     Transformers", 2024.
 
-    After an optional dense phase (``dense_until``), until ``end`` (fractions of training):
+    After an optional dense phase (until ``start``), until ``end`` (fractions of training):
     - MDGF (``decay=linear|exponential``): the forward uses W * (E + (1 - E) beta(t)) with
       beta = max(0, 1 - c t) or exp(-c t), t counted from the end of the dense phase;
     - SDGF (``decay=stepwise|geometric``): the pattern tightens in equal time frames, stepwise
@@ -55,22 +55,16 @@ class ProgressiveGradientFlow(SparsityMethod):
     patterns = (NM,)
 
     def __init__(self, name: str = "pgf", pattern: str = "2:4", decay: str = "linear", rate: float = 2e-4,
-                 dense_until: float = 0.0, end: float = 0.75, distribution: str = "uniform",
+                 start: float = 0.0, end: float = 0.75, distribution: str = "uniform",
                  **kwargs) -> None:  # fmt: skip
         super().__init__(name=name, pattern=pattern, distribution=distribution, **kwargs)
         if decay not in DECAYS:
             raise ConfigError(f"method.decay must be one of {', '.join(DECAYS)}, got '{decay}'.")
         if rate <= 0:
             raise ConfigError(f"method.rate must be > 0, got {rate}.")
-        check_fraction("dense_until", dense_until)
-        check_fraction("end", end, high_open=False)
-        if end <= dense_until:
-            raise ConfigError(
-                f"method.end must be after method.dense_until, got {dense_until} and {end}."
-            )
         self.n, self.m = self.pattern.n, self.pattern.m
         self.decay, self.rate, self.end = decay, rate, end
-        self.schedule = Schedule(start=dense_until, end=end)  # decaying from start to end
+        self.schedule = Schedule(start=start, end=end)  # dense until start, decaying until end
         self.hardened = False
 
     def stages(self) -> list[tuple[int, int]]:

@@ -1,0 +1,136 @@
+"""The run's measurements once it is trained: the last validation, the contract's model metrics
+(parameters, sparsity, FLOPs, storage) and the hardware target's measured latency and per-layer
+kernels, written into the run's :class:`Results`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import lightning as L
+import torch
+from torch import nn
+
+from sparsebench.errors import RunDiverged
+from sparsebench.hardware.base import HardwareTarget
+from sparsebench.metrics.flops import flops_per_sample
+from sparsebench.metrics.params import actual_sparsity, count_params
+from sparsebench.metrics.size import model_bytes
+from sparsebench.record.recorder import RunRecorder
+from sparsebench.record.results import Results
+from sparsebench.sparsity.methods.base import SparsityMethod
+from sparsebench.sparsity.prunable import prunable_layers
+from sparsebench.training.build import Run
+from sparsebench.transforms.base import ModelTransform
+
+
+def final_val(trainer: L.Trainer, results: Results) -> dict[str, float]:
+    """The last validation's ``val/*``: from the trainer, or (a resumed run whose training had
+    already ended) from the last epoch row of the record."""
+    found = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if not found and results.history:
+        found = {k: v for k, v in results.history[-1].items() if k.startswith("val/")}
+    return found
+
+
+def check_finite(metrics: dict[str, float]) -> None:
+    """A non-finite test loss or accuracy means the trained model diverged."""
+    bad = {k: v for k, v in metrics.items() if not math.isfinite(float(v))}
+    if bad:
+        raise RunDiverged(
+            f"the trained model gives {', '.join(f'{k}={v}' for k, v in bad.items())}"
+        )
+
+
+def model_metrics(
+    model: nn.Module,
+    example: torch.Tensor,
+    samples_seen: int,
+    method: SparsityMethod | None = None,
+    hardware: HardwareTarget | None = None,
+    transform: ModelTransform | None = None,
+    deployed: nn.Module | None = None,
+) -> dict[str, float]:
+    """Parameters, sparsity, FLOPs and weight storage of the trained model (``deployed``: the
+    method's physically smaller network where the caller built it already).
+
+    Sparsity and sparse FLOPs are over the method's layers (default selection when dense);
+    ``flops/train`` follows docs/methods.md: 3 forward FLOPs per training sample for dense
+    training, the method's own accounting otherwise. Storage is in the hardware target's format.
+    """
+    layers = pruned_layers(model, method)
+    flops = flops_per_sample(model, example, layers)
+    # Training FLOPs use the trained network's own dense FLOPs: RigL's dense gradient (f_D)
+    # is computed on the network that is trained, e.g. Sparse-IFT's widened one.
+    trained_dense = flops["flops/dense"]
+    if transform is not None and transform.reference_flops is not None:
+        # Sparse-IFT and Monarch: flops/dense is the dense original (the iso-FLOP reference).
+        flops["flops/dense"] = transform.reference_flops
+    if deployed is None and method is not None:
+        deployed = method.deployed_model(model)
+    if deployed is not None:  # structured: count the physically smaller network
+        flops["flops/sparse"] = flops_per_sample(deployed, example)["flops/dense"]
+        flops["params/deployed"] = sum(p.numel() for p in deployed.parameters())
+    train = (
+        method.train_flops(trained_dense, flops["flops/sparse"], samples_seen)
+        if method is not None
+        else 3 * trained_dense * samples_seen
+    )
+    size = (
+        hardware.size(model, layers, method.pattern if method is not None else None)
+        if hardware is not None
+        else model_bytes(model, layers, "dense")
+    )
+    return {
+        **count_params(model),
+        "sparsity/target": method.target_sparsity if method is not None else 0.0,
+        "sparsity/actual": actual_sparsity(model, layers),
+        **flops,
+        "flops/train": train,
+        "speedup/theoretical": flops["flops/dense"] / flops["flops/sparse"],
+        **size,
+    }
+
+
+def measure(results: Results, run: Run, model: nn.Module, samples_seen: int,
+            benchmark: bool) -> None:  # fmt: skip
+    """The contract's model metrics into ``results`` and, if ``benchmark`` (rank zero), the
+    hardware target's latencies and its per-layer kernel choice."""
+    method, hardware = run.method, run.hardware
+    example = run.datamodule.example_input(1)
+    # Structured methods: the physically smaller network, counted and timed (built once).
+    deployed = method.deployed_model(model) if method is not None else None
+    results.update(model_metrics(model, example, samples_seen, method, hardware, run.transform,
+                                 deployed))  # fmt: skip
+    if hardware.enabled and benchmark:
+        layers = pruned_layers(model, method)
+        if deployed is not None:  # timed against the full network
+            measured = hardware.benchmark(deployed, example, {}, None, dense=model)
+            measured.kernels = dict.fromkeys(layers, "dense (channels removed)")
+        else:
+            pattern = method.pattern if method is not None else None
+            measured = hardware.benchmark(model, example, layers, pattern)
+        results.update(measured.metrics, measured.tags)  # tags: latency/noisy (and why)
+        results.attach("kernels", measured.kernels)  # per-layer kernel the target ran
+
+
+def record_transform(record: RunRecorder, transform: ModelTransform) -> None:
+    """What a model transformation adds to the record: its sections (DASS's genotype, also as
+    GENOTYPE.json beside results.json), metrics and description lines."""
+    for key, value in transform.extra_results().items():
+        record.results.attach(key, value)
+        path = record.output_dir / f"{key}.json"
+        path.write_text(json.dumps(value, indent=1, default=str))
+        record.artifacts.append(path)
+    record.results.update(transform.extra_metrics())
+    if transform.description:
+        record.results.attach("transform", transform.description)
+        record.lines += transform.description
+
+
+def pruned_layers(model: nn.Module, method: SparsityMethod | None) -> dict[str, nn.Module]:
+    """The method's layers, or the default prunable selection for dense training."""
+    if method is not None and method.masks is not None:
+        return method.masks.layers
+    return prunable_layers(model)
+
