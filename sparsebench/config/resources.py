@@ -12,6 +12,8 @@ CONF_DIR = Path(str(importlib.resources.files("sparsebench.conf")))
 """The Hydra config tree: conf/ at the repository top level (docs/architecture.md)."""
 SWEEPS_DIR = Path(str(importlib.resources.files("sparsebench.sweeps")))
 """Sweep definitions; on Hydra's search path through hydra_plugins/sparsebench_searchpath."""
+CLAIMS_DIR = SWEEPS_DIR / "claims"
+"""The claim files of the reproduction suite (``claim=NAME``)."""
 
 
 def available_sweeps() -> list[str]:

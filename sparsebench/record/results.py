@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from sparsebench.errors import ConfigError, ContractIncomplete, RunDiverged, RunInterrupted
 from sparsebench.record.identity import benchmark_key, run_hash
 
-# The results contract (README.md, docs/records.md): every run writes these metrics and tags.
+# The results contract (docs/records.md): every run writes these metrics and tags.
 CONTRACT_METRICS = (
     "test/acc", "test/loss", "val/acc", "params/total", "params/nonzero", "sparsity/target",
     "sparsity/actual", "flops/dense", "flops/sparse", "flops/train", "latency/p50_ms",

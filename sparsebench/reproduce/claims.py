@@ -29,15 +29,14 @@ all of them is counted.)
 
 from __future__ import annotations
 
-import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sparsebench.config.resources import CLAIMS_DIR
 from sparsebench.errors import ConfigError
 from sparsebench.reproduce.stats import DIRECTIONS
 
-CLAIMS_DIR = Path(str(importlib.resources.files("sparsebench") / "sweeps" / "claims"))
 TIERS = ("quick", "full")
 FIELDS = {"version", "paper", "claim", "reference", "metric", "arms", "comparisons", "tiers",
           "changes"}  # fmt: skip

@@ -23,7 +23,7 @@ PINNED = {
     ("+method=wanda", "runner=prune"): "723f14915690",
     ("+method=imp",): "030d152c2e13",
     ("+method=soups",): "8e2598c498fd",
-    # Changed by it, as the README says (the pattern is one string; Sparse-IFT and Monarch are
+    # Changed by it, as docs/records.md says (the pattern is one string; Sparse-IFT and Monarch are
     # transformations): were 73c64266136f (method.m=8), 348765e490c1, d0721637c480, 8a9b859028cd.
     ("+method=sr_ste", "method.pattern=2:8"): "d428903177cd",
     ("+method=gmp", "method.pattern=block1x4"): "14fa6591286d",

@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from sparsebench.errors import ConfigError
 from sparsebench.reproduce.claims import available_claims, load_claim
 from sparsebench.reproduce.stats import paired_effect, verdict
+from tests.fixtures import REPO
 
 TINY = {
     "version": 1,
@@ -150,3 +151,11 @@ def test_a_search_arm_is_the_best_of_its_candidates(tmp_path: Path) -> None:
     assert [round(d, 6) for _, d in result.pairs] == [0.05, -0.05]
     with pytest.raises(ConfigError, match="not a search"):
         load_claim(str(write(tmp_path, arms={**arms, "pruned": ["checkpoint=@searched"]})))
+
+
+def test_every_shipped_claim_is_found_and_loads() -> None:
+    from sparsebench.reproduce.claims import load_claims
+
+    shipped = sorted(p.stem for p in (REPO / "sweeps" / "claims").glob("*.yaml"))
+    assert shipped and available_claims() == shipped  # read where the package installs them
+    assert [c.name for c in load_claims("all")] == shipped
