@@ -40,11 +40,13 @@ imports: $(STAMP)
 
 test: $(STAMP) system-deps imports
 	$(PY) -m ruff check sparsebench runners tests benchmarks hydra_plugins
+	$(PY) -m ruff format --check sparsebench runners tests benchmarks hydra_plugins
 	$(PY) -m pytest -n 2 --timeout 600 --durations=15 tests
 
 # The inner loop: everything but the end-to-end runs (pytest -m "not slow").
 test-fast: $(STAMP) imports
 	$(PY) -m ruff check sparsebench runners tests benchmarks hydra_plugins
+	$(PY) -m ruff format --check sparsebench runners tests benchmarks hydra_plugins
 	$(PY) -m pytest -n 2 --timeout 600 -m "not slow" tests
 
 lint: $(STAMP) imports

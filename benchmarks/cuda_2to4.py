@@ -75,8 +75,18 @@ def main() -> None:
     torch.manual_seed(0)
     name = torch.cuda.get_device_name()
     table = Table(title=f"Linear y = x W^T, {name}, torch {torch.__version__} (median ms)")
-    for col in ("dtype", "W (out x in)", "tokens", "dense", "dense kernel", "2:4 cuSPARSELt",
-                "2:4 kernel", "wall x", "kernel x", "2:4 CUTLASS"):  # fmt: skip
+    for col in (
+        "dtype",
+        "W (out x in)",
+        "tokens",
+        "dense",
+        "dense kernel",
+        "2:4 cuSPARSELt",
+        "2:4 kernel",
+        "wall x",
+        "kernel x",
+        "2:4 CUTLASS",
+    ):
         table.add_column(col, justify="right")
     rows = []
     for dtype_name, dtype in DTYPES.items():
@@ -93,8 +103,12 @@ def main() -> None:
             for tokens in TOKENS:
                 x = torch.randn(tokens, in_features, device="cuda", dtype=dtype)
                 expected = F.linear(x, dense)
-                row = {"dtype": dtype_name, "out": out_features, "in": in_features,
-                       "tokens": tokens}  # fmt: skip
+                row = {
+                    "dtype": dtype_name,
+                    "out": out_features,
+                    "in": in_features,
+                    "tokens": tokens,
+                }
                 row["dense_ms"] = median_ms(partial(F.linear, x, dense), args.min_run_time)
                 row["dense_kernel_ms"] = kernel_ms(partial(F.linear, x, dense))
                 for backend, weight in kernels.items():
@@ -115,13 +129,17 @@ def main() -> None:
                     row[f"{backend}_kernel_ms"] = kernel_ms(partial(F.linear, x, weight))
                 rows.append(row)
                 table.add_row(
-                    dtype_name, f"{out_features}x{in_features}", str(tokens),
-                    f"{row['dense_ms']:.4f}", f"{row['dense_kernel_ms']:.4f}",
-                    f"{row['cusparselt_ms']:.4f}", f"{row.get('cusparselt_kernel_ms', nan):.4f}",
+                    dtype_name,
+                    f"{out_features}x{in_features}",
+                    str(tokens),
+                    f"{row['dense_ms']:.4f}",
+                    f"{row['dense_kernel_ms']:.4f}",
+                    f"{row['cusparselt_ms']:.4f}",
+                    f"{row.get('cusparselt_kernel_ms', nan):.4f}",
                     f"{row['dense_ms'] / row['cusparselt_ms']:.2f}x",
                     f"{row['dense_kernel_ms'] / row.get('cusparselt_kernel_ms', nan):.2f}x",
                     f"{row['cutlass_ms']:.4f}" if row["cutlass_ms"] == row["cutlass_ms"] else "n/a",
-                )  # fmt: skip
+                )
     Console(width=160).print(table)
     if args.json:
         with open(args.json, "w") as f:

@@ -61,8 +61,10 @@ def populate(uri: str, n_runs: int, seed: int = 0) -> None:
     rng = random.Random(seed)
     engine = sa.create_engine(uri)
     md = sa.MetaData()
-    tables = {name: sa.Table(name, md, autoload_with=engine)
-              for name in ("runs", "params", "tags", "metrics", "latest_metrics")}  # fmt: skip
+    tables = {
+        name: sa.Table(name, md, autoload_with=engine)
+        for name in ("runs", "params", "tags", "metrics", "latest_metrics")
+    }
     now = int(time.time() * 1000)
     batch: dict[str, list[dict]] = {name: [] for name in tables}
 
@@ -85,42 +87,98 @@ def populate(uri: str, n_runs: int, seed: int = 0) -> None:
         run_id = uuid.uuid4().hex
         name = f"{method}-{sparsity:g}-model{key_index % 50}-dataset{key_index % 4}-s{seed_of_run}-{run_hash[:6]}"
         start = now - (n_runs - i) * 60_000
-        batch["runs"].append({
-            "run_uuid": run_id, "name": name, "source_type": "UNKNOWN", "source_name": "",
-            "entry_point_name": "", "user_id": "bench", "status": "FAILED" if failed else "FINISHED",
-            "start_time": start, "end_time": start + 30_000, "source_version": "",
-            "lifecycle_stage": "active", "artifact_uri": f"/tmp/mlruns/{run_id}",
-            "experiment_id": int(experiment), "deleted_time": None,
-        })  # fmt: skip
+        batch["runs"].append(
+            {
+                "run_uuid": run_id,
+                "name": name,
+                "source_type": "UNKNOWN",
+                "source_name": "",
+                "entry_point_name": "",
+                "user_id": "bench",
+                "status": "FAILED" if failed else "FINISHED",
+                "start_time": start,
+                "end_time": start + 30_000,
+                "source_version": "",
+                "lifecycle_stage": "active",
+                "artifact_uri": f"/tmp/mlruns/{run_id}",
+                "experiment_id": int(experiment),
+                "deleted_time": None,
+            }
+        )
         tags = {
-            "run_hash": run_hash, "benchmark_key": key, "model": f"model{key_index % 50}",
-            "dataset": f"dataset{key_index % 4}", "method": method, "hardware": "cpu",
-            "seed": str(seed_of_run), "git_sha": "0" * 40, "pattern": "dense" if method == "dense" else "unstructured",
-            "sparsebench.run_uid": uuid.uuid4().hex, "hw/cpu": "AMD EPYC", "hw/threads": "2",
-            "hw/torch": "2.14.1", "latency/estimated": "false", "hw/train_device": "cpu",
-            "mlflow.runName": name, STATUS_TAG: "failed" if failed else "diverged" if diverged else "ok",
-            **{f"version/{p}": "1.0" for p in ("sparsebench", "torch", "torchvision", "timm",
-                                               "lightning", "mlflow", "optuna", "hydra-core")},
-        }  # fmt: skip
+            "run_hash": run_hash,
+            "benchmark_key": key,
+            "model": f"model{key_index % 50}",
+            "dataset": f"dataset{key_index % 4}",
+            "method": method,
+            "hardware": "cpu",
+            "seed": str(seed_of_run),
+            "git_sha": "0" * 40,
+            "pattern": "dense" if method == "dense" else "unstructured",
+            "sparsebench.run_uid": uuid.uuid4().hex,
+            "hw/cpu": "AMD EPYC",
+            "hw/threads": "2",
+            "hw/torch": "2.14.1",
+            "latency/estimated": "false",
+            "hw/train_device": "cpu",
+            "mlflow.runName": name,
+            STATUS_TAG: "failed" if failed else "diverged" if diverged else "ok",
+            **{
+                f"version/{p}": "1.0"
+                for p in (
+                    "sparsebench",
+                    "torch",
+                    "torchvision",
+                    "timm",
+                    "lightning",
+                    "mlflow",
+                    "optuna",
+                    "hydra-core",
+                )
+            },
+        }
         batch["tags"] += [{"key": k, "value": v, "run_uuid": run_id} for k, v in tags.items()]
         batch["params"] += [{"key": k, "value": v, "run_uuid": run_id} for k, v in params]
         acc = min(0.99, 0.9 - sparsity * 0.1 + rng.gauss(0, 0.01))
         metrics = {k: rng.random() for k in CONTRACT_METRICS}
-        metrics.update({"test/acc": acc, "sparsity/actual": sparsity, "train/samples": 60_000.0,
-                        "flops/sparse": 1e6 * (1 - sparsity), "flops/dense": 1e6,
-                        "latency/p50_ms": 1 + rng.random(), "time/startup_s": 9.0,
-                        "macs/dense": 5e5, "throughput/samples_per_s": 240.0})  # fmt: skip
+        metrics.update(
+            {
+                "test/acc": acc,
+                "sparsity/actual": sparsity,
+                "train/samples": 60_000.0,
+                "flops/sparse": 1e6 * (1 - sparsity),
+                "flops/dense": 1e6,
+                "latency/p50_ms": 1 + rng.random(),
+                "time/startup_s": 9.0,
+                "macs/dense": 5e5,
+                "throughput/samples_per_s": 240.0,
+            }
+        )
         if failed:
             metrics = {"train/loss": 2.3}
         for k, v in metrics.items():
-            row = {"key": k, "value": v, "timestamp": start, "step": 0, "is_nan": False,
-                   "run_uuid": run_id}  # fmt: skip
+            row = {
+                "key": k,
+                "value": v,
+                "timestamp": start,
+                "step": 0,
+                "is_nan": False,
+                "run_uuid": run_id,
+            }
             batch["latest_metrics"].append(row)
             batch["metrics"].append(dict(row))
         for epoch in range(1, EPOCHS):
             for k in ("train/loss", "train/acc", "val/loss", "val/acc"):
-                batch["metrics"].append({"key": k, "value": rng.random(), "timestamp": start + epoch,
-                                         "step": epoch, "is_nan": False, "run_uuid": run_id})  # fmt: skip
+                batch["metrics"].append(
+                    {
+                        "key": k,
+                        "value": rng.random(),
+                        "timestamp": start + epoch,
+                        "step": epoch,
+                        "is_nan": False,
+                        "run_uuid": run_id,
+                    }
+                )
         if len(batch["runs"]) == 1000:
             flush()
     flush()
@@ -133,11 +191,22 @@ def measure(uri: str, workdir: Path) -> tuple[float, float, str]:
     this process, which it was forked from."""
     start = time.perf_counter()
     process = subprocess.run(
-        ["/usr/bin/time", "-f", "peak_kb=%M", sys.executable, "-m", "sparsebench.leaderboard",
-         "--tracking-uri", uri, "--csv", str(workdir / "board.csv")],
-        capture_output=True, text=True,
+        [
+            "/usr/bin/time",
+            "-f",
+            "peak_kb=%M",
+            sys.executable,
+            "-m",
+            "sparsebench.leaderboard",
+            "--tracking-uri",
+            uri,
+            "--csv",
+            str(workdir / "board.csv"),
+        ],
+        capture_output=True,
+        text=True,
         env={**os.environ, "COLUMNS": "160", "XDG_CACHE_HOME": str(workdir / "cache")},
-    )  # fmt: skip
+    )
     seconds = time.perf_counter() - start
     output = process.stdout + process.stderr
     if process.returncode != 0 and "no complete ok runs" not in output:
@@ -169,10 +238,23 @@ def _server(backend: str, artifacts: Path) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     mlflow = Path(sys.executable).with_name("mlflow")
     process = subprocess.Popen(
-        [str(mlflow), "server", "--backend-store-uri", backend, "--host", "127.0.0.1",
-         "--port", str(port), "--artifacts-destination", str(artifacts), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            str(mlflow),
+            "server",
+            "--backend-store-uri",
+            backend,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--artifacts-destination",
+            str(artifacts),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     uri = f"http://127.0.0.1:{port}"
     import urllib.request
 
@@ -211,8 +293,10 @@ def main() -> None:
                     try:
                         for read in ("first read", "cached read"):
                             seconds, peak, last = measure(http, work)
-                            print(f"{'mlflow server on postgresql, ' + read:<34} {n:>7} {'':>7} "
-                                  f"{seconds:>7.1f} {peak:>8.0f}  {last}")  # fmt: skip
+                            print(
+                                f"{'mlflow server on postgresql, ' + read:<34} {n:>7} {'':>7} "
+                                f"{seconds:>7.1f} {peak:>8.0f}  {last}"
+                            )
                     finally:
                         server.terminate()
                         server.wait()

@@ -25,14 +25,20 @@ from benchmarks.overhead import StepClock
 from sparsebench.config.compose import compose
 from sparsebench.models import build_model
 from sparsebench.record.logs import quiet_lightning
-from sparsebench.training.build import build_datamodule, build_method, build_module
 from sparsebench.training.fit import build_trainer, sparsity_callbacks
+from sparsebench.training.parts import build_datamodule, build_method, build_module
 
 
 def step_times(overrides: list[str], steps: int, out: Path) -> list[float]:
-    cfg = compose(["logger=none", "trainer.limit_val_batches=0",
-                   "trainer.enable_checkpointing=false", "trainer.enable_progress_bar=false",
-                   *overrides])  # fmt: skip
+    cfg = compose(
+        [
+            "logger=none",
+            "trainer.limit_val_batches=0",
+            "trainer.enable_checkpointing=false",
+            "trainer.enable_progress_bar=false",
+            *overrides,
+        ]
+    )
     torch.manual_seed(0)
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
@@ -57,16 +63,22 @@ def main() -> None:
         "dense": [],
         "static sparse (random, ERK 90%)": ["+method=random", "method.sparsity=0.9"],
         f"RigL 90%, dT={args.update_interval}": [
-            "+method=rigl", "method.sparsity=0.9", f"method.update_interval={args.update_interval}", "method.end=1.0"],
-    }  # fmt: skip
+            "+method=rigl",
+            "method.sparsity=0.9",
+            f"method.update_interval={args.update_interval}",
+            "method.end=1.0",
+        ],
+    }
     times: dict[str, list[float]] = {name: [] for name in configs}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for i, (name, overrides) in enumerate(configs.items()):
                 times[name] += step_times(overrides, args.steps, Path(tmp) / f"{r}-{i}")[2:]
     dense = statistics.mean(times["dense"])
-    table = Table(title=f"resnet18 on digits, batch 64, {torch.get_num_threads()} threads, "
-                        f"{len(times['dense'])} steps each")  # fmt: skip
+    table = Table(
+        title=f"resnet18 on digits, batch 64, {torch.get_num_threads()} threads, "
+        f"{len(times['dense'])} steps each"
+    )
     for col in ("", "mean ms", "median ms", "ratio to dense (mean)"):
         table.add_column(col, justify="right")
     for name, values in times.items():

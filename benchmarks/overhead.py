@@ -32,8 +32,8 @@ from sparsebench.models import build_model
 from sparsebench.record.logs import quiet_lightning
 from sparsebench.record.recorder import RunRecorder
 from sparsebench.runners.train import run as train_run  # noqa: F401  (same imports as the CLI)
-from sparsebench.training.build import build_datamodule, build_module
 from sparsebench.training.fit import build_trainer
+from sparsebench.training.parts import build_datamodule, build_module
 from sparsebench.training.progress import RunProgress
 
 
@@ -101,7 +101,7 @@ def startup_seconds(workdir: Path) -> float:
             "hardware.min_run_time=0.01",  # a complete (ok) run, latency barely timed
             "hardware.warmup=1",
             "print_summary=false",
-        ],  # fmt: skip
+        ],
         cwd=workdir,
         check=True,
         capture_output=True,
@@ -126,8 +126,10 @@ def main() -> None:
             plain += plain_steps(cfg.copy(), args.steps)[args.warmup :]
         startup = startup_seconds(tmp_path)
     h, p = statistics.median(harness), statistics.median(plain)
-    table = Table(title=f"per-step time, resnet18 on digits, batch {cfg.dataset.batch_size}, "
-                        f"{torch.get_num_threads()} threads, {len(harness)} steps each")  # fmt: skip
+    table = Table(
+        title=f"per-step time, resnet18 on digits, batch {cfg.dataset.batch_size}, "
+        f"{torch.get_num_threads()} threads, {len(harness)} steps each"
+    )
     for col in ("", "median ms", "mean ms"):
         table.add_column(col, justify="right")
     table.add_row("plain PyTorch loop", f"{p * 1e3:.2f}", f"{statistics.mean(plain) * 1e3:.2f}")

@@ -45,10 +45,16 @@ from sparsebench.sparsity.prunable import prunable_layers
 GROUP = Block((4, 1))
 # (name, in, out, size, kernel, stride, groups): ResNet-18's 3x3 convs of each stage and a
 # downsampling one; MobileNetV2's widest 1x1 expansion and projection.
-LAYERS = [("resnet18 layer1 3x3", 64, 64, 56, 3, 1), ("resnet18 layer2 3x3", 128, 128, 28, 3, 1),
-          ("resnet18 layer3 3x3", 256, 256, 14, 3, 1), ("resnet18 layer4 3x3", 512, 512, 7, 3, 1),
-          ("resnet18 layer2 3x3 s2", 64, 128, 56, 3, 2), ("mobilenetv2 1x1 expand", 24, 144, 56, 1, 1),
-          ("mobilenetv2 1x1 project", 144, 24, 56, 1, 1), ("mobilenetv2 1x1 960->160", 960, 160, 7, 1, 1)]  # fmt: skip
+LAYERS = [
+    ("resnet18 layer1 3x3", 64, 64, 56, 3, 1),
+    ("resnet18 layer2 3x3", 128, 128, 28, 3, 1),
+    ("resnet18 layer3 3x3", 256, 256, 14, 3, 1),
+    ("resnet18 layer4 3x3", 512, 512, 7, 3, 1),
+    ("resnet18 layer2 3x3 s2", 64, 128, 56, 3, 2),
+    ("mobilenetv2 1x1 expand", 24, 144, 56, 1, 1),
+    ("mobilenetv2 1x1 project", 144, 24, 56, 1, 1),
+    ("mobilenetv2 1x1 960->160", 960, 160, 7, 1, 1),
+]
 
 
 def prune(
@@ -97,13 +103,27 @@ def layer_table(threads: int, quick: bool) -> Table:
                     assert torch.allclose(fns[key](), reference, atol=1e-4), (name, key)
                 timings, _ = time_interleaved(fns, threads, 3, 0.3, 3.0)
             dense = timings["dense"].p50
-            table.add_row(name, pattern.label, f"{dense * 1e3:.3f}",
-                          *[f"{timings[key].p50 * 1e3:.3f} ({dense / timings[key].p50:.2f}x)" for key in list(fns)[1:]])  # fmt: skip
+            table.add_row(
+                name,
+                pattern.label,
+                f"{dense * 1e3:.3f}",
+                *[
+                    f"{timings[key].p50 * 1e3:.3f} ({dense / timings[key].p50:.2f}x)"
+                    for key in list(fns)[1:]
+                ],
+            )
     return table
 
 
-def network_row(table: Table, model: nn.Module, label: str, pattern: Pattern, sparsity: float,
-                target: CPUSparseTarget, x: torch.Tensor) -> float:  # fmt: skip
+def network_row(
+    table: Table,
+    model: nn.Module,
+    label: str,
+    pattern: Pattern,
+    sparsity: float,
+    target: CPUSparseTarget,
+    x: torch.Tensor,
+) -> float:
     layers = prunable_layers(model)
     prune(model, layers, pattern, sparsity)
     flops = flops_per_sample(model, x, layers)
@@ -112,17 +132,35 @@ def network_row(table: Table, model: nn.Module, label: str, pattern: Pattern, sp
     won = collections.Counter(
         k if not k.startswith("dense") else "dense" for k in measured.kernels.values()
     )
-    table.add_row(label, pattern.label, f"{sparsity:.2f}", f"{m['latency/dense_p50_ms']:.2f}", f"{m['latency/p50_ms']:.2f}",
-                  f"{m['speedup/measured']:.2f}x", f"[{m['latency/dense_p50_ms'] / m['latency/p50_high_ms']:.2f}, {m['latency/dense_p50_ms'] / m['latency/p50_low_ms']:.2f}]",
-                  f"{flops['flops/dense'] / flops['flops/sparse']:.2f}x", " ".join(f"{k}:{v}" for k, v in sorted(won.items())),
-                  measured.tags["latency/noisy"])  # fmt: skip
+    table.add_row(
+        label,
+        pattern.label,
+        f"{sparsity:.2f}",
+        f"{m['latency/dense_p50_ms']:.2f}",
+        f"{m['latency/p50_ms']:.2f}",
+        f"{m['speedup/measured']:.2f}x",
+        f"[{m['latency/dense_p50_ms'] / m['latency/p50_high_ms']:.2f}, {m['latency/dense_p50_ms'] / m['latency/p50_low_ms']:.2f}]",
+        f"{flops['flops/dense'] / flops['flops/sparse']:.2f}x",
+        " ".join(f"{k}:{v}" for k, v in sorted(won.items())),
+        measured.tags["latency/noisy"],
+    )
     return m["speedup/measured"]
 
 
 def network_table(threads: int, quick: bool) -> tuple[Table, dict]:
     table = Table(title=f"Whole networks on cpu_sparse, 224x224, batch 1, {threads} threads")
-    for col in ("network", "pattern", "sparsity", "dense ms", "sparse ms", "speed-up", "interval",
-                "ideal", "kernels (layers won)", "noisy"):  # fmt: skip
+    for col in (
+        "network",
+        "pattern",
+        "sparsity",
+        "dense ms",
+        "sparse ms",
+        "speed-up",
+        "interval",
+        "ideal",
+        "kernels (layers won)",
+        "noisy",
+    ):
         table.add_column(col, justify="right")
     goals = {}
     x = torch.randn(1, 3, 224, 224)
@@ -151,8 +189,18 @@ def mlp_table(threads: int) -> tuple[Table, dict]:
     table = Table(
         title=f"The README's MLP (40 -> 4096 -> 4096 -> 10), 90% random, batch 64, {threads} threads"
     )
-    for col in ("network", "pattern", "sparsity", "dense ms", "sparse ms", "speed-up", "interval",
-                "ideal", "kernels (layers won)", "noisy"):  # fmt: skip
+    for col in (
+        "network",
+        "pattern",
+        "sparsity",
+        "dense ms",
+        "sparse ms",
+        "speed-up",
+        "interval",
+        "ideal",
+        "kernels (layers won)",
+        "noisy",
+    ):
         table.add_column(col, justify="right")
     goals = {}
     x = torch.randn(1, 40)
@@ -182,10 +230,16 @@ def main() -> None:
     console.print(networks)
     mlp, mlp_goals = mlp_table(args.threads)
     console.print(mlp)
-    checks = [("mobilenetv2_100 unstructured at 90% >= 1.5x", goals[("mobilenetv2_100", "unstructured", 0.9)], 1.5),
-              ("resnet18 unstructured at 90% >= 1.5x", goals[("resnet18", "unstructured", 0.9)], 1.5),
-              ("resnet18 block4x1 at 90% >= 2x", goals[("resnet18", "block4x1", 0.9)], 2.0),
-              ("MLP 4096 at batch 64 >= 3x", mlp_goals[("csr", "bsr", "direct")], 3.0)]  # fmt: skip
+    checks = [
+        (
+            "mobilenetv2_100 unstructured at 90% >= 1.5x",
+            goals[("mobilenetv2_100", "unstructured", 0.9)],
+            1.5,
+        ),
+        ("resnet18 unstructured at 90% >= 1.5x", goals[("resnet18", "unstructured", 0.9)], 1.5),
+        ("resnet18 block4x1 at 90% >= 2x", goals[("resnet18", "block4x1", 0.9)], 2.0),
+        ("MLP 4096 at batch 64 >= 3x", mlp_goals[("csr", "bsr", "direct")], 3.0),
+    ]
     for text, value, goal in checks:
         console.print(f"goal {text}: {value:.2f}x {'met' if value >= goal else 'NOT met'}")
     console.print(f"load average {os.getloadavg()[0]:.2f} at the end")

@@ -41,8 +41,18 @@ def main() -> None:
     table = Table(
         title=f"Linear {n}x{n}, CPU, {args.threads} threads, torch {torch.__version__} (median ms)"
     )
-    for col in ("batch", "sparsity", "dense", "CSR", f"BSR {args.block}x{args.block}", "direct",
-                "CSR speed-up", "BSR speed-up", "direct speed-up", "ideal 1/(1-s)"):  # fmt: skip
+    for col in (
+        "batch",
+        "sparsity",
+        "dense",
+        "CSR",
+        f"BSR {args.block}x{args.block}",
+        "direct",
+        "CSR speed-up",
+        "BSR speed-up",
+        "direct speed-up",
+        "ideal 1/(1-s)",
+    ):
         table.add_column(col, justify="right")
     break_even = {}
     for batch in (1, 64):
@@ -62,15 +72,21 @@ def main() -> None:
                 )
                 assert torch.allclose(torch.sparse.mm(bsr, xt).t(), F.linear(x, blocked), atol=1e-3)
                 assert torch.allclose(direct(x), F.linear(x, unstructured), atol=1e-3)
-                fns = {"dense": lambda x=x: F.linear(x, dense_weight),
-                       "csr": lambda csr=csr, xt=xt: torch.sparse.mm(csr, xt),
-                       "bsr": lambda bsr=bsr, xt=xt: torch.sparse.mm(bsr, xt),
-                       "direct": lambda direct=direct, x=x: direct(x)}  # fmt: skip
+                fns = {
+                    "dense": lambda x=x: F.linear(x, dense_weight),
+                    "csr": lambda csr=csr, xt=xt: torch.sparse.mm(csr, xt),
+                    "bsr": lambda bsr=bsr, xt=xt: torch.sparse.mm(bsr, xt),
+                    "direct": lambda direct=direct, x=x: direct(x),
+                }
                 timings, _ = time_interleaved(fns, args.threads, 3, 0.3, 3.0)
             ms = {k: t.p50 * 1e3 for k, t in timings.items()}
-            table.add_row(str(batch), f"{s:.2f}", *[f"{ms[k]:.3f}" for k in fns],
-                          *[f"{ms['dense'] / ms[k]:.2f}x" for k in ("csr", "bsr", "direct")],
-                          f"{1 / (1 - s):.0f}x")  # fmt: skip
+            table.add_row(
+                str(batch),
+                f"{s:.2f}",
+                *[f"{ms[k]:.3f}" for k in fns],
+                *[f"{ms['dense'] / ms[k]:.2f}x" for k in ("csr", "bsr", "direct")],
+                f"{1 / (1 - s):.0f}x",
+            )
             ratio = ms["dense"] / ms["csr"]
             if batch not in break_even and ratio >= 1:
                 if previous is None:

@@ -49,15 +49,19 @@ def run(cfg: DictConfig, resume: bool = False) -> Results:
     """Prune ``cfg.checkpoint``'s model (or a dense model trained first) with the configured
     post-training method; returns the run's :class:`Results`."""
     if resume:
-        raise ConfigError("runner 'prune' runs are not resumed (pruning takes minutes, not "
-                          "epochs); start it again with the same checkpoint.")  # fmt: skip
+        raise ConfigError(
+            "runner 'prune' runs are not resumed (pruning takes minutes, not "
+            "epochs); start it again with the same checkpoint."
+        )
     parts = Run.build(cfg)
     method, output_dir = parts.method, parts.output_dir
     if method is None or method.kind != "post_training":
         name = "none" if method is None else method.name
         *rest, last = list_methods(kind="post_training")
-        raise ConfigError(f"runner 'prune' needs a post-training method "
-                          f"(+method={', '.join(rest)} or {last}); got '{name}'.")  # fmt: skip
+        raise ConfigError(
+            f"runner 'prune' needs a post-training method "
+            f"(+method={', '.join(rest)} or {last}); got '{name}'."
+        )
     datamodule = parts.build_data()
     available = len(datamodule.train_set)
     if method.calibration_samples > available:
@@ -68,8 +72,11 @@ def run(cfg: DictConfig, resume: bool = False) -> Results:
     model = build_model(cfg.model)
     method.attach(model)  # N:M that does not divide a layer fails here, before any training
     if cfg.checkpoint is None:
-        log.warning("no checkpoint given: training the dense model first with the same config "
-                    "(its run is in %s)", output_dir / "dense")  # fmt: skip
+        log.warning(
+            "no checkpoint given: training the dense model first with the same config "
+            "(its run is in %s)",
+            output_dir / "dense",
+        )
         path, (method.dense_train_flops, dense_samples) = _train_dense(cfg, output_dir)
     else:
         path = checkpoint_path(str(cfg.checkpoint))
@@ -77,8 +84,9 @@ def run(cfg: DictConfig, resume: bool = False) -> Results:
     load_weights(model, path, cfg.model.model_name)
 
     parts.seed()
-    with RunRecorder(cfg, output_dir, parts.machine_tags(), {"pattern": method.pattern_tag}
-                     ) as record:  # fmt: skip
+    with RunRecorder(
+        cfg, output_dir, parts.machine_tags(), {"pattern": method.pattern_tag}
+    ) as record:
         results = record.results
         results.attach("checkpoint", str(path))
         progress = RunProgress(record, max_loss=cfg.trainer.get("max_loss"))
@@ -99,14 +107,23 @@ def run(cfg: DictConfig, resume: bool = False) -> Results:
 
         trainer = evaluate
         if method.finetune_epochs:
-            trainer = build_trainer(cfg, output_dir, [*sparsity_callbacks(FixedMasks(method)), progress],
-                                    max_epochs=method.finetune_epochs)  # fmt: skip
+            trainer = build_trainer(
+                cfg,
+                output_dir,
+                [*sparsity_callbacks(FixedMasks(method)), progress],
+                max_epochs=method.finetune_epochs,
+            )
             trainer.fit(module, datamodule=datamodule)
         (test,) = trainer.test(module, datamodule=datamodule, verbose=False)
         check_finite(test)
         # time/train_s: this run's own training, the fine-tuning (the dense run has its own).
-        results.update({**test, "train/samples": dense_samples + progress.samples_seen,
-                        "time/train_s": progress.train_seconds})  # fmt: skip
+        results.update(
+            {
+                **test,
+                "train/samples": dense_samples + progress.samples_seen,
+                "time/train_s": progress.train_seconds,
+            }
+        )
         val = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
         results.update({"val/acc": val["val/acc"]})
         measure(results, parts, model, progress.samples_seen, benchmark=record.is_zero)

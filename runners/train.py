@@ -41,13 +41,20 @@ def run(
     parts = Run.build(cfg)
     method, transform, output_dir = parts.method, parts.transform, parts.output_dir
     if method is not None and method.kind == "post_training":
-        raise ConfigError(f"method '{method.name}' prunes a trained model: run it with "
-                          f"runner=prune (the train runner would train dense).")  # fmt: skip
+        raise ConfigError(
+            f"method '{method.name}' prunes a trained model: run it with "
+            f"runner=prune (the train runner would train dense)."
+        )
     checkpoint = _resume_from(parts, resume)
     parts.seed()
     datamodule = parts.build_data()
-    with RunRecorder(cfg, output_dir, {**parts.machine_tags(), **(tags or {})},
-                     {"pattern": parts.pattern}, resume=checkpoint is not None) as record:  # fmt: skip
+    with RunRecorder(
+        cfg,
+        output_dir,
+        {**parts.machine_tags(), **(tags or {})},
+        {"pattern": parts.pattern},
+        resume=checkpoint is not None,
+    ) as record:
         results = record.results
         if checkpoint is not None:
             results.attach("resumed_from", str(checkpoint))
@@ -58,10 +65,16 @@ def run(
         progress = RunProgress(record, started, cfg.trainer.get("max_loss"))
         callbacks = [*sparsity_callbacks(method), progress, *(callbacks or [])]
         module = parts.module(model)
-        trainer = fit(module, datamodule, method,
-                      lambda **kw: build_trainer(cfg, output_dir, callbacks, **kw), checkpoint)  # fmt: skip
-        results.update({"time/train_s": progress.train_seconds,
-                        "train/samples": progress.samples_seen})  # fmt: skip
+        trainer = fit(
+            module,
+            datamodule,
+            method,
+            lambda **kw: build_trainer(cfg, output_dir, callbacks, **kw),
+            checkpoint,
+        )
+        results.update(
+            {"time/train_s": progress.train_seconds, "train/samples": progress.samples_seen}
+        )
         results.update(final_val(trainer, results))
         (test,) = trainer.test(module, datamodule=datamodule, verbose=False)
         results.update(test)
@@ -80,8 +93,14 @@ def _resume_from(parts: Run, resume: bool):
         checkpoint = resume_point(output_dir, resume, None if resume else run_hash(parts.cfg))
     else:  # a DDP rank started by rank zero's fit: follow its choice
         checkpoint = resumed_by_rank_zero(output_dir)
-    refusal = next((part.resumable for part in (parts.method, parts.transform)
-                    if part is not None and part.resumable is not True), None)  # fmt: skip
+    refusal = next(
+        (
+            part.resumable
+            for part in (parts.method, parts.transform)
+            if part is not None and part.resumable is not True
+        ),
+        None,
+    )
     if checkpoint is not None and refusal is not None:
         if resume:
             raise ConfigError(refusal)

@@ -35,8 +35,11 @@ def _dispatch(cfg: DictConfig, resume: bool = False) -> None:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except RunInterrupted as exc:  # recorded as interrupted; exit as the signal would
-        print(f"interrupted: {exc}; results in {cfg.paths.output_dir}. Continue it with: "
-              f"python -m sparsebench resume={cfg.paths.output_dir}", file=sys.stderr)  # fmt: skip
+        print(
+            f"interrupted: {exc}; results in {cfg.paths.output_dir}. Continue it with: "
+            f"python -m sparsebench resume={cfg.paths.output_dir}",
+            file=sys.stderr,
+        )
         raise SystemExit(128 + exc.signum) from None
     except (RunDiverged, ContractIncomplete) as exc:  # recorded as diverged / failed
         word = "diverged" if isinstance(exc, RunDiverged) else "failed"
@@ -55,8 +58,10 @@ def resume(args: list[str]) -> None:
     others = [a for a in args if not a.startswith("resume=")]
     try:
         if len(given) > 1 or others:
-            raise ConfigError(f"resume= takes no other arguments (the run continues with its "
-                              f"saved config); got {' '.join(given[1:] + others)}.")  # fmt: skip
+            raise ConfigError(
+                f"resume= takes no other arguments (the run continues with its "
+                f"saved config); got {' '.join(given[1:] + others)}."
+            )
         run_dir = Path(given[0].removeprefix("resume=")).expanduser()
         if not run_dir.is_dir():
             raise ConfigError(f"resume={run_dir}: no such run folder.")

@@ -13,11 +13,16 @@ class ConfigError(ValueError):
     """A config value is invalid; the message is one sentence for the user."""
 
 
+def require(ok: bool, message: str) -> None:
+    """A schema's range check: :class:`ConfigError` with ``message`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(message)
+
+
 def first_line(exc: BaseException, limit: int | None = None) -> str:
     """The first line of an exception's message (its type's name when it has none), at most
     ``limit`` characters: how a library's multi-line error becomes part of one sentence."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
-
 
 
 class RunDiverged(Exception):
@@ -35,4 +40,3 @@ class RunInterrupted(BaseException):
 
 class ContractIncomplete(Exception):
     """The run ended without error but did not record every contract metric."""
-

@@ -3,7 +3,6 @@ fixtures (a fast config, a fresh PostgreSQL database, a cache folder per test), 
 command line, and callbacks the tests inject through ``trainer.callbacks`` (also into DDP child
 processes and subprocesses, as ``tests.fixtures.NAME``)."""
 
-
 from __future__ import annotations
 
 import os
@@ -21,6 +20,14 @@ from omegaconf import DictConfig, open_dict
 
 from sparsebench.config.compose import compose, register
 from sparsebench.sparsity.masks import MASK
+from sparsebench.training.fit import build_trainer, fit, sparsity_callbacks
+from sparsebench.training.parts import (
+    build_datamodule,
+    build_method,
+    build_module,
+    build_run_model,
+    build_transform,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -151,8 +158,6 @@ def pg_database():
 # Callbacks injected through trainer.callbacks
 
 
-
-
 def _masks(pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
     return {
         name: getattr(m, MASK).clone()
@@ -190,8 +195,16 @@ class Pause(L.Callback):
     full disk would; SIGXFSZ ignored so that writes fail with EFBIG instead of killing it).
     """
 
-    def __init__(self, marker: str, hook: str = "train_batch_end", epoch: int = 1, batch: int = 1,
-                 go: str | None = None, wait_s: float = 120.0, fsize: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        marker: str,
+        hook: str = "train_batch_end",
+        epoch: int = 1,
+        batch: int = 1,
+        go: str | None = None,
+        wait_s: float = 120.0,
+        fsize: int | None = None,
+    ) -> None:
         self.marker, self.hook, self.epoch, self.batch = Path(marker), hook, epoch, batch
         self.go, self.wait_s, self.fsize = go and Path(go), wait_s, fsize
         self.done = False
@@ -230,6 +243,28 @@ class Pause(L.Callback):
         self._here("test_end", trainer)
 
 
+# Fitting a method in-process
+
+
+def fit_method(
+    cfg, out: Path, ckpt: str | None = None, max_epochs: int = 2, extra: list | None = None
+):
+    """Fit ``cfg``'s method as the runner builds it (datamodule, method, transformation, model,
+    module, the sparsity callbacks); returns (model, method, trainer, datamodule, transform)."""
+    L.seed_everything(0, verbose=False)
+    datamodule = build_datamodule(cfg)
+    method = build_method(cfg)
+    transform = build_transform(cfg, method)
+    model = build_run_model(cfg, datamodule, method, transform)  # as the runner does
+    cfg.trainer.max_epochs = max_epochs
+    module = build_module(cfg, model)
+    callbacks = [*sparsity_callbacks(method), *(extra or [])]
+    trainer = fit(
+        module, datamodule, method, lambda **kw: build_trainer(cfg, out, callbacks, **kw), ckpt
+    )
+    return model, method, trainer, datamodule, transform
+
+
 # Search studies
 FAST = ["model=mlp", "dataset=digits", "debug=fast", "model.hidden_dims=[64,64]"]
 
@@ -250,7 +285,11 @@ def write_sweep(folder: Path, **fields) -> Path:
 
 def search(args: list[str], cwd: Path, timeout: float = 400) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    return subprocess.run([sys.executable, "-m", "sparsebench.search", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, env=env)  # fmt: skip
-
-
+    return subprocess.run(
+        [sys.executable, "-m", "sparsebench.search", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )

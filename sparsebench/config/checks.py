@@ -52,8 +52,11 @@ def _multirun_jobs(args: list[str]) -> list[list[str]]:
     except Exception:
         return []  # malformed: Hydra reports it
     plain = [a for a, o in zip(args, parsed, strict=True) if not o.is_sweep_override()]
-    sweeps = [(o.get_key_element(), [str(v) for v in o.sweep_string_iterator()])
-              for o in parsed if o.is_sweep_override()]  # fmt: skip
+    sweeps = [
+        (o.get_key_element(), [str(v) for v in o.sweep_string_iterator()])
+        for o in parsed
+        if o.is_sweep_override()
+    ]
     sweeps = [(k, v) for k, v in sweeps if v and not k.lstrip("+~").startswith("hydra")]
     first = [f"{k}={v[0]}" for k, v in sweeps]
     jobs = [plain + first]
@@ -132,4 +135,3 @@ def check_group_choices(args: list[str]) -> None:
         for value in values:
             if value not in known and value != "null":
                 raise ConfigError(f"unknown {group} '{value}'; available: {', '.join(known)}.")
-

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
-from sparsebench.config.schemas import _require
+from sparsebench.errors import require
 
 
 @dataclass
@@ -27,17 +27,23 @@ class SearchConfig:
     max_failures: int = 3
 
     def __post_init__(self) -> None:
-        _require(self.n_trials is None or self.n_trials >= 1,
-                 f"n_trials must be >= 1, got {self.n_trials}.")  # fmt: skip
-        _require(1 <= self.workers <= 256, f"workers must be in [1, 256], got {self.workers}.")
-        _require(self.worker >= 0, f"worker must be >= 0, got {self.worker}.")
-        _require(self.heartbeat_interval >= 1,
-                 f"heartbeat_interval must be >= 1 (seconds), got {self.heartbeat_interval}.")  # fmt: skip
-        _require(self.grace_period > self.heartbeat_interval,
-                 f"grace_period must be longer than heartbeat_interval ({self.heartbeat_interval}), "
-                 f"got {self.grace_period}.")  # fmt: skip
-        _require(self.poll_s > 0, f"poll_s must be > 0, got {self.poll_s}.")
-        _require(self.max_failures >= 1, f"max_failures must be >= 1, got {self.max_failures}.")
+        require(
+            self.n_trials is None or self.n_trials >= 1,
+            f"n_trials must be >= 1, got {self.n_trials}.",
+        )
+        require(1 <= self.workers <= 256, f"workers must be in [1, 256], got {self.workers}.")
+        require(self.worker >= 0, f"worker must be >= 0, got {self.worker}.")
+        require(
+            self.heartbeat_interval >= 1,
+            f"heartbeat_interval must be >= 1 (seconds), got {self.heartbeat_interval}.",
+        )
+        require(
+            self.grace_period > self.heartbeat_interval,
+            f"grace_period must be longer than heartbeat_interval ({self.heartbeat_interval}), "
+            f"got {self.grace_period}.",
+        )
+        require(self.poll_s > 0, f"poll_s must be > 0, got {self.poll_s}.")
+        require(self.max_failures >= 1, f"max_failures must be >= 1, got {self.max_failures}.")
 
 
 @dataclass
@@ -54,8 +60,9 @@ class ReproduceConfig:
     report: str | None = None  # also write the Markdown report here (e.g. docs/claims.md)
 
     def __post_init__(self) -> None:
-        _require(self.tier in ("quick", "full"), f"tier must be quick or full, got '{self.tier}'.")
-        _require(self.job is None or self.job >= 0, f"job must be >= 0, got {self.job}.")
-        _require(self.seeds is None or self.seeds >= 2,
-                 f"seeds must be >= 2 (a paired interval needs two pairs), got {self.seeds}.")  # fmt: skip
-
+        require(self.tier in ("quick", "full"), f"tier must be quick or full, got '{self.tier}'.")
+        require(self.job is None or self.job >= 0, f"job must be >= 0, got {self.job}.")
+        require(
+            self.seeds is None or self.seeds >= 2,
+            f"seeds must be >= 2 (a paired interval needs two pairs), got {self.seeds}.",
+        )

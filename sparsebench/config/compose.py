@@ -121,4 +121,3 @@ def normalize_overrides(args: list[str]) -> list[str]:
                 arg = f"{key}=choice({value})"
         out.append(arg)
     return out
-

@@ -1,4 +1,5 @@
-"""Structured-config schemas of a run, registered in Hydra's ConfigStore.
+"""Structured-config schemas of a run (the model families' are in :mod:`sparsebench.config.models`),
+registered in Hydra's ConfigStore.
 
 Each config group's yaml starts from one of these schemas (``defaults: [schema_name]``), so a
 wrong type or an unknown key fails while Hydra composes the config. Ranges (``max_epochs >= 1``,
@@ -24,91 +25,12 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from sparsebench.config.models import MODEL_SCHEMAS, DenseMethodConfig
 from sparsebench.config.store import parse_store
-from sparsebench.errors import ConfigError
+from sparsebench.errors import ConfigError, require
 
 NO_HASH = {"hash": False}
 OURS = {"trainer": False}  # not an argument of Lightning's Trainer
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-@dataclass
-class ModelConfig:
-    """Arguments of ``timm.create_model`` that every model family takes (our small models
-    register with timm too); each family's schema adds its own options, so a run's params hold
-    only the options of its model. Options default to None: timm drops None keyword arguments.
-    """
-
-    _target_: str = "timm.create_model"
-    model_name: str = MISSING
-    pretrained: bool = False
-    num_classes: int = MISSING
-    in_chans: int = MISSING
-
-    def __post_init__(self) -> None:
-        _require(self.num_classes >= 2, f"model.num_classes must be >= 2, got {self.num_classes}.")
-        _require(self.in_chans >= 1, f"model.in_chans must be >= 1, got {self.in_chans}.")
-        drop_rate = getattr(self, "drop_rate", None)
-        if drop_rate is not None:
-            _require(0 <= drop_rate < 1, f"model.drop_rate must be in [0, 1), got {drop_rate}.")
-
-
-@dataclass
-class TimmModelConfig(ModelConfig):
-    """timm's own networks (resnet18, mobilenetv2_100, vit_tiny_patch16_224, ...). The common
-    ``create_model`` arguments are typed here; any other a network takes passes through to timm
-    (``+model.KEY=VALUE``), which refuses in one sentence what the network does not take."""
-
-    img_size: Any = None  # vision transformers: int or [H, W]
-    drop_rate: float | None = None
-    drop_path_rate: float | None = None
-    drop_block_rate: float | None = None
-    global_pool: str | None = None  # avg, max, avgmax, catavgmax, '' (none)
-
-    OPEN = True  # not a field: keys beyond these are timm keyword arguments
-
-
-@dataclass
-class MLPConfig(ModelConfig):
-    """sparsebench.models.small.MLP."""
-
-    in_features: int | None = None  # C*H*W or C*L of the dataset
-    hidden_dims: list[int] | None = None
-    drop_rate: float | None = None
-
-
-@dataclass
-class CifarResNetConfig(ModelConfig):
-    """sparsebench.models.small.CifarResNet (resnet20)."""
-
-    width: int | None = None  # base width
-
-
-@dataclass
-class DassNetworkConfig(ModelConfig):
-    """A network of DASS's search space (sparsebench.models.dass)."""
-
-    channels: int | None = None  # channels of the first cells
-    cells: int | None = None
-    nodes: int | None = None  # intermediate nodes per cell
-    genotype: Any = None  # a searched genotype (mapping or JSON string)
-
-
-MODEL_SCHEMAS: dict[str, type] = {"timm": TimmModelConfig, "mlp": MLPConfig,
-                                  "resnet20": CifarResNetConfig, "dass_network": DassNetworkConfig}  # fmt: skip
-
-
-@dataclass
-class DenseMethodConfig:
-    """No sparsity method (``+method=dense``), or a preset whose model transformation is the
-    whole structure (``+method=monarch``)."""
-
-    _target_: Any = None
-    name: str = MISSING
-    sparsity: float | None = None  # dense: 0
 
 
 @dataclass
@@ -136,39 +58,35 @@ class DatasetConfig:
     num_workers: int = field(default=0, metadata=NO_HASH)
 
     def __post_init__(self) -> None:
-        _require(self.batch_size >= 1, f"dataset.batch_size must be >= 1, got {self.batch_size}.")
-        _require(
+        require(self.batch_size >= 1, f"dataset.batch_size must be >= 1, got {self.batch_size}.")
+        require(
             self.eval_batch_size >= 1,
             f"dataset.eval_batch_size must be >= 1, got {self.eval_batch_size}.",
         )
-        _require(
+        require(
             0 < self.val_fraction < 1,
             f"dataset.val_fraction must be in (0, 1), got {self.val_fraction}.",
         )
-        _require(
+        require(
             0 < self.test_fraction < 1,
             f"dataset.test_fraction must be in (0, 1), got {self.test_fraction}.",
         )
-        _require(
+        require(
             self.val_fraction + self.test_fraction < 1,
             "dataset.val_fraction + dataset.test_fraction must be < 1, "
             f"got {self.val_fraction} + {self.test_fraction}.",
         )
-        _require(
-            self.num_classes >= 2, f"dataset.num_classes must be >= 2, got {self.num_classes}."
-        )
-        _require(
+        require(self.num_classes >= 2, f"dataset.num_classes must be >= 2, got {self.num_classes}.")
+        require(
             len(self.input_shape) in (2, 3) and all(d >= 1 for d in self.input_shape),
             f"dataset.input_shape must be [C, L] or [C, H, W] of positive sizes, got {list(self.input_shape)}.",
         )
         if self.num_samples is not None:
-            _require(
+            require(
                 self.num_samples >= 10,
                 f"dataset.num_samples must be >= 10, got {self.num_samples}.",
             )
-        _require(
-            self.num_workers >= 0, f"dataset.num_workers must be >= 0, got {self.num_workers}."
-        )
+        require(self.num_workers >= 0, f"dataset.num_workers must be >= 0, got {self.num_workers}.")
 
 
 @dataclass
@@ -188,13 +106,13 @@ class OptimizerConfig:
     betas: list[float] | None = None
 
     def __post_init__(self) -> None:
-        _require(self.lr > 0, f"trainer.optimizer.lr must be > 0, got {self.lr}.")
-        _require(
+        require(self.lr > 0, f"trainer.optimizer.lr must be > 0, got {self.lr}.")
+        require(
             self.weight_decay >= 0,
             f"trainer.optimizer.weight_decay must be >= 0, got {self.weight_decay}.",
         )
         if self.momentum is not None:
-            _require(
+            require(
                 0 <= self.momentum < 1,
                 f"trainer.optimizer.momentum must be in [0, 1), got {self.momentum}.",
             )
@@ -234,23 +152,25 @@ class TrainerConfig:
     callbacks: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        _require(self.max_epochs >= 1, f"trainer.max_epochs must be >= 1, got {self.max_epochs}.")
-        _require(self.max_loss is None or self.max_loss > 0,
-                 f"trainer.max_loss must be > 0 or null, got {self.max_loss}.")  # fmt: skip
-        _require(
+        require(self.max_epochs >= 1, f"trainer.max_epochs must be >= 1, got {self.max_epochs}.")
+        require(
+            self.max_loss is None or self.max_loss > 0,
+            f"trainer.max_loss must be > 0 or null, got {self.max_loss}.",
+        )
+        require(
             self.scheduler in SCHEDULERS,
             f"trainer.scheduler must be one of {', '.join(SCHEDULERS)}, got '{self.scheduler}'.",
         )
-        _require(
+        require(
             0 <= self.warmup_epochs < self.max_epochs,
             f"trainer.warmup_epochs must be in [0, max_epochs), got {self.warmup_epochs}.",
         )
-        _require(self.num_nodes >= 1, f"trainer.num_nodes must be >= 1, got {self.num_nodes}.")
-        _require(
+        require(self.num_nodes >= 1, f"trainer.num_nodes must be >= 1, got {self.num_nodes}.")
+        require(
             self.accelerator in ACCELERATORS,
             f"trainer.accelerator must be one of {', '.join(ACCELERATORS)}, got '{self.accelerator}'.",
         )
-        _require(
+        require(
             str(self.precision) in PRECISIONS,
             f"trainer.precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'.",
         )
@@ -258,7 +178,7 @@ class TrainerConfig:
         for name in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
             _check_limit(f"trainer.{name}", getattr(self, name))
         if self.gradient_clip_val is not None:
-            _require(
+            require(
                 self.gradient_clip_val > 0,
                 f"trainer.gradient_clip_val must be > 0, got {self.gradient_clip_val}.",
             )
@@ -267,8 +187,18 @@ class TrainerConfig:
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 
 
-PRECISIONS = ("64-true", "64", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16",
-              "16-true", "bf16-true")  # fmt: skip
+PRECISIONS = (
+    "64-true",
+    "64",
+    "32-true",
+    "32",
+    "16-mixed",
+    "16",
+    "bf16-mixed",
+    "bf16",
+    "16-true",
+    "bf16-true",
+)
 
 
 def device_count(devices: Any) -> int | None:
@@ -286,7 +216,7 @@ def device_count(devices: Any) -> int | None:
             raise ConfigError(
                 f"trainer.devices must be a number, a list of indices or 'auto', got '{devices}'."
             ) from None
-    _require(count >= 1, f"trainer.devices must be >= 1, got {devices}.")
+    require(count >= 1, f"trainer.devices must be >= 1, got {devices}.")
     return count
 
 
@@ -302,7 +232,7 @@ def _check_limit(name: str, value: Any) -> None:
         ) from None
     whole = isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())
     ok = number >= 0 and (whole or number <= 1.0) and number == number
-    _require(ok, f"{name} must be a fraction in [0, 1] or a batch count >= 0, got {value}.")
+    require(ok, f"{name} must be a fraction in [0, 1] or a batch count >= 0, got {value}.")
 
 
 @dataclass
@@ -320,11 +250,11 @@ class LoggerConfig:
     log_model: bool = False
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             0 < self.connect_timeout_s <= 600,
             f"logger.connect_timeout_s must be in (0, 600], got {self.connect_timeout_s}.",
         )
-        _require(
+        require(
             0 < len(self.experiment_name) <= 250,
             f"logger.experiment_name must have 1 to 250 characters, got {len(self.experiment_name)}.",
         )
@@ -357,8 +287,8 @@ class SparsebenchConfig:
     print_summary: bool = True
 
     def __post_init__(self) -> None:
-        _require(self.seed >= 0, f"seed must be >= 0, got {self.seed}.")
-        _require(
+        require(self.seed >= 0, f"seed must be >= 0, got {self.seed}.")
+        require(
             self.runner in RUNNERS,
             f"runner must be one of {', '.join(RUNNERS)}, got '{self.runner}'.",
         )

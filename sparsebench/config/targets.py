@@ -134,8 +134,9 @@ def method_kind(name: str) -> tuple[str, bool]:
     return get_class(str(target)).kind, True
 
 
-def list_methods(kind: str | collections.abc.Iterable[str] | None = None,
-                 masked: bool | None = None) -> list[str]:  # fmt: skip
+def list_methods(
+    kind: str | collections.abc.Iterable[str] | None = None, masked: bool | None = None
+) -> list[str]:
     """The method yamls of ``kind`` (one kind, several, or None: all), sorted; ``masked``:
     only those that mask weights (True) or only those that do not (False). timm's
     ``list_models(filter=...)`` is the model."""

@@ -34,10 +34,14 @@ class _ArraysOnly(pickle.Unpickler):
     because Python offers only the hook (the "Restricting Globals" recipe of the pickle docs)."""
 
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-    }  # fmt: skip
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
@@ -70,8 +74,14 @@ def _cifar_class(base: type[datasets.CIFAR10], verify: bool) -> type[datasets.CI
         return base
 
     class Unverified(base):  # type: ignore[misc, valid-type]
-        def __init__(self, root, train: bool = True, transform=None, target_transform=None,
-                     download: bool = False) -> None:  # fmt: skip
+        def __init__(
+            self,
+            root,
+            train: bool = True,
+            transform=None,
+            target_transform=None,
+            download: bool = False,
+        ) -> None:
             datasets.VisionDataset.__init__(
                 self, root, transform=transform, target_transform=target_transform
             )

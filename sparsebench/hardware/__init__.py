@@ -5,5 +5,12 @@ from sparsebench.hardware.cpu import CPUSparseTarget, CPUTarget
 from sparsebench.hardware.cuda import CUDA2to4Target, CUDATarget
 from sparsebench.hardware.roofline import RooflineTarget
 
-__all__ = ["CPUSparseTarget", "CPUTarget", "CUDA2to4Target", "CUDATarget", "HardwareTarget", "Measurement",
-           "RooflineTarget"]  # fmt: skip
+__all__ = [
+    "CPUSparseTarget",
+    "CPUTarget",
+    "CUDA2to4Target",
+    "CUDATarget",
+    "HardwareTarget",
+    "Measurement",
+    "RooflineTarget",
+]

@@ -52,9 +52,19 @@ class HardwareTarget(ABC):
     runs_dense: bool = True
     estimated: bool = False
 
-    def __init__(self, name: str, threads: int | None = None, batch_size: int = 1, enabled: bool = True,
-                 dense_fallback: bool = False, dtype: str = "fp32", storage_format: str = "dense",
-                 min_run_time: float = 0.5, max_run_time: float = 5.0, warmup: int = 5) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        threads: int | None = None,
+        batch_size: int = 1,
+        enabled: bool = True,
+        dense_fallback: bool = False,
+        dtype: str = "fp32",
+        storage_format: str = "dense",
+        min_run_time: float = 0.5,
+        max_run_time: float = 5.0,
+        warmup: int = 5,
+    ) -> None:
         """``min_run_time`` and ``max_run_time`` (seconds: timing goes on past the first until
         the median is known to +-5%, never past the second) and ``warmup`` (calls) time
         measured targets; estimated ones take and ignore them, so that one override
@@ -100,24 +110,31 @@ class HardwareTarget(ABC):
             "hardware.dense_fallback=true to time it with dense kernels."
         )
 
-    def convert(self, model: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor
-                ) -> tuple[nn.Module, dict[str, str]]:  # fmt: skip
+    def convert(
+        self, model: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor
+    ) -> tuple[nn.Module, dict[str, str]]:
         """The model as it runs on this target, and each layer's kernel (dense targets run it
         unchanged)."""
         return model, {}
 
     @abstractmethod
-    def benchmark(self, model: nn.Module, example: torch.Tensor,
-                  layers: dict[str, nn.Module] | None = None,
-                  pattern: Pattern | None = None, dense: nn.Module | None = None) -> Measurement:  # fmt: skip
+    def benchmark(
+        self,
+        model: nn.Module,
+        example: torch.Tensor,
+        layers: dict[str, nn.Module] | None = None,
+        pattern: Pattern | None = None,
+        dense: nn.Module | None = None,
+    ) -> Measurement:
         """Latency of ``model`` on a batch like ``example`` (results-contract names), with
         ``layers`` pruned in ``pattern``; ``dense``: the dense reference when ``model`` is
         another network (the physically smaller one of a structured method), else ``model``
         itself with dense kernels. A target keeps no state between calls: everything a
         measurement depends on is an argument."""
 
-    def size(self, model: nn.Module, layers: dict[str, nn.Module],
-             pattern: Pattern | None = None) -> dict[str, float]:  # fmt: skip
+    def size(
+        self, model: nn.Module, layers: dict[str, nn.Module], pattern: Pattern | None = None
+    ) -> dict[str, float]:
         """``size/dense_bytes`` and ``size/sparse_bytes`` in this target's storage format."""
         return model_bytes(model, layers, self.storage_format, self.dtype)
 

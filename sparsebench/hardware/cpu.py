@@ -40,8 +40,9 @@ class CPUTarget(HardwareTarget):
         check_outputs(self.name, "folding BatchNorm", model, deployed, x)
         return deployed, {"kernels/bn_folded": folded}
 
-    def time_models(self, models: dict[str, nn.Module], x: torch.Tensor
-                    ) -> tuple[dict[str, Timing], Noise]:  # fmt: skip
+    def time_models(
+        self, models: dict[str, nn.Module], x: torch.Tensor
+    ) -> tuple[dict[str, Timing], Noise]:
         """The models' forward passes on ``x``, timed interleaved (:func:`time_interleaved`)."""
         fns = {}
         for name, model in models.items():
@@ -71,8 +72,11 @@ class CPUTarget(HardwareTarget):
         tags = {"latency/noisy": str(noise.noisy).lower()}
         if noise.noisy:
             tags["latency/noise"] = "; ".join(noise.reasons)
-            log.warning("hardware '%s': latency is noisy: %s (latency/noisy=true).", self.name,
-                        tags["latency/noise"])  # fmt: skip
+            log.warning(
+                "hardware '%s': latency is noisy: %s (latency/noisy=true).",
+                self.name,
+                tags["latency/noise"],
+            )
         return Measurement(metrics, tags=tags)
 
     def benchmark(self, model, example, layers=None, pattern=None, dense=None) -> Measurement:
@@ -88,8 +92,14 @@ class CPUTarget(HardwareTarget):
         return measured
 
 
-def check_outputs(target: str, what: str, model: nn.Module, converted: nn.Module, x: torch.Tensor,
-                  tolerance: float = 1e-4) -> None:  # fmt: skip
+def check_outputs(
+    target: str,
+    what: str,
+    model: nn.Module,
+    converted: nn.Module,
+    x: torch.Tensor,
+    tolerance: float = 1e-4,
+) -> None:
     """Raise if ``converted`` computes other outputs than ``model`` on ``x`` (before timing),
     beyond ``tolerance`` (relative and absolute; 1e-2 for fp16 kernels)."""
     with torch.inference_mode():
@@ -142,20 +152,31 @@ def int32_indices(weight: torch.Tensor) -> torch.Tensor:
     """The CSR or BSR ``weight`` with 32-bit indices: MKL's sparse routines take 32-bit indices,
     so with torch's default 64-bit ones every call converts them first (measured with a
     4096x4096 weight at 90%, 2 threads: batch 1 0.87 -> 0.60 ms, batch 64 4.95 -> 4.66 ms)."""
-    make = {torch.sparse_csr: torch.sparse_csr_tensor,
-            torch.sparse_bsr: torch.sparse_bsr_tensor}.get(weight.layout)  # fmt: skip
+    make = {
+        torch.sparse_csr: torch.sparse_csr_tensor,
+        torch.sparse_bsr: torch.sparse_bsr_tensor,
+    }.get(weight.layout)
     if make is None:
         return weight
-    return make(weight.crow_indices().to(torch.int32), weight.col_indices().to(torch.int32),
-                weight.values(), weight.shape)  # fmt: skip
+    return make(
+        weight.crow_indices().to(torch.int32),
+        weight.col_indices().to(torch.int32),
+        weight.values(),
+        weight.shape,
+    )
 
 
 def is_matmul_layer(module: nn.Module) -> bool:
     """Linear layers and 1x1 convolutions (no padding, groups, dilation): sparse-matmul shaped."""
     if isinstance(module, nn.Linear):
         return True
-    return (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1
-            and module.padding in ((0, 0), 0) and module.dilation == (1, 1))  # fmt: skip
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.kernel_size == (1, 1)
+        and module.groups == 1
+        and module.padding in ((0, 0), 0)
+        and module.dilation == (1, 1)
+    )
 
 
 def sparse_candidates(
@@ -200,8 +221,14 @@ class CPUSparseTarget(CPUTarget):
 
     accelerates = ("unstructured", "nm", "block", "channel")
 
-    def __init__(self, kernels: list[str] | None = None, block_sizes: list[int] | None = None,
-                 min_sparsity: float | None = None, storage_format: str = "csr", **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        kernels: list[str] | None = None,
+        block_sizes: list[int] | None = None,
+        min_sparsity: float | None = None,
+        storage_format: str = "csr",
+        **kwargs,
+    ) -> None:
         super().__init__(storage_format=storage_format, **kwargs)
         self.kernel_options = list(KERNELS if kernels is None else kernels)
         unknown = set(self.kernel_options) - set(KERNELS)
@@ -225,16 +252,21 @@ class CPUSparseTarget(CPUTarget):
         self, model: nn.Module, names: list[str], x: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         inputs: dict[str, torch.Tensor] = {}
-        hooks = [model.get_submodule(n).register_forward_hook(
-            lambda m, args, out, n=n: inputs.__setitem__(n, args[0].detach())) for n in names]  # fmt: skip
+        hooks = [
+            model.get_submodule(n).register_forward_hook(
+                lambda m, args, out, n=n: inputs.__setitem__(n, args[0].detach())
+            )
+            for n in names
+        ]
         with torch.inference_mode():
             model(x)
         for hook in hooks:
             hook.remove()
         return inputs
 
-    def convert(self, model: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor
-                ) -> tuple[nn.Module, dict[str, str]]:  # fmt: skip
+    def convert(
+        self, model: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor
+    ) -> tuple[nn.Module, dict[str, str]]:
         converted = copy.deepcopy(model).eval()
         kernels: dict[str, str] = {}
         options: dict[str, dict[str, nn.Module]] = {}
@@ -258,8 +290,9 @@ class CPUSparseTarget(CPUTarget):
         for name, candidates in options.items():
             fns = {k: lambda c=c, i=inputs[name]: c(i) for k, c in candidates.items()}
             with torch.inference_mode():
-                timings, _ = time_interleaved(fns, self.threads, 1, self.min_run_time / 10,
-                                              self.min_run_time / 5)  # fmt: skip
+                timings, _ = time_interleaved(
+                    fns, self.threads, 1, self.min_run_time / 10, self.min_run_time / 5
+                )
             best = min(timings, key=lambda k: timings[k].p50)
             kernels[name] = best
             if best != "dense":

@@ -73,9 +73,14 @@ def sparse_rows_op():
 
     key = "\n".join([SOURCE.read_text(), *FLAGS, cpu_flags(), torch.__version__])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    cpp_extension.load(name=f"sparsebench_sparse_rows_{digest}", sources=[str(SOURCE)],
-                       extra_cflags=FLAGS, extra_ldflags=["-fopenmp"], is_python_module=False,
-                       verbose=False)  # fmt: skip
+    cpp_extension.load(
+        name=f"sparsebench_sparse_rows_{digest}",
+        sources=[str(SOURCE)],
+        extra_cflags=FLAGS,
+        extra_ldflags=["-fopenmp"],
+        is_python_module=False,
+        verbose=False,
+    )
     return torch.ops.sparsebench.sparse_rows
 
 
@@ -99,8 +104,10 @@ def refusal(module: nn.Module, rows: int = 1) -> str | None:
         return f"padding '{module.padding}': the direct kernel takes padding in pixels"
     per_group = module.out_channels // module.groups
     if rows > 1 and module.groups > 1 and per_group % rows:  # groups=1: padded with zero rows
-        return (f"{rows} output channels per group need out_channels/groups ({per_group}) "
-                f"divisible by {rows}")  # fmt: skip
+        return (
+            f"{rows} output channels per group need out_channels/groups ({per_group}) "
+            f"divisible by {rows}"
+        )
     return None
 
 
@@ -138,13 +145,17 @@ class DirectSparse(nn.Module):
         self.rowptr = torch.zeros(groups + 1, dtype=torch.int32)
         self.rowptr[1:] = keep.sum(1).cumsum(0)
         bias = module.bias.detach() if module.bias is not None else None
-        self.bias = (torch.empty(0) if bias is None
-                     else torch.cat([bias, bias.new_zeros(groups * rows - len(bias))]))  # fmt: skip
+        self.bias = (
+            torch.empty(0)
+            if bias is None
+            else torch.cat([bias, bias.new_zeros(groups * rows - len(bias))])
+        )
         self.op = sparse_rows_op()
         # Depthwise convolutions (one input channel per output channel) run a kernel of their
         # own: a plane per channel, a shifted input plane added per nonzero tap, no input copy.
-        self.depthwise = (not self.linear and rows == 1 and conv_groups == self.out_channels
-                          == self.in_channels)  # fmt: skip
+        self.depthwise = (
+            not self.linear and rows == 1 and conv_groups == self.out_channels == self.in_channels
+        )
         if self.depthwise:
             self.taps = self.taps.to(torch.int32).contiguous()
         self.layouts: dict[tuple[int, int], dict] = {}
@@ -154,8 +165,12 @@ class DirectSparse(nn.Module):
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:
         """The output's height and width for an h x w input (as nn.Conv2d computes them)."""
-        ho, wo = ((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d
-                  in zip((h, w), self.kernel, self.stride, self.padding, self.dilation, strict=True))  # fmt: skip
+        ho, wo = (
+            (n + 2 * p - d * (k - 1) - 1) // s + 1
+            for n, k, s, p, d in zip(
+                (h, w), self.kernel, self.stride, self.padding, self.dilation, strict=True
+            )
+        )
         return ho, wo
 
     def layout(self, h: int, w: int) -> dict:
@@ -179,9 +194,16 @@ class DirectSparse(nn.Module):
         vectors = self.vectors(pixels)
         tile = vectors * LANES
         width = -(-pixels // tile) * tile
-        return {"hq": hq, "wq": wq, "ho": ho, "wo": wo, "vectors": vectors, "width": width,
-                "plane": self.in_channels * sh * sw * hq * wq,
-                "offsets": offsets[self.channels, self.taps].to(torch.int32).contiguous()}  # fmt: skip
+        return {
+            "hq": hq,
+            "wq": wq,
+            "ho": ho,
+            "wo": wo,
+            "vectors": vectors,
+            "width": width,
+            "plane": self.in_channels * sh * sw * hq * wq,
+            "offsets": offsets[self.channels, self.taps].to(torch.int32).contiguous(),
+        }
 
     def vectors(self, pixels: int) -> int:
         """Vectors of 16 pixels per tile: the widest that pads the row least (measured on
@@ -218,8 +240,22 @@ class DirectSparse(nn.Module):
             self.dilation,
         )
         ho, wo = self.output_size(*x.shape[2:])
-        return torch.ops.sparsebench.sparse_depthwise(x.contiguous(), self.rowptr, self.taps, self.values,
-                                                      self.bias, kw, sh, sw, ph, pw, dh, dw, ho, wo)  # fmt: skip
+        return torch.ops.sparsebench.sparse_depthwise(
+            x.contiguous(),
+            self.rowptr,
+            self.taps,
+            self.values,
+            self.bias,
+            kw,
+            sh,
+            sw,
+            ph,
+            pw,
+            dh,
+            dw,
+            ho,
+            wo,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.depthwise:
@@ -229,8 +265,19 @@ class DirectSparse(nn.Module):
             x = x.t().reshape(1, self.in_channels, 1, -1)
         n, _, h, w = x.shape
         lay = self.layouts.get((h, w)) or self.layouts.setdefault((h, w), self.layout(h, w))
-        y = self.op(self.flat(x, lay), self.rowptr, lay["offsets"], self.values, self.bias,
-                    self.rows, lay["vectors"], lay["width"], lay["wq"], lay["ho"], lay["wo"])  # fmt: skip
+        y = self.op(
+            self.flat(x, lay),
+            self.rowptr,
+            lay["offsets"],
+            self.values,
+            self.bias,
+            self.rows,
+            lay["vectors"],
+            lay["width"],
+            lay["wq"],
+            lay["ho"],
+            lay["wo"],
+        )
         y = y[:, : self.out_channels]
         if self.linear:
             return y[0].t().reshape(*lead, self.out_channels)

@@ -22,8 +22,13 @@ from sparsebench.sparsity.patterns import NM, Pattern, matches, pattern_label
 class RooflineTarget(HardwareTarget):
     estimated = True
 
-    def __init__(self, peak_tflops: float | None = None, bandwidth_gbs: float | None = None,
-                 accelerations: dict[str, float] | None = None, **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        peak_tflops: float | None = None,
+        bandwidth_gbs: float | None = None,
+        accelerations: dict[str, float] | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         if not peak_tflops or not bandwidth_gbs or peak_tflops <= 0 or bandwidth_gbs <= 0:
             raise ConfigError(
@@ -36,8 +41,7 @@ class RooflineTarget(HardwareTarget):
 
     def acceleration(self, pattern: Pattern | None) -> float:
         """The compute speed-up this target's kernels give layers pruned in ``pattern``."""
-        return max([v for k, v in self.accelerations.items() if matches(pattern, (k,))]
-                   or [1.0])  # fmt: skip
+        return max([v for k, v in self.accelerations.items() if matches(pattern, (k,))] or [1.0])
 
     def layer_format(self, pattern: Pattern | None) -> str:
         """Accelerated N:M layers are stored compressed (values + indices); others as configured."""
@@ -48,8 +52,14 @@ class RooflineTarget(HardwareTarget):
     def size(self, model, layers, pattern=None):
         return model_bytes(model, layers, self.layer_format(pattern), self.dtype)
 
-    def estimate(self, model: nn.Module, example: torch.Tensor, layers: dict[str, nn.Module],
-                 pattern: Pattern | None, sparse: bool) -> float:  # fmt: skip
+    def estimate(
+        self,
+        model: nn.Module,
+        example: torch.Tensor,
+        layers: dict[str, nn.Module],
+        pattern: Pattern | None,
+        sparse: bool,
+    ) -> float:
         total, per_layer = module_flops(model, example)
         b = DTYPE_BYTES[self.dtype]
         seconds, layer_flops = 0.0, 0
@@ -72,10 +82,13 @@ class RooflineTarget(HardwareTarget):
         reference = model if dense is None else dense  # a physically smaller model's original
         dense = self.estimate(reference, x, {}, None, sparse=False)
         kernel = pattern_label(pattern) if self.acceleration(pattern) > 1 else "dense"
-        return Measurement({
-            "latency/p50_ms": sparse * 1e3,
-            "latency/p90_ms": sparse * 1e3,
-            "latency/dense_p50_ms": dense * 1e3,
-            "speedup/measured": dense / sparse,  # an estimate too: latency/estimated=true
-            "throughput/samples_per_s": self.batch_size / sparse,
-        }, {name: f"{kernel} (estimated)" for name in layers or {}})  # fmt: skip
+        return Measurement(
+            {
+                "latency/p50_ms": sparse * 1e3,
+                "latency/p90_ms": sparse * 1e3,
+                "latency/dense_p50_ms": dense * 1e3,
+                "speedup/measured": dense / sparse,  # an estimate too: latency/estimated=true
+                "throughput/samples_per_s": self.batch_size / sparse,
+            },
+            {name: f"{kernel} (estimated)" for name in layers or {}},
+        )

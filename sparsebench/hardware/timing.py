@@ -46,9 +46,13 @@ class Timing:
         x = np.asarray(samples)
         interval = stats.quantile_test(x, q=float(np.median(x)), p=0.5).confidence_interval(0.95)
         low, high = float(interval.low), float(interval.high)
-        return cls(float(np.percentile(x, 50)), float(np.percentile(x, 90)),
-                   low if math.isfinite(low) else 0.0, high if math.isfinite(high) else math.inf,
-                   len(x))  # fmt: skip
+        return cls(
+            float(np.percentile(x, 50)),
+            float(np.percentile(x, 90)),
+            low if math.isfinite(low) else 0.0,
+            high if math.isfinite(high) else math.inf,
+            len(x),
+        )
 
     @property
     def rel_halfwidth(self) -> float:
@@ -108,9 +112,14 @@ class Noise:
         return bool(self.reasons)
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], threads: int, warmup: int,
-                     min_run_time: float, max_run_time: float, rel: float = REL_INTERVAL
-                     ) -> tuple[dict[str, Timing], Noise]:  # fmt: skip
+def time_interleaved(
+    fns: dict[str, Callable[[], object]],
+    threads: int,
+    warmup: int,
+    min_run_time: float,
+    max_run_time: float,
+    rel: float = REL_INTERVAL,
+) -> tuple[dict[str, Timing], Noise]:
     """Time each of ``fns`` in alternating blocks until every median is within ``rel`` (95%),
     or ``max_run_time`` ends; and judge the noise (:class:`Noise`)."""
     previous = torch.get_num_threads()
@@ -123,10 +132,14 @@ def time_interleaved(fns: dict[str, Callable[[], object]], threads: int, warmup:
         # about CUDA on import; a run that fails its config checks never needs it.
         from torch.utils import benchmark
 
-        timers = {k: benchmark.Timer(stmt="fn()", globals={"fn": f}, num_threads=threads)
-                  for k, f in fns.items()}  # fmt: skip
-        number = {k: max(1, int(BLOCK_SECONDS / max(t.timeit(number=1).median, 1e-9)))
-                  for k, t in timers.items()}  # fmt: skip
+        timers = {
+            k: benchmark.Timer(stmt="fn()", globals={"fn": f}, num_threads=threads)
+            for k, f in fns.items()
+        }
+        number = {
+            k: max(1, int(BLOCK_SECONDS / max(t.timeit(number=1).median, 1e-9)))
+            for k, t in timers.items()
+        }
         samples: dict[str, list[float]] = {k: [] for k in fns}
         probe, start = LoadProbe(), time.perf_counter()
         names = list(fns)
@@ -146,17 +159,33 @@ def time_interleaved(fns: dict[str, Callable[[], object]], threads: int, warmup:
     return timings, judge(timings, competing, threads, len(probe.cpus), rel)
 
 
-def judge(timings: dict[str, Timing], competing: float, threads: int, cores: int,
-          rel: float = REL_INTERVAL) -> Noise:  # fmt: skip
+def judge(
+    timings: dict[str, Timing],
+    competing: float,
+    threads: int,
+    cores: int,
+    rel: float = REL_INTERVAL,
+) -> Noise:
     """Noisy when a median's interval is wider than ``rel`` or when other work took CPU the
     timing's threads needed (more than the cores they left free, with a quarter core of slack
     for the system's own daemons)."""
-    reasons = [f"the p50 of {k} is known only to +-{t.rel_halfwidth:.0%} (95% interval, "
-               f"{t.blocks} blocks; wanted +-{rel:.0%})"
-               for k, t in timings.items() if not t.rel_halfwidth <= rel]  # fmt: skip
+    reasons = [
+        f"the p50 of {k} is known only to +-{t.rel_halfwidth:.0%} (95% interval, "
+        f"{t.blocks} blocks; wanted +-{rel:.0%})"
+        for k, t in timings.items()
+        if not t.rel_halfwidth <= rel
+    ]
     if competing > max(0, cores - threads) + 0.25:
-        reasons.append(f"other work used {competing:.1f} cores beside {threads} timing "
-                       f"thread{'s' if threads > 1 else ''} on {cores} cores")  # fmt: skip
+        reasons.append(
+            f"other work used {competing:.1f} cores beside {threads} timing "
+            f"thread{'s' if threads > 1 else ''} on {cores} cores"
+        )
     widest = max(t.rel_halfwidth for t in timings.values())
-    return Noise(competing, os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan,
-                 cores, threads, widest, reasons)  # fmt: skip
+    return Noise(
+        competing,
+        os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan,
+        cores,
+        threads,
+        widest,
+        reasons,
+    )

@@ -142,8 +142,9 @@ def log_artifacts(rows: list[Row], tracking_uri: str, experiment: str | None) ->
     from sparsebench.record.mlflow_logging import create_run
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    run_id = create_run(client, experiment or "sparsebench", "leaderboard",
-                        {"sparsebench.leaderboard": "true"})  # fmt: skip
+    run_id = create_run(
+        client, experiment or "sparsebench", "leaderboard", {"sparsebench.leaderboard": "true"}
+    )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         save_csv(rows, folder / "leaderboard.csv")

@@ -48,53 +48,82 @@ def _figure(rows: list[Row], cost: str, title: str) -> go.Figure | None:
     figure = go.Figure()
     for method in sorted({r.method for r in points}):  # one colour and legend entry per method
         mine = [r for r in points if r.method == method]
-        figure.add_trace(go.Scatter(
-            x=[getattr(r, cost) for r in mine], y=[r.acc_mean for r in mine], mode="markers",
-            name=method, error_y={"type": "data", "array": [r.acc_std for r in mine]},
-            marker={"size": 11, "symbol": [_symbol(r.pattern) for r in mine],
-                    "line": {"width": 1, "color": "#333"}},
-            hovertext=[f"{_label(r)} (n={r.n}, {r.pattern}, {r.run_hash})" for r in mine],
-            hoverinfo="text+x+y",
-        ))  # fmt: skip
+        figure.add_trace(
+            go.Scatter(
+                x=[getattr(r, cost) for r in mine],
+                y=[r.acc_mean for r in mine],
+                mode="markers",
+                name=method,
+                error_y={"type": "data", "array": [r.acc_std for r in mine]},
+                marker={
+                    "size": 11,
+                    "symbol": [_symbol(r.pattern) for r in mine],
+                    "line": {"width": 1, "color": "#333"},
+                },
+                hovertext=[f"{_label(r)} (n={r.n}, {r.pattern}, {r.run_hash})" for r in mine],
+                hoverinfo="text+x+y",
+            )
+        )
     front_attr = "flops_front" if cost == "flops_sparse" else "latency_front"
     front = sorted((r for r in points if getattr(r, front_attr)), key=lambda r: getattr(r, cost))
     if len(front) >= 2:  # the best accuracy at each cost: a staircase
-        figure.add_trace(go.Scatter(
-            x=[getattr(r, cost) for r in front], y=[r.acc_mean for r in front], mode="lines",
-            line={"shape": "hv", "dash": "dot", "color": "#555"}, name="Pareto front",
-            hoverinfo="skip",
-        ))  # fmt: skip
+        figure.add_trace(
+            go.Scatter(
+                x=[getattr(r, cost) for r in front],
+                y=[r.acc_mean for r in front],
+                mode="lines",
+                line={"shape": "hv", "dash": "dot", "color": "#555"},
+                name="Pareto front",
+                hoverinfo="skip",
+            )
+        )
     dense = [r for r in points if r.method == "dense"]
     if dense:
         best = max(dense, key=lambda r: r.acc_mean)
-        figure.add_hline(y=best.acc_mean, line_dash="dash", line_color="#999",
-                         annotation_text=f"dense baseline {best.acc_mean:.4f}",
-                         annotation_position="bottom right")  # fmt: skip
+        figure.add_hline(
+            y=best.acc_mean,
+            line_dash="dash",
+            line_color="#999",
+            annotation_text=f"dense baseline {best.acc_mean:.4f}",
+            annotation_position="bottom right",
+        )
     accs = [r.acc_mean for r in points]
     pad = max(0.02, (max(accs) - min(accs)) * 0.15)
     estimated = " (estimated)" if cost == "latency_ms" and points[0].latency_estimated else ""
     figure.update_layout(
-        title=title + estimated, height=420, width=700, legend_title_text="method",
+        title=title + estimated,
+        height=420,
+        width=700,
+        legend_title_text="method",
         xaxis={"title": COST_TITLES[cost], "type": "log"},
-        yaxis={"title": "test accuracy", "range": [max(0.0, min(accs) - pad), min(1.0, max(accs) + pad)]},
-    )  # fmt: skip
+        yaxis={
+            "title": "test accuracy",
+            "range": [max(0.0, min(accs) - pad), min(1.0, max(accs) + pad)],
+        },
+    )
     return figure
 
 
-def html_report(rows: list[Row], path: Path, title: str = "sparsebench leaderboard",
-                slide_rows: int | None = None) -> Path:  # fmt: skip
+def html_report(
+    rows: list[Row],
+    path: Path,
+    title: str = "sparsebench leaderboard",
+    slide_rows: int | None = None,
+) -> Path:
     """Write the report to ``path`` (and plotly's JavaScript beside it) and return it.
     ``slide_rows``: a slide's layout, per key the plots first and then the best rows only."""
     by_key: dict[str, list[Row]] = defaultdict(list)
     for row in rows:
         by_key[row.benchmark_key].append(row)
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style>"
-             "<script src='plotly.min.js'></script></head><body>",
-             f"<h1>{html.escape(title)}</h1>",
-             "<p>Markers: &#9679; unstructured, &#9670; N:M, &#9632; block, &#9650; channel, "
-             "&#10006; dense; &#9733; in the table: on the Pareto front.</p>"]  # fmt: skip
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style>"
+        "<script src='plotly.min.js'></script></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        "<p>Markers: &#9679; unstructured, &#9670; N:M, &#9632; block, &#9650; channel, "
+        "&#10006; dense; &#9733; in the table: on the Pareto front.</p>",
+    ]
     for key, members in sorted(by_key.items()):
         ranked = sorted(members, key=lambda r: r.rank)
         shown = ranked if slide_rows is None else ranked[:slide_rows]
@@ -132,9 +161,17 @@ def plotly_js(folder: Path) -> Path:
 # Headless Chromium renders the report exactly as a browser would (plotly draws with JavaScript,
 # so only a real browser engine shows whether the plots appear); no Python library renders it.
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-HEADLESS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--disable-background-networking", "--no-first-run", "--hide-scrollbars",
-            "--mute-audio", "--virtual-time-budget=15000")  # fmt: skip
+HEADLESS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--mute-audio",
+    "--virtual-time-budget=15000",
+)
 
 
 def find_browser() -> str:
@@ -153,15 +190,18 @@ def _chromium(page: Path | str, *flags: str, timeout: float) -> str:
     with tempfile.TemporaryDirectory() as profile:
         proc = subprocess.run(
             [find_browser(), *HEADLESS, f"--user-data-dir={profile}", *flags, url],
-            capture_output=True, text=True, timeout=timeout,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     if proc.returncode != 0:
         raise RuntimeError(f"chromium failed on {page}: {proc.stderr[-2000:]}")
     return proc.stdout
 
 
-def rendered_dom(page: Path | str, timeout: float = 120, width: int = 1400,
-                 height: int = 1000) -> str:  # fmt: skip
+def rendered_dom(
+    page: Path | str, timeout: float = 120, width: int = 1400, height: int = 1000
+) -> str:
     """The page's DOM after its scripts ran (plotly's SVG included), in a window of this size
     (pages that draw only what is visible, like MLflow's runs table, need it)."""
     return _chromium(page, "--dump-dom", f"--window-size={width},{height}", timeout=timeout)
@@ -178,22 +218,37 @@ def slides(rows: list[Row], png_path: Path, timeout: float = 120) -> list[Path]:
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, key in enumerate(keys, start=1):
-            page = html_report([r for r in rows if r.benchmark_key == key], Path(tmp) / f"{i}.html",
-                               slide_rows=SLIDE_ROWS)  # fmt: skip
-            target = png_path if len(keys) == 1 else png_path.with_name(
-                f"{png_path.stem}-{i}{png_path.suffix}")  # fmt: skip
+            page = html_report(
+                [r for r in rows if r.benchmark_key == key],
+                Path(tmp) / f"{i}.html",
+                slide_rows=SLIDE_ROWS,
+            )
+            target = (
+                png_path
+                if len(keys) == 1
+                else png_path.with_name(f"{png_path.stem}-{i}{png_path.suffix}")
+            )
             out.append(screenshot(page, target, *SLIDE, timeout=timeout))
     return out
 
 
-def screenshot(html_path: Path | str, png_path: Path, width: int = 1400,
-               height: int | None = None, timeout: float = 120) -> Path:  # fmt: skip
+def screenshot(
+    html_path: Path | str,
+    png_path: Path,
+    width: int = 1400,
+    height: int | None = None,
+    timeout: float = 120,
+) -> Path:
     """A PNG of the rendered report (or of an http(s) URL, at ``height``); the default height
     fits the whole report."""
     if height is None:  # the whole page: per board a heading, its table rows, two plots
         page = Path(html_path).read_text()
         boards = max(1, page.count("<table class='leaderboard'>"))
         height = 150 + boards * (100 + 2 * 470) + 32 * page.count("<tr>")
-    _chromium(html_path, f"--screenshot={Path(png_path).resolve()}",
-              f"--window-size={width},{height}", timeout=timeout)  # fmt: skip
+    _chromium(
+        html_path,
+        f"--screenshot={Path(png_path).resolve()}",
+        f"--window-size={width},{height}",
+        timeout=timeout,
+    )
     return Path(png_path)

@@ -38,8 +38,12 @@ CLOCK_MARGIN_MS = 3_600_000  # end times of other machines may lag the newest on
 FINISHED = ("FINISHED", "FAILED", "KILLED")  # MLflow's terminal states
 
 
-def read_runs(uri: str, experiment: str | None = None, filters: dict[str, str | None] | None = None,
-              cache: bool = True) -> list[Run]:  # fmt: skip
+def read_runs(
+    uri: str,
+    experiment: str | None = None,
+    filters: dict[str, str | None] | None = None,
+    cache: bool = True,
+) -> list[Run]:
     """The active runs of the active experiments at ``uri`` (or of ``experiment``) whose tags
     equal ``filters``, as :data:`Run` records holding :data:`METRICS` and :data:`TAGS` only."""
     wanted = {k: v for k, v in (filters or {}).items() if v}
@@ -57,10 +61,16 @@ def read_runs(uri: str, experiment: str | None = None, filters: dict[str, str | 
 def _from_database(uri: str, experiment: str | None) -> list[Run]:
     import sqlalchemy as sa
 
-    runs = sa.table("runs", *map(sa.column, ("run_uuid", "name", "status", "end_time",
-                                             "experiment_id", "lifecycle_stage")))  # fmt: skip
-    experiments = sa.table("experiments", *map(sa.column, ("experiment_id", "name",
-                                                           "lifecycle_stage")))  # fmt: skip
+    runs = sa.table(
+        "runs",
+        *map(
+            sa.column,
+            ("run_uuid", "name", "status", "end_time", "experiment_id", "lifecycle_stage"),
+        ),
+    )
+    experiments = sa.table(
+        "experiments", *map(sa.column, ("experiment_id", "name", "lifecycle_stage"))
+    )
     metrics = sa.table("latest_metrics", *map(sa.column, ("run_uuid", "key", "value", "is_nan")))
     tags = sa.table("tags", *map(sa.column, ("run_uuid", "key", "value")))
     live = [runs.c.lifecycle_stage == "active", experiments.c.lifecycle_stage == "active"]
@@ -75,16 +85,31 @@ def _from_database(uri: str, experiment: str | None) -> list[Run]:
     out: dict[str, Run] = {}
     try:
         with engine.connect() as connection:
-            query = sa.select(runs.c.run_uuid, runs.c.name, runs.c.status, runs.c.end_time,
-                              runs.c.experiment_id).select_from(joined(runs)).where(*live)  # fmt: skip
+            query = (
+                sa.select(
+                    runs.c.run_uuid,
+                    runs.c.name,
+                    runs.c.status,
+                    runs.c.end_time,
+                    runs.c.experiment_id,
+                )
+                .select_from(joined(runs))
+                .where(*live)
+            )
             for run_id, name, status, end_time, experiment_id in connection.execute(query):
                 out[run_id] = _record(run_id, name, status, end_time, str(experiment_id), {}, {})
-            query = (sa.select(metrics.c.run_uuid, metrics.c.key, metrics.c.value, metrics.c.is_nan)
-                     .select_from(joined(metrics)).where(*live, metrics.c.key.in_(METRICS)))  # fmt: skip
+            query = (
+                sa.select(metrics.c.run_uuid, metrics.c.key, metrics.c.value, metrics.c.is_nan)
+                .select_from(joined(metrics))
+                .where(*live, metrics.c.key.in_(METRICS))
+            )
             for run_id, key, value, is_nan in connection.execute(query):
                 out[run_id]["metrics"][key] = math.nan if is_nan else float(value)
-            query = (sa.select(tags.c.run_uuid, tags.c.key, tags.c.value)
-                     .select_from(joined(tags)).where(*live, tags.c.key.in_(TAGS)))  # fmt: skip
+            query = (
+                sa.select(tags.c.run_uuid, tags.c.key, tags.c.value)
+                .select_from(joined(tags))
+                .where(*live, tags.c.key.in_(TAGS))
+            )
             for run_id, key, value in connection.execute(query):
                 out[run_id]["tags"][key] = value
     finally:
@@ -93,16 +118,29 @@ def _from_database(uri: str, experiment: str | None) -> list[Run]:
 
 
 def _record(run_id, name, status, end_time, experiment_id, metrics, tags) -> Run:
-    return {"id": run_id, "name": name, "status": status, "end_time": end_time,
-            "experiment_id": experiment_id, "metrics": metrics, "tags": tags}  # fmt: skip
+    return {
+        "id": run_id,
+        "name": name,
+        "status": status,
+        "end_time": end_time,
+        "experiment_id": experiment_id,
+        "metrics": metrics,
+        "tags": tags,
+    }
 
 
 def _slim(run) -> Run:
     """An MLflow ``Run`` entity as a record with the leaderboard's fields only."""
     data = run.data
-    return _record(run.info.run_id, run.info.run_name, run.info.status, run.info.end_time,
-                   run.info.experiment_id, {k: v for k, v in data.metrics.items() if k in METRICS},
-                   {k: v for k, v in data.tags.items() if k in TAGS})  # fmt: skip
+    return _record(
+        run.info.run_id,
+        run.info.run_name,
+        run.info.status,
+        run.info.end_time,
+        run.info.experiment_id,
+        {k: v for k, v in data.metrics.items() if k in METRICS},
+        {k: v for k, v in data.tags.items() if k in TAGS},
+    )
 
 
 def _paged(search) -> Iterator:
@@ -121,9 +159,16 @@ def _pages(client, ids: list[str], filter_string: str = "", deleted: bool = Fals
 
     view = ViewType.DELETED_ONLY if deleted else ViewType.ACTIVE_ONLY
     # Oldest first: runs created while paging land on the last page and shift nothing.
-    return _paged(lambda token: client.search_runs(
-        ids, filter_string, run_view_type=view, max_results=PAGE,
-        order_by=["attributes.start_time ASC"], page_token=token))  # fmt: skip
+    return _paged(
+        lambda token: client.search_runs(
+            ids,
+            filter_string,
+            run_view_type=view,
+            max_results=PAGE,
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
+    )
 
 
 def _from_client(uri: str, experiment: str | None, cache: RunCache | None) -> list[Run]:
@@ -131,8 +176,9 @@ def _from_client(uri: str, experiment: str | None, cache: RunCache | None) -> li
 
     client = MlflowClient(tracking_uri=uri)
     # Every active experiment: the cache is one for the whole store.
-    experiments = list(_paged(lambda token: client.search_experiments(max_results=PAGE,
-                                                                      page_token=token)))  # fmt: skip
+    experiments = list(
+        _paged(lambda token: client.search_experiments(max_results=PAGE, page_token=token))
+    )
     ids = [e.experiment_id for e in experiments]
     if not ids:
         return []
@@ -141,14 +187,23 @@ def _from_client(uri: str, experiment: str | None, cache: RunCache | None) -> li
     newest = cache.newest_end() if cache is not None else None
     if newest is None:
         if cache is not None:
-            print(f"reading every run of {uri} once (later reads fetch only what changed; "
-                  f"cache: {cache.path})", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"reading every run of {uri} once (later reads fetch only what changed; "
+                f"cache: {cache.path})",
+                file=sys.stderr,
+                flush=True,
+            )
         fresh = {r.info.run_id: _slim(r) for r in _pages(client, ids)}
     else:
-        fresh = {r.info.run_id: _slim(r)
-                 for query in (f"attributes.end_time > {newest - CLOCK_MARGIN_MS}",
-                               "attributes.status = 'RUNNING'", "attributes.status = 'SCHEDULED'")
-                 for r in _pages(client, ids, query)}  # fmt: skip
+        fresh = {
+            r.info.run_id: _slim(r)
+            for query in (
+                f"attributes.end_time > {newest - CLOCK_MARGIN_MS}",
+                "attributes.status = 'RUNNING'",
+                "attributes.status = 'SCHEDULED'",
+            )
+            for r in _pages(client, ids, query)
+        }
     runs = fresh
     if cache is not None:
         deleted = {r.info.run_id for r in _pages(client, ids, deleted=True)}
@@ -169,8 +224,9 @@ class RunCache:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, timeout=30)
-        self.db.execute("CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, end_time INTEGER,"
-                        " record TEXT)")  # fmt: skip
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, end_time INTEGER, record TEXT)"
+        )
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
         fields = hashlib.sha256(json.dumps([self.FORMAT, METRICS, TAGS]).encode()).hexdigest()
         (stored,) = self.db.execute("SELECT value FROM meta WHERE key = 'fields'").fetchone() or (
@@ -197,8 +253,10 @@ class RunCache:
                 self.db.execute("DELETE FROM runs")
                 self.db.execute("DELETE FROM meta WHERE key LIKE 'experiment:%'")
         with self.db:
-            self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                                [(f"experiment:{i}", str(t)) for i, t in experiments.items()])  # fmt: skip
+            self.db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [(f"experiment:{i}", str(t)) for i, t in experiments.items()],
+            )
 
     def newest_end(self) -> int | None:
         return self.db.execute("SELECT MAX(end_time) FROM runs").fetchone()[0]

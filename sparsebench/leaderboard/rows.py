@@ -24,8 +24,19 @@ Run = dict
 # All a leaderboard reads of a run: the contract's metrics (a run missing one does not rank) and
 # the tags that group, label and filter rows.
 METRICS = (*CONTRACT_METRICS, "train/samples")
-TAGS = ("benchmark_key", "run_hash", "method", "pattern", "seed", "dataset", "model", "hardware",
-        "latency/estimated", "latency/noisy", STATUS_TAG)  # fmt: skip
+TAGS = (
+    "benchmark_key",
+    "run_hash",
+    "method",
+    "pattern",
+    "seed",
+    "dataset",
+    "model",
+    "hardware",
+    "latency/estimated",
+    "latency/noisy",
+    STATUS_TAG,
+)
 
 LEFT_OUT = ("running", "failed", "diverged", "interrupted", "pruned", "incomplete contract")
 
@@ -38,8 +49,12 @@ def admit(runs: Iterable[Run]) -> tuple[list[Run], dict[str, list[str]]]:
     parents, leaderboard runs) are not results and are not counted."""
     admitted: list[Run] = []
     left: dict[str, list[str]] = defaultdict(list)
-    by_mlflow = {"RUNNING": "running", "SCHEDULED": "running", "FAILED": "failed",
-                 "KILLED": "interrupted"}  # fmt: skip
+    by_mlflow = {
+        "RUNNING": "running",
+        "SCHEDULED": "running",
+        "FAILED": "failed",
+        "KILLED": "interrupted",
+    }
     for run in runs:
         tags = run["tags"]
         if "benchmark_key" not in tags:
@@ -47,8 +62,9 @@ def admit(runs: Iterable[Run]) -> tuple[list[Run], dict[str, list[str]]]:
         status = tags.get(STATUS_TAG) or by_mlflow.get(run.get("status", "FINISHED"), "ok")
         if status == "ok" and run.get("status", "FINISHED") != "FINISHED":
             status = by_mlflow.get(run["status"], "failed")
-        missing = [k for k in CONTRACT_METRICS
-                   if not math.isfinite(run["metrics"].get(k, math.nan))]  # fmt: skip
+        missing = [
+            k for k in CONTRACT_METRICS if not math.isfinite(run["metrics"].get(k, math.nan))
+        ]
         reason = status if status != "ok" else "incomplete contract" if missing else None
         if reason is None:
             admitted.append(run)
@@ -69,8 +85,10 @@ def describe_left_out(left: dict[str, list[str]], shown: int = 3) -> str | None:
             more = f", +{len(names) - shown} more" if len(names) > shown else ""
             parts.append(f"{len(names)} {reason} ({', '.join(names[:shown])}{more})")
     total = sum(len(v) for v in left.values())
-    return (f"left out {total} run{'s' if total > 1 else ''} that are not complete ok runs: "
-            f"{'; '.join(parts)}.")  # fmt: skip
+    return (
+        f"left out {total} run{'s' if total > 1 else ''} that are not complete ok runs: "
+        f"{'; '.join(parts)}."
+    )
 
 
 @dataclass
@@ -99,11 +117,23 @@ class Row:
 
 # What a reader sees of a row, in order, under these headings (terminal, Markdown and HTML; the
 # CSV keeps the field names and adds the rest); the benchmark key heads each group instead.
-HEADINGS = {"rank": "#", "method": "method", "pattern": "pattern", "n": "n", "acc_mean": "test acc",
-            "acc_std": "± std", "sparsity": "sparsity", "flops_sparse": "FLOPs",
-            "latency_ms": "latency ms", "latency_estimated": "est.", "latency_noisy": "noisy",
-            "flops_front": "front FLOPs",
-            "latency_front": "front ms", "budget_differs": "budget", "run_hash": "run hash"}  # fmt: skip
+HEADINGS = {
+    "rank": "#",
+    "method": "method",
+    "pattern": "pattern",
+    "n": "n",
+    "acc_mean": "test acc",
+    "acc_std": "± std",
+    "sparsity": "sparsity",
+    "flops_sparse": "FLOPs",
+    "latency_ms": "latency ms",
+    "latency_estimated": "est.",
+    "latency_noisy": "noisy",
+    "flops_front": "front FLOPs",
+    "latency_front": "front ms",
+    "budget_differs": "budget",
+    "run_hash": "run hash",
+}
 SHOWN = tuple(HEADINGS)
 
 
@@ -127,16 +157,26 @@ def aggregate(runs: Iterable[Run]) -> list[Row]:
         def mean_of(name: str, members=members) -> float | None:
             return _mean([m["metrics"].get(name) for m in members])
 
-        rows.append(Row(
-            benchmark_key=key, run_hash=run_hash, method=members[0]["tags"].get("method", "?"), n=len(members),
-            acc_mean=statistics.fmean(accs), acc_std=statistics.stdev(accs) if len(accs) > 1 else 0.0,
-            flops_sparse=mean_of("flops/sparse"), flops_dense=mean_of("flops/dense"),
-            flops_train=mean_of("flops/train"), latency_ms=mean_of("latency/p50_ms"),
-            latency_estimated=members[0]["tags"].get("latency/estimated") == "true",
-            latency_noisy=any(m["tags"].get("latency/noisy") == "true" for m in members),
-            sparsity=mean_of("sparsity/actual"), seeds=sorted(m["tags"].get("seed", "?") for m in members),
-            pattern=members[0]["tags"].get("pattern", ""), train_samples=mean_of("train/samples"),
-        ))  # fmt: skip
+        rows.append(
+            Row(
+                benchmark_key=key,
+                run_hash=run_hash,
+                method=members[0]["tags"].get("method", "?"),
+                n=len(members),
+                acc_mean=statistics.fmean(accs),
+                acc_std=statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                flops_sparse=mean_of("flops/sparse"),
+                flops_dense=mean_of("flops/dense"),
+                flops_train=mean_of("flops/train"),
+                latency_ms=mean_of("latency/p50_ms"),
+                latency_estimated=members[0]["tags"].get("latency/estimated") == "true",
+                latency_noisy=any(m["tags"].get("latency/noisy") == "true" for m in members),
+                sparsity=mean_of("sparsity/actual"),
+                seeds=sorted(m["tags"].get("seed", "?") for m in members),
+                pattern=members[0]["tags"].get("pattern", ""),
+                train_samples=mean_of("train/samples"),
+            )
+        )
     mark(rows)
     return sorted(rows, key=lambda r: (r.benchmark_key, r.rank))
 
@@ -146,8 +186,9 @@ def _front(rows: list[Row], cost: str) -> set[int]:
 
     One sweep in order of cost (n log n: a key may hold thousands of rows): a row is on the
     front when it is the most accurate at its cost and more accurate than every cheaper row."""
-    candidates = sorted((getattr(r, cost), i) for i, r in enumerate(rows)
-                        if getattr(r, cost) is not None)  # fmt: skip
+    candidates = sorted(
+        (getattr(r, cost), i) for i, r in enumerate(rows) if getattr(r, cost) is not None
+    )
     front: set[int] = set()
     best_cheaper = -math.inf
     start = 0

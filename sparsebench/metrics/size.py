@@ -26,8 +26,9 @@ DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 INDEX_BYTES = 4
 
 
-def layer_bytes(weight: torch.Tensor, fmt: str, value_bytes: int, block: tuple[int, int] = (1, 4),
-                m: int = 4) -> int:  # fmt: skip
+def layer_bytes(
+    weight: torch.Tensor, fmt: str, value_bytes: int, block: tuple[int, int] = (1, 4), m: int = 4
+) -> int:
     """Bytes to store one layer's weight in ``fmt``."""
     w = as_matrix(weight.detach())
     rows, cols = w.shape
@@ -54,8 +55,9 @@ def layer_bytes(weight: torch.Tensor, fmt: str, value_bytes: int, block: tuple[i
     raise ConfigError(f"unknown storage format '{fmt}'; available: {', '.join(FORMATS)}.")
 
 
-def model_bytes(model: nn.Module, layers: dict[str, nn.Module], fmt: str, dtype: str = "fp32",
-                **options) -> dict[str, float]:  # fmt: skip
+def model_bytes(
+    model: nn.Module, layers: dict[str, nn.Module], fmt: str, dtype: str = "fp32", **options
+) -> dict[str, float]:
     """``size/dense_bytes`` (every parameter dense) and ``size/sparse_bytes`` (pruned layers in
     ``fmt``, everything else dense), at ``dtype``."""
     if dtype not in DTYPE_BYTES:

@@ -23,120 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsebench.errors import ConfigError
-from sparsebench.sparsity.patterns import topk_mask
-
-# name -> (kind, kernel, sparsity); "sparse" kinds learn which weights they keep.
-OPS: dict[str, tuple[str, int, float]] = {
-    "none": ("none", 0, 0.0),
-    "skip_connect": ("skip", 0, 0.0),
-    "max_pool_3x3": ("max_pool", 3, 0.0),
-    "avg_pool_3x3": ("avg_pool", 3, 0.0),
-    "conv_3x3": ("conv", 3, 0.0),
-    "sparse_conv_3x3_s50": ("conv", 3, 0.5),
-    "sparse_conv_3x3_s90": ("conv", 3, 0.9),
-    "sparse_conv_5x5_s90": ("conv", 5, 0.9),
-}
-HEADS: dict[str, float] = {"linear": 0.0, "sparse_linear_s50": 0.5, "sparse_linear_s90": 0.9}
-
-
-class TopK(torch.autograd.Function):
-    """Binary mask of the top ``density`` fraction of |scores|; gradients pass straight through."""
-
-    @staticmethod
-    def forward(ctx, scores: torch.Tensor, density: float) -> torch.Tensor:
-        k = max(1, round(density * scores.numel()))
-        return topk_mask(scores.abs(), k).to(scores.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad, None
-
-
-class ScoredMixin:
-    """A weight layer that keeps ``1 - sparsity`` of its weights by learnable scores."""
-
-    def init_scores(self, sparsity: float) -> None:
-        self.sparsity = sparsity
-        if sparsity > 0:
-            self.scores = nn.Parameter(self.weight.detach().abs().clone())
-
-    def masked_weight(self) -> torch.Tensor:
-        if self.sparsity == 0:
-            return self.weight
-        return self.weight * TopK.apply(self.scores, 1.0 - self.sparsity)
-
-
-class SparseConv2d(ScoredMixin, nn.Conv2d):
-    def __init__(self, *args, sparsity: float = 0.0, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.init_scores(sparsity)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.masked_weight(), self.bias)
-
-
-class SparseLinear(ScoredMixin, nn.Linear):
-    def __init__(self, *args, sparsity: float = 0.0, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.init_scores(sparsity)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.masked_weight(), self.bias)
-
-
-class Zero(nn.Module):
-    def __init__(self, stride: int) -> None:
-        super().__init__()
-        self.stride = stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, :, :: self.stride, :: self.stride] * 0.0
-
-
-class FactorizedReduce(nn.Module):
-    """Halve the resolution keeping C channels (two offset 1x1 convs, DARTS)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.a = nn.Conv2d(channels, channels // 2, 1, stride=2, bias=False)
-        self.b = nn.Conv2d(channels, channels - channels // 2, 1, stride=2, bias=False)
-        self.bn = nn.BatchNorm2d(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(x)
-        return self.bn(torch.cat([self.a(x), self.b(x[:, :, 1:, 1:])], dim=1))
-
-
-def make_op(name: str, channels: int, stride: int, sparse: bool) -> nn.Module:
-    """One operation; ``sparse=False`` builds plain Conv2d layers (the derived network, whose
-    sparse layers are masked by the DASS method instead)."""
-    kind, kernel, sparsity = OPS[name]
-    if kind == "none":
-        return Zero(stride)
-    if kind == "skip":
-        return nn.Identity() if stride == 1 else FactorizedReduce(channels)
-    if kind in ("max_pool", "avg_pool"):
-        pool = nn.MaxPool2d if kind == "max_pool" else nn.AvgPool2d
-        options = {} if kind == "max_pool" else {"count_include_pad": False}
-        return pool(kernel, stride=stride, padding=kernel // 2, **options)
-    conv = (SparseConv2d(channels, channels, kernel, stride, kernel // 2, bias=False, sparsity=sparsity)
-            if sparse else nn.Conv2d(channels, channels, kernel, stride, kernel // 2, bias=False))  # fmt: skip
-    return nn.Sequential(nn.ReLU(), conv, nn.BatchNorm2d(channels))
-
-
-def op_cost(name: str, channels: int) -> float:
-    """Relative forward cost of an operation: its MACs per output pixel times its density."""
-    kind, kernel, sparsity = OPS[name]
-    if kind == "conv":
-        return channels * channels * kernel * kernel * (1 - sparsity)
-    if kind in ("max_pool", "avg_pool"):
-        return channels * kernel * kernel
-    return 0.0
-
-
-class ReLUConvBN(nn.Sequential):
-    def __init__(self, c_in: int, c_out: int) -> None:
-        super().__init__(nn.ReLU(), nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+from sparsebench.models.dass_ops import (
+    HEADS,
+    OPS,
+    FactorizedReduce,
+    ReLUConvBN,
+    SparseLinear,
+    make_op,
+    op_cost,
+)
 
 
 def _edges(nodes: int) -> list[tuple[int, int]]:
@@ -145,13 +40,24 @@ def _edges(nodes: int) -> list[tuple[int, int]]:
 
 
 class Cell(nn.Module):
-    def __init__(self, nodes: int, c_pp: int, c_p: int, channels: int, reduction: bool,
-                 reduction_prev: bool, genotype: list[tuple[str, int]] | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        nodes: int,
+        c_pp: int,
+        c_p: int,
+        channels: int,
+        reduction: bool,
+        reduction_prev: bool,
+        genotype: list[tuple[str, int]] | None,
+    ) -> None:
         super().__init__()
         self.nodes = nodes
         self.reduction = reduction
-        self.pre0 = (nn.Sequential(ReLUConvBN(c_pp, channels), FactorizedReduce(channels))
-                     if reduction_prev else ReLUConvBN(c_pp, channels))  # fmt: skip
+        self.pre0 = (
+            nn.Sequential(ReLUConvBN(c_pp, channels), FactorizedReduce(channels))
+            if reduction_prev
+            else ReLUConvBN(c_pp, channels)
+        )
         self.pre1 = ReLUConvBN(c_p, channels)
         self.genotype = genotype
         self.edges = nn.ModuleDict()
@@ -185,12 +91,20 @@ class Cell(nn.Module):
 
 
 class _Backbone(nn.Module):
-    def __init__(self, in_chans: int, num_classes: int, channels: int, cells: int, nodes: int,
-                 genotype: dict[str, Any] | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_chans: int,
+        num_classes: int,
+        channels: int,
+        cells: int,
+        nodes: int,
+        genotype: dict[str, Any] | None,
+    ) -> None:
         super().__init__()
         stem = 3 * channels
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, stem, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(stem))  # fmt: skip
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, stem, 3, padding=1, bias=False), nn.BatchNorm2d(stem)
+        )
         c_pp, c_p, c = stem, stem, channels
         reduction_prev = False
         self.cells = nn.ModuleList()
@@ -209,15 +123,17 @@ class _Backbone(nn.Module):
 class SearchNetwork(_Backbone):
     """The supernet: architecture parameters ``alpha_normal``, ``alpha_reduce``, ``alpha_head``."""
 
-    def __init__(self, in_chans: int, num_classes: int, channels: int = 8, cells: int = 3,
-                 nodes: int = 3) -> None:  # fmt: skip
+    def __init__(
+        self, in_chans: int, num_classes: int, channels: int = 8, cells: int = 3, nodes: int = 3
+    ) -> None:
         super().__init__(in_chans, num_classes, channels, cells, nodes, None)
         edges = len(_edges(nodes))
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(edges, len(OPS)))
         self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(edges, len(OPS)))
         self.alpha_head = nn.Parameter(1e-3 * torch.randn(len(HEADS)))
-        self.heads = nn.ModuleList(SparseLinear(self.features, num_classes, sparsity=s)
-                                   for s in HEADS.values())  # fmt: skip
+        self.heads = nn.ModuleList(
+            SparseLinear(self.features, num_classes, sparsity=s) for s in HEADS.values()
+        )
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [self.alpha_normal, self.alpha_reduce, self.alpha_head]
@@ -240,10 +156,13 @@ class SearchNetwork(_Backbone):
         term of the search objective): cheap and sparse operations lower it."""
         costs = torch.tensor([op_cost(name, 1) for name in OPS])
         costs = costs / costs.max()
-        cell_cost = sum(
-            (F.softmax(alpha, -1) * costs).sum(-1).mean()
-            for alpha in (self.alpha_normal, self.alpha_reduce)
-        ) / 2  # fmt: skip
+        cell_cost = (
+            sum(
+                (F.softmax(alpha, -1) * costs).sum(-1).mean()
+                for alpha in (self.alpha_normal, self.alpha_reduce)
+            )
+            / 2
+        )
         head_costs = torch.tensor([1 - s for s in HEADS.values()])
         return (cell_cost + (F.softmax(self.alpha_head, -1) * head_costs).sum()) / 2
 
@@ -260,24 +179,36 @@ class SearchNetwork(_Backbone):
                 candidates = []
                 for i in range(2 + j):
                     w = weights[_edges(nodes).index((j, i))]
-                    best = max((k for k in range(len(names)) if names[k] != "none"),
-                               key=lambda k: float(w[k]))  # fmt: skip
+                    best = max(
+                        (k for k in range(len(names)) if names[k] != "none"),
+                        key=lambda k: float(w[k]),
+                    )
                     candidates.append((float(w[best]), names[best], i))
                 top = sorted(candidates, reverse=True)[:2]
                 chosen += [(name, i) for _, name, i in sorted(top, key=lambda c: c[2])]
             return chosen
 
         head = list(HEADS)[int(self.alpha_head.argmax())]
-        return {"normal": parse(self.alpha_normal), "reduce": parse(self.alpha_reduce),
-                "head": head}  # fmt: skip
+        return {
+            "normal": parse(self.alpha_normal),
+            "reduce": parse(self.alpha_reduce),
+            "head": head,
+        }
 
 
 class DerivedNetwork(_Backbone):
     """The network of a genotype: plain Conv2d/Linear layers (the DASS method masks the ones
     whose operation is sparse, at that operation's sparsity)."""
 
-    def __init__(self, in_chans: int, num_classes: int, genotype: dict[str, Any],
-                 channels: int = 8, cells: int = 3, nodes: int = 3) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_chans: int,
+        num_classes: int,
+        genotype: dict[str, Any],
+        channels: int = 8,
+        cells: int = 3,
+        nodes: int = 3,
+    ) -> None:
         super().__init__(in_chans, num_classes, channels, cells, nodes, genotype)
         self.genotype = genotype
         self.classifier = nn.Linear(self.features, num_classes)
@@ -328,8 +259,10 @@ def default_genotype(nodes: int = 3) -> dict[str, Any]:
 
 
 def format_genotype(genotype: dict[str, Any]) -> str:
-    cells = "; ".join(f"{kind}: " + ", ".join(f"{op}<-{src}" for op, src in genotype[kind])
-                      for kind in ("normal", "reduce"))  # fmt: skip
+    cells = "; ".join(
+        f"{kind}: " + ", ".join(f"{op}<-{src}" for op, src in genotype[kind])
+        for kind in ("normal", "reduce")
+    )
     return f"{cells}; head: {genotype['head']}"
 
 

@@ -150,9 +150,15 @@ def resnet20(
 
 @register_model
 def dass_network(
-    pretrained: bool = False, num_classes: int = 10, in_chans: int = 1, channels: int = 8,
-    cells: int = 3, nodes: int = 3, genotype=None, **kwargs,
-) -> nn.Module:  # fmt: skip
+    pretrained: bool = False,
+    num_classes: int = 10,
+    in_chans: int = 1,
+    channels: int = 8,
+    cells: int = 3,
+    nodes: int = 3,
+    genotype=None,
+    **kwargs,
+) -> nn.Module:
     """A network of DASS's search space built from a genotype (default: a hand-made one);
     ``+method=dass`` searches the genotype instead (sparsebench.transforms.dass)."""
     from sparsebench.models.dass import DerivedNetwork, check_genotype, default_genotype

@@ -57,8 +57,14 @@ def wanda(
     return keep_top(weight.abs() * x_norm[None, :], pattern, density, per_row=True)
 
 
-def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, pattern: Pattern, density: float,
-              block: int = 128, damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def sparsegpt(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    pattern: Pattern,
+    density: float,
+    block: int = 128,
+    damp: float = 0.01,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(new weights, keep-mask). ``hessian``: X^T X over the calibration samples (in x in)."""
     w = weight.detach().clone().double()
     h = hessian.detach().clone().double()
@@ -83,8 +89,9 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, pattern: Pattern, den
         d = torch.diag(h1)
         live = (~dead[start:end]).double()[None, :]
         if not nm:  # adaptive mask per block: the lowest w^2 / d^2 over the block
-            keep[:, start:end] = keep_top(w1**2 / d[None, :] ** 2 * live, pattern, density,
-                                          per_row=False)  # fmt: skip
+            keep[:, start:end] = keep_top(
+                w1**2 / d[None, :] ** 2 * live, pattern, density, per_row=False
+            )
         for i in range(end - start):
             if nm and i % pattern.m == 0:
                 group = slice(i, i + pattern.m)
@@ -100,8 +107,15 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, pattern: Pattern, den
     return (w * keep).to(weight.dtype), keep
 
 
-def dsnot(weight: torch.Tensor, keep: torch.Tensor, x_mean: torch.Tensor, x_norm: torch.Tensor,
-          pattern: Pattern, threshold: float = 0.1, max_cycles: int = 50) -> torch.Tensor:  # fmt: skip
+def dsnot(
+    weight: torch.Tensor,
+    keep: torch.Tensor,
+    x_mean: torch.Tensor,
+    x_norm: torch.Tensor,
+    pattern: Pattern,
+    threshold: float = 0.1,
+    max_cycles: int = 50,
+) -> torch.Tensor:
     """Refine ``keep`` by one-for-one swaps per row (each row keeps its count, each N:M group
     its n; a block pattern swaps blocks: :func:`dsnot_blocks`). ``x_mean`` and ``x_norm``: mean
     and L2 norm of each input over the samples."""
@@ -129,8 +143,12 @@ def dsnot(weight: torch.Tensor, keep: torch.Tensor, x_mean: torch.Tensor, x_norm
         # Prune: the least important such kept weight.
         prune = torch.where(allowed, importance, inf).argmin(1)
         new_error = error - contribution[rows, grow] + contribution[rows, prune]
-        ok = (active & (grow_gain[rows, grow] > -inf) & allowed[rows, prune]
-              & (new_error.abs() < error.abs()))  # fmt: skip
+        ok = (
+            active
+            & (grow_gain[rows, grow] > -inf)
+            & allowed[rows, prune]
+            & (new_error.abs() < error.abs())
+        )
         if not ok.any():
             break
         keep[rows[ok], grow[ok]] = True
@@ -138,9 +156,15 @@ def dsnot(weight: torch.Tensor, keep: torch.Tensor, x_mean: torch.Tensor, x_norm
     return keep
 
 
-def dsnot_blocks(weight: torch.Tensor, keep: torch.Tensor, x_mean: torch.Tensor,
-                 x_norm: torch.Tensor, pattern: Block, threshold: float = 0.1,
-                 max_cycles: int = 50) -> torch.Tensor:  # fmt: skip
+def dsnot_blocks(
+    weight: torch.Tensor,
+    keep: torch.Tensor,
+    x_mean: torch.Tensor,
+    x_norm: torch.Tensor,
+    pattern: Block,
+    threshold: float = 0.1,
+    max_cycles: int = 50,
+) -> torch.Tensor:
     """DSnoT's swaps with whole blocks. A row of blocks spans ``bh`` output rows, so its
     expected error is a vector e (one entry per row); per cycle it grows the pruned block whose
     contribution c reduces ||e||^2 most (2 e.c - ||c||^2 > 0) and prunes the least important

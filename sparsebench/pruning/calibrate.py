@@ -70,8 +70,9 @@ def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def collect(model: nn.Module, module: nn.Module, batches: list[torch.Tensor],
-            gram: bool) -> LayerStats:  # fmt: skip
+def collect(
+    model: nn.Module, module: nn.Module, batches: list[torch.Tensor], gram: bool
+) -> LayerStats:
     """Statistics of ``module``'s inputs over ``batches`` through the current ``model``."""
     stats = LayerStats()
 

@@ -33,8 +33,14 @@ class PostTrainingMethod(SparsityMethod):
     distributions: tuple[str, ...] = ("uniform",)
     patterns = (Unstructured, NM, Block)
 
-    def __init__(self, name: str, sparsity: float = 0.5, calibration_samples: int = 128,
-                 finetune_epochs: int = 0, **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        sparsity: float = 0.5,
+        calibration_samples: int = 128,
+        finetune_epochs: int = 0,
+        **kwargs,
+    ) -> None:
         kwargs.setdefault("distribution", "uniform")
         super().__init__(name=name, sparsity=sparsity, **kwargs)
         if int(finetune_epochs) < 0:
@@ -83,10 +89,13 @@ class PostTrainingMethod(SparsityMethod):
             new_weight, keep = self.prune_layer(weight, stats)
             pruned = (new_weight if new_weight is not None else weight) * keep
             self.errors[name] = {
-                "magnitude": reconstruction_error(weight, weight * algorithms.magnitude(
-                    weight, self.pattern, self.density), stats.gram),
+                "magnitude": reconstruction_error(
+                    weight,
+                    weight * algorithms.magnitude(weight, self.pattern, self.density),
+                    stats.gram,
+                ),
                 self.name: reconstruction_error(weight, pruned, stats.gram),
-            }  # fmt: skip
+            }
             if new_weight is not None:
                 module.weight.copy_(from_matrix(new_weight, module.weight.shape))
             self.masks.set(name, from_matrix(keep, module.weight.shape))
@@ -109,8 +118,9 @@ class SparseGPT(PostTrainingMethod):
 
     needs_gram = True
 
-    def __init__(self, name: str = "sparsegpt", block_size: int = 128, damp: float = 0.01,
-                 **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self, name: str = "sparsegpt", block_size: int = 128, damp: float = 0.01, **kwargs
+    ) -> None:
         super().__init__(name=name, **kwargs)
         if int(block_size) < 1:
             raise ConfigError(f"method.block_size must be >= 1, got {block_size}.")
@@ -119,15 +129,22 @@ class SparseGPT(PostTrainingMethod):
         self.block_size, self.damp = int(block_size), float(damp)
 
     def prune_layer(self, weight, stats):
-        return algorithms.sparsegpt(weight, stats.gram, self.pattern, self.density,
-                                    self.block_size, self.damp)  # fmt: skip
+        return algorithms.sparsegpt(
+            weight, stats.gram, self.pattern, self.density, self.block_size, self.damp
+        )
 
 
 class DSnoT(PostTrainingMethod):
     """Training-free prune-and-grow from a Wanda or magnitude mask (Zhang et al., ICLR 2024)."""
 
-    def __init__(self, name: str = "dsnot", start: str = "wanda", threshold: float = 0.1,
-                 max_cycles: int = 50, **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "dsnot",
+        start: str = "wanda",
+        threshold: float = 0.1,
+        max_cycles: int = 50,
+        **kwargs,
+    ) -> None:
         super().__init__(name=name, **kwargs)
         if start not in ("wanda", "magnitude"):
             raise ConfigError(f"method.start must be wanda or magnitude, got '{start}'.")
@@ -144,8 +161,9 @@ class DSnoT(PostTrainingMethod):
             keep = algorithms.wanda(weight, stats.norm, pattern, density)
         else:
             keep = algorithms.keep_top(weight.abs(), pattern, density, per_row=True)
-        return None, algorithms.dsnot(weight, keep, stats.mean, stats.norm, pattern,
-                                      self.threshold, self.max_cycles)  # fmt: skip
+        return None, algorithms.dsnot(
+            weight, keep, stats.mean, stats.norm, pattern, self.threshold, self.max_cycles
+        )
 
 
 class OneShotMagnitude(PostTrainingMethod):
@@ -165,7 +183,8 @@ class OneShotMagnitude(PostTrainingMethod):
             self.prune_by(self.magnitudes())  # one threshold: the base class's global spread
         else:
             for name, module in self.masks:
-                keep = algorithms.magnitude(as_matrix(module.weight.detach()), self.pattern,
-                                            self.density)  # fmt: skip
+                keep = algorithms.magnitude(
+                    as_matrix(module.weight.detach()), self.pattern, self.density
+                )
                 self.masks.set(name, from_matrix(keep, module.weight.shape))
         self.masks.apply()

@@ -77,9 +77,15 @@ class MlflowRun:
             self.failure = f"MLflow {what} failed ({type(exc).__name__}: {first_line(exc, 300)})"
             log.warning("%s; MLflow logging is off for the rest of this run.", self.failure)
 
-    def log(self, what: str, metrics: dict[str, float] | None = None, step: int = 0,
-            params: dict[str, Any] | None = None, tags: dict[str, str] | None = None,
-            artifacts: list[Path] = ()) -> None:  # fmt: skip
+    def log(
+        self,
+        what: str,
+        metrics: dict[str, float] | None = None,
+        step: int = 0,
+        params: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None,
+        artifacts: list[Path] = (),
+    ) -> None:
         """Metrics at ``step``, params, tags and artifacts, in batches of 100 (MLflow's limit)."""
 
         def send() -> None:
@@ -98,11 +104,19 @@ class MlflowRun:
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
         blob = json.dumps(dataset, sort_keys=True, default=str)
-        entry = Dataset(name=str(dataset.get("name")), digest=hashlib.sha256(blob.encode()).hexdigest()[:12],
-                        source_type="sparsebench", source=blob)  # fmt: skip
+        entry = Dataset(
+            name=str(dataset.get("name")),
+            digest=hashlib.sha256(blob.encode()).hexdigest()[:12],
+            source_type="sparsebench",
+            source=blob,
+        )
         context = [InputTag("mlflow.data.context", "training")]
-        self._guard("logging the dataset", self.client.log_inputs, self.run_id,
-                    datasets=[DatasetInput(entry, context)])  # fmt: skip
+        self._guard(
+            "logging the dataset",
+            self.client.log_inputs,
+            self.run_id,
+            datasets=[DatasetInput(entry, context)],
+        )
 
     def log_model(self, model, example) -> str | None:
         """The final model as an MLflow logged model of this run (the UI's Models tab;
@@ -119,13 +133,22 @@ class MlflowRun:
         previous = mlflow.get_tracking_uri()
         try:
             mlflow.set_tracking_uri(self.tracking_uri)  # Model.log resolves its client from it
-            info = Model.log(None, name="model", flavor=mlflow.pytorch, run_id=self.run_id,
-                             pytorch_model=model.eval(), serialization_format="pt2",
-                             input_example=example.cpu().numpy())  # fmt: skip
+            info = Model.log(
+                None,
+                name="model",
+                flavor=mlflow.pytorch,
+                run_id=self.run_id,
+                pytorch_model=model.eval(),
+                serialization_format="pt2",
+                input_example=example.cpu().numpy(),
+            )
             return info.model_id
         except Exception as exc:  # export limits of a model, or a store error: warn, keep the run
-            log.warning("logger.log_model: the model was not logged (%s: %s)", type(exc).__name__,
-                        first_line(exc, 300))  # fmt: skip
+            log.warning(
+                "logger.log_model: the model was not logged (%s: %s)",
+                type(exc).__name__,
+                first_line(exc, 300),
+            )
             return None
         finally:
             mlflow.set_tracking_uri(previous)
@@ -135,8 +158,12 @@ class MlflowRun:
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
         def start() -> None:
-            self.monitor = SystemMetricsMonitor(self.run_id, sampling_interval=1, resume_logging=True,
-                                                tracking_uri=self.tracking_uri)  # fmt: skip
+            self.monitor = SystemMetricsMonitor(
+                self.run_id,
+                sampling_interval=1,
+                resume_logging=True,
+                tracking_uri=self.tracking_uri,
+            )
             self.monitor.start()
 
         self._guard("starting system metrics", start)
@@ -165,8 +192,14 @@ class MlflowRun:
         self._guard("closing the run", send)
 
 
-def send_batches(client, run_id: str, metrics: dict[str, float], step: int,
-                 params: dict[str, Any], tags: dict[str, str]) -> None:  # fmt: skip
+def send_batches(
+    client,
+    run_id: str,
+    metrics: dict[str, float],
+    step: int,
+    params: dict[str, Any],
+    tags: dict[str, str],
+) -> None:
     """``log_batch`` in chunks of 100 entries per kind; params keep MLflow's 6000-char limit."""
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.utils.time import get_current_time_millis
@@ -223,11 +256,26 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # ?viewStateShareKey=KEY): the contract's main metrics as columns, best test accuracy first
 # (sorting by a metric also lists a sweep's jobs beside its parent rather than folded under it).
 VIEW_KEY = "sparsebench"
-COLUMNS = [*(f"metrics.`{m}`" for m in ("test/acc", "sparsity/actual", "flops/sparse",
-                                          "latency/p50_ms", "speedup/measured")),
-           "tags.`pattern`", "tags.`benchmark_key`"]  # fmt: skip
-VIEW = {"selectedColumns": COLUMNS, "columnOrder": COLUMNS, "orderByKey": "metrics.`test/acc`",
-        "orderByAsc": False}  # fmt: skip
+COLUMNS = [
+    *(
+        f"metrics.`{m}`"
+        for m in (
+            "test/acc",
+            "sparsity/actual",
+            "flops/sparse",
+            "latency/p50_ms",
+            "speedup/measured",
+        )
+    ),
+    "tags.`pattern`",
+    "tags.`benchmark_key`",
+]
+VIEW = {
+    "selectedColumns": COLUMNS,
+    "columnOrder": COLUMNS,
+    "orderByKey": "metrics.`test/acc`",
+    "orderByAsc": False,
+}
 EXPERIMENT_TAGS = {**EXPERIMENT_KIND, f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(VIEW)}
 
 
@@ -309,13 +357,20 @@ def run_name(cfg: DictConfig, tags: dict[str, str]) -> str:
     sparsity = method.get("sparsity") if method is not None else None
     pattern = tags.get("pattern", "")
     level = pattern if ":" in pattern else f"{float(sparsity):g}" if sparsity is not None else None
-    parts = [tags["method"], level,
-             tags["model"], tags["dataset"], f"s{tags['seed']}", tags["run_hash"][:6]]  # fmt: skip
+    parts = [
+        tags["method"],
+        level,
+        tags["model"],
+        tags["dataset"],
+        f"s{tags['seed']}",
+        tags["run_hash"][:6],
+    ]
     return "-".join(p for p in parts if p)
 
 
-def open_run(cfg: DictConfig, tags: dict[str, str], run_id: str | None = None
-             ) -> tuple[MlflowRun | None, str | None]:  # fmt: skip
+def open_run(
+    cfg: DictConfig, tags: dict[str, str], run_id: str | None = None
+) -> tuple[MlflowRun | None, str | None]:
     """The run's MLflow record (a new run, or ``run_id`` reopened as RUNNING on resume), or
     (None, the reason) when logging is off or impossible."""
     quick_failure()

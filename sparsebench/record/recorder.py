@@ -41,13 +41,20 @@ class RunRecorder:
     ``tags``: extra tags (hardware fingerprint, study and trial); ``resume``: continue the
     unfinished record in ``output_dir`` (same run uid and MLflow run)."""
 
-    def __init__(self, cfg: DictConfig, output_dir: Path, tags: dict[str, str] | None = None,
-                 contract: dict[str, str] | None = None, resume: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: DictConfig,
+        output_dir: Path,
+        tags: dict[str, str] | None = None,
+        contract: dict[str, str] | None = None,
+        resume: bool = False,
+    ) -> None:
         self.cfg = cfg
         self.output_dir = Path(output_dir)
         self.is_zero = getattr(rank_zero_only, "rank", 0) == 0
-        self.results = Results(self.output_dir, cfg, write=self.is_zero, contract_tags=contract,
-                               resume=resume)  # fmt: skip
+        self.results = Results(
+            self.output_dir, cfg, write=self.is_zero, contract_tags=contract, resume=resume
+        )
         self.results.update(tags=tags)
         self.notes: list[str] = []  # tracking problems (each followed by how to upload)
         self.lines: list[str] = []  # anything else the summary should show (e.g. transformations)
@@ -74,8 +81,12 @@ class RunRecorder:
         self.results.set_mlflow(tracking_uri=self.mlflow.tracking_uri, run_id=self.mlflow.run_id)
         if not resume:  # a resumed run's params are there already (and cannot change)
             config = self.results.config
-            self.mlflow.log("logging the config", params=flatten(config),
-                            tags=dict(self.results.tags), artifacts=[config_path])  # fmt: skip
+            self.mlflow.log(
+                "logging the config",
+                params=flatten(config),
+                tags=dict(self.results.tags),
+                artifacts=[config_path],
+            )
             self.mlflow.log_dataset(dict(config.get("dataset") or {}))
         if self.cfg.logger.get("log_system_metrics"):
             self.mlflow.start_system_metrics()
@@ -94,8 +105,11 @@ class RunRecorder:
         first = self.signal is None
         self.signal = signum
         if first:
-            log.warning("received %s: ending the run as interrupted%s", signal.Signals(signum).name,
-                        " after this batch" if self.in_training else "")  # fmt: skip
+            log.warning(
+                "received %s: ending the run as interrupted%s",
+                signal.Signals(signum).name,
+                " after this batch" if self.in_training else "",
+            )
         if not self.in_training or not first:
             raise RunInterrupted(signum)  # a second signal does not wait
 
@@ -108,8 +122,10 @@ class RunRecorder:
         if model_id is not None:
             self.results.set_mlflow(model_id=model_id)
         else:
-            self.lines.append("logger.log_model: the model could not be logged (see the "
-                              "warning above); its weights are in checkpoints/.")  # fmt: skip
+            self.lines.append(
+                "logger.log_model: the model could not be logged (see the "
+                "warning above); its weights are in checkpoints/."
+            )
 
     def check_signal(self) -> None:
         """Raise :class:`RunInterrupted` if a signal arrived (training calls this per batch)."""
@@ -181,8 +197,13 @@ class RunRecorder:
         tags = dict(results.tags)
         if results.error:
             tags["sparsebench.error"] = results.error[:5000]
-        run.log("final logging", results.metrics, step=step, tags=tags,
-                artifacts=[results.path, *self.artifacts])  # fmt: skip
+        run.log(
+            "final logging",
+            results.metrics,
+            step=step,
+            tags=tags,
+            artifacts=[results.path, *self.artifacts],
+        )
         run.terminate(MLFLOW_STATUS[results.status], results.status)
         if run.failure:
             self.notes.append(f"{run.failure}; results are kept in {results.path}.")

@@ -31,15 +31,40 @@ from sparsebench.record.identity import benchmark_key, run_hash
 
 # The results contract (docs/records.md): every run writes these metrics and tags.
 CONTRACT_METRICS = (
-    "test/acc", "test/loss", "val/acc", "params/total", "params/nonzero", "sparsity/target",
-    "sparsity/actual", "flops/dense", "flops/sparse", "flops/train", "latency/p50_ms",
-    "latency/p90_ms", "latency/dense_p50_ms", "speedup/measured", "speedup/theoretical",
-    "size/dense_bytes", "size/sparse_bytes", "time/train_s",
-)  # fmt: skip
+    "test/acc",
+    "test/loss",
+    "val/acc",
+    "params/total",
+    "params/nonzero",
+    "sparsity/target",
+    "sparsity/actual",
+    "flops/dense",
+    "flops/sparse",
+    "flops/train",
+    "latency/p50_ms",
+    "latency/p90_ms",
+    "latency/dense_p50_ms",
+    "speedup/measured",
+    "speedup/theoretical",
+    "size/dense_bytes",
+    "size/sparse_bytes",
+    "time/train_s",
+)
 CONTRACT_TAGS = (
-    "run_hash", "benchmark_key", "model", "dataset", "method", "pattern", "hardware", "seed", "git_sha",
-    "version/torch", "version/sparsebench", "hw/cpu", "hw/threads",
-)  # fmt: skip
+    "run_hash",
+    "benchmark_key",
+    "model",
+    "dataset",
+    "method",
+    "pattern",
+    "hardware",
+    "seed",
+    "git_sha",
+    "version/torch",
+    "version/sparsebench",
+    "hw/cpu",
+    "hw/threads",
+)
 
 PACKAGES = (
     "sparsebench",
@@ -130,8 +155,14 @@ STATUSES = ("running", "ok", "failed", "diverged", "interrupted", "pruned")
 (``pruned``: a search trial stopped by its pruner). ``ok`` means no error *and* every contract
 metric recorded; an error-free run that misses one is ``failed`` and names what is missing."""
 
-MLFLOW_STATUS = {"running": "RUNNING", "ok": "FINISHED", "failed": "FAILED",
-                 "diverged": "FAILED", "interrupted": "KILLED", "pruned": "KILLED"}  # fmt: skip
+MLFLOW_STATUS = {
+    "running": "RUNNING",
+    "ok": "FINISHED",
+    "failed": "FAILED",
+    "diverged": "FAILED",
+    "interrupted": "KILLED",
+    "pruned": "KILLED",
+}
 STATUS_TAG = "sparsebench.status"  # the exact lifecycle state, beside MLflow's coarser one
 
 
@@ -177,7 +208,13 @@ def write_atomic(path: Path, content: str | Callable[[IO[bytes]], object]) -> No
 
 
 SECTIONS = (
-    "kernels", "layers", "checkpoint", "resumed_from", "transform", "genotype", "search_history",
+    "kernels",
+    "layers",
+    "checkpoint",
+    "resumed_from",
+    "transform",
+    "genotype",
+    "search_history",
 )
 """What a run may record beside its metrics and tags (docs/records.md): the hardware target's
 kernel per layer, post-training's reconstruction error per layer, the checkpoint a pruned model
@@ -192,8 +229,14 @@ class Results:
     ``resume``: the ``results.json`` of an unfinished run to continue (same run uid, MLflow run
     and history); otherwise a new record."""
 
-    def __init__(self, output_dir: str | Path, cfg: DictConfig, write: bool = True,
-                 contract_tags: dict[str, str] | None = None, resume: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        output_dir: str | Path,
+        cfg: DictConfig,
+        write: bool = True,
+        contract_tags: dict[str, str] | None = None,
+        resume: bool = False,
+    ) -> None:
         self.path = Path(output_dir) / "results.json"
         self._write = write  # False on DDP ranks other than zero
         if write:
@@ -216,8 +259,11 @@ class Results:
                 "mlflow": {},
             }
         # Who is running it: lets `sparsebench upload` tell a killed run from a live one.
-        self._data["process"] = {"host": socket.gethostname(), "pid": os.getpid(),
-                                 "started": psutil.Process().create_time()}  # fmt: skip
+        self._data["process"] = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": psutil.Process().create_time(),
+        }
         self._save()
 
     # -- reading -----------------------------------------------------------------------------
@@ -300,9 +346,11 @@ class Results:
         try:
             self._save()
         except OSError as exc:  # e.g. the disk is full: say so where a person will see it
-            print(f"error: could not write {self.path} ({exc}); this run's final status "
-                  f"'{self.status}' ({message or 'no error'}) is not recorded there.",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"error: could not write {self.path} ({exc}); this run's final status "
+                f"'{self.status}' ({message or 'no error'}) is not recorded there.",
+                file=sys.stderr,
+            )
             raise
 
     def raise_unless_ok(self) -> None:

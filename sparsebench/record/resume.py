@@ -57,23 +57,28 @@ def resume_point(run_dir: Path, explicit: bool, run_hash: str | None = None) -> 
             raise ConfigError(f"{where} holds no results.json; give the folder of a run.")
         return None
     status = data.get("status")
-    if not explicit and (status not in ("running", "interrupted")
-                         or data.get("tags", {}).get("run_hash") != run_hash):  # fmt: skip
+    if not explicit and (
+        status not in ("running", "interrupted") or data.get("tags", {}).get("run_hash") != run_hash
+    ):
         return None  # a finished run, or another configuration: a new record replaces it
     if status == "running" and process_alive(data):
         raise ConfigError(f"{where} is still running (process {data['process']['pid']}).")
     if status == "ok":
         raise ConfigError(f"{where} already finished ok; there is nothing to resume.")
     if status == "diverged":
-        raise ConfigError(f"{where} diverged ({data.get('error', '')}); resuming would diverge "
-                          "again: start a new run with other settings.")  # fmt: skip
+        raise ConfigError(
+            f"{where} diverged ({data.get('error', '')}); resuming would diverge "
+            "again: start a new run with other settings."
+        )
     if status == "pruned":
         raise ConfigError(f"{where} is a search trial stopped by its pruner; it is not resumed.")
     checkpoint = run_dir / CHECKPOINT
     if not checkpoint.is_file():
         if explicit:
-            raise ConfigError(f"{where} has no {CHECKPOINT} (checkpointing was off, or it was "
-                              "killed in its first epoch); start it again.")  # fmt: skip
+            raise ConfigError(
+                f"{where} has no {CHECKPOINT} (checkpointing was off, or it was "
+                "killed in its first epoch); start it again."
+            )
         return None
     if explicit and not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{where} has no config.yaml to resume with.")

@@ -33,9 +33,12 @@ def settle(path: Path, data: dict) -> dict:
     """Mark a run whose process died without recording a status as interrupted."""
     if data.get("status") == "running" and not process_alive(data):
         process = data.get("process") or {}
-        data.update(status="interrupted", finished=time.time(),
-                    error=f"the process ({process.get('pid')} on {process.get('host')}) ended "
-                          "without recording a status (SIGKILL, out of memory or power loss)")  # fmt: skip
+        data.update(
+            status="interrupted",
+            finished=time.time(),
+            error=f"the process ({process.get('pid')} on {process.get('host')}) ended "
+            "without recording a status (SIGKILL, out of memory or power loss)",
+        )
         write_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str))
     return data
 
@@ -49,7 +52,7 @@ def upload_run(client, results_path: Path, experiment_name: str) -> tuple[str, s
     experiment_id = get_experiment_id(client, experiment_name)
     found = client.search_runs(
         [experiment_id], filter_string=f"tags.`{UID_TAG}` = '{uid}'", max_results=1
-    )  # fmt: skip  (uid: hex digits, safe to quote)
+    )  # uid: hex digits, safe to quote
     if found:
         run, action = found[0], "completed"
     else:
@@ -77,10 +80,16 @@ def upload_run(client, results_path: Path, experiment_name: str) -> tuple[str, s
                 )
             if int(row["epoch"]) not in logged_steps[key]:
                 metrics.append(Metric(key, float(value), ts, int(row["epoch"])))
-    metrics += [Metric(k, float(v), ts, last) for k, v in data["metrics"].items()
-                if have_metrics.get(k) != float(v)]  # fmt: skip
-    params = [Param(k, str(v)[:6000]) for k, v in flatten(data.get("config", {})).items()
-              if k not in have_params]  # fmt: skip
+    metrics += [
+        Metric(k, float(v), ts, last)
+        for k, v in data["metrics"].items()
+        if have_metrics.get(k) != float(v)
+    ]
+    params = [
+        Param(k, str(v)[:6000])
+        for k, v in flatten(data.get("config", {})).items()
+        if k not in have_params
+    ]
     status = data.get("status", "running")
     wanted_tags = {**data["tags"], UID_TAG: uid, STATUS_TAG: status}
     if data.get("error"):
@@ -88,12 +97,19 @@ def upload_run(client, results_path: Path, experiment_name: str) -> tuple[str, s
     tags = [RunTag(k, str(v)) for k, v in wanted_tags.items() if have_tags.get(k) != str(v)]
     mlflow_status = MLFLOW_STATUS.get(status, "FAILED")
     logged = _artifact_names(client, run_id) if found else set()
-    if (found and not metrics and not params and not tags and "results.json" in logged
-            and run.info.status == mlflow_status):  # fmt: skip
+    if (
+        found
+        and not metrics
+        and not params
+        and not tags
+        and "results.json" in logged
+        and run.info.status == mlflow_status
+    ):
         return run_id, "unchanged"
     for i in range(0, max(len(metrics), len(params), len(tags)), 100):
-        client.log_batch(run_id, metrics=metrics[i : i + 100], params=params[i : i + 100],
-                         tags=tags[i : i + 100])  # fmt: skip
+        client.log_batch(
+            run_id, metrics=metrics[i : i + 100], params=params[i : i + 100], tags=tags[i : i + 100]
+        )
     if not found:
         client.set_tag(run_id, "sparsebench.uploaded", "true")
     # The record's latest results.json replaces the one logged live (same artifact path).

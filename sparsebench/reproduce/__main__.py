@@ -41,8 +41,7 @@ def _main(cfg: DictConfig) -> None:
         if missing:
             raise ConfigError(f"claim(s) {', '.join(missing)} have no {cfg.tier} tier.")
         root, extra = Path(str(cfg.root)), [str(o) for o in cfg.overrides]
-        plan = [(claim, job) for claim in claims
-                for job in claim.jobs(root, cfg.tier, cfg.seeds)]  # fmt: skip
+        plan = [(claim, job) for claim in claims for job in claim.jobs(root, cfg.tier, cfg.seeds)]
         check_plan(plan, extra)  # every run composes, before anything runs
         if cfg.job is not None:
             if cfg.job >= len(plan):
@@ -103,8 +102,9 @@ def run_plan(plan, cfg: DictConfig, extra: list[str]):
         sections.append((claim, list(outcomes), results, compute))
         for result in results:
             effect = result.effect.describe() if result.effect else "too few pairs"
-            print(f"{claim.name}: {result.comparison.label}: {effect} -> {result.verdict}",
-                  flush=True)  # fmt: skip
+            print(
+                f"{claim.name}: {result.comparison.label}: {effect} -> {result.verdict}", flush=True
+            )
 
     for i, (claim, job) in enumerate(plan, start=1):
         if current is not None and claim is not current:
@@ -154,8 +154,12 @@ def log_report(cfg: DictConfig, base: DictConfig, folder: Path, page: Path) -> N
     if problem:
         return
     try:
-        run_id = create_run(client, base.logger.experiment_name, f"claims {cfg.tier}",
-                            {"sparsebench.claims": str(cfg.claim)})  # fmt: skip
+        run_id = create_run(
+            client,
+            base.logger.experiment_name,
+            f"claims {cfg.tier}",
+            {"sparsebench.claims": str(cfg.claim)},
+        )
         for path in (folder / "claims.md", page, folder / "plotly.min.js"):
             client.log_artifact(run_id, str(path))
         client.set_terminated(run_id)

@@ -38,8 +38,17 @@ from sparsebench.errors import ConfigError
 from sparsebench.reproduce.stats import DIRECTIONS
 
 TIERS = ("quick", "full")
-FIELDS = {"version", "paper", "claim", "reference", "metric", "arms", "comparisons", "tiers",
-          "changes"}  # fmt: skip
+FIELDS = {
+    "version",
+    "paper",
+    "claim",
+    "reference",
+    "metric",
+    "arms",
+    "comparisons",
+    "tiers",
+    "changes",
+}
 
 
 @dataclass(frozen=True)
@@ -120,8 +129,16 @@ class Claim:
                     continue
                 for k in range(search.k):
                     folder = self.folder(root, tier) / f"{arm}-s{seed}-c{k}"
-                    out.append(Job(self.name, arm, seed, (*base, f"{search.vary}={seed * search.k + k}"),
-                                   folder, candidate=k))  # fmt: skip
+                    out.append(
+                        Job(
+                            self.name,
+                            arm,
+                            seed,
+                            (*base, f"{search.vary}={seed * search.k + k}"),
+                            folder,
+                            candidate=k,
+                        )
+                    )
         return out
 
 
@@ -143,8 +160,10 @@ def load_claim(name: str) -> Claim:
 
     path = Path(name) if name.endswith((".yaml", ".yml")) else CLAIMS_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise ConfigError(f"unknown claim '{name}'; available: {', '.join(available_claims())} "
-                          "(or the path of a claim yaml).")  # fmt: skip
+        raise ConfigError(
+            f"unknown claim '{name}'; available: {', '.join(available_claims())} "
+            "(or the path of a claim yaml)."
+        )
     where = f"claim file {path}"
     try:
         data = yaml.safe_load(path.read_text())  # safe_load: a claim file never runs code
@@ -154,8 +173,10 @@ def load_claim(name: str) -> Claim:
         raise ConfigError(f"{where} must be a mapping of {', '.join(sorted(FIELDS))}.")
     unknown = set(data) - FIELDS
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; "
-                          f"allowed: {', '.join(sorted(FIELDS))}.")  # fmt: skip
+        raise ConfigError(
+            f"{where}: unknown field(s) {', '.join(sorted(unknown))}; "
+            f"allowed: {', '.join(sorted(FIELDS))}."
+        )
 
     def need(key: str, kind: type, value: Any = None) -> Any:
         value = data.get(key) if value is None else value
@@ -171,22 +192,33 @@ def load_claim(name: str) -> Claim:
     for arm, overrides in arms.items():
         if isinstance(overrides, dict):  # a search arm: the best of k candidates
             k, by, vary = overrides.get("best_of"), overrides.get("by"), overrides.get("vary")
-            if not (isinstance(k, int) and k >= 2 and isinstance(by, str) and isinstance(vary, str)
-                    and set(overrides) <= {"best_of", "by", "vary", "overrides"}):  # fmt: skip
-                raise ConfigError(f"{where}: search arm '{arm}' needs best_of (an integer >= 2), "
-                                  f"by (a metric), vary (a key) and overrides, got {overrides!r}.")  # fmt: skip
+            if not (
+                isinstance(k, int)
+                and k >= 2
+                and isinstance(by, str)
+                and isinstance(vary, str)
+                and set(overrides) <= {"best_of", "by", "vary", "overrides"}
+            ):
+                raise ConfigError(
+                    f"{where}: search arm '{arm}' needs best_of (an integer >= 2), "
+                    f"by (a metric), vary (a key) and overrides, got {overrides!r}."
+                )
             searches[str(arm)] = Search(k, by, vary)
             overrides = overrides.get("overrides") or []
-        if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o
-                                                      for o in overrides):  # fmt: skip
-            raise ConfigError(f"{where}: arm '{arm}' must be a list of KEY=VALUE overrides, "
-                              f"got {overrides!r}.")  # fmt: skip
+        if not isinstance(overrides, list) or not all(
+            isinstance(o, str) and "=" in o for o in overrides
+        ):
+            raise ConfigError(
+                f"{where}: arm '{arm}' must be a list of KEY=VALUE overrides, got {overrides!r}."
+            )
         for override in overrides:
             ref = override.partition("=")[2]
             if ref.startswith("@") and (ref[1:] not in checked_arms or ref[1:] in searches):
-                raise ConfigError(f"{where}: arm '{arm}' refers to '{ref}', which must be an arm "
-                                  f"listed before it and not a search "
-                                  f"({', '.join(checked_arms) or 'none'}).")  # fmt: skip
+                raise ConfigError(
+                    f"{where}: arm '{arm}' refers to '{ref}', which must be an arm "
+                    f"listed before it and not a search "
+                    f"({', '.join(checked_arms) or 'none'})."
+                )
         checked_arms[str(arm)] = tuple(overrides)
     metric = need("metric", str)
     comparisons = []
@@ -198,20 +230,34 @@ def load_claim(name: str) -> Claim:
             names = item.get(side)
             names = [names] if isinstance(names, str) else names
             if not names or any(n not in checked_arms for n in names):
-                raise ConfigError(f"{where}: comparison {i + 1}: '{side}' must name arms of "
-                                  f"{', '.join(checked_arms)}, got {item.get(side)!r}.")  # fmt: skip
+                raise ConfigError(
+                    f"{where}: comparison {i + 1}: '{side}' must name arms of "
+                    f"{', '.join(checked_arms)}, got {item.get(side)!r}."
+                )
             sides.append(tuple(names))
         direction = item.get("direction")
         if direction not in DIRECTIONS:
-            raise ConfigError(f"{where}: comparison {i + 1}: direction must be one of "
-                              f"{', '.join(DIRECTIONS)}, got {direction!r}.")  # fmt: skip
+            raise ConfigError(
+                f"{where}: comparison {i + 1}: direction must be one of "
+                f"{', '.join(DIRECTIONS)}, got {direction!r}."
+            )
         delta = item.get("delta")
         if not isinstance(delta, (int, float)) or isinstance(delta, bool) or delta < 0:
-            raise ConfigError(f"{where}: comparison {i + 1}: delta (the smallest effect that "
-                              f"counts) must be a number >= 0, got {delta!r}.")  # fmt: skip
+            raise ConfigError(
+                f"{where}: comparison {i + 1}: delta (the smallest effect that "
+                f"counts) must be a number >= 0, got {delta!r}."
+            )
         label = item.get("label") or f"{' + '.join(sides[0])} vs {' + '.join(sides[1])}"
-        comparisons.append(Comparison(sides[0], sides[1], direction, float(delta),
-                                      str(item.get("metric") or metric), str(label)))  # fmt: skip
+        comparisons.append(
+            Comparison(
+                sides[0],
+                sides[1],
+                direction,
+                float(delta),
+                str(item.get("metric") or metric),
+                str(label),
+            )
+        )
     if not comparisons:
         raise ConfigError(f"{where}: 'comparisons' needs at least one comparison.")
     tiers = {}
@@ -232,9 +278,21 @@ def load_claim(name: str) -> Claim:
     version = need("version", int)
     changes = tuple(data.get("changes") or ())
     if len(changes) != version - 1:
-        raise ConfigError(f"{where}: version {version} needs {version - 1} line(s) under "
-                          f"'changes' (what changed and why), got {len(changes)}.")  # fmt: skip
-    return Claim(name=path.stem, version=version, paper=need("paper", str),
-                 claim=need("claim", str), reference=need("reference", str), metric=metric,
-                 arms=checked_arms, comparisons=tuple(comparisons), tiers=tiers, changes=changes,
-                 path=path, searches=searches)  # fmt: skip
+        raise ConfigError(
+            f"{where}: version {version} needs {version - 1} line(s) under "
+            f"'changes' (what changed and why), got {len(changes)}."
+        )
+    return Claim(
+        name=path.stem,
+        version=version,
+        paper=need("paper", str),
+        claim=need("claim", str),
+        reference=need("reference", str),
+        metric=metric,
+        arms=checked_arms,
+        comparisons=tuple(comparisons),
+        tiers=tiers,
+        changes=changes,
+        path=path,
+        searches=searches,
+    )

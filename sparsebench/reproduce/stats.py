@@ -53,8 +53,9 @@ class Effect:
         return f"{self.interval()} ({self.confidence:.0%} CI, n={self.n})"
 
 
-def paired_effect(a: list[float], b: list[float], confidence: float = 0.95, method: str = "t",
-                  seed: int = 0) -> Effect:  # fmt: skip
+def paired_effect(
+    a: list[float], b: list[float], confidence: float = 0.95, method: str = "t", seed: int = 0
+) -> Effect:
     """The effect of A over B from paired samples (``a[i]`` with ``b[i]``)."""
     import numpy as np
     from scipy import stats
@@ -72,9 +73,14 @@ def paired_effect(a: list[float], b: list[float], confidence: float = 0.95, meth
     if method == "t":
         interval = stats.ttest_rel(a, b).confidence_interval(confidence)
     else:
-        interval = stats.bootstrap((diff,), np.mean, confidence_level=confidence, method="BCa",
-                                   n_resamples=9999, rng=np.random.default_rng(seed)
-                                   ).confidence_interval  # fmt: skip
+        interval = stats.bootstrap(
+            (diff,),
+            np.mean,
+            confidence_level=confidence,
+            method="BCa",
+            n_resamples=9999,
+            rng=np.random.default_rng(seed),
+        ).confidence_interval
     return Effect(mean, float(interval.low), float(interval.high), len(diff), confidence, method)
 
 
@@ -86,11 +92,17 @@ def verdict(effect: Effect, direction: str, delta: float) -> str:
         raise ValueError(f"the smallest effect that counts must be >= 0, got {delta}")
     low, high, mean = effect.low, effect.high, effect.mean
     if direction == "greater":
-        decided = ("reproduced" if low > 0 and mean >= delta else
-                   "contradicted" if high < delta else None)  # fmt: skip
+        decided = (
+            "reproduced" if low > 0 and mean >= delta else "contradicted" if high < delta else None
+        )
     elif direction == "less":
-        decided = ("reproduced" if high < 0 and mean <= -delta else
-                   "contradicted" if low > -delta else None)  # fmt: skip
+        decided = (
+            "reproduced"
+            if high < 0 and mean <= -delta
+            else "contradicted"
+            if low > -delta
+            else None
+        )
     elif direction == "not_less":
         decided = "reproduced" if low > -delta else "contradicted" if high < -delta else None
     else:

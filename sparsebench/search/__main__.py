@@ -23,8 +23,10 @@ from sparsebench.record.logs import quiet_lightning
 def sweep_required() -> str:
     from sparsebench.config.resources import available_sweeps
 
-    return (f"sweep= is required: a study in sweeps/ ({', '.join(available_sweeps())}) or the "
-            "path of a study yaml.")  # fmt: skip
+    return (
+        f"sweep= is required: a study in sweeps/ ({', '.join(available_sweeps())}) or the "
+        "path of a study yaml."
+    )
 
 
 def _main(cfg: DictConfig) -> None:

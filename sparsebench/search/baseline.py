@@ -26,8 +26,16 @@ from sparsebench.record.tables import cell, markdown_table, write_csv
 from sparsebench.search.spec import StudySpec, baseline_cell, baseline_options
 from sparsebench.search.worker import Worker, check_space, compose_trial, mlflow_client
 
-COLUMNS = ("arm", "sparsity", "n", "test_acc_mean", "test_acc_std", "val_acc_mean",
-           "sparsity_actual", "params_nonzero")  # fmt: skip
+COLUMNS = (
+    "arm",
+    "sparsity",
+    "n",
+    "test_acc_mean",
+    "test_acc_std",
+    "val_acc_mean",
+    "sparsity_actual",
+    "params_nonzero",
+)
 
 
 class Baseline:
@@ -48,9 +56,16 @@ class Baseline:
 
     def _compare(self, sparsity: float, seed: int, out: str) -> list[str]:
         # Equal sparsity over the same weights: the node arm masks stem and head too.
-        return [*self.spec.overrides, *self.extra, f"+method={self.options['compare']}",
-                f"method.sparsity={sparsity}", "method.dense_stem=false",
-                "method.dense_head=false", f"seed={seed}", f"paths.output_dir={out}"]  # fmt: skip
+        return [
+            *self.spec.overrides,
+            *self.extra,
+            f"+method={self.options['compare']}",
+            f"method.sparsity={sparsity}",
+            "method.dense_stem=false",
+            "method.dense_head=false",
+            f"seed={seed}",
+            f"paths.output_dir={out}",
+        ]
 
     def _train(self, overrides: list[str], name: str, arm: str) -> dict[str, float]:
         from sparsebench.runners.train import run
@@ -69,14 +84,22 @@ class Baseline:
         for sparsity in self.options["sparsities"]:
             for seed in self.options["seeds"]:
                 study = baseline_cell(self.spec, self.options, sparsity, seed)
-                worker = Worker(self.cfg, self.output_dir / "cells" / study.name, spec=study,
-                                parent=self.parent)  # fmt: skip
+                worker = Worker(
+                    self.cfg, self.output_dir / "cells" / study.name, spec=study, parent=self.parent
+                )
                 worker.run()
                 best = worker.study.best_trial  # chosen on validation accuracy
                 results.append((search_arm, sparsity, worker.trial_metrics(best)))
                 name = f"{self.options['compare']}_s{sparsity:g}_seed{seed}"
-                results.append((compare_arm, sparsity, self._train(
-                    self._compare(sparsity, seed, "."), name, self.options["compare"])))  # fmt: skip
+                results.append(
+                    (
+                        compare_arm,
+                        sparsity,
+                        self._train(
+                            self._compare(sparsity, seed, "."), name, self.options["compare"]
+                        ),
+                    )
+                )
         rows = table_rows(results)
         self.report(rows)
         return rows
@@ -105,13 +128,18 @@ def table_rows(results: list[tuple[str, float, dict[str, float]]]) -> list[dict[
     rows = []
     for (arm, sparsity), members in sorted(groups.items(), key=lambda kv: (kv[0][1], 0)):
         acc = np.array([m["test/acc"] for m in members])
-        rows.append({
-            "arm": arm, "sparsity": sparsity, "n": len(members),
-            "test_acc_mean": float(acc.mean()), "test_acc_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
-            "val_acc_mean": float(np.mean([m["val/acc"] for m in members])),
-            "sparsity_actual": float(np.mean([m.get("sparsity/actual", 0.0) for m in members])),
-            "params_nonzero": float(np.mean([m["params/nonzero"] for m in members])),
-        })  # fmt: skip
+        rows.append(
+            {
+                "arm": arm,
+                "sparsity": sparsity,
+                "n": len(members),
+                "test_acc_mean": float(acc.mean()),
+                "test_acc_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+                "val_acc_mean": float(np.mean([m["val/acc"] for m in members])),
+                "sparsity_actual": float(np.mean([m.get("sparsity/actual", 0.0) for m in members])),
+                "params_nonzero": float(np.mean([m["params/nonzero"] for m in members])),
+            }
+        )
     return rows
 
 

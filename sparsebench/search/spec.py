@@ -21,28 +21,40 @@ from sparsebench.errors import ConfigError, first_line
 from sparsebench.record.results import CONTRACT_METRICS
 
 # Short names of Optuna's samplers and pruners; any other by ``_target_`` (its import path).
-SAMPLERS = {"random": "optuna.samplers.RandomSampler", "tpe": "optuna.samplers.TPESampler",
-            "nsga2": "optuna.samplers.NSGAIISampler", "nsga3": "optuna.samplers.NSGAIIISampler",
-            "cmaes": "optuna.samplers.CmaEsSampler", "gp": "optuna.samplers.GPSampler",
-            "qmc": "optuna.samplers.QMCSampler", "bruteforce": "optuna.samplers.BruteForceSampler"}  # fmt: skip
-PRUNERS = {"none": "optuna.pruners.NopPruner", "median": "optuna.pruners.MedianPruner",
-           "percentile": "optuna.pruners.PercentilePruner",
-           "hyperband": "optuna.pruners.HyperbandPruner",
-           "successive_halving": "optuna.pruners.SuccessiveHalvingPruner",
-           "threshold": "optuna.pruners.ThresholdPruner",
-           "wilcoxon": "optuna.pruners.WilcoxonPruner"}  # fmt: skip
+SAMPLERS = {
+    "random": "optuna.samplers.RandomSampler",
+    "tpe": "optuna.samplers.TPESampler",
+    "nsga2": "optuna.samplers.NSGAIISampler",
+    "nsga3": "optuna.samplers.NSGAIIISampler",
+    "cmaes": "optuna.samplers.CmaEsSampler",
+    "gp": "optuna.samplers.GPSampler",
+    "qmc": "optuna.samplers.QMCSampler",
+    "bruteforce": "optuna.samplers.BruteForceSampler",
+}
+PRUNERS = {
+    "none": "optuna.pruners.NopPruner",
+    "median": "optuna.pruners.MedianPruner",
+    "percentile": "optuna.pruners.PercentilePruner",
+    "hyperband": "optuna.pruners.HyperbandPruner",
+    "successive_halving": "optuna.pruners.SuccessiveHalvingPruner",
+    "threshold": "optuna.pruners.ThresholdPruner",
+    "wilcoxon": "optuna.pruners.WilcoxonPruner",
+}
 
 
-def _component(node: dict[str, Any], names: dict[str, str], base: type, what: str,
-               where: str) -> type:  # fmt: skip
+def _component(
+    node: dict[str, Any], names: dict[str, str], base: type, what: str, where: str
+) -> type:
     """The class a sampler or pruner node names: ``name`` (a short name) or ``_target_``."""
     from hydra.utils import get_class
 
     target = node.get("_target_") or names.get(str(node.get("name")))
     if target is None:
-        raise ConfigError(f"{where}: {what} '{node.get('name')}' is unknown; give one of "
-                          f"{', '.join(names)} as name, or any Optuna {what} class as _target_ "
-                          "(e.g. optuna.samplers.CmaEsSampler).")  # fmt: skip
+        raise ConfigError(
+            f"{where}: {what} '{node.get('name')}' is unknown; give one of "
+            f"{', '.join(names)} as name, or any Optuna {what} class as _target_ "
+            "(e.g. optuna.samplers.CmaEsSampler)."
+        )
     try:
         cls = get_class(str(target))
     except Exception:
@@ -54,8 +66,19 @@ def _component(node: dict[str, Any], names: dict[str, str], base: type, what: st
 
 PARAM_TYPES = ("categorical", "int", "float")
 DEFAULT_STORAGE = "sqlite:///optuna.db"
-STUDY_KEYS = ("study_name", "overrides", "space", "objectives", "sampler", "pruner", "n_trials",
-              "storage", "max_retry", "description", "baseline")  # fmt: skip
+STUDY_KEYS = (
+    "study_name",
+    "overrides",
+    "space",
+    "objectives",
+    "sampler",
+    "pruner",
+    "n_trials",
+    "storage",
+    "max_retry",
+    "description",
+    "baseline",
+)
 
 
 @dataclass
@@ -74,8 +97,9 @@ class Param:
         if self.type == "categorical":
             return trial.suggest_categorical(self.key, self.choices)
         if self.type == "int":
-            return trial.suggest_int(self.key, int(self.low), int(self.high),
-                                     step=int(self.step or 1), log=self.log)  # fmt: skip
+            return trial.suggest_int(
+                self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log
+            )
         return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
 
     def corners(self) -> list[Any]:
@@ -165,8 +189,9 @@ def _param(key: str, node: dict[str, Any], where: str) -> Param:
         )
     if node.get("log") and low <= 0:
         raise ConfigError(f"{where}: '{key}' is log-scaled, so low must be > 0, got {low}.")
-    return Param(key, kind, low=low, high=high, log=bool(node.get("log", False)),
-                 step=node.get("step"))  # fmt: skip
+    return Param(
+        key, kind, low=low, high=high, log=bool(node.get("log", False)), step=node.get("step")
+    )
 
 
 def load_spec(name: str, n_trials: int | None = None, storage: str | None = None) -> StudySpec:
@@ -250,8 +275,10 @@ def baseline_options(spec: StudySpec) -> dict[str, Any]:
     options = dict(spec.baseline or {})
     unknown = set(options) - set(BASELINE_KEYS)
     if unknown:
-        raise ConfigError(f"{where} has unknown key(s) {', '.join(sorted(unknown))}; "
-                          f"allowed: {', '.join(BASELINE_KEYS)}.")  # fmt: skip
+        raise ConfigError(
+            f"{where} has unknown key(s) {', '.join(sorted(unknown))}; "
+            f"allowed: {', '.join(BASELINE_KEYS)}."
+        )
     options.setdefault("method", "node")
     options.setdefault("compare", "random")
     sparsities, seeds = list(options.get("sparsities") or []), list(options.get("seeds") or [])
@@ -276,7 +303,14 @@ def baseline_cell(
     if sampler.get("seed") is not None:
         sampler["seed"] = int(sampler["seed"]) + 7919 * seed + round(1000 * sparsity)
     return dataclasses.replace(
-        spec, name=f"{spec.name}.s{sparsity:g}.seed{seed}", sampler=sampler, baseline=None,
-        overrides=[*spec.overrides, f"+method={options['method']}", f"method.sparsity={sparsity}",
-                   f"seed={seed}"],
-    )  # fmt: skip
+        spec,
+        name=f"{spec.name}.s{sparsity:g}.seed{seed}",
+        sampler=sampler,
+        baseline=None,
+        overrides=[
+            *spec.overrides,
+            f"+method={options['method']}",
+            f"method.sparsity={sparsity}",
+            f"seed={seed}",
+        ],
+    )

@@ -36,8 +36,9 @@ def redact(url: str) -> str:
         return url
 
 
-def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 30,
-                 max_retry: int = 2) -> optuna.storages.BaseStorage:  # fmt: skip
+def open_storage(
+    url: str, heartbeat_interval: int = 10, grace_period: int = 30, max_retry: int = 2
+) -> optuna.storages.BaseStorage:
     """The storage behind ``url``; raises ConfigError (one sentence) if it cannot be used."""
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:").removeprefix("//"))

@@ -40,7 +40,7 @@ from sparsebench.record.results import Results
 from sparsebench.record.tables import cell
 from sparsebench.search.spec import StudySpec, baseline_cell, baseline_options, load_spec
 from sparsebench.search.storage import open_storage, redact
-from sparsebench.training.build import build_hardware, build_method, build_transform
+from sparsebench.training.parts import build_hardware, build_method, build_transform
 
 log = logging.getLogger(__name__)
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -81,8 +81,12 @@ def check_space(spec: StudySpec, extra: list[str]) -> None:
     for param in spec.space:
         for value in param.corners():
             values = {**defaults, param.key: value}
-            overrides = [*spec.overrides, *extra, *(f"{k}={v}" for k, v in values.items()),
-                         "paths.output_dir=."]  # fmt: skip
+            overrides = [
+                *spec.overrides,
+                *extra,
+                *(f"{k}={v}" for k, v in values.items()),
+                "paths.output_dir=.",
+            ]
             try:
                 trial_cfg = compose_trial(overrides)
                 validate(trial_cfg)
@@ -102,8 +106,13 @@ class Worker:
     ``parent`` (an MLflow run to nest under instead of the study's own) serve drivers that run
     several studies, such as the random-search baseline."""
 
-    def __init__(self, cfg: DictConfig, output_dir: Path, spec: StudySpec | None = None,
-                 parent: ParentRun | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: DictConfig,
+        output_dir: Path,
+        spec: StudySpec | None = None,
+        parent: ParentRun | None = None,
+    ) -> None:
         self.cfg = cfg
         self.output_dir = output_dir
         self.results: dict[int, Results] = {}  # the trials this worker ran, by number
@@ -112,13 +121,20 @@ class Worker:
         self.extra = ["print_summary=false", *(str(o) for o in cfg.get("trial_overrides") or [])]
         if spec is None:
             check_space(self.spec, self.extra)
-        self.storage = open_storage(self.spec.storage, int(cfg.heartbeat_interval),
-                                    int(cfg.grace_period), self.spec.max_retry)  # fmt: skip
+        self.storage = open_storage(
+            self.spec.storage,
+            int(cfg.heartbeat_interval),
+            int(cfg.grace_period),
+            self.spec.max_retry,
+        )
         try:
             self.study = optuna.create_study(
-                study_name=self.spec.name, storage=self.storage, load_if_exists=True,
-                directions=self.spec.directions, pruner=self.spec.make_pruner(),
-            )  # fmt: skip
+                study_name=self.spec.name,
+                storage=self.storage,
+                load_if_exists=True,
+                directions=self.spec.directions,
+                pruner=self.spec.make_pruner(),
+            )
         except ValueError as exc:  # e.g. an existing study with other directions
             raise ConfigError(f"study '{self.spec.name}': {first_line(exc)}") from None
         offset = 1000 * int(cfg.worker) + len(self.study.get_trials(deepcopy=False))
@@ -151,15 +167,17 @@ class Worker:
             mine.delete()
             return ParentRun(client, winner)
         sampler, pruner = self.spec.sampler, self.spec.pruner
-        mine.log(params={
-            "n_trials": self.spec.n_trials,
-            "sampler": sampler.get("_target_") or sampler.get("name"),
-            "pruner": pruner.get("_target_") or pruner.get("name"),
-            "sweep": str(self.spec.path),
-            "space": " ".join(p.key for p in self.spec.space),
-            # the study's fixed overrides and the command line's trial_overrides
-            **override_params([*self.spec.overrides, *self.extra]),
-        })
+        mine.log(
+            params={
+                "n_trials": self.spec.n_trials,
+                "sampler": sampler.get("_target_") or sampler.get("name"),
+                "pruner": pruner.get("_target_") or pruner.get("name"),
+                "sweep": str(self.spec.path),
+                "space": " ".join(p.key for p in self.spec.space),
+                # the study's fixed overrides and the command line's trial_overrides
+                **override_params([*self.spec.overrides, *self.extra]),
+            }
+        )
         return mine
 
     # Trials ------------------------------------------------------------------------------
@@ -178,8 +196,12 @@ class Worker:
         started = time.time()
         values = {p.key: p.suggest(trial) for p in self.spec.space}
         run_dir = self.output_dir / "trials" / f"{trial.number:04d}"
-        overrides = [*self.spec.overrides, *self.extra, *(f"{k}={v}" for k, v in values.items()),
-                     f"paths.output_dir={run_dir}"]  # fmt: skip
+        overrides = [
+            *self.spec.overrides,
+            *self.extra,
+            *(f"{k}={v}" for k, v in values.items()),
+            f"paths.output_dir={run_dir}",
+        ]
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
         cfg = compose_trial(overrides)
@@ -259,8 +281,15 @@ class Worker:
     def report(self) -> dict[str, Any]:
         best = self.best()
         metrics = [o.metric for o in self.spec.objectives]
-        rows = [{"trial": t.number, **dict(zip(metrics, t.values, strict=True)), **t.params,
-                 "run_dir": t.user_attrs.get("run_dir")} for t in best]  # fmt: skip
+        rows = [
+            {
+                "trial": t.number,
+                **dict(zip(metrics, t.values, strict=True)),
+                **t.params,
+                "run_dir": t.user_attrs.get("run_dir"),
+            }
+            for t in best
+        ]
         states = [t.state.name for t in self.study.get_trials(deepcopy=False)]
         summary = {
             "study": self.spec.name,
@@ -279,8 +308,10 @@ class Worker:
             table.add_row(*(cell(row[c]) for c in columns))
         Console(width=max(100, shutil.get_terminal_size().columns)).print(table)
         if rows and rows[0].get("run_dir"):
-            print(f"run folders: {Path(str(rows[0]['run_dir'])).parent}; summary: "
-                  f"{self.output_dir / 'study.json'}")  # fmt: skip
+            print(
+                f"run folders: {Path(str(rows[0]['run_dir'])).parent}; summary: "
+                f"{self.output_dir / 'study.json'}"
+            )
         (self.output_dir / "study.json").write_text(json.dumps(summary, indent=2, default=str))
         if self.parent:
             self._log_summary(summary)
@@ -297,7 +328,9 @@ class Worker:
         elif rows:
             metrics = {"pareto/size": len(rows)}
         summary_file = {"study.json": summary}
-        self.parent.close(self.output_dir / "trials", metrics=metrics, tags=tags, dicts=summary_file)
+        self.parent.close(
+            self.output_dir / "trials", metrics=metrics, tags=tags, dicts=summary_file
+        )
 
 
 def mlflow_client(base: DictConfig):
@@ -317,10 +350,19 @@ def spawn_workers(output_dir: Path, count: int) -> int:
     procs = []
     for index in range(count):
         folder = output_dir / f"worker{index}"
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "sparsebench.search", *args, "workers=1", f"worker={index}",
-             f"hydra.run.dir={folder}"]
-        ))  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "sparsebench.search",
+                    *args,
+                    "workers=1",
+                    f"worker={index}",
+                    f"hydra.run.dir={folder}",
+                ]
+            )
+        )
     return sum(p.wait() != 0 for p in procs)
 
 

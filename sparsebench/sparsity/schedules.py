@@ -57,8 +57,10 @@ class Schedule:
         check_fraction("end", self.end, high_open=False)
         if self.end <= self.start:
             after = f"method.{self.start_option}" if self.start_option else f"{self.start}"
-            raise ConfigError(f"method.end must be after {after}, got "
-                              f"{self.start_option or 'start'}={self.start}, end={self.end}.")  # fmt: skip
+            raise ConfigError(
+                f"method.end must be after {after}, got "
+                f"{self.start_option or 'start'}={self.start}, end={self.end}."
+            )
         if self.interval < 1:
             raise ConfigError(f"method.update_interval must be >= 1, got {self.interval}.")
 
@@ -87,8 +89,9 @@ class Schedule:
 
     def cubic(self, step: int, final: float, initial: float = 0.0) -> float:
         """Gradual magnitude pruning's target at ``step``; constant between update steps."""
-        return cubic_sparsity(step, final, self.start_step, max(1, self.end_step),
-                              self.step_interval, initial)  # fmt: skip
+        return cubic_sparsity(
+            step, final, self.start_step, max(1, self.end_step), self.step_interval, initial
+        )
 
     def cosine(self, step: int, alpha: float) -> float:
         """Fraction of active weights to drop at ``step``; 0 from the end step on."""
@@ -98,8 +101,14 @@ class Schedule:
         return alpha / 2.0 * (1.0 + math.cos(math.pi * step / max(1, end)))
 
 
-def cubic_sparsity(step: int, final: float, start_step: int, end_step: int, update_interval: int,
-                   initial: float = 0.0) -> float:  # fmt: skip
+def cubic_sparsity(
+    step: int,
+    final: float,
+    start_step: int,
+    end_step: int,
+    update_interval: int,
+    initial: float = 0.0,
+) -> float:
     """Gradual magnitude pruning target at ``step``; constant between update steps."""
     if step < start_step:
         return initial

@@ -54,8 +54,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             write_atomic(path, lambda f: torch.save(checkpoint, f))
         except Exception as exc:  # torch's zip writer reports a full disk as a RuntimeError
-            raise OSError(f"could not write checkpoint {path} ({type(exc).__name__}: "
-                          f"{str(exc).strip()[:200]}); the previous one is kept") from exc  # fmt: skip
+            raise OSError(
+                f"could not write checkpoint {path} ({type(exc).__name__}: "
+                f"{str(exc).strip()[:200]}); the previous one is kept"
+            ) from exc
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -99,17 +101,24 @@ def checkpoint_path(value: str) -> Path:
 def load_weights(model: torch.nn.Module, path: Path, model_name: str) -> None:
     """The checkpoint's model weights (masks of a sparse-trained run are already in them)."""
     state = load_checkpoint(path)
-    weights = {k.removeprefix("model."): v for k, v in state.get("state_dict", state).items()
-               if not k.endswith("weight_mask")}  # fmt: skip
+    weights = {
+        k.removeprefix("model."): v
+        for k, v in state.get("state_dict", state).items()
+        if not k.endswith("weight_mask")
+    }
     own = {k: v for k, v in model.state_dict().items() if not k.endswith("weight_mask")}
     missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
     shapes = [k for k in set(own) & set(weights) if own[k].shape != weights[k].shape]
     if missing or unexpected or shapes:
         detail = "; ".join(
             f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                ("other shapes", sorted(shapes))) if keys
-        )  # fmt: skip
+            for label, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("other shapes", sorted(shapes)),
+            )
+            if keys
+        )
         raise ConfigError(
             f"checkpoint {path} does not match model '{model_name}' of this config ({detail})."
         )
@@ -125,6 +134,9 @@ def checkpoint_budget(path: Path) -> tuple[float, float]:
         if results.is_file():
             metrics = json.loads(results.read_text())["metrics"]
             return float(metrics.get("flops/train", 0.0)), float(metrics.get("train/samples", 0.0))
-    log.warning("checkpoint %s has no results.json beside it: the training budget counts only "
-                "the pruning run's own fine-tuning", path)  # fmt: skip
+    log.warning(
+        "checkpoint %s has no results.json beside it: the training budget counts only "
+        "the pruning run's own fine-tuning",
+        path,
+    )
     return 0.0, 0.0

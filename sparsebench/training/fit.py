@@ -22,8 +22,13 @@ from sparsebench.training.module import ClassificationModule
 from sparsebench.training.strategies import STRATEGIES
 
 
-def build_trainer(cfg: DictConfig, output_dir: Path, callbacks: list[Callback],
-                  extra_callbacks: list[Callback] | None = None, **overrides: Any) -> L.Trainer:  # fmt: skip
+def build_trainer(
+    cfg: DictConfig,
+    output_dir: Path,
+    callbacks: list[Callback],
+    extra_callbacks: list[Callback] | None = None,
+    **overrides: Any,
+) -> L.Trainer:
     """The Trainer ``cfg.trainer._target_`` names, with its arguments from ``cfg.trainer``
     (``overrides`` win, e.g. ``max_epochs``); ``checkpoints/last.ckpt`` is written atomically at
     the end of every training epoch, after :class:`RunProgress` recorded the epoch (so a
@@ -39,13 +44,26 @@ def build_trainer(cfg: DictConfig, output_dir: Path, callbacks: list[Callback],
     ]
     if arguments.get("enable_checkpointing", True):
         # One file, checkpoints/last.ckpt, replaced after every epoch (top-1 of "latest").
-        callbacks.append(ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="last",
-                                         save_top_k=1, enable_version_counter=False,
-                                         save_on_train_epoch_end=True))  # fmt: skip
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=output_dir / "checkpoints",
+                filename="last",
+                save_top_k=1,
+                enable_version_counter=False,
+                save_on_train_epoch_end=True,
+            )
+        )
     target = OmegaConf.create({"_target_": node._target_, **arguments})
-    return instantiate(target, _convert_="all", default_root_dir=str(output_dir), logger=False,
-                       callbacks=callbacks, plugins=[AtomicCheckpointIO()],
-                       num_sanity_val_steps=0, enable_model_summary=False)  # fmt: skip
+    return instantiate(
+        target,
+        _convert_="all",
+        default_root_dir=str(output_dir),
+        logger=False,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+    )
 
 
 def sparsity_callbacks(method: SparsityMethod | None) -> list[Callback]:

@@ -92,16 +92,18 @@ def model_metrics(
     }
 
 
-def measure(results: Results, run: Run, model: nn.Module, samples_seen: int,
-            benchmark: bool) -> None:  # fmt: skip
+def measure(
+    results: Results, run: Run, model: nn.Module, samples_seen: int, benchmark: bool
+) -> None:
     """The contract's model metrics into ``results`` and, if ``benchmark`` (rank zero), the
     hardware target's latencies and its per-layer kernel choice."""
     method, hardware = run.method, run.hardware
     example = run.datamodule.example_input(1)
     # Structured methods: the physically smaller network, counted and timed (built once).
     deployed = method.deployed_model(model) if method is not None else None
-    results.update(model_metrics(model, example, samples_seen, method, hardware, run.transform,
-                                 deployed))  # fmt: skip
+    results.update(
+        model_metrics(model, example, samples_seen, method, hardware, run.transform, deployed)
+    )
     if hardware.enabled and benchmark:
         layers = pruned_layers(model, method)
         if deployed is not None:  # timed against the full network
@@ -133,4 +135,3 @@ def pruned_layers(model: nn.Module, method: SparsityMethod | None) -> dict[str, 
     if method is not None and method.masks is not None:
         return method.masks.layers
     return prunable_layers(model)
-

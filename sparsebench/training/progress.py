@@ -28,8 +28,9 @@ class RunProgress(Callback):
       counting and draws the same batches as an uninterrupted run of the same seed.
     """
 
-    def __init__(self, record: RunRecorder, started: float | None = None,
-                 max_loss: float | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, record: RunRecorder, started: float | None = None, max_loss: float | None = None
+    ) -> None:
         self.record = record
         self.samples_seen = 0
         self.train_seconds = 0.0
@@ -57,8 +58,9 @@ class RunProgress(Callback):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._stop_clock()
         if self._validated:  # stopped after this epoch's validation (a pruned trial): keep it
-            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
-                       if k.startswith("val/")}  # fmt: skip
+            metrics = {
+                k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")
+            }
             self.record.add_epoch({"epoch": len(self.record.results.history), **metrics})
             self._validated = False
 
@@ -89,13 +91,20 @@ class RunProgress(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._validated = False
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
-                   if k.startswith(("train/", "val/"))}  # fmt: skip
+        metrics = {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith(("train/", "val/"))
+        }
         self.record.add_epoch({"epoch": len(self.record.results.history), **metrics})
 
     def state_dict(self) -> dict[str, Any]:
-        return {"samples_seen": self.samples_seen, "train_seconds": self._clock(),
-                "history": list(self.record.results.history), "rng": rng_states()}  # fmt: skip
+        return {
+            "samples_seen": self.samples_seen,
+            "train_seconds": self._clock(),
+            "history": list(self.record.results.history),
+            "rng": rng_states(),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.samples_seen = int(state_dict["samples_seen"])

@@ -38,8 +38,13 @@ from sparsebench.training.checkpoints import load_checkpoint
 MakeTrainer = Callable[..., L.Trainer]
 
 
-def single(method: SparsityMethod | None, module: L.LightningModule, datamodule: Any,
-           make_trainer: MakeTrainer, ckpt_path: Path | None = None) -> L.Trainer:  # fmt: skip
+def single(
+    method: SparsityMethod | None,
+    module: L.LightningModule,
+    datamodule: Any,
+    make_trainer: MakeTrainer,
+    ckpt_path: Path | None = None,
+) -> L.Trainer:
     """One Lightning fit, resumed from ``ckpt_path`` if given (masks are model buffers,
     schedules follow the restored global step, a method's own state is in the callback's)."""
     trainer = make_trainer()
@@ -85,8 +90,13 @@ def prune_and_rewind(method: IterativeMagnitudePruning, model: nn.Module, level:
         method.masks.set(name, mask)
 
 
-def rounds(method: IterativeMagnitudePruning, module: L.LightningModule, datamodule: Any,
-           make_trainer: MakeTrainer, ckpt_path: Path | None = None) -> L.Trainer:  # fmt: skip
+def rounds(
+    method: IterativeMagnitudePruning,
+    module: L.LightningModule,
+    datamodule: Any,
+    make_trainer: MakeTrainer,
+    ckpt_path: Path | None = None,
+) -> L.Trainer:
     """IMP: L + 1 rounds of equal steps; before round r the smallest weights are pruned to
     density d_r and the model rewound to its state at ``rewind_step``. A resumed run continues
     the round its checkpoint was written in."""
@@ -139,8 +149,13 @@ def recalibrate_batchnorm(model: nn.Module, loader, batches: int) -> None:
     model.train(was_training)
 
 
-def soups(method: SparseModelSoups, module: L.LightningModule, datamodule: Any,
-          make_trainer: MakeTrainer, ckpt_path: Path | None = None) -> L.Trainer:  # fmt: skip
+def soups(
+    method: SparseModelSoups,
+    module: L.LightningModule,
+    datamodule: Any,
+    make_trainer: MakeTrainer,
+    ckpt_path: Path | None = None,
+) -> L.Trainer:
     """Phase 0 dense; each later phase prunes, trains ``copies`` copies that differ in the seed
     or the weight decay, averages them (uniform or greedy) and recalibrates BatchNorm."""
     if ckpt_path is not None:
@@ -174,8 +189,9 @@ def soups(method: SparseModelSoups, module: L.LightningModule, datamodule: Any,
     return trainer
 
 
-def _soup(method: SparseModelSoups, ingredients, module, trainer: L.Trainer,
-          datamodule) -> dict[str, torch.Tensor]:  # fmt: skip
+def _soup(
+    method: SparseModelSoups, ingredients, module, trainer: L.Trainer, datamodule
+) -> dict[str, torch.Tensor]:
     if method.soup == "uniform" or len(ingredients) == 1:
         return average_states([state for _, state in ingredients])
     # Greedy (Wortsman et al. 2022): add copies by validation accuracy while it does not drop.

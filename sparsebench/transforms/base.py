@@ -41,8 +41,9 @@ class ModelTransform:
     #: The run's ``pattern`` tag when the transformation itself is the structure (Monarch).
     pattern_tag: str | None = None
 
-    def apply(self, model: nn.Module, model_cfg: Any, example: torch.Tensor,
-              datamodule: Any = None) -> nn.Module:  # fmt: skip
+    def apply(
+        self, model: nn.Module, model_cfg: Any, example: torch.Tensor, datamodule: Any = None
+    ) -> nn.Module:
         raise NotImplementedError
 
     def extra_results(self) -> dict[str, Any]:

@@ -57,15 +57,30 @@ class DASS(ModelTransform):
         "killed run mid-way; start it again."
     )
 
-    def __init__(self, name: str = "dass", channels: int = 8, cells: int = 3, nodes: int = 3,
-                 search_epochs: int = 10, weight_lr: float = 0.05, arch_lr: float = 3e-3,
-                 arch_weight_decay: float = 1e-3, cost_weight: float = 0.2,
-                 search_resolution: int | None = 16, search_batches: int | None = None,
-                 genotype: Any = None, seed: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "dass",
+        channels: int = 8,
+        cells: int = 3,
+        nodes: int = 3,
+        search_epochs: int = 10,
+        weight_lr: float = 0.05,
+        arch_lr: float = 3e-3,
+        arch_weight_decay: float = 1e-3,
+        cost_weight: float = 0.2,
+        search_resolution: int | None = 16,
+        search_batches: int | None = None,
+        genotype: Any = None,
+        seed: int = 0,
+    ) -> None:
         super().__init__(name)
         self.seed = seed
-        for key, value in (("channels", channels), ("cells", cells), ("nodes", nodes),
-                           ("search_epochs", search_epochs)):  # fmt: skip
+        for key, value in (
+            ("channels", channels),
+            ("cells", cells),
+            ("nodes", nodes),
+            ("search_epochs", search_epochs),
+        ):
             if value is None or int(value) < 1:
                 raise ConfigError(f"transform.{key} must be >= 1, got {value}.")
         for key, value in (("weight_lr", weight_lr), ("arch_lr", arch_lr)):
@@ -106,11 +121,16 @@ class DASS(ModelTransform):
         torch.manual_seed(self.seed)
         in_chans = int(datamodule.input_shape[0])
         net = SearchNetwork(in_chans, datamodule.num_classes, **self.options)
-        w_opt = torch.optim.SGD(net.weight_parameters(), lr=self.weight_lr, momentum=0.9,
-                                weight_decay=3e-4)  # fmt: skip
+        w_opt = torch.optim.SGD(
+            net.weight_parameters(), lr=self.weight_lr, momentum=0.9, weight_decay=3e-4
+        )
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, self.search_epochs)
-        a_opt = torch.optim.Adam(net.arch_parameters(), lr=self.arch_lr, betas=(0.5, 0.999),
-                                 weight_decay=self.arch_weight_decay)  # fmt: skip
+        a_opt = torch.optim.Adam(
+            net.arch_parameters(),
+            lr=self.arch_lr,
+            betas=(0.5, 0.999),
+            weight_decay=self.arch_weight_decay,
+        )
         for epoch in range(self.search_epochs):
             net.train()
             correct = seen = 0
@@ -130,11 +150,21 @@ class DASS(ModelTransform):
                 seen += len(yw)
             schedule.step()
             genotype = net.genotype()
-            self.history.append({"epoch": epoch, "search/train_acc": correct / seen,
-                                 "search/cost": float(net.expected_cost().detach()),
-                                 "genotype": format_genotype(genotype)})  # fmt: skip
-            log.info("DASS search epoch %d: train acc %.3f, expected cost %.3f; %s", epoch,
-                     correct / seen, float(net.expected_cost().detach()), format_genotype(genotype))  # fmt: skip
+            self.history.append(
+                {
+                    "epoch": epoch,
+                    "search/train_acc": correct / seen,
+                    "search/cost": float(net.expected_cost().detach()),
+                    "genotype": format_genotype(genotype),
+                }
+            )
+            log.info(
+                "DASS search epoch %d: train acc %.3f, expected cost %.3f; %s",
+                epoch,
+                correct / seen,
+                float(net.expected_cost().detach()),
+                format_genotype(genotype),
+            )
         self.genotype = net.genotype()
         self.search_s = time.perf_counter() - start
         derived = DerivedNetwork(in_chans, datamodule.num_classes, self.genotype, **self.options)
@@ -157,13 +187,15 @@ class DASS(ModelTransform):
             return x
         return F.interpolate(x, size=self.search_resolution, mode="bilinear", align_corners=False)
 
-    def apply(self, model: nn.Module, model_cfg: Any, example: torch.Tensor,
-              datamodule: Any = None) -> nn.Module:  # fmt: skip
+    def apply(
+        self, model: nn.Module, model_cfg: Any, example: torch.Tensor, datamodule: Any = None
+    ) -> nn.Module:
         """Search (unless a genotype is given) and build the derived network; the learnt scores
         of its sparse layers go with it (``searched_scores``) for the ``dass`` mask policy."""
         self.search(datamodule)
-        derived = DerivedNetwork(int(example.shape[1]), int(model_cfg.num_classes),
-                                 self.genotype, **self.options)  # fmt: skip
+        derived = DerivedNetwork(
+            int(example.shape[1]), int(model_cfg.num_classes), self.genotype, **self.options
+        )
         for name, score in self.scores.items():
             derived.get_submodule(name).searched_scores = score
         if not derived.layer_sparsity():

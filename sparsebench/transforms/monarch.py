@@ -82,21 +82,36 @@ class Monarch(ModelTransform):
 
     pattern_tag = "monarch"
 
-    def __init__(self, name: str = "monarch", nblocks: int = 4, dense_stem: bool = True,
-                 dense_head: bool = True, include=(), exclude=()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "monarch",
+        nblocks: int = 4,
+        dense_stem: bool = True,
+        dense_head: bool = True,
+        include=(),
+        exclude=(),
+    ) -> None:
         super().__init__(name)
         if nblocks < 2:
             raise ConfigError(f"transform.nblocks must be >= 2, got {nblocks}.")
         self.nblocks = nblocks
-        self.own_layers = {"dense_stem": dense_stem, "dense_head": dense_head,
-                           "include": tuple(include), "exclude": tuple(exclude)}  # fmt: skip
+        self.own_layers = {
+            "dense_stem": dense_stem,
+            "dense_head": dense_head,
+            "include": tuple(include),
+            "exclude": tuple(exclude),
+        }
 
-    def apply(self, model: nn.Module, model_cfg, example: torch.Tensor,
-              datamodule=None) -> nn.Module:  # fmt: skip
+    def apply(
+        self, model: nn.Module, model_cfg, example: torch.Tensor, datamodule=None
+    ) -> nn.Module:
         total, _ = module_flops(model, example)
         self.reference_flops = total / example.shape[0]
-        linears = {n: m for n, m in prunable_layers(model, **self.own_layers).items()
-                   if isinstance(m, nn.Linear)}  # fmt: skip
+        linears = {
+            n: m
+            for n, m in prunable_layers(model, **self.own_layers).items()
+            if isinstance(m, nn.Linear)
+        }
         if not linears:
             raise ConfigError(
                 "transform 'monarch' found no Linear layer to replace outside the stem and head."
@@ -104,6 +119,8 @@ class Monarch(ModelTransform):
         for name, layer in linears.items():
             monarch = MonarchLinear.from_linear(layer, self.nblocks)
             set_module(model, name, monarch)
-            self.description.append(f"{name}: Linear {layer.in_features}->{layer.out_features} -> Monarch "
-                                    f"{self.nblocks} blocks (middle {monarch.mid})")  # fmt: skip
+            self.description.append(
+                f"{name}: Linear {layer.in_features}->{layer.out_features} -> Monarch "
+                f"{self.nblocks} blocks (middle {monarch.mid})"
+            )
         return model

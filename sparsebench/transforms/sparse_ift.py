@@ -100,8 +100,14 @@ def _following_norms(model: nn.Module, names: list[str]) -> dict[str, str]:
     return found
 
 
-def transform_layers(model: nn.Module, layers: dict[str, nn.Module], family: str, sparsity: float,
-                     activation: Callable[[], nn.Module] = nn.ReLU, token_norm: bool = False) -> list[str]:  # fmt: skip
+def transform_layers(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    family: str,
+    sparsity: float,
+    activation: Callable[[], nn.Module] = nn.ReLU,
+    token_norm: bool = False,
+) -> list[str]:
     """Replace each of ``layers`` in ``model`` by ``family``'s construction; returns a description
     per layer (old -> new shape). ``sparse_wide`` is a whole-model change: see :func:`widen`.
     Factorized layers get BatchNorm and ``activation`` between U and V, or LayerNorm for
@@ -110,8 +116,11 @@ def transform_layers(model: nn.Module, layers: dict[str, nn.Module], family: str
         raise ConfigError(
             f"unknown per-layer family '{family}'; available: {', '.join(FAMILIES[1:])}."
         )
-    eligible = {n: m for n, m in layers.items() if isinstance(m, nn.Linear)
-                or (isinstance(m, nn.Conv2d) and m.groups == 1)}  # fmt: skip
+    eligible = {
+        n: m
+        for n, m in layers.items()
+        if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)
+    }
     if not eligible:
         raise ConfigError(
             "the model has no transformable layers (ungrouped Conv2d or Linear outside stem and head)."
@@ -150,8 +159,15 @@ def transform_layers(model: nn.Module, layers: dict[str, nn.Module], family: str
             notes.append(f"{name}: {c_in}->{c_out} as sparse {c_in}->{d}->{c_out}")
         else:  # sparse_doped
             r = max(1, round(sparsity * k2 * c_in * c_out / (k2 * c_in + c_out)))
-            set_module(model, name, Doped(_like(layer, c_in, c_out, True, bias), _like(layer, c_in, r, True, False),
-                                    _like(layer, r, c_out, False, False)))  # fmt: skip
+            set_module(
+                model,
+                name,
+                Doped(
+                    _like(layer, c_in, c_out, True, bias),
+                    _like(layer, c_in, r, True, False),
+                    _like(layer, r, c_out, False, False),
+                ),
+            )
             notes.append(f"{name}: {c_in}->{c_out} sparse + dense rank {r}")
     return notes
 
@@ -169,8 +185,14 @@ def _norm_for(layer: nn.Module, channels: int, token_norm: bool) -> nn.Module:
     return nn.BatchNorm2d(channels)
 
 
-def widen(build: Callable[[float], nn.Module], sparse_flops: Callable[[nn.Module], float], dense_flops: float,
-          low: float = 1.0, high: float = 8.0, tolerance: float = 0.01) -> tuple[nn.Module, float]:  # fmt: skip
+def widen(
+    build: Callable[[float], nn.Module],
+    sparse_flops: Callable[[nn.Module], float],
+    dense_flops: float,
+    low: float = 1.0,
+    high: float = 8.0,
+    tolerance: float = 0.01,
+) -> tuple[nn.Module, float]:
     """Binary-search the width factor k so the widened model's sparse FLOPs match ``dense_flops``.
 
     ``build(k)`` makes the model at width factor k; ``sparse_flops(model)`` counts its FLOPs with
@@ -223,8 +245,10 @@ def _width_arguments(model: nn.Module, model_cfg: dict, k: float) -> dict:
     if isinstance(model, timm.models.vision_transformer.VisionTransformer):
         hidden = model.blocks[0].mlp.fc1.out_features / model.embed_dim
         return {"mlp_ratio": hidden * k}
-    raise ConfigError(f"sparse_wide cannot widen model '{name}' (it knows resnet*, resnet20, mlp and vit_*); "
-                      "use transform.family=sparse_parallel, sparse_factorized or sparse_doped.")  # fmt: skip
+    raise ConfigError(
+        f"sparse_wide cannot widen model '{name}' (it knows resnet*, resnet20, mlp and vit_*); "
+        "use transform.family=sparse_parallel, sparse_factorized or sparse_doped."
+    )
 
 
 class SparseIFT(ModelTransform):
@@ -238,8 +262,9 @@ class SparseIFT(ModelTransform):
     ``sparse_doped`` stay dense.
     """
 
-    def __init__(self, name: str = "sparse_ift", family: str = "sparse_wide",
-                 sparsity: float = 0.75) -> None:  # fmt: skip
+    def __init__(
+        self, name: str = "sparse_ift", family: str = "sparse_wide", sparsity: float = 0.75
+    ) -> None:
         super().__init__(name)
         if family not in FAMILIES:
             raise ConfigError(
@@ -257,13 +282,17 @@ class SparseIFT(ModelTransform):
         vit = isinstance(model, timm.models.vision_transformer.VisionTransformer)
         self.include = ("blocks.*.mlp.*",) if vit else ()
         options = self.layer_options
-        return prunable_layers(model, dense_stem=options["dense_stem"],
-                               dense_head=options["dense_head"],
-                               include=options["include"] or self.include,
-                               exclude=(*options["exclude"], *self.exclude))  # fmt: skip
+        return prunable_layers(
+            model,
+            dense_stem=options["dense_stem"],
+            dense_head=options["dense_head"],
+            include=options["include"] or self.include,
+            exclude=(*options["exclude"], *self.exclude),
+        )
 
-    def apply(self, model: nn.Module, model_cfg: DictConfig, example: torch.Tensor,
-              datamodule=None) -> nn.Module:  # fmt: skip
+    def apply(
+        self, model: nn.Module, model_cfg: DictConfig, example: torch.Tensor, datamodule=None
+    ) -> nn.Module:
         import timm
 
         self.reference_flops, _ = module_flops(model, example)

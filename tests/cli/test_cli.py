@@ -66,8 +66,15 @@ def test_sparse_methods_end_to_end(tmp_path: Path, args: list[str], target: floa
 
 def test_cpu_sparse_target_end_to_end(tmp_path: Path) -> None:
     # The acceptance command with a short budget; timing is only printed, never asserted.
-    args = ["+method=random", "method.sparsity=0.9", "model=mlp", "dataset=mnist1d", "model.hidden_dims=[1024,1024]",
-            "hardware=cpu_sparse", "hardware.min_run_time=0.1"]  # fmt: skip
+    args = [
+        "+method=random",
+        "method.sparsity=0.9",
+        "model=mlp",
+        "dataset=mnist1d",
+        "model.hidden_dims=[1024,1024]",
+        "hardware=cpu_sparse",
+        "hardware.min_run_time=0.1",
+    ]
     proc = run_cli([*FAST, *args], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (results,) = _results_files(tmp_path)
@@ -99,9 +106,16 @@ def test_cpu_sparse_target_end_to_end(tmp_path: Path) -> None:
 def test_multirun_seeds_share_benchmark_key(tmp_path: Path) -> None:
     # The acceptance command, python -m sparsebench -m seed=0,1 trainer.max_epochs=1, on 4 batches
     proc = run_cli(
-        ["-m", "seed=0,1", "trainer.max_epochs=1", "hardware.min_run_time=0.1",
-         "trainer.limit_train_batches=4", "trainer.limit_val_batches=2"], cwd=tmp_path
-    )  # fmt: skip
+        [
+            "-m",
+            "seed=0,1",
+            "trainer.max_epochs=1",
+            "hardware.min_run_time=0.1",
+            "trainer.limit_train_batches=4",
+            "trainer.limit_val_batches=2",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     every = client.search_runs([client.get_experiment_by_name("sparsebench").experiment_id])
@@ -135,8 +149,18 @@ def test_multirun_seeds_share_benchmark_key(tmp_path: Path) -> None:
 
 def test_the_natural_method_grid_runs_and_shows_in_the_mlflow_ui(tmp_path: Path) -> None:
     # Hydra composes a multirun's single values before a job chooses the method group.
-    proc = run_cli(["-m", "+method=random,magnitude", "method.sparsity=0.8", "model=mlp",
-                    "dataset=mnist1d", "debug=fast", "hardware.threads=1"], cwd=tmp_path)  # fmt: skip
+    proc = run_cli(
+        [
+            "-m",
+            "+method=random,magnitude",
+            "method.sparsity=0.8",
+            "model=mlp",
+            "dataset=mnist1d",
+            "debug=fast",
+            "hardware.threads=1",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [json.loads(p.read_text()) for p in _results_files(tmp_path)]
     assert sorted(r["tags"]["method"] for r in runs) == ["magnitude", "random"]
@@ -158,9 +182,20 @@ def test_the_natural_method_grid_runs_and_shows_in_the_mlflow_ui(tmp_path: Path)
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
     port = free_port()
-    ui = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri",
-                           uri, "--host", "127.0.0.1", "--port", str(port)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    ui = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("mlflow")),
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until_healthy(base, ui, timeout=120)
@@ -229,10 +264,22 @@ def test_ddp_on_two_cpu_processes_masks_agree_and_one_run_is_recorded(
 ) -> None:
     # Each rank dumps its masks at the end; SET's random growth must agree too.
     dump = f"[{{_target_:tests.fixtures.DumpMasks,dirpath:'{tmp_path / 'masks'}'}}]"
-    proc = run_cli([*FAST, "trainer=ddp", "model=mlp", "dataset=digits", f"+method={method}",
-                    "method.update_interval=1", "trainer.max_epochs=2", "trainer.limit_train_batches=4",
-                    f"trainer.callbacks={dump}"], cwd=tmp_path, timeout=300,
-                   env={"PYTHONPATH": str(REPO)})  # fmt: skip
+    proc = run_cli(
+        [
+            *FAST,
+            "trainer=ddp",
+            "model=mlp",
+            "dataset=digits",
+            f"+method={method}",
+            "method.update_interval=1",
+            "trainer.max_epochs=2",
+            "trainer.limit_train_batches=4",
+            f"trainer.callbacks={dump}",
+        ],
+        cwd=tmp_path,
+        timeout=300,
+        env={"PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stderr  # really two processes
     import torch

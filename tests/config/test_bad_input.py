@@ -23,8 +23,11 @@ def _keys() -> list[str]:
     cfg = compose_config(BASE, output_dir="/tmp/x")
     tree = OmegaConf.to_container(cfg, resolve=False)
     # Every user option; `_target_` (which class a yaml builds) is the yaml's, not an option.
-    keys = [k for k in flatten(tree)
-            if not k.startswith(("paths.", "hydra")) and not k.endswith("_target_")]  # fmt: skip
+    keys = [
+        k
+        for k in flatten(tree)
+        if not k.startswith(("paths.", "hydra")) and not k.endswith("_target_")
+    ]
     return sorted(keys)
 
 
@@ -51,14 +54,14 @@ VALUES = st.one_of(
             "999999",
             "'x y'",
         ]
-    ),  # fmt: skip
+    ),
     st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12).map(repr),
 )
 
 
 def outcome(overrides: list[str]) -> str:
     """``ok`` or ``error: <one sentence>``; anything else raises (the test fails)."""
-    from sparsebench.training.build import build_hardware, build_method
+    from sparsebench.training.parts import build_hardware, build_method
 
     try:
         check_group_choices(overrides)
@@ -82,8 +85,16 @@ def test_any_override_is_a_valid_run_or_one_sentence(key: str, value: str) -> No
 
 @pytest.mark.parametrize(
     "override",
-    ["trainer.max_epochs=1e23", "seed=-1", "trainer.optimizer.lr=nan", "method.sparsity=inf",
-     "dataset.batch_size=0", "hardware.batch_size=-3", "trainer.devices=[]", "model.drop_rate=2"],
-)  # fmt: skip
+    [
+        "trainer.max_epochs=1e23",
+        "seed=-1",
+        "trainer.optimizer.lr=nan",
+        "method.sparsity=inf",
+        "dataset.batch_size=0",
+        "hardware.batch_size=-3",
+        "trainer.devices=[]",
+        "model.drop_rate=2",
+    ],
+)
 def test_known_bad_values_are_refused(override: str) -> None:
     assert outcome([*BASE, override]).startswith("error: ")

@@ -22,10 +22,25 @@ DATASETS = available("dataset")
 def test_every_group_has_configs() -> None:
     for group in CHOICE_GROUPS:
         assert (CONF_DIR / group).is_dir(), group
-    assert {"resnet18", "resnet50", "mobilenetv2_100", "efficientnet_b0", "vit_tiny_patch16_224",
-            "mlp", "resnet20"} <= set(MODELS)  # fmt: skip
-    assert {"digits", "mnist1d", "synthetic", "cifar10", "cifar100", "mnist", "fashion_mnist",
-            "imagefolder"} <= set(DATASETS)  # fmt: skip
+    assert {
+        "resnet18",
+        "resnet50",
+        "mobilenetv2_100",
+        "efficientnet_b0",
+        "vit_tiny_patch16_224",
+        "mlp",
+        "resnet20",
+    } <= set(MODELS)
+    assert {
+        "digits",
+        "mnist1d",
+        "synthetic",
+        "cifar10",
+        "cifar100",
+        "mnist",
+        "fashion_mnist",
+        "imagefolder",
+    } <= set(DATASETS)
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
@@ -156,15 +171,33 @@ def test_docker_compose_is_well_formed() -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("trainer.accelerator=quantum", "trainer.accelerator must be one of cpu, gpu, cuda, mps, auto, got 'quantum'."),
-        ("trainer.precision=bogus", "trainer.precision must be one of 64-true, 64, 32-true, 32, 16-mixed, 16, bf16-mixed, bf16, 16-true, bf16-true, got 'bogus'."),
-        ("trainer.devices=abc", "trainer.devices must be a number, a list of indices or 'auto', got 'abc'."),
-        ("trainer.limit_train_batches=-1", "trainer.limit_train_batches must be a fraction in [0, 1] or a batch count >= 0, got -1."),
-        ("trainer.limit_val_batches=1.5", "trainer.limit_val_batches must be a fraction in [0, 1] or a batch count >= 0, got 1.5."),
-        ("logger.tracking_uri=ftp://x", "logger.tracking_uri must start with one of sqlite, http, https, postgresql, postgresql+psycopg2, mysql, databricks (an MLflow store), got 'ftp://x'."),
+        (
+            "trainer.accelerator=quantum",
+            "trainer.accelerator must be one of cpu, gpu, cuda, mps, auto, got 'quantum'.",
+        ),
+        (
+            "trainer.precision=bogus",
+            "trainer.precision must be one of 64-true, 64, 32-true, 32, 16-mixed, 16, bf16-mixed, bf16, 16-true, bf16-true, got 'bogus'.",
+        ),
+        (
+            "trainer.devices=abc",
+            "trainer.devices must be a number, a list of indices or 'auto', got 'abc'.",
+        ),
+        (
+            "trainer.limit_train_batches=-1",
+            "trainer.limit_train_batches must be a fraction in [0, 1] or a batch count >= 0, got -1.",
+        ),
+        (
+            "trainer.limit_val_batches=1.5",
+            "trainer.limit_val_batches must be a fraction in [0, 1] or a batch count >= 0, got 1.5.",
+        ),
+        (
+            "logger.tracking_uri=ftp://x",
+            "logger.tracking_uri must start with one of sqlite, http, https, postgresql, postgresql+psycopg2, mysql, databricks (an MLflow store), got 'ftp://x'.",
+        ),
         ("logger.connect_timeout_s=-1", "logger.connect_timeout_s must be in (0, 600], got -1.0."),
     ],
-)  # fmt: skip
+)
 def test_trainer_and_logger_options_are_one_sentence(override, message) -> None:
     with pytest.raises(ConfigError) as error:
         validate(compose_config([override], output_dir="/tmp/x"))
@@ -174,11 +207,19 @@ def test_trainer_and_logger_options_are_one_sentence(override, message) -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("trainer.accelerator=gpu", "trainer.devices=1 asks for more CUDA GPUs than this machine has (0) (no CUDA GPU is visible; use trainer.accelerator=cpu)."),
-        ("trainer.devices=99", "trainer.devices=99 asks for more CPU cores (DDP processes) than this machine has ("),
+        (
+            "trainer.accelerator=gpu",
+            "trainer.devices=1 asks for more CUDA GPUs than this machine has (0) (no CUDA GPU is visible; use trainer.accelerator=cpu).",
+        ),
+        (
+            "trainer.devices=99",
+            "trainer.devices=99 asks for more CPU cores (DDP processes) than this machine has (",
+        ),
     ],
-)  # fmt: skip
-def test_the_machine_is_asked_where_the_run_starts_not_when_a_config_validates(override, message) -> None:
+)
+def test_the_machine_is_asked_where_the_run_starts_not_when_a_config_validates(
+    override, message
+) -> None:
     from sparsebench.training.build import check_machine
 
     if override == "trainer.accelerator=gpu" and torch.cuda.is_available():
@@ -191,120 +232,18 @@ def test_the_machine_is_asked_where_the_run_starts_not_when_a_config_validates(o
 
 
 def test_hardware_options_are_one_sentence() -> None:
-    from sparsebench.training.build import build_hardware
+    from sparsebench.training.parts import build_hardware
 
     for overrides, message in [
-        (["hardware=cpu_sparse", "hardware.block_sizes=[0]"], "hardware.block_sizes must all be >= 1, got [0]."),
+        (
+            ["hardware=cpu_sparse", "hardware.block_sizes=[0]"],
+            "hardware.block_sizes must all be >= 1, got [0].",
+        ),
         (["hardware.dtype=fp8"], "hardware.dtype must be one of "),
         (["hardware.threads=0"], "hardware.threads must be >= 1, got 0."),
-    ]:  # fmt: skip
+    ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             build_hardware(compose_config(overrides, output_dir="/tmp/x"))
-
-
-def test_bad_leaderboard_and_upload_arguments_are_one_sentence(tmp_path, capsys) -> None:
-    from sparsebench.leaderboard.cli import main as leaderboard
-    from sparsebench.record.upload import main as upload
-
-    store = tmp_path / "mlflow.db"
-    store.touch()
-    uri = f"sqlite:///{store}"
-    cases = [
-        (leaderboard, ["--tracking-uri", "garbage://x"], "error: --tracking-uri must start with one of sqlite,"),
-        (leaderboard, ["--tracking-uri", f"sqlite:///{tmp_path}/none/x.db"], f"error: --tracking-uri sqlite:///{tmp_path}/none/x.db: no such database file"),
-        (leaderboard, ["--tracking-uri", uri, "--max-sparsity", "nan"], "error: --max-sparsity must be in [0, 1], got nan."),
-        (leaderboard, ["--tracking-uri", uri, "--html", str(tmp_path / "no/board.html")], f"error: --html {tmp_path}/no/board.html: folder {tmp_path}/no does not exist."),
-        (upload, [str(store)], f"error: {store} is not a sparsebench results.json (no (UnicodeDecodeError"),
-    ]  # fmt: skip
-    (tmp_path / "results.json").write_text('{"run_uid": "x"}')
-    cases.append((upload, [str(tmp_path)], f"error: {tmp_path}/results.json is not a sparsebench results.json (no started, tags, metrics); nothing was uploaded."))  # fmt: skip
-    store.write_bytes(b"\xff\xfe not json")
-    for main, args, message in cases:
-        assert main(args) == 2, args
-        err = capsys.readouterr().err
-        assert err.startswith(message) and err.count("\n") == 1, (args, err)
-    assert not (tmp_path / "none").exists()  # reading never creates a database
-    # User text never becomes an MLflow filter string: a quote is just a character.
-    store.unlink()
-    from mlflow import MlflowClient
-
-    MlflowClient(tracking_uri=uri).create_experiment("e")
-    assert leaderboard(["--tracking-uri", uri, "--method", "x'y"]) == 1
-    assert "no complete ok runs" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["trainer.max_epochs=abc"], "trainer.max_epochs=abc: Value 'abc' of type 'str' could not be converted to Integer."),
-        (["seed=abc"], "seed=abc: Value 'abc' of type 'str' could not be converted to Integer."),
-        (["trainer.optimizer.lr="], "trainer.optimizer.lr=: Value '' of type 'str' could not be converted to Float."),
-        (["trainer.max_epoch=3"], "unknown key 'trainer.max_epoch'; trainer takes: max_epochs, optimizer,"),
-    ],
-)  # fmt: skip
-def test_hydra_composition_errors_are_one_sentence(args: list[str], message: str) -> None:
-    from sparsebench.config.checks import check_composition
-
-    with pytest.raises(ConfigError) as error:
-        check_composition(args, "config")
-    assert str(error.value).startswith(message)
-    check_composition(["trainer.max_epochs=2", "+method=random"], "config")  # a valid run passes
-    check_composition(["--cfg", "job", "seed=abc"], "config")  # flags: left to Hydra
-
-
-def test_multirun_composition_errors_are_one_sentence() -> None:
-    from sparsebench.config.checks import check_composition
-
-    check_composition(["-m", "+method=rigl,set", "method.sparsity=0.5,0.9"], "config")
-    with pytest.raises(ConfigError, match="^trainer.max_epochs=x: Value 'x' of type 'str'"):
-        check_composition(["-m", "seed=0,1", "trainer.max_epochs=1,x"], "config")
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["sweep=tpe_rigl", "n_trials=abc"], "n_trials=abc: Value 'abc' of type 'str' could not be converted to Integer."),
-        (["sweep=tpe_rigl", "heartbeat_interval=0"], "heartbeat_interval must be >= 1 (seconds), got 0."),
-        (["sweep=tpe_rigl", "workers=-1"], "workers must be in [1, 256], got -1."),
-        (["sweep=tpe_rigl", "grace_period=5"], "grace_period must be longer than heartbeat_interval (10), got 5."),
-        (["sweep=tpe_rigl", "worker_count=2"], "unknown key 'worker_count'; the top level takes: sweep, n_trials,"),
-    ],
-)  # fmt: skip
-def test_search_options_are_one_sentence(args: list[str], message: str) -> None:
-    from sparsebench.config.checks import check_composition
-    from sparsebench.config.compose import compose
-
-    try:
-        check_composition(args, "search")  # composition errors
-    except ConfigError as error:
-        assert str(error).startswith(message)
-        return
-    cfg = compose(args, "search")
-    with pytest.raises(ConfigError) as error:  # range errors: the search entry validates them
-        validate(cfg)
-    assert str(error.value).startswith(message)
-
-
-def test_leaderboard_and_upload_commands_exit_2_with_one_sentence(tmp_path) -> None:
-    import subprocess
-    import sys
-
-    for args, message in [
-        (["leaderboard", "--tracking-uri", "ftp://x"], "error: --tracking-uri must start with"),
-        (["upload", str(tmp_path)], f"error: {tmp_path} holds no results.json."),
-    ]:  # fmt: skip
-        proc = subprocess.run([sys.executable, "-m", "sparsebench", *args], capture_output=True,
-                              text=True, timeout=120, cwd=tmp_path)  # fmt: skip
-        assert proc.returncode == 2 and proc.stderr.startswith(message), proc.stderr[-500:]
-        assert "Traceback" not in proc.stderr
-
-
-def test_an_unreadable_sweep_file_is_one_sentence(tmp_path) -> None:
-    from sparsebench.search.spec import load_spec
-
-    (tmp_path / "bad.yaml").write_text("::: not: [yaml")
-    with pytest.raises(ConfigError, match=f"^sweep file {tmp_path}/bad.yaml cannot be read"):
-        load_spec(str(tmp_path / "bad.yaml"))
 
 
 def test_a_run_holds_only_the_options_of_its_own_model_method_and_target() -> None:
@@ -313,8 +252,16 @@ def test_a_run_holds_only_the_options_of_its_own_model_method_and_target() -> No
     cfg = compose_config(["model=mlp", "dataset=mnist1d", "+method=rigl"], output_dir="/tmp/x")
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     model = {k.removeprefix("model.") for k in params if k.startswith("model.")}
-    assert model == {"_target_", "model_name", "pretrained", "num_classes", "in_chans",
-                     "in_features", "hidden_dims", "drop_rate"}  # fmt: skip
+    assert model == {
+        "_target_",
+        "model_name",
+        "pretrained",
+        "num_classes",
+        "in_chans",
+        "in_features",
+        "hidden_dims",
+        "drop_rate",
+    }
     hardware = {k for k in params if k.startswith("hardware.")}
     assert "hardware.kernels" not in hardware and "hardware.peak_tflops" not in hardware
     assert (
@@ -328,10 +275,13 @@ def test_a_run_holds_only_the_options_of_its_own_model_method_and_target() -> No
         (["+method=rigl", "method.update_interval=ten"], "method.update_interval=ten: "),
         (["+method=rigl", "method.exclude=0"], "method.exclude=0: "),
         (["+transform=monarch", "transform.nblocks=four"], "transform.nblocks=four: "),
-        (["+method=rigl", "+method.drop_frac=0.1"], "unknown key 'method.drop_frac'; method takes: "),
+        (
+            ["+method=rigl", "+method.drop_frac=0.1"],
+            "unknown key 'method.drop_frac'; method takes: ",
+        ),
         (["hardware=a100", "+hardware.kernels=[csr]"], "unknown key 'hardware.kernels'"),
     ],
-)  # fmt: skip
+)
 def test_method_transform_and_target_schemas_check_keys_and_types(args, message) -> None:
     from sparsebench.config.checks import check_composition
 
@@ -351,7 +301,8 @@ def test_method_is_an_optional_group_chosen_with_or_without_plus() -> None:
         check_composition([spelling], "config")
     assert compose_config(["method=sparse_ift"]).transform.name == "sparse_ift"  # its preset
     assert compose_config([]).method is None  # dense by default
-    assert normalize_overrides(["-m", "+method=random,magnitude", "method.sparsity=0.8", "seed=1"]) == [
-        "-m", "method=random,magnitude", "method.sparsity=choice(0.8)", "seed=1"]  # fmt: skip
+    assert normalize_overrides(
+        ["-m", "+method=random,magnitude", "method.sparsity=0.8", "seed=1"]
+    ) == ["-m", "method=random,magnitude", "method.sparsity=choice(0.8)", "seed=1"]
     assert normalize_overrides(["method.sparsity=0.8"]) == ["method.sparsity=0.8"]  # a single run
     assert normalize_overrides(["+experiment=mnist1d_mlp"]) == ["experiment=mnist1d_mlp"]

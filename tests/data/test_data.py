@@ -19,7 +19,7 @@ from sparsebench.data import (
     TorchvisionDataModule,
 )
 from sparsebench.data.base import split_indices
-from sparsebench.training.build import build_datamodule
+from sparsebench.training.parts import build_datamodule
 from tests.fixtures import compose_config
 
 
@@ -78,8 +78,13 @@ def test_mnist1d_generated_once_per_process_and_arguments() -> None:
     from sparsebench.data.arrays import _mnist1d
 
     def load(seed: int):
-        return MNIST1DDataModule(name="mnist1d", num_classes=10, input_shape=[1, 40],
-                                 num_samples=500, generator_seed=seed).load()  # fmt: skip
+        return MNIST1DDataModule(
+            name="mnist1d",
+            num_classes=10,
+            input_shape=[1, 40],
+            num_samples=500,
+            generator_seed=seed,
+        ).load()
 
     x, y, _ = load(7)
     hits = _mnist1d.cache_info().hits
@@ -165,8 +170,13 @@ def test_unverified_cifar_files_never_run_code(tmp_path: Path) -> None:
     marker = tmp_path / "written-by-the-dataset"
     with open(tmp_path / "cifar-10-batches-py" / "data_batch_3", "wb") as f:
         pickle.dump({"data": _RunsCode(str(marker)), "labels": [0]}, f)
-    dm = TorchvisionDataModule(name="cifar10", num_classes=10, input_shape=[3, 32, 32],
-                               data_dir=str(tmp_path), verify_checksums=False)  # fmt: skip
+    dm = TorchvisionDataModule(
+        name="cifar10",
+        num_classes=10,
+        input_shape=[3, 32, 32],
+        data_dir=str(tmp_path),
+        verify_checksums=False,
+    )
     with pytest.raises(UnsafeFile, match="data_batch_3 is not a CIFAR pickle of arrays and lists"):
         dm.setup()
     assert not marker.exists()

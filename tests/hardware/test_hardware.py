@@ -88,8 +88,14 @@ def test_sparse_linear_and_1x1_conv_match_dense() -> None:
 
 def test_cpu_sparse_converts_checks_and_reports_kernels() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(32, 512), nn.ReLU(), _sparse(nn.Linear(512, 512), 0.95), nn.ReLU(),
-                          _sparse(nn.Linear(512, 512), 0.1), nn.Linear(512, 4))  # fmt: skip
+    model = nn.Sequential(
+        nn.Linear(32, 512),
+        nn.ReLU(),
+        _sparse(nn.Linear(512, 512), 0.95),
+        nn.ReLU(),
+        _sparse(nn.Linear(512, 512), 0.1),
+        nn.Linear(512, 4),
+    )
     target = CPUSparseTarget(
         name="cpu_sparse", threads=1, batch_size=16, min_run_time=0.05, warmup=1
     )
@@ -114,12 +120,20 @@ def test_cpu_sparse_converts_checks_and_reports_kernels() -> None:
 
 # (in, out, kernel, stride, padding, dilation, groups, bias, input h x w): strides 1-3,
 # symmetric and asymmetric padding, dilation, rectangular kernels, grouped and depthwise.
-CONVS = [(8, 12, 3, 1, 1, 1, 1, True, (9, 9)), (8, 12, 3, 2, 1, 1, 1, False, (9, 8)),
-         (8, 12, 3, 3, 2, 1, 1, True, (11, 10)), (8, 12, 3, 1, 2, 2, 1, True, (9, 9)),
-         (8, 12, (1, 3), (2, 1), (0, 2), (1, 2), 1, False, (7, 9)), (8, 16, 5, 2, (2, 1), 1, 1, True, (12, 9)),
-         (8, 12, 1, 1, 0, 1, 1, True, (7, 7)), (8, 12, 1, 2, 0, 1, 1, False, (9, 9)),
-         (8, 16, 3, 1, 1, 1, 2, True, (8, 8)), (8, 8, 3, 2, 1, 1, 8, True, (9, 9)),
-         (8, 8, 3, 1, 1, 1, 8, False, (7, 9)), (8, 8, 5, 1, 4, 2, 8, True, (9, 8))]  # fmt: skip
+CONVS = [
+    (8, 12, 3, 1, 1, 1, 1, True, (9, 9)),
+    (8, 12, 3, 2, 1, 1, 1, False, (9, 8)),
+    (8, 12, 3, 3, 2, 1, 1, True, (11, 10)),
+    (8, 12, 3, 1, 2, 2, 1, True, (9, 9)),
+    (8, 12, (1, 3), (2, 1), (0, 2), (1, 2), 1, False, (7, 9)),
+    (8, 16, 5, 2, (2, 1), 1, 1, True, (12, 9)),
+    (8, 12, 1, 1, 0, 1, 1, True, (7, 7)),
+    (8, 12, 1, 2, 0, 1, 1, False, (9, 9)),
+    (8, 16, 3, 1, 1, 1, 2, True, (8, 8)),
+    (8, 8, 3, 2, 1, 1, 8, True, (9, 9)),
+    (8, 8, 3, 1, 1, 1, 8, False, (7, 9)),
+    (8, 8, 5, 1, 4, 2, 8, True, (9, 8)),
+]
 
 
 @pytest.mark.parametrize("case", CONVS, ids=lambda c: f"k{c[2]}s{c[3]}p{c[4]}d{c[5]}g{c[6]}")
@@ -151,8 +165,14 @@ def test_direct_kernel_matches_dense_linear_and_reports_what_it_refuses() -> Non
         assert torch.allclose(DirectSparse(linear, rows)(x), linear(x), atol=1e-5)
     reflect = _sparse(nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"), 0.9)
     model = nn.Sequential(_sparse(nn.Conv2d(3, 8, 3, padding=1), 0.9), nn.ReLU(), reflect)
-    target = CPUSparseTarget(name="cpu_sparse", threads=1, min_run_time=0.02, max_run_time=0.2,
-                             warmup=1, kernels=["direct"])  # fmt: skip
+    target = CPUSparseTarget(
+        name="cpu_sparse",
+        threads=1,
+        min_run_time=0.02,
+        max_run_time=0.2,
+        warmup=1,
+        kernels=["direct"],
+    )
     _, kernels = target.convert(model, {"0": model[0], "2": reflect}, torch.randn(1, 3, 10, 10))
     assert kernels["2"] == "dense (padding_mode 'reflect': the direct kernel pads with zeros)"
     assert kernels["0"] in {"dense", "direct", "direct4x1"}
@@ -161,8 +181,14 @@ def test_direct_kernel_matches_dense_linear_and_reports_what_it_refuses() -> Non
 def test_batchnorm_folding_keeps_outputs_and_zeros() -> None:
     torch.manual_seed(0)
     shared = nn.Conv2d(8, 8, 3, padding=1)  # called twice: never folded
-    model = nn.Sequential(_sparse(nn.Conv2d(3, 8, 3, padding=1), 0.9), nn.BatchNorm2d(8), nn.ReLU(),
-                          shared, nn.BatchNorm2d(8), shared)  # fmt: skip
+    model = nn.Sequential(
+        _sparse(nn.Conv2d(3, 8, 3, padding=1), 0.9),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        shared,
+        nn.BatchNorm2d(8),
+        shared,
+    )
     for bn in (model[1], model[4]):
         (
             bn.running_mean.uniform_(-1, 1),
@@ -180,8 +206,13 @@ def test_batchnorm_folding_keeps_outputs_and_zeros() -> None:
 
 
 def test_interleaved_timing_states_its_interval_and_noise() -> None:
-    timings, noise = time_interleaved({"a": lambda: torch.ones(64).sum(), "b": lambda: None},
-                                      threads=1, warmup=1, min_run_time=0.05, max_run_time=0.3)  # fmt: skip
+    timings, noise = time_interleaved(
+        {"a": lambda: torch.ones(64).sum(), "b": lambda: None},
+        threads=1,
+        warmup=1,
+        min_run_time=0.05,
+        max_run_time=0.3,
+    )
     for t in timings.values():
         assert t.low <= t.p50 <= t.high and t.p50 <= t.p90 and t.blocks >= 10
     assert noise.cores == len(timing_cpus()) and noise.load_avg >= 0
@@ -205,8 +236,14 @@ def test_a_busy_thread_beside_the_timing_is_tagged_noisy() -> None:
             sum(range(1000))
 
     model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
-    target = CPUTarget(name="cpu", threads=len(timing_cpus()), batch_size=8, min_run_time=0.3,
-                       max_run_time=1.0, warmup=1)  # fmt: skip
+    target = CPUTarget(
+        name="cpu",
+        threads=len(timing_cpus()),
+        batch_size=8,
+        min_run_time=0.3,
+        max_run_time=1.0,
+        warmup=1,
+    )
     busy = threading.Thread(target=spin, daemon=True)
     busy.start()
     try:
@@ -259,7 +296,7 @@ def _two_four_model() -> tuple[nn.Module, dict[str, nn.Module]]:
 
 def test_roofline_estimates_are_labelled_and_sensible() -> None:
     cfg = compose_config(["hardware=a100"])
-    from sparsebench.training.build import build_hardware
+    from sparsebench.training.parts import build_hardware
 
     target = build_hardware(cfg)
     assert (
@@ -311,8 +348,14 @@ def test_cuda_2to4_shape_the_kernels_refuse_stays_dense() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
 def test_cuda_2to4_end_to_end(tmp_path: Path) -> None:
     # Train 2:4 on the CPU, then time it on the GPU's sparse tensor cores against dense fp16.
-    args = ["+method=nm", "model=mlp", "model.hidden_dims=[1024,1024]", "hardware=cuda_2to4",
-            "debug=fast", "logger=none"]  # fmt: skip
+    args = [
+        "+method=nm",
+        "model=mlp",
+        "model.hidden_dims=[1024,1024]",
+        "hardware=cuda_2to4",
+        "debug=fast",
+        "logger=none",
+    ]
     proc = run_cli(args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (results,) = sorted(tmp_path.glob("outputs/**/results.json"))

@@ -8,16 +8,37 @@ from sparsebench.leaderboard.rows import admit, aggregate, describe_left_out
 from sparsebench.record.results import CONTRACT_METRICS
 
 
-def run(key="digits|mlp|cpu|e1", run_hash="h", method="m", seed="0", acc=0.9, flops=100.0, latency=1.0,
-        estimated="false", train=1e9, pattern="unstructured"):  # fmt: skip
+def run(
+    key="digits|mlp|cpu|e1",
+    run_hash="h",
+    method="m",
+    seed="0",
+    acc=0.9,
+    flops=100.0,
+    latency=1.0,
+    estimated="false",
+    train=1e9,
+    pattern="unstructured",
+):
     """A complete ok run: every contract metric (1.0 unless given)."""
-    metrics = {**dict.fromkeys(CONTRACT_METRICS, 1.0), "test/acc": acc, "flops/sparse": flops,
-               "flops/dense": 200.0, "flops/train": train}  # fmt: skip
+    metrics = {
+        **dict.fromkeys(CONTRACT_METRICS, 1.0),
+        "test/acc": acc,
+        "flops/sparse": flops,
+        "flops/dense": 200.0,
+        "flops/train": train,
+    }
     metrics.pop("latency/p50_ms")
     if latency is not None:
         metrics["latency/p50_ms"] = latency
-    tags = {"benchmark_key": key, "run_hash": run_hash, "method": method, "seed": seed,
-            "latency/estimated": estimated, "pattern": pattern}  # fmt: skip
+    tags = {
+        "benchmark_key": key,
+        "run_hash": run_hash,
+        "method": method,
+        "seed": seed,
+        "latency/estimated": estimated,
+        "pattern": pattern,
+    }
     return {"metrics": metrics, "tags": tags}
 
 
@@ -31,12 +52,18 @@ def test_replicates_are_aggregated_with_mean_std_n() -> None:
 
 
 def test_flops_front_with_ties_and_dominance() -> None:
-    rows = {r.run_hash: r for r in aggregate([
-        run(run_hash="a", acc=0.9, flops=100), run(run_hash="b", acc=0.9, flops=100),  # tie: both on it
-        run(run_hash="c", acc=0.8, flops=50),  # cheaper: on it
-        run(run_hash="d", acc=0.85, flops=120),  # dominated by a
-        run(run_hash="e", acc=0.9, flops=110),  # same accuracy, more FLOPs: dominated
-    ])}  # fmt: skip
+    rows = {
+        r.run_hash: r
+        for r in aggregate(
+            [
+                run(run_hash="a", acc=0.9, flops=100),
+                run(run_hash="b", acc=0.9, flops=100),  # tie: both on it
+                run(run_hash="c", acc=0.8, flops=50),  # cheaper: on it
+                run(run_hash="d", acc=0.85, flops=120),  # dominated by a
+                run(run_hash="e", acc=0.9, flops=110),  # same accuracy, more FLOPs: dominated
+            ]
+        )
+    }
     assert {h for h, r in rows.items() if r.flops_front} == {"a", "b", "c"}
 
 
@@ -48,22 +75,41 @@ def test_the_front_sweep_agrees_with_the_definition() -> None:
     rng = random.Random(0)
     for trial in range(200):
         n = rng.randint(1, 12)
-        rows = aggregate([run(run_hash=str(i), acc=rng.choice((0.5, 0.6, 0.7, 0.8)),
-                              flops=rng.choice((10.0, 20.0, 30.0))) for i in range(n)])  # fmt: skip
+        rows = aggregate(
+            [
+                run(
+                    run_hash=str(i),
+                    acc=rng.choice((0.5, 0.6, 0.7, 0.8)),
+                    flops=rng.choice((10.0, 20.0, 30.0)),
+                )
+                for i in range(n)
+            ]
+        )
         for a in rows:
-            dominated = any(b.acc_mean >= a.acc_mean and b.flops_sparse <= a.flops_sparse
-                            and (b.acc_mean > a.acc_mean or b.flops_sparse < a.flops_sparse)
-                            for b in rows if b is not a)  # fmt: skip
+            dominated = any(
+                b.acc_mean >= a.acc_mean
+                and b.flops_sparse <= a.flops_sparse
+                and (b.acc_mean > a.acc_mean or b.flops_sparse < a.flops_sparse)
+                for b in rows
+                if b is not a
+            )
             assert a.flops_front == (not dominated), (trial, a)
 
 
 def test_missing_latency_and_never_mixed_estimates() -> None:
-    rows = {r.run_hash: r for r in aggregate([
-        run(run_hash="a", acc=0.9, latency=None),  # no latency: not on the latency front
-        run(run_hash="b", acc=0.8, latency=2.0),
-        run(run_hash="c", acc=0.7, latency=3.0),  # dominated among measured
-        run(run_hash="d", acc=0.6, latency=0.1, estimated="true"),  # estimated: its own front
-    ])}  # fmt: skip
+    rows = {
+        r.run_hash: r
+        for r in aggregate(
+            [
+                run(run_hash="a", acc=0.9, latency=None),  # no latency: not on the latency front
+                run(run_hash="b", acc=0.8, latency=2.0),
+                run(run_hash="c", acc=0.7, latency=3.0),  # dominated among measured
+                run(
+                    run_hash="d", acc=0.6, latency=0.1, estimated="true"
+                ),  # estimated: its own front
+            ]
+        )
+    }
     assert rows["a"].latency_ms is None and not rows["a"].latency_front
     assert rows["b"].latency_front and not rows["c"].latency_front
     assert rows["d"].latency_front  # would dominate b and c if mixed; it is not compared with them
@@ -86,8 +132,14 @@ def test_noisy_latency_marks_the_row() -> None:
 
 
 def test_keys_are_separate_and_budgets_flagged() -> None:
-    rows = aggregate([run(key="k1", run_hash="a", acc=0.9), run(key="k2", run_hash="b", acc=0.5),
-                      run(key="k1", run_hash="c", acc=0.95, train=3e9), run(key="k1", run_hash="d", acc=0.7)])  # fmt: skip
+    rows = aggregate(
+        [
+            run(key="k1", run_hash="a", acc=0.9),
+            run(key="k2", run_hash="b", acc=0.5),
+            run(key="k1", run_hash="c", acc=0.95, train=3e9),
+            run(key="k1", run_hash="d", acc=0.7),
+        ]
+    )
     k2 = [r for r in rows if r.benchmark_key == "k2"]
     assert len(k2) == 1 and k2[0].rank == 1 and k2[0].flops_front
     flagged = {r.run_hash for r in rows if r.budget_differs}
@@ -109,15 +161,26 @@ def test_only_complete_ok_runs_rank_and_the_rest_are_named() -> None:
             del r["metrics"][drop]
         return r
 
-    runs = [with_state("good"), with_state("live", "RUNNING", "running"),
-            with_state("nan", "FAILED", "diverged"), with_state("term", "KILLED", "interrupted"),
-            with_state("crash", "FAILED", "failed"), with_state("half", drop="latency/p50_ms"),
-            with_state("old", "RUNNING", None), {"metrics": {}, "tags": {}, "status": "FINISHED"}]  # fmt: skip
+    runs = [
+        with_state("good"),
+        with_state("live", "RUNNING", "running"),
+        with_state("nan", "FAILED", "diverged"),
+        with_state("term", "KILLED", "interrupted"),
+        with_state("crash", "FAILED", "failed"),
+        with_state("half", drop="latency/p50_ms"),
+        with_state("old", "RUNNING", None),
+        {"metrics": {}, "tags": {}, "status": "FINISHED"},
+    ]
     del runs[6]["tags"]["sparsebench.status"]  # a run from before the tag: MLflow's status
     admitted, left = admit(runs)
     assert [r["name"] for r in admitted] == ["good"]  # the parent-like run is not counted
-    assert left == {"running": ["live", "old"], "diverged": ["nan"], "interrupted": ["term"],
-                    "failed": ["crash"], "incomplete contract": ["half"]}  # fmt: skip
+    assert left == {
+        "running": ["live", "old"],
+        "diverged": ["nan"],
+        "interrupted": ["term"],
+        "failed": ["crash"],
+        "incomplete contract": ["half"],
+    }
     assert describe_left_out(left) == (
         "left out 6 runs that are not complete ok runs: 2 running (live, old); 1 failed (crash); "
         "1 diverged (nan); 1 interrupted (term); 1 incomplete contract (half)."
@@ -134,8 +197,12 @@ def test_cli_reads_mlflow_and_writes_csv_and_markdown(tmp_path, capsys) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("sparsebench")
-    for r in [run(run_hash="a", seed="0", acc=0.9), run(run_hash="a", seed="1", acc=0.8),
-              run(run_hash="b", method="rigl", acc=0.7, flops=10), run(key="other", run_hash="c")]:  # fmt: skip
+    for r in [
+        run(run_hash="a", seed="0", acc=0.9),
+        run(run_hash="a", seed="1", acc=0.8),
+        run(run_hash="b", method="rigl", acc=0.7, flops=10),
+        run(key="other", run_hash="c"),
+    ]:
         mlflow_run = client.create_run(experiment, tags={**r["tags"], "dataset": "digits"})
         for name, value in r["metrics"].items():
             client.log_metric(mlflow_run.info.run_id, name, value)
@@ -144,8 +211,18 @@ def test_cli_reads_mlflow_and_writes_csv_and_markdown(tmp_path, capsys) -> None:
         )
         client.set_terminated(mlflow_run.info.run_id)
     out_csv, out_md = tmp_path / "board.csv", tmp_path / "board.md"
-    code = main(["--tracking-uri", uri, "--benchmark-key", "digits|mlp|cpu|e1", "--csv", str(out_csv),
-                 "--markdown", str(out_md)])  # fmt: skip
+    code = main(
+        [
+            "--tracking-uri",
+            uri,
+            "--benchmark-key",
+            "digits|mlp|cpu|e1",
+            "--csv",
+            str(out_csv),
+            "--markdown",
+            str(out_md),
+        ]
+    )
     assert code == 0
     rows = list(csv.DictReader(out_csv.open()))
     assert [(r["run_hash"], r["n"], r["rank"]) for r in rows] == [("a", "2", "1"), ("b", "1", "2")]
@@ -189,10 +266,14 @@ def test_html_report_colours_methods_marks_patterns_and_draws_the_front(tmp_path
 
     from sparsebench.leaderboard.html import html_report
 
-    rows = aggregate([run(run_hash="a", method="dense", acc=0.95, flops=200, pattern="dense"),
-                      run(run_hash="b", method="rigl", acc=0.93, flops=40),
-                      run(run_hash="c", method="nm", acc=0.94, flops=100, pattern="2:4", latency=None),
-                      run(key="single", run_hash="d")])  # fmt: skip
+    rows = aggregate(
+        [
+            run(run_hash="a", method="dense", acc=0.95, flops=200, pattern="dense"),
+            run(run_hash="b", method="rigl", acc=0.93, flops=40),
+            run(run_hash="c", method="nm", acc=0.94, flops=100, pattern="2:4", latency=None),
+            run(key="single", run_hash="d"),
+        ]
+    )
     page = html_report(rows, tmp_path / "board.html").read_text()
     assert page.count("<table class='leaderboard'>") == 2 and "<th>test acc</th>" in page
     figures = [
@@ -222,10 +303,14 @@ def test_report_renders_in_headless_chromium(tmp_path) -> None:
         find_browser()
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
-    rows = aggregate([run(run_hash="a", method="dense", acc=0.95, flops=200, latency=2.0),
-                      run(run_hash="b", method="rigl", acc=0.93, flops=40, latency=1.2),
-                      run(run_hash="c", method="set", acc=0.90, flops=60, latency=1.5),
-                      run(run_hash="d", method="magnitude", acc=0.80, flops=20, latency=None)])  # fmt: skip
+    rows = aggregate(
+        [
+            run(run_hash="a", method="dense", acc=0.95, flops=200, latency=2.0),
+            run(run_hash="b", method="rigl", acc=0.93, flops=40, latency=1.2),
+            run(run_hash="c", method="set", acc=0.90, flops=60, latency=1.5),
+            run(run_hash="d", method="magnitude", acc=0.80, flops=20, latency=None),
+        ]
+    )
     page = html_report(rows, tmp_path / "board.html")
     dom = rendered_dom(page)
     assert dom.count('class="main-svg"') >= 4  # two plots drawn, each with its SVG layers
@@ -257,17 +342,24 @@ def test_budget_is_samples_seen_when_every_run_reports_it() -> None:
         r["metrics"]["train/samples"] = samples
         return r
 
-    rows = aggregate([with_samples(1000, run_hash="dense", train=3e9),
-                      with_samples(1000, run_hash="rigl95", train=2e8),  # sparse: fewer FLOPs
-                      with_samples(1000, run_hash="rigl50", train=1.5e9),
-                      with_samples(3000, run_hash="soups", train=9e9)])  # fmt: skip
+    rows = aggregate(
+        [
+            with_samples(1000, run_hash="dense", train=3e9),
+            with_samples(1000, run_hash="rigl95", train=2e8),  # sparse: fewer FLOPs
+            with_samples(1000, run_hash="rigl50", train=1.5e9),
+            with_samples(3000, run_hash="soups", train=9e9),
+        ]
+    )
     assert {r.run_hash for r in rows if r.budget_differs} == {"soups"}
 
 
 def _board() -> list:
     keys = ["mnist1d|mlp|cpu|epochs=1,batch=64", "mnist1d|mlp|cpu|epochs=10,batch=64"]
-    runs = [run(key=k, run_hash=f"{i}{j}", seed="0", acc=0.5 + 0.1 * j, flops=100 - 10 * j)
-            for i, k in enumerate(keys) for j in range(3)]  # fmt: skip
+    runs = [
+        run(key=k, run_hash=f"{i}{j}", seed="0", acc=0.5 + 0.1 * j, flops=100 - 10 * j)
+        for i, k in enumerate(keys)
+        for j in range(3)
+    ]
     return aggregate(admit(runs)[0])
 
 

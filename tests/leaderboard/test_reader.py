@@ -16,16 +16,26 @@ from sparsebench.leaderboard.rows import METRICS, TAGS
 from sparsebench.record.results import STATUS_TAG
 
 
-def log_run(client: MlflowClient, experiment: str, name: str, acc: float, end: bool = True,
-            **tags: str) -> str:  # fmt: skip
+def log_run(
+    client: MlflowClient, experiment: str, name: str, acc: float, end: bool = True, **tags: str
+) -> str:
     run = client.create_run(experiment, run_name=name)
     now = int(time.time() * 1000)
     metrics = [Metric(k, 1.0, now, 0) for k in METRICS]
     metrics += [Metric("test/acc", acc, now, 0), Metric("train/loss", 0.5, now, 3)]  # not read
-    every = {"benchmark_key": "digits|mlp|cpu", "run_hash": name, "method": "rigl", "seed": "0",
-             "dataset": "digits", STATUS_TAG: "ok", "git_sha": "not read", **tags}  # fmt: skip
-    client.log_batch(run.info.run_id, metrics=metrics,
-                     tags=[RunTag(k, v) for k, v in every.items()])  # fmt: skip
+    every = {
+        "benchmark_key": "digits|mlp|cpu",
+        "run_hash": name,
+        "method": "rigl",
+        "seed": "0",
+        "dataset": "digits",
+        STATUS_TAG: "ok",
+        "git_sha": "not read",
+        **tags,
+    }
+    client.log_batch(
+        run.info.run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in every.items()]
+    )
     client.log_param(run.info.run_id, "trainer.max_epochs", "3")  # params are never read
     if end:
         client.set_terminated(run.info.run_id)
@@ -125,8 +135,19 @@ def test_a_new_store_behind_the_same_address_is_not_mixed_with_the_cached_one(
 
 def test_the_cache_starts_again_when_the_fields_change(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "cache.sqlite"
-    RunCache(path).store([{"id": "r", "status": "FINISHED", "end_time": 5, "metrics": {},
-                           "tags": {}, "experiment_id": "1", "name": "r"}])  # fmt: skip
+    RunCache(path).store(
+        [
+            {
+                "id": "r",
+                "status": "FINISHED",
+                "end_time": 5,
+                "metrics": {},
+                "tags": {},
+                "experiment_id": "1",
+                "name": "r",
+            }
+        ]
+    )
     assert set(RunCache(path).load()) == {"r"}
     monkeypatch.setattr("sparsebench.leaderboard.read.TAGS", (*TAGS, "latency/noisy"))
     assert RunCache(path).load() == {}

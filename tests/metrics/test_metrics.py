@@ -112,8 +112,11 @@ def test_resnet18_sparse_flops_equal_the_hand_sum() -> None:
     # By hand: every Conv/Linear costs 2 * H_out * W_out * C_out * C_in/groups * kh * kw (Linear:
     # 2 * in * out), scaled by its density; stem and head stay dense.
     outputs = {}
-    hooks = [m.register_forward_hook(lambda m, a, out, n=n: outputs.__setitem__(n, out.shape))
-             for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]  # fmt: skip
+    hooks = [
+        m.register_forward_hook(lambda m, a, out, n=n: outputs.__setitem__(n, out.shape))
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     x = torch.zeros(1, 3, 64, 64)
     with torch.no_grad():
         model(x)

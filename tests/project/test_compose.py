@@ -13,8 +13,11 @@ import yaml
 
 from tests.fixtures import REPO
 
-SECRETS = {"POSTGRES_PASSWORD": "pg-secret-1", "MLFLOW_ADMIN_PASSWORD": "mlflow-secret-2",
-           "MLFLOW_SECRET_KEY": "csrf-key-3"}  # fmt: skip
+SECRETS = {
+    "POSTGRES_PASSWORD": "pg-secret-1",
+    "MLFLOW_ADMIN_PASSWORD": "mlflow-secret-2",
+    "MLFLOW_SECRET_KEY": "csrf-key-3",
+}
 
 
 def _config(compose_file: Path, env_file: Path | None = None) -> subprocess.CompletedProcess:
@@ -22,17 +25,31 @@ def _config(compose_file: Path, env_file: Path | None = None) -> subprocess.Comp
     if exe is None:
         pytest.skip("docker-compose is not installed (make test installs Debian's docker-compose)")
     return subprocess.run(
-        [exe, "-f", str(compose_file), "--env-file", str(env_file or REPO / ".env.example"), "config"],
-        capture_output=True, text=True, timeout=120, cwd=compose_file.parent,
-    )  # fmt: skip
+        [
+            exe,
+            "-f",
+            str(compose_file),
+            "--env-file",
+            str(env_file or REPO / ".env.example"),
+            "config",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=compose_file.parent,
+    )
 
 
 def _env(tmp_path: Path, **overrides: str) -> Path:
     """.env.example with the passwords a user must set, and ``overrides``."""
     lines = (REPO / ".env.example").read_text().splitlines()
     values = {**SECRETS, **overrides}
-    out = [f"{line.split('=')[0]}={values[line.split('=')[0]]}"
-           if "=" in line and line.split("=")[0] in values else line for line in lines]  # fmt: skip
+    out = [
+        f"{line.split('=')[0]}={values[line.split('=')[0]]}"
+        if "=" in line and line.split("=")[0] in values
+        else line
+        for line in lines
+    ]
     path = tmp_path / ".env"
     path.write_text("\n".join(out) + "\n")
     return path
@@ -44,8 +61,10 @@ def test_compose_file_is_valid_and_wires_one_database(tmp_path: Path) -> None:
     services = yaml.safe_load(proc.stdout)["services"]
     assert set(services) == {"postgres", "mlflow", "optuna-dashboard"}
     env = services["postgres"]["environment"]
-    database = (f"postgresql+psycopg2://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}"
-                f"@postgres:5432/{env['POSTGRES_DB']}")  # fmt: skip
+    database = (
+        f"postgresql+psycopg2://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}"
+        f"@postgres:5432/{env['POSTGRES_DB']}"
+    )
     assert services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"] == database
     assert services["optuna-dashboard"]["environment"]["OPTUNA_STORAGE"] == database  # the same
     for name in ("mlflow", "optuna-dashboard"):

@@ -19,8 +19,14 @@ def _lint(view: Path) -> subprocess.CompletedProcess:
     """lint-imports on ``view``: the package as installed, runners/ inside it (the Makefile
     checks the same view)."""
     shutil.copy(REPO / "pyproject.toml", view)
-    return subprocess.run([str(LINT), "--no-cache"], cwd=view, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(view), "PATH": "/usr/bin:/bin"}, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [str(LINT), "--no-cache"],
+        cwd=view,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(view), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
 
 
 def _view(folder: Path) -> Path:
@@ -32,14 +38,36 @@ def _view(folder: Path) -> Path:
 @pytest.mark.parametrize(
     ("module", "line", "message"),
     [
-        ("sparsity/masks.py", "import sparsebench.training", "sparsebench.sparsity is not allowed to import sparsebench.training"),
-        ("training/module.py", "import sparsebench.runners.train", "sparsebench.training is not allowed to import sparsebench.runners"),
-        ("runners/train.py", "import sparsebench.search.worker", "sparsebench.runners is not allowed to import sparsebench.search"),
-        ("record/results.py", "import sparsebench.leaderboard.rows", "sparsebench.record is not allowed to import sparsebench.leaderboard"),
-        ("errors.py", "import sparsebench.config.schemas", "sparsebench.errors is not allowed to import sparsebench.config"),
+        (
+            "sparsity/masks.py",
+            "import sparsebench.training",
+            "sparsebench.sparsity is not allowed to import sparsebench.training",
+        ),
+        (
+            "training/module.py",
+            "import sparsebench.runners.train",
+            "sparsebench.training is not allowed to import sparsebench.runners",
+        ),
+        (
+            "runners/train.py",
+            "import sparsebench.search.worker",
+            "sparsebench.runners is not allowed to import sparsebench.search",
+        ),
+        (
+            "record/results.py",
+            "import sparsebench.leaderboard.rows",
+            "sparsebench.record is not allowed to import sparsebench.leaderboard",
+        ),
+        (
+            "errors.py",
+            "import sparsebench.config.schemas",
+            "sparsebench.errors is not allowed to import sparsebench.config",
+        ),
     ],
-)  # fmt: skip
-def test_an_upward_import_breaks_the_layers(tmp_path: Path, module: str, line: str, message: str) -> None:
+)
+def test_an_upward_import_breaks_the_layers(
+    tmp_path: Path, module: str, line: str, message: str
+) -> None:
     view = _view(tmp_path)
     path = view / "sparsebench" / module
     path.write_text(path.read_text() + f"\n{line}  # upwards\n")

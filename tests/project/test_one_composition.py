@@ -14,10 +14,21 @@ from tests.fixtures import run_cli, search_in_process, write_sweep
 
 pytestmark = pytest.mark.slow
 
-FIXED = ["model=mlp", "dataset=digits", "+method=rigl", "seed=3", "logger=none",
-         "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-         "trainer.limit_test_batches=1", "hardware.threads=1", "hardware.max_run_time=0.2",
-         "print_summary=false", "trainer.enable_progress_bar=false"]  # fmt: skip
+FIXED = [
+    "model=mlp",
+    "dataset=digits",
+    "+method=rigl",
+    "seed=3",
+    "logger=none",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "hardware.threads=1",
+    "hardware.max_run_time=0.2",
+    "print_summary=false",
+    "trainer.enable_progress_bar=false",
+]
 SPARSITY = "method.sparsity=0.8"
 
 
@@ -47,8 +58,12 @@ def test_command_line_worker_and_suite_compose_one_config(tmp_path: Path, monkey
 
     study = tmp_path / "study"
     study.mkdir()
-    path = write_sweep(study, overrides=FIXED, n_trials=1,
-                       space={"method.sparsity": {"type": "categorical", "choices": [0.8]}})  # fmt: skip
+    path = write_sweep(
+        study,
+        overrides=FIXED,
+        n_trials=1,
+        space={"method.sparsity": {"type": "categorical", "choices": [0.8]}},
+    )
     worker = Worker(*search_in_process([f"sweep={path}"], study, monkeypatch))
     worker.run()
     by_worker = _record(worker.output_dir / "trials")

@@ -19,8 +19,13 @@ import torch
 from tests.fixtures import REPO
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-PROGRAMS = ("python -m ", ".venv/bin/python -m ", "sparsebench ", ".venv/bin/mlflow ",
-            ".venv/bin/optuna-dashboard ")  # fmt: skip
+PROGRAMS = (
+    "python -m ",
+    ".venv/bin/python -m ",
+    "sparsebench ",
+    ".venv/bin/mlflow ",
+    ".venv/bin/optuna-dashboard ",
+)
 # Arguments a page writes with a placeholder for the user's own run folder or genotype; left out
 # of the walk (tests/pruning and tests/transforms/test_dass.py run them with real values).
 PLACEHOLDERS = ("checkpoint=outputs/runs/DATE/TIME", "transform.genotype={...}")
@@ -124,8 +129,11 @@ def _check(program: str, args: list[str], tmp_path: Path, monkeypatch) -> None:
 
         checked = []
         if program == "sparsebench.leaderboard":  # the arguments, not a read of a store
-            monkeypatch.setattr(leaderboard, "_leaderboard",
-                                lambda a: checked.append(leaderboard.check_arguments(a)) or 0)  # fmt: skip
+            monkeypatch.setattr(
+                leaderboard,
+                "_leaderboard",
+                lambda a: checked.append(leaderboard.check_arguments(a)) or 0,
+            )
             code = leaderboard.main(args)
         else:
             monkeypatch.setattr(upload, "_upload", lambda a: checked.append(a) or 0)
@@ -166,3 +174,12 @@ def test_a_shown_bad_input_prints_its_sentence(
     assert exit.value.code == 2
     expected = error.removesuffix("...").rstrip()
     assert capsys.readouterr().err.strip().startswith(expected), expected
+
+
+def test_the_extending_page_quotes_the_magnitude_method_as_it_is() -> None:
+    page = (REPO / "docs" / "extending.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", page, re.S)
+    conf = re.findall(r"```yaml\n(.*?)```", page, re.S)
+    assert code and conf
+    assert code[0] in (REPO / "sparsebench/sparsity/methods/magnitude.py").read_text()
+    assert conf[0] in (REPO / "conf/method/magnitude.yaml").read_text()

@@ -28,8 +28,14 @@ from tests.fixtures import compose_config, run_cli
 
 # (pattern, density): the training patterns' own types; N:M fixes its density; blocks of 4
 # output rows (the group pattern the cpu_sparse kernel runs) and of 4 inputs.
-PATTERNS = [(Unstructured(), 0.5), (Unstructured(), 0.3), (NM(2, 4), 0.5), (NM(4, 8), 0.5),
-            (Block((4, 1)), 0.3), (Block((1, 4)), 0.5)]  # fmt: skip
+PATTERNS = [
+    (Unstructured(), 0.5),
+    (Unstructured(), 0.3),
+    (NM(2, 4), 0.5),
+    (NM(4, 8), 0.5),
+    (Block((4, 1)), 0.3),
+    (Block((1, 4)), 0.5),
+]
 
 
 def _id(case) -> str:
@@ -42,8 +48,9 @@ def trained():
     torch.manual_seed(0)
     x, y = load_digits(return_X_y=True)
     x, y = torch.tensor(x, dtype=torch.float32) / 16, torch.tensor(y)
-    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
-                          nn.Linear(128, 10))  # fmt: skip
+    model = nn.Sequential(
+        nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(300):
         index = torch.randint(0, len(x), (64,))
@@ -55,8 +62,9 @@ def trained():
     return model, stats
 
 
-def _check_pattern(keep: torch.Tensor, case: tuple[Pattern, float], per_row: bool,
-                   slack: int = 0) -> None:  # fmt: skip
+def _check_pattern(
+    keep: torch.Tensor, case: tuple[Pattern, float], per_row: bool, slack: int = 0
+) -> None:
     pattern, density = case
     if isinstance(pattern, NM):
         assert is_nm(keep, pattern.n, pattern.m)
@@ -153,8 +161,15 @@ def _results(folder: Path) -> dict:
     return json.loads(path.read_text())
 
 
-FAST = ["debug=fast", "hardware.threads=1", "logger=none", "model=mlp", "model.hidden_dims=[64,64]",
-        "trainer.limit_train_batches=10", "method.calibration_samples=64"]  # fmt: skip
+FAST = [
+    "debug=fast",
+    "hardware.threads=1",
+    "logger=none",
+    "model=mlp",
+    "model.hidden_dims=[64,64]",
+    "trainer.limit_train_batches=10",
+    "method.calibration_samples=64",
+]
 
 
 @pytest.mark.slow
@@ -177,9 +192,19 @@ def test_prune_runner_trains_dense_first_then_prunes(tmp_path: Path) -> None:
     # (in-process: the CLI path is the one above).
     from sparsebench.runners.prune import run
 
-    run(compose_config(["runner=prune", "+method=sparsegpt", "method.pattern=2:4",
-                        "method.finetune_epochs=1", f"checkpoint={dense_run}", *FAST],
-                       output_dir=tmp_path / "again" / "outputs" / "runs" / "x" / "y"))  # fmt: skip
+    run(
+        compose_config(
+            [
+                "runner=prune",
+                "+method=sparsegpt",
+                "method.pattern=2:4",
+                "method.finetune_epochs=1",
+                f"checkpoint={dense_run}",
+                *FAST,
+            ],
+            output_dir=tmp_path / "again" / "outputs" / "runs" / "x" / "y",
+        )
+    )
     again = _results(tmp_path / "again")["metrics"]
     assert again["sparsity/actual"] == pytest.approx(0.5, abs=0.01)
     assert again["test/acc_dense"] == pytest.approx(metrics["test/acc_dense"])  # same weights
@@ -192,9 +217,17 @@ def test_prune_runner_trains_dense_first_then_prunes(tmp_path: Path) -> None:
 def test_prune_runner_on_convolutions(make_cfg, tmp_path: Path, pattern: str) -> None:
     from sparsebench.runners.prune import run
 
-    metrics = run(make_cfg("runner=prune", "+method=dsnot", f"method.pattern={pattern}",
-                           "model=resnet20", "model.width=8", "logger=none",
-                           "method.calibration_samples=32")).metrics  # fmt: skip
+    metrics = run(
+        make_cfg(
+            "runner=prune",
+            "+method=dsnot",
+            f"method.pattern={pattern}",
+            "model=resnet20",
+            "model.width=8",
+            "logger=none",
+            "method.calibration_samples=32",
+        )
+    ).metrics
     assert metrics["sparsity/actual"] == pytest.approx(0.5, abs=0.01)
     assert metrics["flops/sparse"] < 0.6 * metrics["flops/dense"]
 
@@ -202,14 +235,24 @@ def test_prune_runner_on_convolutions(make_cfg, tmp_path: Path, pattern: str) ->
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["+method=rigl"], "runner 'prune' needs a post-training method (+method=dsnot, oneshot_magnitude, sparsegpt or wanda); got 'rigl'."),
-        (["+method=wanda", "method.calibration_samples=100000"],
-         "method.calibration_samples=100000 is more than the "),
-        (["+method=wanda", "method.pattern=2:4", "model.hidden_dims=[66,66]"],
-         "N:M pattern 2:4 needs every pruned layer's input dimension divisible by 4; layer 'features.4' has 66"),
-        (["+method=sparsegpt", "checkpoint=nowhere.ckpt"], "checkpoint nowhere.ckpt does not exist"),
+        (
+            ["+method=rigl"],
+            "runner 'prune' needs a post-training method (+method=dsnot, oneshot_magnitude, sparsegpt or wanda); got 'rigl'.",
+        ),
+        (
+            ["+method=wanda", "method.calibration_samples=100000"],
+            "method.calibration_samples=100000 is more than the ",
+        ),
+        (
+            ["+method=wanda", "method.pattern=2:4", "model.hidden_dims=[66,66]"],
+            "N:M pattern 2:4 needs every pruned layer's input dimension divisible by 4; layer 'features.4' has 66",
+        ),
+        (
+            ["+method=sparsegpt", "checkpoint=nowhere.ckpt"],
+            "checkpoint nowhere.ckpt does not exist",
+        ),
     ],
-)  # fmt: skip
+)
 def test_prune_runner_bad_input_is_one_sentence(make_cfg, tmp_path: Path, args, message) -> None:
     # Checked before any training (the CLI path of these errors: the next test).
     from sparsebench.runners.prune import run
@@ -227,8 +270,18 @@ def test_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
         {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
         tmp_path / "x.ckpt",
     )
-    proc = run_cli(["runner=prune", "+method=wanda", "model=mlp", "debug=fast", "logger=none",
-                    f"checkpoint={tmp_path / 'x.ckpt'}"], cwd=tmp_path, timeout=120)  # fmt: skip
+    proc = run_cli(
+        [
+            "runner=prune",
+            "+method=wanda",
+            "model=mlp",
+            "debug=fast",
+            "logger=none",
+            f"checkpoint={tmp_path / 'x.ckpt'}",
+        ],
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 2
     (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert "does not match model 'mlp' of this config (missing features." in line

@@ -48,9 +48,17 @@ def test_hash_omits_defaults_and_non_result_options() -> None:
 
 @pytest.mark.parametrize(
     "override",
-    ["trainer.optimizer.lr=0.01", "trainer.max_epochs=11", "dataset.batch_size=32", "model=mlp",
-     "hardware.batch_size=8", "dataset.split_seed=1", "+method=dense", "trainer.precision=bf16-mixed"],
-)  # fmt: skip
+    [
+        "trainer.optimizer.lr=0.01",
+        "trainer.max_epochs=11",
+        "dataset.batch_size=32",
+        "model=mlp",
+        "hardware.batch_size=8",
+        "dataset.split_seed=1",
+        "+method=dense",
+        "trainer.precision=bf16-mixed",
+    ],
+)
 def test_hash_changes_with_any_option(override: str) -> None:
     assert run_hash(compose_config([override])) != run_hash(compose_config())
 

@@ -34,15 +34,33 @@ def tracking_server(tmp_path: Path, pg_database: str):
     auth = tmp_path / "basic_auth.ini"
     auth.write_text(ini.replace("sqlite:////mlauth/basic_auth.db", f"sqlite:///{tmp_path}/auth.db"))
     port = free_port()
-    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(auth),
-           "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN["MLFLOW_TRACKING_PASSWORD"],
-           "MLFLOW_BACKEND_STORE_URI": store, "MLFLOW_FLASK_SERVER_SECRET_KEY": "csrf-key"}  # fmt: skip
+    env = {
+        **os.environ,
+        "MLFLOW_AUTH_CONFIG_PATH": str(auth),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN["MLFLOW_TRACKING_PASSWORD"],
+        "MLFLOW_BACKEND_STORE_URI": store,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "csrf-key",
+    }
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--app-name", "basic-auth",
-         "--host", "127.0.0.1", "--port", str(port), "--serve-artifacts",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-    )  # fmt: skip
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--app-name",
+            "basic-auth",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     uri = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(uri, server, timeout=120)
@@ -60,10 +78,23 @@ def test_sweep_to_postgres_server_and_leaderboard(
         urllib.request.urlopen(f"{tracking_server}/api/2.0/mlflow/experiments/search?max_results=1")
     assert refused.value.code == 401
     # 2 methods x 2 sparsities x 2 seeds on digits/mlp, all to the team server.
-    proc = run_cli(["-m", "debug=fast", "hardware.threads=1", "hardware.min_run_time=0.05", "model=mlp",
-                    "dataset=digits", "+method=random,magnitude", "method.sparsity=0.5,0.9", "seed=0,1",
-                    "trainer.limit_train_batches=null"],
-                   cwd=tmp_path, timeout=900, env={"MLFLOW_TRACKING_URI": tracking_server, **ADMIN})  # fmt: skip
+    proc = run_cli(
+        [
+            "-m",
+            "debug=fast",
+            "hardware.threads=1",
+            "hardware.min_run_time=0.05",
+            "model=mlp",
+            "dataset=digits",
+            "+method=random,magnitude",
+            "method.sparsity=0.5,0.9",
+            "seed=0,1",
+            "trainer.limit_train_batches=null",
+        ],
+        cwd=tmp_path,
+        timeout=900,
+        env={"MLFLOW_TRACKING_URI": tracking_server, **ADMIN},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # What the MLflow UI shows is what the server's REST API serves: all 8 jobs, each with every
     # metric and tag of the results contract, nested under the sweep's parent.
@@ -91,8 +122,12 @@ def test_sweep_to_postgres_server_and_leaderboard(
     # The front: a row is on it exactly when no other row is at least as accurate and cheaper.
     for r in rows:
         acc, flops = float(r["acc_mean"]), float(r["flops_sparse"])
-        dominated = any(float(o["acc_mean"]) >= acc and float(o["flops_sparse"]) <= flops
-                        and (float(o["acc_mean"]) > acc or float(o["flops_sparse"]) < flops) for o in rows)  # fmt: skip
+        dominated = any(
+            float(o["acc_mean"]) >= acc
+            and float(o["flops_sparse"]) <= flops
+            and (float(o["acc_mean"]) > acc or float(o["flops_sparse"]) < flops)
+            for o in rows
+        )
         assert (r["flops_front"] == "True") == (not dominated)
 
 

@@ -24,14 +24,30 @@ TINY = {
     "claim": "Dense beats 95% random sparse training on digits.",
     "reference": "none",
     "metric": "test/acc",
-    "arms": {"dense": ["model=mlp"], "random": ["model=mlp", "+method=random", "method.sparsity=0.95"]},
-    "comparisons": [{"a": "dense", "b": "random", "direction": "greater", "delta": 0.0},
-                    {"a": "random", "b": "dense", "direction": "less", "delta": 0.0,
-                     "metric": "flops/sparse", "label": "FLOPs"}],
-    "tiers": {"quick": {"seeds": 2, "budget": "seconds",
-                        "overrides": ["dataset=digits", "debug=fast", "hardware.threads=1"]}},
+    "arms": {
+        "dense": ["model=mlp"],
+        "random": ["model=mlp", "+method=random", "method.sparsity=0.95"],
+    },
+    "comparisons": [
+        {"a": "dense", "b": "random", "direction": "greater", "delta": 0.0},
+        {
+            "a": "random",
+            "b": "dense",
+            "direction": "less",
+            "delta": 0.0,
+            "metric": "flops/sparse",
+            "label": "FLOPs",
+        },
+    ],
+    "tiers": {
+        "quick": {
+            "seeds": 2,
+            "budget": "seconds",
+            "overrides": ["dataset=digits", "debug=fast", "hardware.threads=1"],
+        }
+    },
     "changes": [],
-}  # fmt: skip
+}
 
 
 def write(tmp_path: Path, **changes) -> Path:
@@ -78,9 +94,21 @@ def test_a_tiny_claim_end_to_end(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
 
     def reproduce(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "sparsebench.reproduce", *args, f"claim={claim}",
-                               "report=claims.md"], cwd=tmp_path, capture_output=True, text=True,
-                              timeout=600, env=env)  # fmt: skip
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sparsebench.reproduce",
+                *args,
+                f"claim={claim}",
+                "report=claims.md",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
 
     # The plan's first two runs as a launcher's jobs (Hydra's multirun; submitit on a cluster),
     # then the plain command runs the rest, skips those, and reports.
@@ -127,21 +155,42 @@ def test_a_tiny_claim_end_to_end(tmp_path: Path) -> None:
 def test_a_search_arm_is_the_best_of_its_candidates(tmp_path: Path) -> None:
     from sparsebench.reproduce.suite import Outcome, analyse, selected
 
-    arms = {"searched": {"best_of": 3, "by": "val/acc", "vary": "method.node_seed",
-                         "overrides": ["+method=node"]}, "random": ["+method=random"]}  # fmt: skip
+    arms = {
+        "searched": {
+            "best_of": 3,
+            "by": "val/acc",
+            "vary": "method.node_seed",
+            "overrides": ["+method=node"],
+        },
+        "random": ["+method=random"],
+    }
     comparisons = [{"a": "searched", "b": "random", "direction": "not_greater", "delta": 0.0}]
     claim = load_claim(str(write(tmp_path, arms=arms, comparisons=comparisons)))
     jobs = claim.jobs(tmp_path, "quick")
     searched = [j for j in jobs if j.arm == "searched"]
     assert len(jobs) == 3 * 2 + 2 and [j.folder.name for j in searched][:3] == [
-        "searched-s0-c0", "searched-s0-c1", "searched-s0-c2"]  # fmt: skip
+        "searched-s0-c0",
+        "searched-s0-c1",
+        "searched-s0-c2",
+    ]
     assert [j.overrides[-1] for j in searched] == [f"method.node_seed={v}" for v in range(6)]
     # Candidates chosen on val/acc, compared on test/acc.
     val = {(0, 0): 0.5, (0, 1): 0.9, (0, 2): 0.7, (1, 0): 0.8, (1, 1): 0.6, (1, 2): None}
-    outcomes = [Outcome(j, "ok", {"test/acc": 0.1 * j.candidate + j.seed,
-                                  **({"val/acc": val[(j.seed, j.candidate)]}
-                                     if val[(j.seed, j.candidate)] is not None else {})})
-                for j in searched]  # fmt: skip
+    outcomes = [
+        Outcome(
+            j,
+            "ok",
+            {
+                "test/acc": 0.1 * j.candidate + j.seed,
+                **(
+                    {"val/acc": val[(j.seed, j.candidate)]}
+                    if val[(j.seed, j.candidate)] is not None
+                    else {}
+                ),
+            },
+        )
+        for j in searched
+    ]
     outcomes += [Outcome(j, "ok", {"test/acc": 0.05 + j.seed}) for j in jobs if j.arm == "random"]
     chosen = {
         (o.job.seed, o.job.candidate) for o in selected(claim, outcomes) if o.job.arm == "searched"

@@ -35,8 +35,9 @@ def test_the_bootstrap_interval_is_scipys_bca() -> None:
     rng = np.random.default_rng(7)
     a, b = rng.normal(0.8, 0.02, 8), rng.normal(0.78, 0.02, 8)
     effect = paired_effect(list(a), list(b), method="bootstrap", seed=3)
-    expected = stats.bootstrap((a - b,), np.mean, method="BCa", n_resamples=9999,
-                               rng=np.random.default_rng(3)).confidence_interval  # fmt: skip
+    expected = stats.bootstrap(
+        (a - b,), np.mean, method="BCa", n_resamples=9999, rng=np.random.default_rng(3)
+    ).confidence_interval
     assert (effect.low, effect.high) == pytest.approx((expected.low, expected.high))
     assert effect.low < effect.mean < effect.high
 

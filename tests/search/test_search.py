@@ -19,6 +19,8 @@ from tests.fixtures import FAST, REPO, search, search_in_process, write_sweep
 
 pytestmark = pytest.mark.slow
 register()
+
+
 @pytest.fixture
 def search_here(tmp_path: Path, monkeypatch, capsys):
     """One worker in-process, as ``python -m sparsebench.search ARGS`` in tmp_path; returns
@@ -37,24 +39,40 @@ def search_here(tmp_path: Path, monkeypatch, capsys):
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"space": {"method.sparsityy": {"type": "float", "low": 0.1, "high": 0.9}}},
-         "error: sweep 'study': search-space key 'method.sparsityy' (value 0.1) is not a key of the trial config"),
-        ({"space": {"method.sparsity": {"type": "float", "low": 0.9, "high": 0.5}}},
-         "error: sweep 'study': 'method.sparsity' has an empty range [0.9, 0.5]; low must be below high."),
-        ({"space": {"method.distribution": {"type": "categorical", "choices": []}}},
-         "error: sweep 'study': 'method.distribution' has an empty list of choices."),
-        ({"space": {"method.sparsity": {"type": "float", "low": 0.5, "high": 1.5}}},
-         "error: sweep 'study': method.sparsity=1.5: method.sparsity must be in [0.0, 1.0), got 1.5."),
-        ({"objectives": [{"metric": "test/accuracy", "direction": "maximize"}]},
-         "error: sweep 'study': objective 'test/accuracy' is not in the results contract; allowed: test/acc,"),
-        ({"storage": "postgresql://postgres@127.0.0.1:1/nothing"},
-         "error: cannot reach the study storage postgresql+psycopg2://postgres@127.0.0.1:1/nothing ("),
-        ({"sampler": {"name": "grid"}},
-         "error: sweep 'study': sampler 'grid' is unknown; give one of random, tpe, nsga2, nsga3, cmaes, gp, qmc,"),
-        ({"sampler": {"_target_": "optuna.pruners.MedianPruner"}},
-         "error: sweep 'study': sampler _target_ 'optuna.pruners.MedianPruner' is not an Optuna sampler."),
+        (
+            {"space": {"method.sparsityy": {"type": "float", "low": 0.1, "high": 0.9}}},
+            "error: sweep 'study': search-space key 'method.sparsityy' (value 0.1) is not a key of the trial config",
+        ),
+        (
+            {"space": {"method.sparsity": {"type": "float", "low": 0.9, "high": 0.5}}},
+            "error: sweep 'study': 'method.sparsity' has an empty range [0.9, 0.5]; low must be below high.",
+        ),
+        (
+            {"space": {"method.distribution": {"type": "categorical", "choices": []}}},
+            "error: sweep 'study': 'method.distribution' has an empty list of choices.",
+        ),
+        (
+            {"space": {"method.sparsity": {"type": "float", "low": 0.5, "high": 1.5}}},
+            "error: sweep 'study': method.sparsity=1.5: method.sparsity must be in [0.0, 1.0), got 1.5.",
+        ),
+        (
+            {"objectives": [{"metric": "test/accuracy", "direction": "maximize"}]},
+            "error: sweep 'study': objective 'test/accuracy' is not in the results contract; allowed: test/acc,",
+        ),
+        (
+            {"storage": "postgresql://postgres@127.0.0.1:1/nothing"},
+            "error: cannot reach the study storage postgresql+psycopg2://postgres@127.0.0.1:1/nothing (",
+        ),
+        (
+            {"sampler": {"name": "grid"}},
+            "error: sweep 'study': sampler 'grid' is unknown; give one of random, tpe, nsga2, nsga3, cmaes, gp, qmc,",
+        ),
+        (
+            {"sampler": {"_target_": "optuna.pruners.MedianPruner"}},
+            "error: sweep 'study': sampler _target_ 'optuna.pruners.MedianPruner' is not an Optuna sampler.",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_input_is_one_sentence_before_any_trial(tmp_path: Path, fields, message) -> None:
     # What the worker checks before its first trial (the CLI path: the test below).
     from sparsebench.search.storage import open_storage
@@ -144,33 +162,47 @@ def test_multi_objective_study_reports_a_pareto_front(tmp_path: Path, search_her
     path = write_sweep(
         tmp_path,
         overrides=["model=mlp", "dataset=digits", "debug=fast", "+method=random"],
-        space={"method.sparsity": {"type": "float", "low": 0.2, "high": 0.98},
-               "model.hidden_dims": {"type": "categorical", "choices": ["[32,32]", "[128,128]"]}},
-        objectives=[{"metric": "val/acc", "direction": "maximize"},
-                    {"metric": "flops/sparse", "direction": "minimize"}],
+        space={
+            "method.sparsity": {"type": "float", "low": 0.2, "high": 0.98},
+            "model.hidden_dims": {"type": "categorical", "choices": ["[32,32]", "[128,128]"]},
+        },
+        objectives=[
+            {"metric": "val/acc", "direction": "maximize"},
+            {"metric": "flops/sparse", "direction": "minimize"},
+        ],
         sampler={"name": "nsga2", "seed": 0, "population_size": 4},
         n_trials=8,
-    )  # fmt: skip
+    )
     stdout = search_here([f"sweep={path}"])
     summary = json.loads(next(tmp_path.glob("outputs/search/**/study.json")).read_text())
     front = summary["pareto_front"]
     assert len(front) >= 3 and "Pareto front" in stdout
     for a in front:  # no member dominates another
         for b in front:
-            assert not (a["val/acc"] >= b["val/acc"] and a["flops/sparse"] <= b["flops/sparse"]
-                        and (a["val/acc"], a["flops/sparse"]) != (b["val/acc"], b["flops/sparse"]))  # fmt: skip
+            assert not (
+                a["val/acc"] >= b["val/acc"]
+                and a["flops/sparse"] <= b["flops/sparse"]
+                and (a["val/acc"], a["flops/sparse"]) != (b["val/acc"], b["flops/sparse"])
+            )
 
 
 def test_any_optuna_sampler_by_target_and_a_cma_es_study(tmp_path: Path, search_here) -> None:
-    space = {"method.sparsity": {"type": "float", "low": 0.3, "high": 0.95},
-             "trainer.optimizer.lr": {"type": "float", "low": 0.01, "high": 0.3, "log": True}}  # fmt: skip
-    for node, cls in [({"name": "gp", "seed": 0}, optuna.samplers.GPSampler),
-                      ({"_target_": "optuna.samplers.QMCSampler", "seed": 0}, optuna.samplers.QMCSampler)]:  # fmt: skip
+    space = {
+        "method.sparsity": {"type": "float", "low": 0.3, "high": 0.95},
+        "trainer.optimizer.lr": {"type": "float", "low": 0.01, "high": 0.3, "log": True},
+    }
+    for node, cls in [
+        ({"name": "gp", "seed": 0}, optuna.samplers.GPSampler),
+        ({"_target_": "optuna.samplers.QMCSampler", "seed": 0}, optuna.samplers.QMCSampler),
+    ]:
         assert isinstance(load_spec(str(write_sweep(tmp_path, sampler=node))).make_sampler(), cls)
-    path = write_sweep(tmp_path, space=space, n_trials=3,
-                       sampler={"_target_": "optuna.samplers.CmaEsSampler", "seed": 0,
-                                "n_startup_trials": 1},
-                       pruner={"_target_": "optuna.pruners.MedianPruner", "n_warmup_steps": 5})  # fmt: skip
+    path = write_sweep(
+        tmp_path,
+        space=space,
+        n_trials=3,
+        sampler={"_target_": "optuna.samplers.CmaEsSampler", "seed": 0, "n_startup_trials": 1},
+        pruner={"_target_": "optuna.pruners.MedianPruner", "n_warmup_steps": 5},
+    )
     search_here([f"sweep={path}"])
     study = optuna.load_study(study_name="study", storage=f"sqlite:///{tmp_path}/optuna.db")
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))

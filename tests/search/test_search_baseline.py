@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from sparsebench.errors import ConfigError
 from sparsebench.models import build_model
 from sparsebench.sparsity.masks import MASK
-from sparsebench.training.build import build_method
+from sparsebench.training.parts import build_method
 from tests.fixtures import compose_config, search_in_process
 
 
@@ -65,12 +65,14 @@ def test_node_masks_refuse_models_that_are_not_a_chain_of_linear_layers() -> Non
 def test_baseline_sweep_produces_its_table(tmp_path: Path, monkeypatch) -> None:
     study = {
         "overrides": ["model=mlp", "dataset=digits", "debug=fast", "model.hidden_dims=[64,64]"],
-        "space": {"method.node_seed": {"type": "int", "low": 0, "high": 1000000},
-                  "method.layer_spread": {"type": "float", "low": 0.0, "high": 0.9}},
+        "space": {
+            "method.node_seed": {"type": "int", "low": 0, "high": 1000000},
+            "method.layer_spread": {"type": "float", "low": 0.0, "high": 0.9},
+        },
         "sampler": {"name": "random", "seed": 0},
         "n_trials": 2,
         "baseline": {"sparsities": [0.8], "seeds": [0, 1]},
-    }  # fmt: skip
+    }
     (tmp_path / "bl.yaml").write_text(yaml.safe_dump(study))
     from sparsebench.search.baseline import Baseline
     from sparsebench.search.spec import load_spec
@@ -80,8 +82,10 @@ def test_baseline_sweep_produces_its_table(tmp_path: Path, monkeypatch) -> None:
     (table,) = tmp_path.glob("outputs/search/bl/*/*/baseline.csv")
     rows = list(csv.DictReader(table.open()))
     assert [(r["arm"], r["sparsity"], r["n"]) for r in rows] == [
-        ("dense parent", "0.0", "2"), ("random search (node)", "0.8", "2"), ("random (weights)", "0.8", "2"),
-    ]  # fmt: skip
+        ("dense parent", "0.0", "2"),
+        ("random search (node)", "0.8", "2"),
+        ("random (weights)", "0.8", "2"),
+    ]
     for row in rows:
         assert 0 < float(row["test_acc_mean"]) <= 1 and float(row["test_acc_std"]) >= 0
     for row in rows[1:]:  # equal sparsity over the same weights in both sparse arms

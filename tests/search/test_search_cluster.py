@@ -28,13 +28,20 @@ def _worker(args: list[str], cwd: Path, index: int, log: Path) -> subprocess.Pop
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     return subprocess.Popen(
         [sys.executable, "-m", "sparsebench.search", *args, f"worker={index}"],
-        cwd=cwd, env=env, stdout=log.open("a"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        cwd=cwd,
+        env=env,
+        stdout=log.open("a"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def test_two_workers_on_postgres_survive_a_killed_worker(pg_database: str, tmp_path: Path) -> None:
-    path = write_sweep(tmp_path, overrides=[*FAST, "+method=random", "trainer.max_epochs=2"],
-                       n_trials=12, storage=pg_database)  # fmt: skip
+    path = write_sweep(
+        tmp_path,
+        overrides=[*FAST, "+method=random", "trainer.max_epochs=2"],
+        n_trials=12,
+        storage=pg_database,
+    )
     args = [f"sweep={path}", "heartbeat_interval=1", "grace_period=3", "poll_s=0.5", NO_MLFLOW]
     log = tmp_path / "workers.log"
     first, second = _worker(args, tmp_path, 0, log), _worker(args, tmp_path, 1, log)
@@ -53,8 +60,12 @@ def test_two_workers_on_postgres_survive_a_killed_worker(pg_database: str, tmp_p
         except KeyError:
             continue  # the study is not created yet
         done = sum(t.state == TrialState.COMPLETE for t in trials)
-        mine = [t for t in trials if t.state == TrialState.RUNNING
-                and t.user_attrs.get("worker", "").endswith(f":{first.pid}")]  # fmt: skip
+        mine = [
+            t
+            for t in trials
+            if t.state == TrialState.RUNNING
+            and t.user_attrs.get("worker", "").endswith(f":{first.pid}")
+        ]
         if done >= 2 and mine:
             first.send_signal(signal.SIGKILL)
             first.wait()
@@ -94,8 +105,10 @@ def test_local_workers_share_a_journal_file(tmp_path: Path) -> None:
 
 def test_multirun_of_workers_with_the_submitit_launcher(tmp_path: Path) -> None:
     path = write_sweep(tmp_path, n_trials=4)
-    proc = search(["-m", f"sweep={path}", "worker=0,1", "hydra/launcher=submitit_local", NO_MLFLOW],
-                  cwd=tmp_path)  # fmt: skip
+    proc = search(
+        ["-m", f"sweep={path}", "worker=0,1", "hydra/launcher=submitit_local", NO_MLFLOW],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     study = optuna.load_study(study_name="study", storage=f"sqlite:///{tmp_path}/optuna.db")
     assert sum(t.state == TrialState.COMPLETE for t in study.get_trials()) == 4
@@ -105,17 +118,27 @@ def test_grid_with_the_submitit_launcher_nests_every_job(tmp_path: Path) -> None
     # python -m sparsebench -m +method=rigl,set method.sparsity=0.5,0.9 hydra/launcher=submitit_local
     # (one method here: two jobs in their own processes are the point; Hydra cannot take a
     # single-valued method.sparsity beside a swept +method, it composes it before the sweep)
-    proc = run_cli(["-m", *FAST, "+method=rigl", "method.sparsity=0.5,0.9",
-                    "hydra/launcher=submitit_local", "hardware.min_run_time=0.05"],
-                   cwd=tmp_path, timeout=600)  # fmt: skip
+    proc = run_cli(
+        [
+            "-m",
+            *FAST,
+            "+method=rigl",
+            "method.sparsity=0.5,0.9",
+            "hydra/launcher=submitit_local",
+            "hardware.min_run_time=0.05",
+        ],
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("sparsebench").experiment_id])
     (parent,) = [r for r in runs if "sparsebench.sweep" in r.data.tags]
     jobs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted((r.data.tags["method"], r.data.params["method.sparsity"]) for r in jobs) == [
-        ("rigl", "0.5"), ("rigl", "0.9")
-    ]  # fmt: skip
+        ("rigl", "0.5"),
+        ("rigl", "0.9"),
+    ]
     assert all(r.info.status == "FINISHED" for r in jobs)
 
 
@@ -138,9 +161,17 @@ def test_optuna_dashboard_reads_the_study_storages(tmp_path: Path, kind: str) ->
     port = free_port()
     target = url if kind == "sqlite" else url.removeprefix("journal:")
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "optuna-dashboard"), target, "--host", "127.0.0.1",
-         "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            str(Path(sys.executable).parent / "optuna-dashboard"),
+            target,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline, answer = time.time() + 60, None
         while answer is None and time.time() < deadline and server.poll() is None:

@@ -21,21 +21,24 @@ from sparsebench.config.targets import list_methods
 from sparsebench.errors import ConfigError
 from sparsebench.sparsity.masks import MASK
 from sparsebench.sparsity.patterns import NM, as_matrix, is_nm
-from sparsebench.training.build import (
+from sparsebench.training.fit import build_trainer, fit, sparsity_callbacks
+from sparsebench.training.measure import model_metrics
+from sparsebench.training.parts import (
     build_datamodule,
     build_method,
     build_module,
     build_run_model,
-    build_transform,
 )
-from sparsebench.training.fit import build_trainer, fit, sparsity_callbacks
-from sparsebench.training.measure import model_metrics
+from tests.fixtures import fit_method
 
 # Every training method with masks (monarch is structural and dense: tests/transforms/test_sparse_ift.py;
 # node masks whole units of an MLP chain: tests/search/test_search_baseline.py; dass trains the network
 # it searched: tests/transforms/test_dass.py; post-training methods prune once: tests/pruning/test_pruning.py).
-METHODS = [m for m in list_methods(("training", "structured", "transform_preset"), masked=True)
-           if m not in ("node", "dass")]  # fmt: skip
+METHODS = [
+    m
+    for m in list_methods(("training", "structured", "transform_preset"), masked=True)
+    if m not in ("node", "dass")
+]
 # Make every schedule act within an 8-step run.
 FAST_SCHEDULE = {
     "set": ["method.update_interval=1"],
@@ -61,20 +64,6 @@ MODEL_DATA = {
 }
 
 
-def _fit(cfg, out: Path, ckpt: str | None = None, max_epochs: int = 2, extra: list | None = None):
-    L.seed_everything(0, verbose=False)
-    datamodule = build_datamodule(cfg)
-    method = build_method(cfg)
-    transform = build_transform(cfg, method)
-    model = build_run_model(cfg, datamodule, method, transform)  # as the runner does
-    cfg.trainer.max_epochs = max_epochs
-    module = build_module(cfg, model)
-    callbacks = [*sparsity_callbacks(method), *(extra or [])]
-    trainer = fit(module, datamodule, method, lambda **kw: build_trainer(cfg, out, callbacks, **kw),
-                  ckpt)  # fmt: skip
-    return model, method, trainer, datamodule, transform
-
-
 CASES = [(m, net) for m in METHODS for net in ("mlp", "resnet20")] + [
     (m, "resnet18") for m in ("channel", "rigl")
 ]
@@ -82,14 +71,20 @@ CASES = [(m, net) for m in METHODS for net in ("mlp", "resnet20")] + [
 
 @pytest.mark.parametrize(("method_name", "model_name"), CASES, ids=[f"{m}-{n}" for m, n in CASES])
 def test_method_contract(make_cfg, tmp_path: Path, method_name: str, model_name: str) -> None:
-    overrides = [f"+method={method_name}", *MODEL_DATA[model_name], *FAST_SCHEDULE.get(method_name, []),
-                 "trainer.limit_train_batches=4", "trainer.enable_checkpointing=true", "logger=none"]  # fmt: skip
+    overrides = [
+        f"+method={method_name}",
+        *MODEL_DATA[model_name],
+        *FAST_SCHEDULE.get(method_name, []),
+        "trainer.limit_train_batches=4",
+        "trainer.enable_checkpointing=true",
+        "logger=none",
+    ]
     if method_name == "sparse_ift":  # the preset's method trains at the transform's sparsity
         overrides.append("transform.sparsity=0.8")
     elif method_name not in ("nm", "sr_ste", "pgf", "bdwp"):  # N:M methods: sparsity is 1 - n/m
         overrides.append("method.sparsity=0.8")
     cfg = make_cfg(*overrides)
-    model, method, trainer, datamodule, transform = _fit(cfg, tmp_path)
+    model, method, trainer, datamodule, transform = fit_method(cfg, tmp_path)
 
     densities = method.densities(method.magnitudes())
     for name, module in method.masks:
@@ -101,8 +96,7 @@ def test_method_contract(make_cfg, tmp_path: Path, method_name: str, model_name:
         elif method.distribution != "global":
             slack = method.pattern.granularity(module.weight.shape)
             assert abs(kept - densities[name] * mask.numel()) <= slack, name
-    metrics = model_metrics(model, datamodule.example_input(1), 64, method,
-                            transform=transform)  # fmt: skip
+    metrics = model_metrics(model, datamodule.example_input(1), 64, method, transform=transform)
     total = sum(m.weight.numel() for _, m in method.masks)
     slack = sum(
         method.pattern.granularity(m.weight.shape) for _, m in method.masks
@@ -124,10 +118,11 @@ def test_method_contract(make_cfg, tmp_path: Path, method_name: str, model_name:
     probe = RestoredState()
     if method.resumable is not True:  # soups: a run cannot continue mid-way, and says so
         with pytest.raises(ConfigError, match="cannot continue a killed run"):
-            _fit(cfg, tmp_path / "resumed", ckpt=str(ckpt), max_epochs=state["epoch"] + 2)
+            fit_method(cfg, tmp_path / "resumed", ckpt=str(ckpt), max_epochs=state["epoch"] + 2)
         return
-    resumed, method2, _, _, _ = _fit(cfg, tmp_path / "resumed", ckpt=str(ckpt), max_epochs=state["epoch"] + 2,
-                                  extra=[probe])  # fmt: skip
+    resumed, method2, _, _, _ = fit_method(
+        cfg, tmp_path / "resumed", ckpt=str(ckpt), max_epochs=state["epoch"] + 2, extra=[probe]
+    )
     if method.fit_strategy == "rounds":  # IMP: its checkpoint is of the last round, finished
         assert method2.level == method.levels and method2.snapshot is not None
         for name, _ in method.masks:
@@ -174,9 +169,7 @@ def test_method_options_are_validated_before_training(make_cfg) -> None:
         build_method(make_cfg("+method=nm", "method.pattern=block1x4"))
     with pytest.raises(ConfigError, match="method.pattern must be unstructured, channel, N:M"):
         build_method(make_cfg("+method=rigl", "method.pattern=2x4"))
-    with pytest.raises(
-        ConfigError, match="unknown key 'method.drop_frac'; method takes: name, "
-    ):
+    with pytest.raises(ConfigError, match="unknown key 'method.drop_frac'; method takes: name, "):
         validate(make_cfg("+method=rigl", "+method.drop_frac=0.1"))  # the schema's keys
 
 
@@ -196,9 +189,16 @@ def test_method_options_are_validated_before_training(make_cfg) -> None:
     ],
 )
 def test_patterns_compose_with_methods(make_cfg, tmp_path: Path, pattern: str, check) -> None:
-    cfg = make_cfg("+method=magnitude", "method.distribution=uniform", f"method.pattern={pattern}",
-                   "method.sparsity=0.75", "model=resnet20", "dataset=synthetic", "logger=none")  # fmt: skip
-    _, method, _, _, _ = _fit(cfg, tmp_path)
+    cfg = make_cfg(
+        "+method=magnitude",
+        "method.distribution=uniform",
+        f"method.pattern={pattern}",
+        "method.sparsity=0.75",
+        "model=resnet20",
+        "dataset=synthetic",
+        "logger=none",
+    )
+    _, method, _, _, _ = fit_method(cfg, tmp_path)
     assert method.masks.sparsity() == pytest.approx(0.75, abs=0.01)
     for name, module in method.masks:
         mask = method.masks.mask(name)
@@ -240,9 +240,16 @@ def test_bdwp_masks_both_matmuls_n_m_on_the_autograd_graph() -> None:
 
 
 def test_bdwp_training_flops_are_a_hand_count(make_cfg, tmp_path: Path) -> None:
-    cfg = make_cfg("+method=bdwp", "model=mlp", "model.hidden_dims=[64,64]", "dataset=digits",
-                   "dataset.input_shape=[1,8,8]", "trainer.limit_train_batches=2", "logger=none")  # fmt: skip
-    model, method, _, datamodule, _ = _fit(cfg, tmp_path, max_epochs=1)
+    cfg = make_cfg(
+        "+method=bdwp",
+        "model=mlp",
+        "model.hidden_dims=[64,64]",
+        "dataset=digits",
+        "dataset.input_shape=[1,8,8]",
+        "trainer.limit_train_batches=2",
+        "logger=none",
+    )
+    model, method, _, datamodule, _ = fit_method(cfg, tmp_path, max_epochs=1)
     metrics = model_metrics(model, datamodule.example_input(1), 100, method)
     dense = 2 * (64 * 64 + 64 * 64 + 64 * 10)  # stem, the 2:4 layer, head (multiply-adds x 2)
     sparse = 2 * (64 * 64 + 64 * 64 // 2 + 64 * 10)
@@ -253,97 +260,17 @@ def test_bdwp_training_flops_are_a_hand_count(make_cfg, tmp_path: Path) -> None:
         ConfigError,
         match="BDWP prunes W\\^T 2:4 too: every pruned layer needs its output dimension divisible by 4",
     ):
-        _fit(make_cfg("+method=bdwp", "model=mlp", "model.hidden_dims=[64,66]", "dataset=digits",
-                      "dataset.input_shape=[1,8,8]", "logger=none"), tmp_path / "bad")  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    ("arch", "size"), [("resnet18", 64), ("mobilenetv2_100", 64), ("vit_tiny_patch16_224", 224)]
-)
-def test_hesso_groups_slim_each_network_without_changing_it(arch: str, size: int) -> None:
-    import timm
-
-    from sparsebench.metrics.flops import flops_per_sample
-    from sparsebench.sparsity.methods import HESSO
-
-    torch.manual_seed(0)
-    model = timm.create_model(arch, num_classes=10).train()
-    x = torch.randn(2, 3, size, size)
-    method = HESSO(sparsity=0.5)
-    method.attach(model, x)
-    # Torch-Pruning's trace sets eval mode; training must go on with BatchNorm in train mode.
-    assert all(m.training for m in model.modules())
-    model.eval()
-    x = x[:1]
-    if arch.startswith("vit"):  # the MLP blocks: qkv's channels are reshaped into heads
-        assert set(method.masks.layers) == {f"blocks.{i}.mlp.fc1" for i in range(12)}
-    for name, _ in method.masks:  # the last period's choice, made at once
-        method.shrinking[name] = method.choose(name, method.periods - 1, method.protected[name])
-    method.finalize()
-    slim = method.deployed_model(model)
-    with torch.no_grad():
-        assert torch.allclose(slim(x), model(x), atol=1e-4)  # the zero groups did nothing
-    assert sum(p.numel() for p in slim.parameters()) < 0.8 * sum(
-        p.numel() for p in model.parameters()
-    )
-    assert (
-        flops_per_sample(slim, x)["flops/dense"] < 0.8 * flops_per_sample(model, x)["flops/dense"]
-    )
-
-
-def test_hesso_projects_groups_to_zero_over_periods_with_cric(make_cfg, tmp_path: Path) -> None:
-    cfg = make_cfg("+method=hesso", "method.cric=true", "method.periods=2", "method.start=0.0",
-                   "method.end=0.75", *MODEL_DATA["resnet20"], "trainer.limit_train_batches=8",
-                   "logger=none")  # fmt: skip
-    model, method, _, datamodule, _ = _fit(cfg, tmp_path, max_epochs=1)
-    assert not method.shrinking and method.cycles_left == 0  # every period ended
-    for name, _ in method.masks:
-        rows = method.rows(name)
-        assert int((~rows).sum()) == round(0.5 * rows.numel())  # half of each layer's channels
-        for param in method.params(name):
-            assert (param.detach()[~rows] == 0).all()  # filter, bias and BatchNorm exactly zero
-    example = datamodule.example_input(1)
-    metrics = model_metrics(model, example, 64, method)
-    slim = method.deployed_model(model)
-    from sparsebench.metrics.flops import flops_per_sample
-
-    assert (
-        metrics["flops/sparse"]
-        == flops_per_sample(slim, example)["flops/dense"]
-        < metrics["flops/dense"]
-    )
-    assert (
-        metrics["params/deployed"]
-        == sum(p.numel() for p in slim.parameters())
-        < metrics["params/nonzero"]
-    )
-
-
-def test_hesso_cric_restores_a_candidate_the_loss_needs() -> None:
-    from torch import nn
-
-    from sparsebench.sparsity.methods import HESSO
-
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
-    method = HESSO(sparsity=0.5, start=0.0, end=1.0, periods=1, cric=True, cric_cycles=2,
-                   dense_stem=False)  # fmt: skip
-    method.attach(model, torch.randn(4, 8))
-    method.bind(10)
-    for p in model.parameters():
-        p.grad = torch.zeros_like(p)
-    method.after_backward(0)  # the period starts: 8 candidates, held at zero
-    candidates = method.shrinking["0"].clone()
-    assert int(candidates.sum()) == 8 and (model[0].weight[candidates] == 0).all()
-    row = int(candidates.nonzero()[0])
-    saved = method.saved["0"][row].clone()
-    # At the projected point the gradient says: restoring this row lowers the loss.
-    model[0].weight.grad[row] = -10 * saved[: model[0].weight.shape[1]]
-    method.after_backward(1)
-    assert method.protected["0"][row] and not method.shrinking["0"][row]
-    assert torch.equal(model[0].weight[row].detach(), saved[: model[0].weight.shape[1]])  # restored
-    assert int(method.shrinking["0"].sum()) == 8  # and replaced by the next-lowest group
-    assert not torch.equal(method.shrinking["0"], candidates)
+        fit_method(
+            make_cfg(
+                "+method=bdwp",
+                "model=mlp",
+                "model.hidden_dims=[64,66]",
+                "dataset=digits",
+                "dataset.input_shape=[1,8,8]",
+                "logger=none",
+            ),
+            tmp_path / "bad",
+        )
 
 
 # Every training method that takes a pattern, with the 4x1 group pattern (blocks of 4 output
@@ -353,10 +280,16 @@ GROUP_METHODS = ["magnitude", "gmp", "imp", "random", "rigl", "set", "iss_p", "s
 
 @pytest.mark.parametrize("method_name", GROUP_METHODS)
 def test_group_pattern_with_every_method(make_cfg, tmp_path: Path, method_name: str) -> None:
-    cfg = make_cfg(f"+method={method_name}", "method.pattern=block4x1", "method.sparsity=0.75",
-                   *MODEL_DATA["resnet20"], *FAST_SCHEDULE.get(method_name, []),
-                   "trainer.limit_train_batches=4", "logger=none")  # fmt: skip
-    _, method, _, _, _ = _fit(cfg, tmp_path)
+    cfg = make_cfg(
+        f"+method={method_name}",
+        "method.pattern=block4x1",
+        "method.sparsity=0.75",
+        *MODEL_DATA["resnet20"],
+        *FAST_SCHEDULE.get(method_name, []),
+        "trainer.limit_train_batches=4",
+        "logger=none",
+    )
+    _, method, _, _, _ = fit_method(cfg, tmp_path)
     assert method.pattern.label == "block4x1"
     for name, module in method.masks:
         mask = method.masks.mask(name)
@@ -382,9 +315,16 @@ class _StopAtRound(L.Callback):
 
 
 def test_imp_resumes_from_the_round_its_checkpoint_was_written_in(make_cfg, tmp_path: Path) -> None:
-    overrides = ["+method=imp", "method.rate=0.5", *MODEL_DATA["mlp"], "trainer.max_epochs=2",
-                 "trainer.limit_train_batches=4", "trainer.enable_checkpointing=true", "logger=none"]  # fmt: skip
-    _, whole, trainer, _, _ = _fit(make_cfg(*overrides), tmp_path / "whole")
+    overrides = [
+        "+method=imp",
+        "method.rate=0.5",
+        *MODEL_DATA["mlp"],
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=4",
+        "trainer.enable_checkpointing=true",
+        "logger=none",
+    ]
+    _, whole, trainer, _, _ = fit_method(make_cfg(*overrides), tmp_path / "whole")
     assert whole.level == whole.levels == 3
     assert "val/acc" in trainer.callback_metrics  # validated, though rounds end mid-epoch
     cfg = make_cfg(*overrides)
@@ -394,12 +334,16 @@ def test_imp_resumes_from_the_round_its_checkpoint_was_written_in(make_cfg, tmp_
     module = build_module(cfg, build_run_model(cfg, datamodule, method, None))
     callbacks = [*sparsity_callbacks(method), _StopAtRound(method, 2)]
     with pytest.raises(_Killed):
-        fit(module, datamodule, method,
-            lambda **kw: build_trainer(cfg, tmp_path / "killed", callbacks, **kw))  # fmt: skip
+        fit(
+            module,
+            datamodule,
+            method,
+            lambda **kw: build_trainer(cfg, tmp_path / "killed", callbacks, **kw),
+        )
     ckpt = tmp_path / "killed" / "checkpoints" / "last.ckpt"  # written at the end of round 1
     saved = torch.load(ckpt, weights_only=True)["callbacks"]["SparsityCallback"]["method"]
     assert saved["level"] == 1 and saved["snapshot"] is not None
-    _, resumed, _, _, _ = _fit(make_cfg(*overrides), tmp_path / "resumed", ckpt=str(ckpt))
+    _, resumed, _, _, _ = fit_method(make_cfg(*overrides), tmp_path / "resumed", ckpt=str(ckpt))
     assert resumed.level == 3
     for name, _ in whole.masks:
         assert torch.equal(resumed.masks.mask(name), whole.masks.mask(name)), name

@@ -172,8 +172,15 @@ def test_mask_validation() -> None:
 
 def _dst(cls, optimizer: bool = True):
     model = _toy_model()
-    method = cls(sparsity=0.5, distribution="uniform", drop_fraction=0.3, update_interval=1, end=1.0,
-                 dense_stem=False, dense_head=False)  # fmt: skip
+    method = cls(
+        sparsity=0.5,
+        distribution="uniform",
+        drop_fraction=0.3,
+        update_interval=1,
+        end=1.0,
+        dense_stem=False,
+        dense_head=False,
+    )
     method.bind(100)
     method.attach(model)
     method.init_masks()
@@ -225,9 +232,7 @@ def test_set_growth_is_seeded_so_ranks_agree() -> None:
 def test_pgf_schedules() -> None:
     from sparsebench.sparsity.methods import ProgressiveGradientFlow
 
-    linear = ProgressiveGradientFlow(
-        pattern="2:4", decay="linear", rate=0.01, start=0.1, end=0.9
-    )
+    linear = ProgressiveGradientFlow(pattern="2:4", decay="linear", rate=0.01, start=0.1, end=0.9)
     linear.bind(1000)
     assert linear.phase(50) == (1.0, (2, 4))  # dense phase
     assert linear.phase(150)[0] == pytest.approx(0.5)  # 50 steps after the dense phase

@@ -13,8 +13,13 @@ from torch import nn
 from sparsebench.sparsity.masks import MASK
 from sparsebench.training import measure as measuring
 
-BASE = ("model=mlp", "dataset=mnist1d", "logger=none",
-        "trainer.max_epochs=2", "trainer.limit_train_batches=6")  # fmt: skip
+BASE = (
+    "model=mlp",
+    "dataset=mnist1d",
+    "logger=none",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=6",
+)
 
 # method -> (overrides, digest of the final masks, test/acc); written by the code before the
 # architecture change of issue 14 and unchanged by it.

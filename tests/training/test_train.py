@@ -27,8 +27,15 @@ def _runs(tmp_path: Path, uri: str | None = None):
 
 
 def test_mlp_on_mnist1d_fills_the_contract(make_cfg, tmp_path: Path) -> None:
-    metrics = run(make_cfg("model=mlp", "dataset=mnist1d", "dataset.num_samples=600", "trainer.max_epochs=2",
-                           "trainer.limit_train_batches=null")).metrics  # fmt: skip
+    metrics = run(
+        make_cfg(
+            "model=mlp",
+            "dataset=mnist1d",
+            "dataset.num_samples=600",
+            "trainer.max_epochs=2",
+            "trainer.limit_train_batches=null",
+        )
+    ).metrics
     data = _results(tmp_path)
     assert data["status"] == "ok"
     assert set(CONTRACT_METRICS) <= set(data["metrics"]) and set(CONTRACT_TAGS) <= set(data["tags"])
@@ -61,10 +68,16 @@ def test_system_metrics_and_the_model_are_options(make_cfg, tmp_path: Path) -> N
     import mlflow
     import mlflow.pytorch
 
-    from sparsebench.training.build import build_datamodule
+    from sparsebench.training.parts import build_datamodule
 
-    cfg = make_cfg("model=mlp", "dataset=digits", "+method=magnitude", "method.sparsity=0.8",
-                   "logger.log_system_metrics=true", "logger.log_model=true")  # fmt: skip
+    cfg = make_cfg(
+        "model=mlp",
+        "dataset=digits",
+        "+method=magnitude",
+        "method.sparsity=0.8",
+        "logger.log_system_metrics=true",
+        "logger.log_model=true",
+    )
     metrics = run(cfg).metrics
     (mlflow_run,) = _runs(tmp_path)
     # A run shorter than the monitor's interval still gets its sample (taken at the end).

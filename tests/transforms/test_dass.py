@@ -12,14 +12,12 @@ from mlflow import MlflowClient
 
 from sparsebench.errors import ConfigError
 from sparsebench.models.dass import (
-    OPS,
     DerivedNetwork,
     SearchNetwork,
-    SparseConv2d,
-    TopK,
     check_genotype,
     default_genotype,
 )
+from sparsebench.models.dass_ops import OPS, SparseConv2d, TopK
 from sparsebench.sparsity.masks import MASK
 from sparsebench.sparsity.methods import SearchedMasks
 from tests.fixtures import run_cli
@@ -84,8 +82,14 @@ def test_derived_network_is_masked_by_the_searched_scores() -> None:
 
 @pytest.mark.slow
 def test_dass_searches_derives_retrains_and_logs(tmp_path: Path) -> None:
-    args = ["+method=dass", "transform.search_epochs=1", "transform.search_batches=2", "model.channels=4",
-            "debug=fast", "hardware.threads=1"]  # fmt: skip
+    args = [
+        "+method=dass",
+        "transform.search_epochs=1",
+        "transform.search_batches=2",
+        "model.channels=4",
+        "debug=fast",
+        "hardware.threads=1",
+    ]
     proc = run_cli(args, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "DASS derived genotype: normal: " in proc.stdout + proc.stderr

@@ -9,7 +9,7 @@ import torch
 from sparsebench.errors import ConfigError
 from sparsebench.metrics.flops import flops_per_sample
 from sparsebench.models import build_model
-from sparsebench.training.build import build_method, build_run_model, build_transform
+from sparsebench.training.parts import build_method, build_run_model, build_transform
 from sparsebench.transforms import FAMILIES
 from tests.fixtures import compose_config
 
@@ -21,9 +21,16 @@ TRAINED = {"resnet20": ["model=resnet20", "dataset.input_shape=[1,16,16]"], "mlp
 
 def _static(*overrides: str, sparsity: float = 0.75):
     """Sparse-IFT composed with static random masks (uniform over the sparse layers)."""
-    return compose_config([*overrides, "+transform=sparse_ift", f"transform.sparsity={sparsity}",
-                           "+method=random", "method.distribution=uniform",
-                           f"method.sparsity={sparsity}"])  # fmt: skip
+    return compose_config(
+        [
+            *overrides,
+            "+transform=sparse_ift",
+            f"transform.sparsity={sparsity}",
+            "+method=random",
+            "method.distribution=uniform",
+            f"method.sparsity={sparsity}",
+        ]
+    )
 
 
 class _Data:
@@ -79,8 +86,15 @@ def test_bad_family_and_unwidenable_model() -> None:
 
 
 def test_no_transformable_layers() -> None:
-    cfg = compose_config(["model=mlp", "dataset=mnist1d", "model.hidden_dims=[16]", "+method=sparse_ift",
-                          "transform.family=sparse_doped"])  # fmt: skip
+    cfg = compose_config(
+        [
+            "model=mlp",
+            "dataset=mnist1d",
+            "model.hidden_dims=[16]",
+            "+method=sparse_ift",
+            "transform.family=sparse_doped",
+        ]
+    )
     with pytest.raises(ConfigError, match="the model has no transformable layers"):
         build_transform(cfg, build_method(cfg)).apply(
             build_model(cfg.model), cfg.model, torch.randn(1, 1, 40)
@@ -133,7 +147,9 @@ def test_monarch_is_a_full_rank_structured_map() -> None:
 def test_monarch_method_trains(make_cfg, tmp_path) -> None:
     from sparsebench.runners.train import run
 
-    metrics = run(make_cfg("model=mlp", "dataset=mnist1d", "+method=monarch", "logger=none")).metrics
+    metrics = run(
+        make_cfg("model=mlp", "dataset=mnist1d", "+method=monarch", "logger=none")
+    ).metrics
     assert metrics["flops/sparse"] < 0.75 * metrics["flops/dense"]  # 256x256 hidden layer at 2/4
     assert metrics["sparsity/actual"] == 0.0 and 0 <= metrics["test/acc"] <= 1
 
@@ -171,8 +187,15 @@ def test_short_training_fills_the_contract(
     from sparsebench.record.results import CONTRACT_METRICS
     from sparsebench.runners.train import run
 
-    metrics = run(make_cfg(*TRAINED[model_name], "+method=sparse_ift", f"transform.family={family}",
-                           "method.update_interval=1", "logger=none")).metrics  # fmt: skip
+    metrics = run(
+        make_cfg(
+            *TRAINED[model_name],
+            "+method=sparse_ift",
+            f"transform.family={family}",
+            "method.update_interval=1",
+            "logger=none",
+        )
+    ).metrics
     data = json.loads((tmp_path / "run" / "results.json").read_text())
     assert data["status"] == "ok" and set(CONTRACT_METRICS) <= set(metrics)
     assert abs(metrics["flops/sparse"] - metrics["flops/dense"]) / metrics["flops/dense"] <= 0.01

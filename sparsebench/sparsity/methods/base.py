@@ -79,10 +79,16 @@ class SparsityMethod:
         self.pattern: Pattern = parse_pattern(pattern)
         if self.patterns is not None and not isinstance(self.pattern, self.patterns):
             allowed = ", ".join(sorted({p.kind for p in self.patterns}))
-            raise ConfigError(f"method '{name}' produces {allowed} sparsity; "
-                              f"method.pattern={self.pattern.label} is not one of them.")  # fmt: skip
-        self.layer_options = {"dense_stem": dense_stem, "dense_head": dense_head,
-                              "include": tuple(include), "exclude": tuple(exclude)}  # fmt: skip
+            raise ConfigError(
+                f"method '{name}' produces {allowed} sparsity; "
+                f"method.pattern={self.pattern.label} is not one of them."
+            )
+        self.layer_options = {
+            "dense_stem": dense_stem,
+            "dense_head": dense_head,
+            "include": tuple(include),
+            "exclude": tuple(exclude),
+        }
         self.seed = seed
         self.masks: MaskSet | None = None
         self.schedule = Schedule()
@@ -101,8 +107,11 @@ class SparsityMethod:
     def narrow(self, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> None:
         """Restrict the layers (a model transformation keeps its dense parts out)."""
         options = self.layer_options
-        self.layer_options = {**options, "include": options["include"] or tuple(include),
-                              "exclude": (*options["exclude"], *exclude)}  # fmt: skip
+        self.layer_options = {
+            **options,
+            "include": options["include"] or tuple(include),
+            "exclude": (*options["exclude"], *exclude),
+        }
 
     @property
     def target_sparsity(self) -> float:

@@ -41,13 +41,22 @@ class ChannelPruning(GradualMagnitudePruning):
     kind = "structured"
     patterns = (Channel,)
 
-    def __init__(self, name: str = "channel", sparsity: float = 0.5, pattern: str = "channel",
-                 distribution: str = "uniform", **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "channel",
+        sparsity: float = 0.5,
+        pattern: str = "channel",
+        distribution: str = "uniform",
+        **kwargs,
+    ) -> None:
         if distribution != "uniform":
-            raise ConfigError(f"method 'channel' removes the same fraction of channels in every "
-                              f"layer: method.distribution must be uniform, got '{distribution}'.")  # fmt: skip
-        super().__init__(name=name, sparsity=sparsity, pattern=pattern, distribution=distribution,
-                         **kwargs)  # fmt: skip
+            raise ConfigError(
+                f"method 'channel' removes the same fraction of channels in every "
+                f"layer: method.distribution must be uniform, got '{distribution}'."
+            )
+        super().__init__(
+            name=name, sparsity=sparsity, pattern=pattern, distribution=distribution, **kwargs
+        )
         self.norms: dict[str, list[nn.Module]] = {}
         self.example: torch.Tensor | None = None
 
@@ -99,8 +108,11 @@ class ChannelPruning(GradualMagnitudePruning):
                 graph = tp.DependencyGraph().build_dependency(probe, example_inputs=self.example)
                 for name in names:
                     target = probe.get_submodule(name)
-                    handler = (tp.prune_conv_out_channels if isinstance(target, nn.Conv2d)
-                               else tp.prune_linear_out_channels)  # fmt: skip
+                    handler = (
+                        tp.prune_conv_out_channels
+                        if isinstance(target, nn.Conv2d)
+                        else tp.prune_linear_out_channels
+                    )
                     graph.get_pruning_group(target, handler, idxs=[0]).prune()
                 with torch.no_grad():
                     probe(self.example)
@@ -112,9 +124,14 @@ class ChannelPruning(GradualMagnitudePruning):
             return chosen
         problems = {name: runs([name]) for name in chosen}
         broken = [name for name, problem in problems.items() if problem is not None]
-        log.warning("method '%s': %d layer(s) stay dense (%s): removing their output channels "
-                    "breaks the network (%s).", self.name, len(broken), ", ".join(broken),
-                    problems[broken[0]])  # fmt: skip
+        log.warning(
+            "method '%s': %d layer(s) stay dense (%s): removing their output channels "
+            "breaks the network (%s).",
+            self.name,
+            len(broken),
+            ", ".join(broken),
+            problems[broken[0]],
+        )
         return {name: m for name, m in chosen.items() if problems[name] is None}
 
     def magnitudes(self) -> dict[str, torch.Tensor]:

@@ -22,8 +22,15 @@ class DynamicSparseTraining(SparsityMethod):
     # Drops and grows the pattern's units: single weights, or whole blocks (scored by their sums)
     patterns = (Unstructured, Block)
 
-    def __init__(self, name: str, distribution: str = "erk", drop_fraction: float = 0.3, update_interval: int = 100,
-                 end: float = 0.75, **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        distribution: str = "erk",
+        drop_fraction: float = 0.3,
+        update_interval: int = 100,
+        end: float = 0.75,
+        **kwargs,
+    ) -> None:
         super().__init__(name=name, distribution=distribution, **kwargs)
         check_fraction("drop_fraction", drop_fraction, high_open=False)
         self.drop_fraction, self.update_interval = drop_fraction, update_interval

@@ -12,8 +12,15 @@ class GradualMagnitudePruning(SparsityMethod):
     training) the smallest |w| are pruned to s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3.
     """
 
-    def __init__(self, name: str = "gmp", start: float = 0.1, end: float = 0.75, update_interval: int = 100,
-                 initial_sparsity: float = 0.0, **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "gmp",
+        start: float = 0.1,
+        end: float = 0.75,
+        update_interval: int = 100,
+        initial_sparsity: float = 0.0,
+        **kwargs,
+    ) -> None:
         super().__init__(name=name, **kwargs)
         check_fraction("initial_sparsity", initial_sparsity)
         # The interval shrinks in runs too short for it (at least four updates).

@@ -35,8 +35,17 @@ class HESSO(ChannelPruning):
     Torch-Pruning) and ``flops/sparse`` is that network's FLOPs, as for ``channel``.
     """
 
-    def __init__(self, name: str = "hesso", sparsity: float = 0.5, start: float = 0.1, end: float = 0.7,
-                 periods: int = 5, cric: bool = False, cric_cycles: int = 3, **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "hesso",
+        sparsity: float = 0.5,
+        start: float = 0.1,
+        end: float = 0.7,
+        periods: int = 5,
+        cric: bool = False,
+        cric_cycles: int = 3,
+        **kwargs,
+    ) -> None:
         super().__init__(name=name, sparsity=sparsity, start=start, end=end, **kwargs)
         if int(periods) < 1 or int(cric_cycles) < 1:
             raise ConfigError(
@@ -226,10 +235,13 @@ class HESSO(ChannelPruning):
         pass
 
     def state_dict(self) -> dict:
-        return {"shrinking": {k: v.clone() for k, v in self.shrinking.items()},
-                "protected": {k: v.clone() for k, v in self.protected.items()},
-                "saved": {k: v.clone() for k, v in self.saved.items()},
-                "cycles_left": self.cycles_left, "period": self.period}  # fmt: skip
+        return {
+            "shrinking": {k: v.clone() for k, v in self.shrinking.items()},
+            "protected": {k: v.clone() for k, v in self.protected.items()},
+            "saved": {k: v.clone() for k, v in self.saved.items()},
+            "cycles_left": self.cycles_left,
+            "period": self.period,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.shrinking = dict(state.get("shrinking", {}))

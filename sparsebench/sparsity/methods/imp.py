@@ -28,8 +28,15 @@ class IterativeMagnitudePruning(SparsityMethod):
 
     fit_strategy = "rounds"
 
-    def __init__(self, name: str = "imp", sparsity: float = 0.8, rate: float = 0.2, rewind_step: int = 0,
-                 distribution: str = "global", **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "imp",
+        sparsity: float = 0.8,
+        rate: float = 0.2,
+        rewind_step: int = 0,
+        distribution: str = "global",
+        **kwargs,
+    ) -> None:
         super().__init__(name=name, sparsity=sparsity, distribution=distribution, **kwargs)
         check_fraction("rate", rate)
         if rate == 0:

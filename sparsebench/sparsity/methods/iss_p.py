@@ -20,8 +20,15 @@ class ISSP(SparsityMethod):
 
     patterns = (Unstructured, Block)  # shrinks the pattern's units: weights, or whole blocks
 
-    def __init__(self, name: str = "iss_p", alpha: float = 0.95, start: float = 0.0, end: float = 1.0,
-                 update_interval: int = 1, **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "iss_p",
+        alpha: float = 0.95,
+        start: float = 0.0,
+        end: float = 1.0,
+        update_interval: int = 1,
+        **kwargs,
+    ) -> None:
         super().__init__(name=name, **kwargs)
         check_fraction("alpha", alpha)
         self.alpha = alpha

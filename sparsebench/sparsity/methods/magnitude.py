@@ -13,8 +13,9 @@ class MagnitudePruning(SparsityMethod):
     NeurIPS 2015; the global variant is ShrinkBench's baseline (Blalock et al., MLSys 2020).
     """
 
-    def __init__(self, name: str = "magnitude", distribution: str = "global", prune_at: float = 0.5,
-                 **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self, name: str = "magnitude", distribution: str = "global", prune_at: float = 0.5, **kwargs
+    ) -> None:
         super().__init__(name=name, distribution=distribution, **kwargs)
         self.prune_at = prune_at
         self.schedule = Schedule(start=prune_at, start_option="prune_at")  # one update, at prune_at

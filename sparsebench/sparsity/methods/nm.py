@@ -23,11 +23,18 @@ class NMOneShot(MagnitudePruning):
 
     patterns = (NM,)
 
-    def __init__(self, name: str = "nm", pattern: str = "2:4", prune_at: float = 0.5,
-                 distribution: str = "uniform", **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "nm",
+        pattern: str = "2:4",
+        prune_at: float = 0.5,
+        distribution: str = "uniform",
+        **kwargs,
+    ) -> None:
         # N:M fixes every layer's density: the distribution has nothing to spread.
-        super().__init__(name=name, pattern=pattern, prune_at=prune_at, distribution=distribution,
-                         **kwargs)  # fmt: skip
+        super().__init__(
+            name=name, pattern=pattern, prune_at=prune_at, distribution=distribution, **kwargs
+        )
 
 
 class _SRSTEMask(torch.autograd.Function):
@@ -67,8 +74,14 @@ class SRSTE(SparsityMethod):
     sparse_from_start = True
     patterns = (NM,)
 
-    def __init__(self, name: str = "sr_ste", pattern: str = "2:4", decay: float = 2e-4,
-                 distribution: str = "uniform", **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "sr_ste",
+        pattern: str = "2:4",
+        decay: float = 2e-4,
+        distribution: str = "uniform",
+        **kwargs,
+    ) -> None:
         super().__init__(name=name, pattern=pattern, distribution=distribution, **kwargs)
         if decay < 0:
             raise ConfigError(f"method.decay must be >= 0, got {decay}.")
@@ -118,8 +131,11 @@ class _BDWPFunction(torch.autograd.Function):
         x, weight, _, w_backward, forward_mask = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = (grad.matmul(w_backward) if ctx.conv is None else
-                      torch.nn.grad.conv2d_input(x.shape, w_backward, grad, *ctx.conv))  # fmt: skip
+            grad_x = (
+                grad.matmul(w_backward)
+                if ctx.conv is None
+                else torch.nn.grad.conv2d_input(x.shape, w_backward, grad, *ctx.conv)
+            )
         if ctx.needs_input_grad[1]:
             if ctx.conv is None:
                 grad_w = grad.reshape(-1, grad.shape[-1]).t().matmul(x.reshape(-1, x.shape[-1]))
@@ -152,8 +168,9 @@ class _BDWPForward:
         conv = None
         if isinstance(module, nn.Conv2d):
             conv = (module.stride, module.padding, module.dilation, module.groups)
-        return _BDWPFunction.apply(x, weight, module.bias, forward_mask, backward_mask,
-                                   self.decay, conv)  # fmt: skip
+        return _BDWPFunction.apply(
+            x, weight, module.bias, forward_mask, backward_mask, self.decay, conv
+        )
 
 
 class BDWP(SRSTE):

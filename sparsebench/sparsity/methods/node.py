@@ -28,8 +28,15 @@ class NodeMask(SparsityMethod):
     kind = "structured"
     sparse_from_start = True
 
-    def __init__(self, name: str = "node", node_seed: int = 0, layer_spread: float = 0.5,
-                 dense_stem: bool = False, dense_head: bool = False, **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "node",
+        node_seed: int = 0,
+        layer_spread: float = 0.5,
+        dense_stem: bool = False,
+        dense_head: bool = False,
+        **kwargs,
+    ) -> None:
         super().__init__(name=name, dense_stem=dense_stem, dense_head=dense_head, **kwargs)
         check_fraction("layer_spread", layer_spread, high_open=False)
         self.node_seed = node_seed
@@ -40,8 +47,11 @@ class NodeMask(SparsityMethod):
     def _chain(self) -> list[tuple[str, nn.Linear]]:
         layers = list(self.masks)
         for (name, module), (next_name, following) in zip(layers, layers[1:], strict=False):
-            if not (isinstance(module, nn.Linear) and isinstance(following, nn.Linear)
-                    and module.out_features == following.in_features):  # fmt: skip
+            if not (
+                isinstance(module, nn.Linear)
+                and isinstance(following, nn.Linear)
+                and module.out_features == following.in_features
+            ):
                 raise ConfigError(
                     f"method 'node' needs a chain of Linear layers (e.g. model=mlp); "
                     f"'{name}' -> '{next_name}' is not one."

@@ -54,9 +54,17 @@ class ProgressiveGradientFlow(SparsityMethod):
     sparse_from_start = True
     patterns = (NM,)
 
-    def __init__(self, name: str = "pgf", pattern: str = "2:4", decay: str = "linear", rate: float = 2e-4,
-                 start: float = 0.0, end: float = 0.75, distribution: str = "uniform",
-                 **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "pgf",
+        pattern: str = "2:4",
+        decay: str = "linear",
+        rate: float = 2e-4,
+        start: float = 0.0,
+        end: float = 0.75,
+        distribution: str = "uniform",
+        **kwargs,
+    ) -> None:
         super().__init__(name=name, pattern=pattern, distribution=distribution, **kwargs)
         if decay not in DECAYS:
             raise ConfigError(f"method.decay must be one of {', '.join(DECAYS)}, got '{decay}'.")

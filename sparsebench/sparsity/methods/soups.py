@@ -31,9 +31,19 @@ class SparseModelSoups(SparsityMethod):
         "killed run mid-way; start it again."
     )
 
-    def __init__(self, name: str = "soups", sparsity: float = 0.9, phases: int = 3, copies: int = 3,
-                 vary: str = "seed", weight_decays: Sequence[float] = (1e-4, 5e-4, 1e-3), soup: str = "uniform",
-                 recalibrate_batches: int = 100, distribution: str = "global", **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str = "soups",
+        sparsity: float = 0.9,
+        phases: int = 3,
+        copies: int = 3,
+        vary: str = "seed",
+        weight_decays: Sequence[float] = (1e-4, 5e-4, 1e-3),
+        soup: str = "uniform",
+        recalibrate_batches: int = 100,
+        distribution: str = "global",
+        **kwargs,
+    ) -> None:
         super().__init__(name=name, sparsity=sparsity, distribution=distribution, **kwargs)
         if phases < 1 or copies < 1:
             raise ConfigError(
