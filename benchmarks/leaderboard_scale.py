@@ -55,7 +55,7 @@ def populate(uri: str, n_runs: int, seed: int = 0) -> None:
     """``n_runs`` synthetic runs in the (new) store at ``uri``."""
     import sqlalchemy as sa
 
-    from sparsebench.record.results import CONTRACT_METRICS, STATUS_TAG
+    from sparsebench.record.results import CONTRACT_METRICS, PACKAGES, STATUS_TAG
 
     experiment, params, _ = _template(uri)
     rng = random.Random(seed)
@@ -123,19 +123,7 @@ def populate(uri: str, n_runs: int, seed: int = 0) -> None:
             "hw/train_device": "cpu",
             "mlflow.runName": name,
             STATUS_TAG: "failed" if failed else "diverged" if diverged else "ok",
-            **{
-                f"version/{p}": "1.0"
-                for p in (
-                    "sparsebench",
-                    "torch",
-                    "torchvision",
-                    "timm",
-                    "lightning",
-                    "mlflow",
-                    "optuna",
-                    "hydra-core",
-                )
-            },
+            **{f"version/{p}": "1.0" for p in PACKAGES},
         }
         batch["tags"] += [{"key": k, "value": v, "run_uuid": run_id} for k, v in tags.items()]
         batch["params"] += [{"key": k, "value": v, "run_uuid": run_id} for k, v in params]

@@ -25,7 +25,8 @@ FIXED = [
     "trainer.limit_val_batches=1",
     "trainer.limit_test_batches=1",
     "hardware.threads=1",
-    "hardware.max_run_time=0.2",
+    "hardware.min_run_time=0.02",
+    "hardware.warmup=1",
     "print_summary=false",
     "trainer.enable_progress_bar=false",
 ]
