@@ -16,7 +16,7 @@ from sparsebench.record.results import Results
 from sparsebench.record.resume import resume_point, resumed_by_rank_zero
 from sparsebench.training.build import Run
 from sparsebench.training.checkpoints import load_checkpoint
-from sparsebench.training.fit import build_trainer, fit, sparsity_callbacks
+from sparsebench.training.fit import fit, sparsity_callbacks
 from sparsebench.training.measure import check_finite, final_val, measure, record_transform
 from sparsebench.training.progress import RunProgress
 
@@ -65,13 +65,7 @@ def run(
         progress = RunProgress(record, started, cfg.trainer.get("max_loss"))
         callbacks = [*sparsity_callbacks(method), progress, *(callbacks or [])]
         module = parts.module(model)
-        trainer = fit(
-            module,
-            datamodule,
-            method,
-            lambda **kw: build_trainer(cfg, output_dir, callbacks, **kw),
-            checkpoint,
-        )
+        trainer = fit(module, datamodule, method, cfg, output_dir, callbacks, checkpoint)
         results.update(
             {"time/train_s": progress.train_seconds, "train/samples": progress.samples_seen}
         )

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, open_dict
 
 from sparsebench.config.compose import compose, register
 from sparsebench.sparsity.masks import MASK
-from sparsebench.training.fit import build_trainer, fit, sparsity_callbacks
+from sparsebench.training.fit import fit, sparsity_callbacks
 from sparsebench.training.parts import (
     build_datamodule,
     build_method,
@@ -259,9 +259,7 @@ def fit_method(
     cfg.trainer.max_epochs = max_epochs
     module = build_module(cfg, model)
     callbacks = [*sparsity_callbacks(method), *(extra or [])]
-    trainer = fit(
-        module, datamodule, method, lambda **kw: build_trainer(cfg, out, callbacks, **kw), ckpt
-    )
+    trainer = fit(module, datamodule, method, cfg, out, callbacks, ckpt)
     return model, method, trainer, datamodule, transform
 
 

@@ -4,7 +4,7 @@ strategy (:mod:`sparsebench.training.strategies`) that drives one or several fit
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -75,15 +75,18 @@ def fit(
     module: ClassificationModule,
     datamodule: SparseBenchDataModule,
     method: SparsityMethod | None,
-    make_trainer: Callable[..., L.Trainer],
+    cfg: DictConfig,
+    output_dir: Path,
+    callbacks: list[Callback],
     ckpt_path: Path | None = None,
 ) -> L.Trainer:
     """Train with the method's fit strategy (one fit unless IMP's rounds or soups' phases).
 
-    ``make_trainer(**overrides)`` builds a Trainer with the run's callbacks (the method's
-    :class:`SparsityCallback` among them); ``ckpt_path`` resumes from a checkpoint (loaded with
-    ``weights_only=True``). Returns the trainer to test with.
+    Each fit's Trainer is :func:`build_trainer` of ``cfg`` with the run's ``callbacks`` (the
+    method's :class:`SparsityCallback` among them); ``ckpt_path`` resumes from a checkpoint
+    (loaded with ``weights_only=True``). Returns the trainer to test with.
     """
+    make_trainer = functools.partial(build_trainer, cfg, output_dir, callbacks)
     strategy = STRATEGIES[method.fit_strategy if method is not None else "single"]
     trainer = strategy(method, module, datamodule, make_trainer, ckpt_path)
     if method is not None:

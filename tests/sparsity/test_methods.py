@@ -21,7 +21,7 @@ from sparsebench.config.targets import list_methods
 from sparsebench.errors import ConfigError
 from sparsebench.sparsity.masks import MASK
 from sparsebench.sparsity.patterns import NM, as_matrix, is_nm
-from sparsebench.training.fit import build_trainer, fit, sparsity_callbacks
+from sparsebench.training.fit import fit, sparsity_callbacks
 from sparsebench.training.measure import model_metrics
 from sparsebench.training.parts import (
     build_datamodule,
@@ -334,12 +334,7 @@ def test_imp_resumes_from_the_round_its_checkpoint_was_written_in(make_cfg, tmp_
     module = build_module(cfg, build_run_model(cfg, datamodule, method, None))
     callbacks = [*sparsity_callbacks(method), _StopAtRound(method, 2)]
     with pytest.raises(_Killed):
-        fit(
-            module,
-            datamodule,
-            method,
-            lambda **kw: build_trainer(cfg, tmp_path / "killed", callbacks, **kw),
-        )
+        fit(module, datamodule, method, cfg, tmp_path / "killed", callbacks)
     ckpt = tmp_path / "killed" / "checkpoints" / "last.ckpt"  # written at the end of round 1
     saved = torch.load(ckpt, weights_only=True)["callbacks"]["SparsityCallback"]["method"]
     assert saved["level"] == 1 and saved["snapshot"] is not None
