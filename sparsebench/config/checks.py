@@ -30,9 +30,30 @@ def _check_unknown_keys(node: DictConfig, path: str = "") -> None:
             _check_unknown_keys(child, f"{path}{key}.")
 
 
+def _check_task(cfg: DictConfig) -> None:
+    """A language model needs a text dataset and a classifier an image or signal one."""
+    model, dataset = cfg.get("model"), cfg.get("dataset")
+    if model is None or dataset is None or "name" not in dataset:
+        return
+    lm_model = str(model.get("_target_", "")).startswith("sparsebench.models.language.")
+    lm_data = dataset.get("task") == "language_modeling"
+    if lm_model != lm_data:
+        want = (
+            "a text dataset (dataset=shakespeare, or dataset=text for your own files)"
+            if lm_model
+            else "an image or signal dataset"
+        )
+        kind = "a causal language model" if lm_model else "a classifier"
+        raise ConfigError(
+            f"model '{model.get('model_name')}' is {kind}, but dataset '{dataset.name}' is for "
+            f"{dataset.get('task') or 'classification'}; choose {want}."
+        )
+
+
 def validate(cfg: DictConfig) -> SparsebenchConfig:
     """Check every key and range of the composed config; raises :class:`ConfigError`."""
     _check_unknown_keys(cfg)
+    _check_task(cfg)
     try:
         return OmegaConf.to_object(cfg)  # runs each schema's __post_init__
     except ConfigError:

@@ -75,11 +75,55 @@ class DassNetworkConfig(ModelConfig):
     genotype: Any = None  # a searched genotype (mapping or JSON string)
 
 
+@dataclass
+class CausalLMConfig:
+    """A small causal language model built from its transformers config, no download
+    (sparsebench.models.language: ``tiny_llama``, ``tiny_gpt2``); sizes as options."""
+
+    _target_: str = MISSING
+    model_name: str = MISSING
+    vocab_size: int = MISSING  # the dataset's tokenizer
+    max_positions: int = MISSING  # at least the dataset's seqlen
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 352
+
+    def __post_init__(self) -> None:
+        for key in ("vocab_size", "max_positions", "hidden_size", "num_layers", "num_heads"):
+            require(getattr(self, key) >= 1, f"model.{key} must be >= 1, got {getattr(self, key)}.")
+        require(
+            self.hidden_size % self.num_heads == 0,
+            f"model.hidden_size ({self.hidden_size}) must be a multiple of model.num_heads "
+            f"({self.num_heads}).",
+        )
+
+
+@dataclass
+class HFCausalLMConfig:
+    """Any causal language model ``transformers.AutoModelForCausalLM`` loads: a folder written
+    by ``save_pretrained`` or a hub id (online, or in the hub cache)."""
+
+    _target_: str = "sparsebench.models.language.hf_causal_lm"
+    model_name: str = "hf_causal_lm"
+    name_or_path: str = MISSING
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        dtypes = ("float32", "bfloat16", "float16")
+        require(
+            self.dtype in dtypes,
+            f"model.dtype must be one of {', '.join(dtypes)}, got '{self.dtype}'.",
+        )
+
+
 MODEL_SCHEMAS: dict[str, type] = {
     "timm": TimmModelConfig,
     "mlp": MLPConfig,
     "resnet20": CifarResNetConfig,
     "dass_network": DassNetworkConfig,
+    "causal_lm": CausalLMConfig,
+    "hf_causal_lm": HFCausalLMConfig,
 }
 
 

@@ -43,6 +43,7 @@ class DatasetConfig:
 
     _target_: str = MISSING
     name: str = MISSING
+    task: str = "classification"  # what the models learn; text datasets: TextDatasetConfig
     num_classes: int = MISSING
     input_shape: list[int] = MISSING
     batch_size: int = 64
@@ -58,6 +59,10 @@ class DatasetConfig:
     num_workers: int = field(default=0, metadata=NO_HASH)
 
     def __post_init__(self) -> None:
+        require(
+            self.task == "classification",
+            f"dataset.task of an image or signal dataset is classification, got '{self.task}'.",
+        )
         require(self.batch_size >= 1, f"dataset.batch_size must be >= 1, got {self.batch_size}.")
         require(
             self.eval_batch_size >= 1,
@@ -85,6 +90,57 @@ class DatasetConfig:
             require(
                 self.num_samples >= 10,
                 f"dataset.num_samples must be >= 10, got {self.num_samples}.",
+            )
+        require(self.num_workers >= 0, f"dataset.num_workers must be >= 0, got {self.num_workers}.")
+
+
+TASKS = ("classification", "language_modeling")
+
+
+@dataclass
+class TextDatasetConfig:
+    """Text for causal language models (sparsebench.data.text): documents split by document,
+    windows of ``seqlen`` tokens; ``tokenizer`` the model's (a folder or hub id), or null for a
+    byte-level BPE of ``vocab_size`` trained on the training split and saved in the run folder."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+    task: str = "language_modeling"
+    seqlen: int = 128
+    vocab_size: int = 2048
+    tokenizer: str | None = None
+    tokenizer_dir: str | None = field(default=None, metadata=NO_HASH)
+    max_tokens: int | None = None  # per split, for quick runs
+    batch_size: int = 16
+    eval_batch_size: int = 16
+    val_fraction: float = 0.05  # of the documents
+    test_fraction: float = 0.1
+    split_seed: int = 0
+    data_dir: str | None = field(default=None, metadata=NO_HASH)
+    num_workers: int = field(default=0, metadata=NO_HASH)
+
+    def __post_init__(self) -> None:
+        require(
+            self.task == "language_modeling",
+            f"a text dataset's task is language_modeling, got '{self.task}'.",
+        )
+        require(self.seqlen >= 2, f"dataset.seqlen must be >= 2, got {self.seqlen}.")
+        require(
+            257 <= self.vocab_size <= 1_000_000,
+            f"dataset.vocab_size must be in [257, 1000000] (a byte-level BPE has 256 bytes and an end token), got {self.vocab_size}.",
+        )
+        require(self.batch_size >= 1, f"dataset.batch_size must be >= 1, got {self.batch_size}.")
+        require(
+            self.eval_batch_size >= 1,
+            f"dataset.eval_batch_size must be >= 1, got {self.eval_batch_size}.",
+        )
+        for key in ("val_fraction", "test_fraction"):
+            value = getattr(self, key)
+            require(0 < value < 1, f"dataset.{key} must be in (0, 1), got {value}.")
+        if self.max_tokens is not None:
+            require(
+                self.max_tokens >= self.seqlen,
+                f"dataset.max_tokens must be >= dataset.seqlen ({self.seqlen}), got {self.max_tokens}.",
             )
         require(self.num_workers >= 0, f"dataset.num_workers must be >= 0, got {self.num_workers}.")
 
@@ -273,7 +329,7 @@ class SparsebenchConfig:
     """The whole resolved config of one run."""
 
     model: Any = MISSING  # a family's schema (MODEL_SCHEMAS)
-    dataset: DatasetConfig = MISSING
+    dataset: Any = MISSING  # DatasetConfig, or TextDatasetConfig for language models
     method: Any = None  # absent: dense training; ``+method=NAME`` adds one
     transform: Any = None  # absent: the model as configured; ``+transform=NAME`` transforms it
     hardware: Any = MISSING  # the target class's schema (sparsebench.config.targets)
@@ -299,6 +355,7 @@ RUNNERS = ("train", "prune")
 
 SCHEMAS: dict[str, type] = {
     "dataset": DatasetConfig,
+    "text_dataset": TextDatasetConfig,
     "trainer": TrainerConfig,
     "logger": LoggerConfig,
     "paths": PathsConfig,

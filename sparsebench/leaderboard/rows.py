@@ -16,14 +16,19 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sparsebench.record.results import CONTRACT_METRICS, STATUS_TAG
+from sparsebench.record.results import STATUS_TAG, TASK_METRICS, contract_metrics
+
+TASKS = tuple(TASK_METRICS)
 
 # A run as a leaderboard reads it (:mod:`sparsebench.leaderboard.read`): {"id", "name",
 # "status" (MLflow's), "end_time", "experiment_id", "metrics": {METRICS}, "tags": {TAGS}}.
 Run = dict
 # All a leaderboard reads of a run: the contract's metrics (a run missing one does not rank) and
 # the tags that group, label and filter rows.
-METRICS = (*CONTRACT_METRICS, "train/samples")
+METRICS = (
+    *dict.fromkeys(m for task in TASKS for m in contract_metrics(task)),
+    "train/samples",
+)
 TAGS = (
     "benchmark_key",
     "run_hash",
@@ -32,6 +37,7 @@ TAGS = (
     "seed",
     "dataset",
     "model",
+    "task",  # which contract: classification or language_modeling (absent: classification)
     "hardware",
     "latency/estimated",
     "latency/noisy",
@@ -62,9 +68,8 @@ def admit(runs: Iterable[Run]) -> tuple[list[Run], dict[str, list[str]]]:
         status = tags.get(STATUS_TAG) or by_mlflow.get(run.get("status", "FINISHED"), "ok")
         if status == "ok" and run.get("status", "FINISHED") != "FINISHED":
             status = by_mlflow.get(run["status"], "failed")
-        missing = [
-            k for k in CONTRACT_METRICS if not math.isfinite(run["metrics"].get(k, math.nan))
-        ]
+        contract = contract_metrics(tags.get("task", "classification"))
+        missing = [k for k in contract if not math.isfinite(run["metrics"].get(k, math.nan))]
         reason = status if status != "ok" else "incomplete contract" if missing else None
         if reason is None:
             admitted.append(run)

@@ -29,11 +29,13 @@ from omegaconf import DictConfig, OmegaConf
 from sparsebench.errors import ConfigError, ContractIncomplete, RunDiverged, RunInterrupted
 from sparsebench.record.identity import benchmark_key, run_hash
 
-# The results contract (docs/records.md): every run writes these metrics and tags.
-CONTRACT_METRICS = (
-    "test/acc",
-    "test/loss",
-    "val/acc",
+# The results contract (docs/records.md): every run writes these metrics and tags; the quality
+# metrics depend on the run's task (the dataset's ``task``), the rest are the same for every run.
+TASK_METRICS = {
+    "classification": ("test/acc", "test/loss", "val/acc"),
+    "language_modeling": ("test/ppl", "test/loss", "val/ppl"),
+}
+COMMON_METRICS = (
     "params/total",
     "params/nonzero",
     "sparsity/target",
@@ -50,6 +52,20 @@ CONTRACT_METRICS = (
     "size/sparse_bytes",
     "time/train_s",
 )
+CONTRACT_METRICS = (*TASK_METRICS["classification"], *COMMON_METRICS)
+"""The classification contract (image and signal datasets)."""
+
+
+def contract_metrics(task: str = "classification") -> tuple[str, ...]:
+    """The metrics a finished ``ok`` run of ``task`` has recorded."""
+    return (*TASK_METRICS[task], *COMMON_METRICS)
+
+
+def task_of(cfg: DictConfig) -> str:
+    """The run's task: its dataset's (configs saved before tasks existed: classification)."""
+    return str(cfg.dataset.get("task") or "classification")
+
+
 CONTRACT_TAGS = (
     "run_hash",
     "benchmark_key",
@@ -134,6 +150,7 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
         "benchmark_key": benchmark_key(cfg),
         "model": str(cfg.model.model_name),
         "dataset": str(cfg.dataset.name),
+        "task": task_of(cfg),
         "method": method_name(cfg),
         "hardware": str(cfg.hardware.name),
         "seed": str(cfg.seed),
@@ -301,7 +318,10 @@ class Results:
 
     def missing(self) -> list[str]:
         """Contract metrics not recorded (or not finite)."""
-        return [k for k in CONTRACT_METRICS if not math.isfinite(self.metrics.get(k, math.nan))]
+        task = self._data["tags"].get("task", "classification")
+        return [
+            k for k in contract_metrics(task) if not math.isfinite(self.metrics.get(k, math.nan))
+        ]
 
     # -- writing -----------------------------------------------------------------------------
     def update(

@@ -9,6 +9,9 @@ ROWS = (
     ("test/acc", "test accuracy", "{:.4f}"),
     ("test/acc_dense", "test accuracy before pruning", "{:.4f}"),
     ("val/acc", "val accuracy", "{:.4f}"),
+    ("test/ppl", "test perplexity", "{:.2f}"),
+    ("test/ppl_dense", "test perplexity before pruning", "{:.2f}"),
+    ("val/ppl", "val perplexity", "{:.2f}"),
     ("test/loss", "test loss", "{:.4f}"),
     ("params/total", "parameters", "{:,.0f}"),
     ("params/nonzero", "nonzero parameters", "{:,.0f}"),
@@ -22,6 +25,7 @@ ROWS = (
     ("speedup/measured", "speed-up measured", "{:.2f}x"),
     ("speedup/theoretical", "speed-up theoretical", "{:.2f}x"),
     ("size/sparse_bytes", "weights stored (bytes)", "{:,.0f}"),
+    ("throughput/tokens_per_s", "tokens/s", "{:,.0f}"),
     ("time/train_s", "train time (s)", "{:.1f}"),
     ("time/search_s", "search time (s)", "{:.1f}"),
     ("time/prune_s", "prune time (s)", "{:.2f}"),
@@ -37,8 +41,10 @@ def summary_table(
     )
     table.add_column("metric")
     table.add_column("value", justify="right")
+    per_token = tags.get("task") == "language_modeling"  # FLOPs of a language model per token
     for key, label, fmt in ROWS:
         if key in metrics:
+            label = label.replace("/sample", "/token") if per_token else label
             table.add_row(label, fmt.format(metrics[key]))
     estimated = " (estimated)" if tags.get("latency/estimated") == "true" else ""
     table.add_row(

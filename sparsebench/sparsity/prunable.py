@@ -45,8 +45,8 @@ def prunable_layers(
     drops matching names. Stem and head are dropped unless ``dense_stem``/``dense_head`` are off.
     """
     layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
-    if dense_stem and layers:
-        layers.pop(next(iter(layers)))
+    if dense_stem and layers and not getattr(model, "embeds_input", False):
+        layers.pop(next(iter(layers)))  # (a language model's input meets its embedding)
     head = _head(model) if dense_head else None
     layers = {name: m for name, m in layers.items() if m is not head}
     if include:

@@ -17,7 +17,7 @@ from sparsebench.metrics.flops import flops_per_sample
 from sparsebench.metrics.params import actual_sparsity, count_params
 from sparsebench.metrics.size import model_bytes
 from sparsebench.record.recorder import RunRecorder
-from sparsebench.record.results import Results
+from sparsebench.record.results import Results, task_of
 from sparsebench.sparsity.methods.base import SparsityMethod
 from sparsebench.sparsity.prunable import prunable_layers
 from sparsebench.training.build import Run
@@ -50,26 +50,33 @@ def model_metrics(
     hardware: HardwareTarget | None = None,
     transform: ModelTransform | None = None,
     deployed: nn.Module | None = None,
+    per: int = 1,
 ) -> dict[str, float]:
     """Parameters, sparsity, FLOPs and weight storage of the trained model (``deployed``: the
-    method's physically smaller network where the caller built it already).
+    method's physically smaller network where the caller built it already). FLOPs are per
+    sample, or per token of a language model's window (``per``: its tokens; ``samples_seen``
+    then counts tokens).
 
     Sparsity and sparse FLOPs are over the method's layers (default selection when dense);
     ``flops/train`` follows docs/methods.md: 3 forward FLOPs per training sample for dense
     training, the method's own accounting otherwise. Storage is in the hardware target's format.
     """
     layers = pruned_layers(model, method)
-    flops = flops_per_sample(model, example, layers)
+
+    def counted(net: nn.Module, selection: dict | None = None) -> dict[str, float]:
+        return {k: v / per for k, v in flops_per_sample(net, example, selection).items()}
+
+    flops = counted(model, layers)
     # Training FLOPs use the trained network's own dense FLOPs: RigL's dense gradient (f_D)
     # is computed on the network that is trained, e.g. Sparse-IFT's widened one.
     trained_dense = flops["flops/dense"]
     if transform is not None and transform.reference_flops is not None:
         # Sparse-IFT and Monarch: flops/dense is the dense original (the iso-FLOP reference).
-        flops["flops/dense"] = transform.reference_flops
+        flops["flops/dense"] = transform.reference_flops / per
     if deployed is None and method is not None:
         deployed = method.deployed_model(model)
     if deployed is not None:  # structured: count the physically smaller network
-        flops["flops/sparse"] = flops_per_sample(deployed, example)["flops/dense"]
+        flops["flops/sparse"] = counted(deployed)["flops/dense"]
         flops["params/deployed"] = sum(p.numel() for p in deployed.parameters())
     train = (
         method.train_flops(trained_dense, flops["flops/sparse"], samples_seen)
@@ -101,8 +108,9 @@ def measure(
     example = run.datamodule.example_input(1)
     # Structured methods: the physically smaller network, counted and timed (built once).
     deployed = method.deployed_model(model) if method is not None else None
+    per = example.shape[1] if task_of(run.cfg) == "language_modeling" else 1
     results.update(
-        model_metrics(model, example, samples_seen, method, hardware, run.transform, deployed)
+        model_metrics(model, example, samples_seen, method, hardware, run.transform, deployed, per)
     )
     if hardware.enabled and benchmark:
         layers = pruned_layers(model, method)
@@ -113,6 +121,9 @@ def measure(
             pattern = method.pattern if method is not None else None
             measured = hardware.benchmark(model, example, layers, pattern)
         results.update(measured.metrics, measured.tags)  # tags: latency/noisy (and why)
+        if per > 1:  # a window of `per` tokens per sample
+            tokens = measured.metrics["throughput/samples_per_s"] * per
+            results.update({"throughput/tokens_per_s": tokens})
         results.attach("kernels", measured.kernels)  # per-layer kernel the target ran
 
 

@@ -46,6 +46,10 @@ class ClassificationModule(L.LightningModule):
         self.log(f"{stage}/acc", acc, prog_bar=True, **opts)
         return loss
 
+    def samples_in(self, batch) -> int:
+        """The training samples a batch holds (``train/samples`` counts them)."""
+        return len(batch[0])
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
 
@@ -72,3 +76,55 @@ class ClassificationModule(L.LightningModule):
 
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class LanguageModelingModule(ClassificationModule):
+    """Next-token training of a causal LM; logs ``{train,val,test}/loss`` (mean token NLL) and
+    ``{val,test}/ppl``, the exponential of the split's mean token NLL as the pruning papers
+    compute it (every window of ``seqlen`` tokens predicts its tokens 2..seqlen)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._sums: dict[str, torch.Tensor] = {}
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        (ids,) = batch
+        logits = self.model(ids)
+        nll = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+            ids[:, 1:].reshape(-1),
+            reduction="sum",
+        )
+        tokens = ids[:, 1:].numel()
+        loss = nll / tokens
+        if stage == "train":
+            opts = {"on_step": False, "on_epoch": True, "batch_size": tokens, "sync_dist": True}
+            self.log("train/loss", loss, prog_bar=True, **opts)
+        else:  # summed here, reduced over ranks once at the epoch's end
+            total = torch.stack(
+                [
+                    nll.detach().double(),
+                    torch.tensor(float(tokens), dtype=torch.float64, device=nll.device),
+                ]
+            )
+            self._sums[stage] = self._sums.get(stage, torch.zeros_like(total)) + total
+        return loss
+
+    def samples_in(self, batch) -> int:
+        """A language model's samples are tokens (FLOPs are counted per token)."""
+        return batch[0].numel()
+
+    def _log_split(self, stage: str) -> None:
+        total = self._sums.pop(stage, None)
+        if total is None:
+            return
+        total = self.trainer.strategy.reduce(total, reduce_op="sum")
+        mean = float(total[0] / total[1])
+        self.log(f"{stage}/loss", mean, sync_dist=False)
+        self.log(f"{stage}/ppl", math.exp(min(mean, 700.0)), prog_bar=True, sync_dist=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_split("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_split("test")

@@ -18,7 +18,7 @@ from sparsebench.errors import ConfigError, first_line
 from sparsebench.hardware.base import HardwareTarget
 from sparsebench.models import build_model
 from sparsebench.sparsity.methods.base import SparsityMethod
-from sparsebench.training.module import ClassificationModule
+from sparsebench.training.module import ClassificationModule, LanguageModelingModule
 from sparsebench.transforms.base import ModelTransform
 
 
@@ -93,7 +93,9 @@ def build_module(cfg: DictConfig, model: nn.Module) -> ClassificationModule:
     # The optimizer schema is the union of several optimizers' options; unset ones are None.
     options = OmegaConf.to_container(cfg.trainer.optimizer, resolve=True)
     optimizer = instantiate({k: v for k, v in options.items() if v is not None})
-    return ClassificationModule(
+    task = cfg.dataset.get("task") or "classification"
+    module = LanguageModelingModule if task == "language_modeling" else ClassificationModule
+    return module(
         model,
         optimizer=optimizer,
         scheduler=cfg.trainer.scheduler,

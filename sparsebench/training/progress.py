@@ -75,7 +75,7 @@ class RunProgress(Callback):
             self.record.results.update({"time/startup_s": time.time() - self.started})
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.samples_seen += len(batch[1]) * trainer.world_size
+        self.samples_seen += pl_module.samples_in(batch) * trainer.world_size
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is not None:
             value = float(loss.detach())

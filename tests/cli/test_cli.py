@@ -210,7 +210,7 @@ def test_the_natural_method_grid_runs_and_shows_in_the_mlflow_ui(tmp_path: Path)
     [
         (
             ["model=resnet1"],
-            "error: unknown model 'resnet1'; available: dass, efficientnet_b0, mlp, mobilenetv2_100,",
+            "error: unknown model 'resnet1'; available: dass, efficientnet_b0, hf_causal_lm, mlp,",
         ),
         (["runner=bogus"], "error: runner must be one of train, prune, got 'bogus'."),
         (

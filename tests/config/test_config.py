@@ -46,10 +46,21 @@ def test_every_group_has_configs() -> None:
 @pytest.mark.parametrize("dataset", DATASETS)
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_and_dataset_compose_and_validate(model: str, dataset: str) -> None:
-    cfg = compose_config([f"model={model}", f"dataset={dataset}"], output_dir="/tmp/x")
+    """Pairs of one task validate; a language model with an image dataset (or the reverse) is
+    one sentence."""
+    extra = ["model.name_or_path=/some/folder"] if model == "hf_causal_lm" else []
+    cfg = compose_config([f"model={model}", f"dataset={dataset}", *extra], output_dir="/tmp/x")
+    lm_model = cfg.model._target_.startswith("sparsebench.models.language.")
+    if lm_model != (cfg.dataset.task == "language_modeling"):
+        with pytest.raises(ConfigError, match=r"^model '.*' is a .*, but dataset '.*' is for"):
+            validate(cfg)
+        return
     validate(cfg)
-    assert cfg.model.num_classes == cfg.dataset.num_classes
-    assert cfg.model.in_chans == cfg.dataset.input_shape[0]
+    if lm_model:
+        assert model == "hf_causal_lm" or cfg.model.vocab_size == cfg.dataset.vocab_size
+    else:
+        assert cfg.model.num_classes == cfg.dataset.num_classes
+        assert cfg.model.in_chans == cfg.dataset.input_shape[0]
 
 
 def test_default_is_dense_resnet18_on_digits() -> None:

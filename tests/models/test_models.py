@@ -12,18 +12,25 @@ from sparsebench.models import build_model
 from tests.fixtures import compose_config
 
 # Which dataset each model is exercised on (small inputs keep this fast on a CPU).
-DATASET_FOR = {"mlp": "mnist1d"}
+DATASET_FOR = {"mlp": "mnist1d", "tiny_llama": "shakespeare"}
+# hf_causal_lm loads a save_pretrained folder: tests/models/test_language.py writes one.
+BUILT_FROM_CONFIG = [m for m in available("model") if m != "hf_causal_lm"]
 
 
-@pytest.mark.parametrize("model_name", available("model"))
+@pytest.mark.parametrize("model_name", BUILT_FROM_CONFIG)
 def test_model_builds_and_runs(model_name: str) -> None:
     dataset = DATASET_FOR.get(model_name, "digits")
-    cfg = compose_config([f"model={model_name}", f"dataset={dataset}"])
+    cfg = compose_config([f"model={model_name}", f"dataset={dataset}"], output_dir="/tmp/x")
     model = build_model(cfg.model).eval()
-    x = torch.randn(2, *cfg.dataset.input_shape)
+    if cfg.dataset.task == "language_modeling":  # token ids in, next-token logits out
+        x = torch.randint(0, cfg.dataset.vocab_size, (2, cfg.dataset.seqlen))
+        shape = (2, cfg.dataset.seqlen, cfg.dataset.vocab_size)
+    else:
+        x = torch.randn(2, *cfg.dataset.input_shape)
+        shape = (2, cfg.dataset.num_classes)
     with torch.no_grad():
         out = model(x)
-    assert out.shape == (2, cfg.dataset.num_classes)
+    assert out.shape == shape
     assert torch.isfinite(out).all()
 
 

@@ -1,0 +1,90 @@
+"""Causal language models through transformers: small ones built from their configs (no
+download) for the embedded default and the tests, and any checkpoint ``AutoModelForCausalLM``
+loads. Their prunable layers are the Linear layers of the decoder blocks (attention and MLP);
+embeddings and ``lm_head`` stay dense, as in the pruning papers (SparseGPT, Wanda)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sparsebench.errors import ConfigError, first_line
+
+
+class CausalLM(nn.Module):
+    """A transformers causal LM whose forward takes token ids and returns the logits (the
+    harness's models map inputs to outputs; the module computes the shifted loss)."""
+
+    # The input meets an embedding (never pruned), not a Linear stem: with dense_stem (the
+    # default) every decoder Linear is prunable; lm_head is the head (dense by default).
+    embeds_input = True
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.lm = model
+
+    def get_classifier(self) -> nn.Module:
+        return self.lm.get_output_embeddings()
+
+    @property
+    def config(self):
+        return self.lm.config
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.lm(input_ids=input_ids, use_cache=False).logits
+
+
+def tiny_llama(
+    model_name: str = "tiny_llama",
+    vocab_size: int = 2048,
+    max_positions: int = 128,
+    hidden_size: int = 128,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    intermediate_size: int = 352,
+) -> CausalLM:
+    """A small ``LlamaForCausalLM`` (RMSNorm, rotary positions, SwiGLU MLP), untied head."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=False,
+    )
+    return CausalLM(LlamaForCausalLM(config))
+
+
+def hf_causal_lm(
+    name_or_path: str, model_name: str = "hf_causal_lm", dtype: str = "float32"
+) -> CausalLM:
+    """``AutoModelForCausalLM.from_pretrained(name_or_path)``: a local folder (config.json and
+    safetensors weights, as ``save_pretrained`` writes them) or a hub id. Weights are read from
+    safetensors only (``use_safetensors=True``): a pickled checkpoint is never unpickled."""
+    from transformers import AutoModelForCausalLM
+
+    local = Path(name_or_path).expanduser()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(local) if local.is_dir() else name_or_path,
+            dtype=getattr(torch, dtype),
+            use_safetensors=True,
+            local_files_only=local.is_dir(),
+        )
+    except (OSError, ValueError) as exc:
+        where = (
+            "folder"
+            if local.is_dir()
+            else "name (not a folder here, nor on the hub or in its cache)"
+        )
+        raise ConfigError(
+            f"model.name_or_path={name_or_path}: no causal language model at this {where}: "
+            f"{first_line(exc, 200)}"
+        ) from None
+    return CausalLM(model)
