@@ -147,20 +147,23 @@ def network_row(
     return m["speedup/measured"]
 
 
+COLUMNS = (
+    "network",
+    "pattern",
+    "sparsity",
+    "dense ms",
+    "sparse ms",
+    "speed-up",
+    "interval",
+    "ideal",
+    "kernels (layers won)",
+    "noisy",
+)
+
+
 def network_table(threads: int, quick: bool) -> tuple[Table, dict]:
     table = Table(title=f"Whole networks on cpu_sparse, 224x224, batch 1, {threads} threads")
-    for col in (
-        "network",
-        "pattern",
-        "sparsity",
-        "dense ms",
-        "sparse ms",
-        "speed-up",
-        "interval",
-        "ideal",
-        "kernels (layers won)",
-        "noisy",
-    ):
+    for col in COLUMNS:
         table.add_column(col, justify="right")
     goals = {}
     x = torch.randn(1, 3, 224, 224)
@@ -189,18 +192,7 @@ def mlp_table(threads: int) -> tuple[Table, dict]:
     table = Table(
         title=f"The README's MLP (40 -> 4096 -> 4096 -> 10), 90% random, batch 64, {threads} threads"
     )
-    for col in (
-        "network",
-        "pattern",
-        "sparsity",
-        "dense ms",
-        "sparse ms",
-        "speed-up",
-        "interval",
-        "ideal",
-        "kernels (layers won)",
-        "noisy",
-    ):
+    for col in COLUMNS:
         table.add_column(col, justify="right")
     goals = {}
     x = torch.randn(1, 40)

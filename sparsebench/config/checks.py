@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sparsebench.config.compose import compose, normalize_overrides
 from sparsebench.config.resources import CHOICE_GROUPS, available
-from sparsebench.config.schemas import SparsebenchConfig
+from sparsebench.config.schemas import SparsebenchConfig, task_of
 from sparsebench.errors import ConfigError, first_line
 
 
@@ -36,7 +36,7 @@ def _check_task(cfg: DictConfig) -> None:
     if model is None or dataset is None or "name" not in dataset:
         return
     lm_model = str(model.get("_target_", "")).startswith("sparsebench.models.language.")
-    lm_data = dataset.get("task") == "language_modeling"
+    lm_data = task_of(cfg) == "language_modeling"
     if lm_model != lm_data:
         want = (
             "a text dataset (dataset=shakespeare, or dataset=text for your own files)"
@@ -46,7 +46,7 @@ def _check_task(cfg: DictConfig) -> None:
         kind = "a causal language model" if lm_model else "a classifier"
         raise ConfigError(
             f"model '{model.get('model_name')}' is {kind}, but dataset '{dataset.name}' is for "
-            f"{dataset.get('task') or 'classification'}; choose {want}."
+            f"{task_of(cfg)}; choose {want}."
         )
 
 

@@ -97,6 +97,11 @@ class DatasetConfig:
 TASKS = ("classification", "language_modeling")
 
 
+def task_of(cfg: Any) -> str:
+    """A config's task, its dataset's (configs saved before tasks existed: classification)."""
+    return str(cfg.dataset.get("task") or "classification")
+
+
 @dataclass
 class TextDatasetConfig:
     """Text for causal language models (sparsebench.data.text): documents split by document,

@@ -18,15 +18,13 @@ from dataclasses import dataclass, field
 
 from sparsebench.record.results import STATUS_TAG, TASK_METRICS, contract_metrics
 
-TASKS = tuple(TASK_METRICS)
-
 # A run as a leaderboard reads it (:mod:`sparsebench.leaderboard.read`): {"id", "name",
 # "status" (MLflow's), "end_time", "experiment_id", "metrics": {METRICS}, "tags": {TAGS}}.
 Run = dict
 # All a leaderboard reads of a run: the contract's metrics (a run missing one does not rank) and
 # the tags that group, label and filter rows.
 METRICS = (
-    *dict.fromkeys(m for task in TASKS for m in contract_metrics(task)),
+    *dict.fromkeys(m for task in TASK_METRICS for m in contract_metrics(task)),
     "train/samples",
 )
 TAGS = (

@@ -28,10 +28,6 @@ class CausalLM(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.lm.get_output_embeddings()
 
-    @property
-    def config(self):
-        return self.lm.config
-
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.lm(input_ids=input_ids, use_cache=False).logits
 

@@ -26,6 +26,7 @@ from typing import IO, Any
 import psutil
 from omegaconf import DictConfig, OmegaConf
 
+from sparsebench.config.schemas import task_of
 from sparsebench.errors import ConfigError, ContractIncomplete, RunDiverged, RunInterrupted
 from sparsebench.record.identity import benchmark_key, run_hash
 
@@ -59,11 +60,6 @@ CONTRACT_METRICS = (*TASK_METRICS["classification"], *COMMON_METRICS)
 def contract_metrics(task: str = "classification") -> tuple[str, ...]:
     """The metrics a finished ``ok`` run of ``task`` has recorded."""
     return (*TASK_METRICS[task], *COMMON_METRICS)
-
-
-def task_of(cfg: DictConfig) -> str:
-    """The run's task: its dataset's (configs saved before tasks existed: classification)."""
-    return str(cfg.dataset.get("task") or "classification")
 
 
 CONTRACT_TAGS = (

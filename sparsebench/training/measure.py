@@ -11,13 +11,14 @@ import lightning as L
 import torch
 from torch import nn
 
+from sparsebench.config.schemas import task_of
 from sparsebench.errors import RunDiverged
 from sparsebench.hardware.base import HardwareTarget
 from sparsebench.metrics.flops import flops_per_sample
 from sparsebench.metrics.params import actual_sparsity, count_params
 from sparsebench.metrics.size import model_bytes
 from sparsebench.record.recorder import RunRecorder
-from sparsebench.record.results import Results, task_of
+from sparsebench.record.results import Results
 from sparsebench.sparsity.methods.base import SparsityMethod
 from sparsebench.sparsity.prunable import prunable_layers
 from sparsebench.training.build import Run

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from sparsebench.config.schemas import task_of
 from sparsebench.data.base import SparseBenchDataModule
 from sparsebench.errors import ConfigError, first_line
 from sparsebench.hardware.base import HardwareTarget
@@ -93,8 +94,8 @@ def build_module(cfg: DictConfig, model: nn.Module) -> ClassificationModule:
     # The optimizer schema is the union of several optimizers' options; unset ones are None.
     options = OmegaConf.to_container(cfg.trainer.optimizer, resolve=True)
     optimizer = instantiate({k: v for k, v in options.items() if v is not None})
-    task = cfg.dataset.get("task") or "classification"
-    module = LanguageModelingModule if task == "language_modeling" else ClassificationModule
+    lm = task_of(cfg) == "language_modeling"
+    module = LanguageModelingModule if lm else ClassificationModule
     return module(
         model,
         optimizer=optimizer,

@@ -19,15 +19,19 @@ from sparsebench.sparsity.prunable import prunable_layers
 from tests.fixtures import compose_config
 
 
-def test_every_decoder_linear_is_prunable_and_embeddings_and_head_stay_dense() -> None:
-    model = tiny_llama(
+def _small(max_positions: int = 32, num_layers: int = 2):
+    return tiny_llama(
         vocab_size=300,
-        max_positions=32,
+        max_positions=max_positions,
         hidden_size=32,
-        num_layers=2,
+        num_layers=num_layers,
         num_heads=2,
         intermediate_size=64,
     )
+
+
+def test_every_decoder_linear_is_prunable_and_embeddings_and_head_stay_dense() -> None:
+    model = _small()
     layers = prunable_layers(model)
     assert len(layers) == 2 * 7  # q, k, v, o and gate, up, down per block
     assert all(".layers." in name for name in layers)
@@ -36,14 +40,7 @@ def test_every_decoder_linear_is_prunable_and_embeddings_and_head_stay_dense() -
 
 def test_a_save_pretrained_folder_loads_as_hf_causal_lm(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = tiny_llama(
-        vocab_size=300,
-        max_positions=32,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=2,
-        intermediate_size=64,
-    )
+    model = _small()
     model.lm.save_pretrained(tmp_path / "lm")  # config.json + model.safetensors
     assert (tmp_path / "lm" / "model.safetensors").is_file()
     cfg = compose_config(
@@ -78,14 +75,7 @@ def test_perplexity_is_exp_of_the_mean_token_nll_over_the_test_windows(tmp_path:
     )
     data.setup("test")
     torch.manual_seed(0)
-    model = tiny_llama(
-        vocab_size=300,
-        max_positions=16,
-        hidden_size=32,
-        num_layers=1,
-        num_heads=2,
-        intermediate_size=64,
-    )
+    model = _small(max_positions=16, num_layers=1)
     module = LanguageModelingModule(model, optimizer=torch.optim.SGD)
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False)
     (metrics,) = trainer.test(module, datamodule=data, verbose=False)
