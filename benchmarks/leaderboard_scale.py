@@ -55,7 +55,8 @@ def populate(uri: str, n_runs: int, seed: int = 0) -> None:
     """``n_runs`` synthetic runs in the (new) store at ``uri``."""
     import sqlalchemy as sa
 
-    from sparsebench.record.results import CONTRACT_METRICS, PACKAGES, STATUS_TAG
+    from sparsebench.record.contract import CONTRACT_METRICS
+    from sparsebench.record.results import PACKAGES, STATUS_TAG
 
     experiment, params, _ = _template(uri)
     rng = random.Random(seed)

@@ -1,5 +1,6 @@
 """Prune runner: a trained model pruned once (post-training), evaluated before and after,
-optionally fine-tuned with the masks fixed; the results contract plus ``test/acc_dense``,
+optionally fine-tuned with the masks fixed; the results contract plus the dense model's test
+metrics (``test/acc_dense`` or, for language models, ``test/ppl_dense``; ``test/loss_dense``),
 ``time/prune_s`` and ``memory/peak_mb``. All logic is in the library (sparsebench.pruning).
 
     python -m sparsebench runner=prune +method=wanda checkpoint=outputs/runs/DATE/TIME
@@ -14,10 +15,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, open_dict
 
+from sparsebench.config.schemas import task_of
 from sparsebench.config.targets import list_methods
 from sparsebench.errors import ConfigError
 from sparsebench.metrics.memory import PeakMemory
 from sparsebench.models import build_model
+from sparsebench.record.contract import TASK_METRICS
 from sparsebench.record.recorder import RunRecorder
 from sparsebench.record.results import Results
 from sparsebench.sparsity.methods.static import FixedMasks
@@ -25,6 +28,7 @@ from sparsebench.training.build import Run
 from sparsebench.training.checkpoints import checkpoint_budget, checkpoint_path, load_weights
 from sparsebench.training.fit import build_trainer, sparsity_callbacks
 from sparsebench.training.measure import check_finite, measure
+from sparsebench.training.parts import check_fits
 from sparsebench.training.progress import RunProgress
 
 log = logging.getLogger(__name__)
@@ -65,11 +69,17 @@ def run(cfg: DictConfig, resume: bool = False) -> Results:
     datamodule = parts.build_data()
     available = len(datamodule.train_set)
     if method.calibration_samples > available:
+        what = (
+            f"sequences of dataset.seqlen={cfg.dataset.seqlen} tokens"
+            if task_of(cfg) == "language_modeling"
+            else "samples"
+        )
         raise ConfigError(
             f"method.calibration_samples={method.calibration_samples} is more than the "
-            f"{available} training samples of dataset '{cfg.dataset.name}'."
+            f"{available} training {what} of dataset '{cfg.dataset.name}'."
         )
     model = build_model(cfg.model)
+    check_fits(model, datamodule)
     method.attach(model)  # N:M that does not divide a layer fails here, before any training
     if cfg.checkpoint is None:
         log.warning(
@@ -93,7 +103,7 @@ def run(cfg: DictConfig, resume: bool = False) -> Results:
         module = parts.module(model)
         evaluate = build_trainer(cfg, output_dir, [], enable_checkpointing=False)
         (dense,) = evaluate.test(module, datamodule=datamodule, verbose=False)
-        results.update({"test/acc_dense": dense["test/acc"], "test/loss_dense": dense["test/loss"]})
+        results.update({f"{k}_dense": v for k, v in dense.items()})
 
         gen = torch.Generator().manual_seed(cfg.seed)
         index = torch.randperm(available, generator=gen)[: method.calibration_samples]
@@ -124,8 +134,8 @@ def run(cfg: DictConfig, resume: bool = False) -> Results:
                 "time/train_s": progress.train_seconds,
             }
         )
-        val = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
-        results.update({"val/acc": val["val/acc"]})
+        (val,) = trainer.validate(module, datamodule=datamodule, verbose=False)
+        results.update({k: v for k, v in val.items() if k in TASK_METRICS[task_of(cfg)]})
         measure(results, parts, model, progress.samples_seen, benchmark=record.is_zero)
         record.log_model(model, datamodule.example_input(2))
     results.raise_unless_ok()

@@ -193,6 +193,7 @@ class TrainerConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig, metadata=OURS)
     scheduler: str = field(default="cosine", metadata=OURS)
     warmup_epochs: int = field(default=0, metadata=OURS)
+    warmup_steps: int = field(default=0, metadata=OURS)  # instead of warmup_epochs (LMs)
     accelerator: str = "auto"
     devices: Any = 1
     strategy: str = "auto"
@@ -225,6 +226,11 @@ class TrainerConfig:
         require(
             0 <= self.warmup_epochs < self.max_epochs,
             f"trainer.warmup_epochs must be in [0, max_epochs), got {self.warmup_epochs}.",
+        )
+        require(
+            self.warmup_steps >= 0 and not (self.warmup_steps and self.warmup_epochs),
+            f"trainer.warmup_steps must be >= 0 and not set with warmup_epochs, got "
+            f"{self.warmup_steps} (warmup_epochs={self.warmup_epochs}).",
         )
         require(self.num_nodes >= 1, f"trainer.num_nodes must be >= 1, got {self.num_nodes}.")
         require(
@@ -358,9 +364,42 @@ class SparsebenchConfig:
 RUNNERS = ("train", "prune")
 
 
+@dataclass
+class HubTextDatasetConfig(TextDatasetConfig):
+    """A text dataset with published splits read by ``datasets`` (sparsebench.data.text:
+    WikiText-2, C4): from the hub (online, or its cache), or ``data_dir``, a folder written by
+    ``DatasetDict.save_to_disk``. Each split's texts are joined by ``joiner`` and tokenised once,
+    as the pruning papers' evaluation does; ``documents`` keeps a range of a split's rows."""
+
+    hub_path: str = MISSING
+    hub_config: str | None = None
+    data_files: dict[str, str] | None = None
+    splits: dict[str, str] = field(
+        default_factory=lambda: {"train": "train", "val": "validation", "test": "test"}
+    )
+    documents: dict[str, list[int]] | None = None  # split -> [start, stop) of its rows
+    text_field: str = "text"
+    joiner: str = "\n\n"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(
+            set(self.splits) == {"train", "val", "test"},
+            f"dataset.splits must map train, val and test to the dataset's splits, got "
+            f"{', '.join(self.splits) or 'nothing'}.",
+        )
+        for split, rows in (self.documents or {}).items():
+            require(
+                split in self.splits and len(rows) == 2 and 0 <= rows[0] < rows[1],
+                f"dataset.documents.{split} must be [start, stop) of a split's rows with "
+                f"0 <= start < stop, got {rows}.",
+            )
+
+
 SCHEMAS: dict[str, type] = {
     "dataset": DatasetConfig,
     "text_dataset": TextDatasetConfig,
+    "hub_text_dataset": HubTextDatasetConfig,
     "trainer": TrainerConfig,
     "logger": LoggerConfig,
     "paths": PathsConfig,

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from sparsebench.data.base import SparseBenchDataModule, split_indices
-from sparsebench.errors import ConfigError
+from sparsebench.errors import ConfigError, first_line
 
 EOS = "<|endoftext|>"  # between documents, and the BPE's one special token
 
@@ -81,7 +81,13 @@ class TextDataModule(SparseBenchDataModule):
         if self.tokenizer_name is not None:
             from transformers import AutoTokenizer
 
-            return AutoTokenizer.from_pretrained(self.tokenizer_name)
+            try:
+                return AutoTokenizer.from_pretrained(self.tokenizer_name)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(
+                    f"dataset.tokenizer={self.tokenizer_name}: no tokenizer there "
+                    f"({first_line(exc, 160)})."
+                ) from None
         from tokenizers import ByteLevelBPETokenizer
         from transformers import PreTrainedTokenizerFast
 
@@ -118,7 +124,7 @@ class TextDataModule(SparseBenchDataModule):
             return
         splits = self.split_documents()
         self.tokenizer = self.build_tokenizer([t for _, t in splits["train"]])
-        if len(self.tokenizer) > self.vocab_size:
+        if self.tokenizer_name is None and len(self.tokenizer) > self.vocab_size:
             raise ConfigError(
                 f"dataset.vocab_size={self.vocab_size} is smaller than the tokenizer's "
                 f"{len(self.tokenizer)} tokens; set it to at least that."
@@ -168,3 +174,64 @@ class TextFilesDataModule(TextDataModule):
         if not files:
             raise ConfigError(f"dataset.data_dir={path} holds no .txt files.")
         return [(str(f.relative_to(path)), f.read_text()) for f in files]
+
+
+class HubTextDataModule(TextDataModule):
+    """A text dataset with published train/validation/test splits, read by ``datasets``:
+    ``load_dataset(hub_path, hub_config, data_files=...)`` (online, or from its cache when
+    offline), or ``data_dir``, a folder that ``DatasetDict.save_to_disk`` wrote (Arrow files and
+    JSON: nothing in it is executed). Each split is one text, its rows (``documents``: a range
+    of them) joined by ``joiner``: the papers' protocol (SparseGPT, Wanda: WikiText-2's test
+    rows joined by blank lines; C4's first 1100 validation documents joined by spaces)."""
+
+    def __init__(
+        self,
+        name: str,
+        hub_path: str,
+        hub_config: str | None = None,
+        data_files: dict[str, str] | None = None,
+        splits: dict[str, str] | None = None,
+        documents: dict[str, list[int]] | None = None,
+        text_field: str = "text",
+        joiner: str = "\n\n",
+        **kwargs,
+    ) -> None:
+        super().__init__(name=name, **kwargs)
+        self.hub_path, self.hub_config, self.data_files = hub_path, hub_config, data_files
+        self.splits = splits or {"train": "train", "val": "validation", "test": "test"}
+        self.rows, self.text_field, self.joiner = documents or {}, text_field, joiner
+
+    def load(self):
+        import datasets
+
+        if self.data_dir:
+            path = Path(self.data_dir)
+            if not (path / "dataset_dict.json").is_file():
+                raise ConfigError(
+                    f"dataset.data_dir={path}: not a folder written by DatasetDict.save_to_disk "
+                    "(no dataset_dict.json)."
+                )
+            return datasets.load_from_disk(str(path))
+        try:
+            return datasets.load_dataset(self.hub_path, self.hub_config, data_files=self.data_files)
+        except Exception as exc:  # no network and not in the cache, or an unknown name
+            raise ConfigError(
+                f"dataset '{self.name}': {self.hub_path} cannot be loaded (offline and not in the "
+                f"datasets cache? or give dataset.data_dir): {first_line(exc, 160)}"
+            ) from None
+
+    def split_documents(self) -> dict[str, list[tuple[str, str]]]:
+        loaded = self.load()
+        out = {}
+        for split, source in self.splits.items():
+            if source not in loaded:
+                raise ConfigError(
+                    f"dataset '{self.name}' has no split '{source}' (dataset.splits.{split}); it "
+                    f"has {', '.join(loaded)}."
+                )
+            rows = loaded[source]
+            if split in self.rows:
+                start, stop = self.rows[split]
+                rows = rows.select(range(start, min(stop, len(rows))))
+            out[split] = [(source, self.joiner.join(rows[self.text_field]))]
+        return out

@@ -12,7 +12,8 @@ from sparsebench.errors import ConfigError
 from sparsebench.leaderboard.read import read_runs
 from sparsebench.leaderboard.render import markdown, print_tables, save_csv
 from sparsebench.leaderboard.rows import Row, admit, aggregate, describe_left_out
-from sparsebench.record.mlflow_logging import store_problem, ui_link
+from sparsebench.record.mlflow_logging import store_problem
+from sparsebench.record.ui import ui_link
 
 FILTERS = ("dataset", "model", "method", "pattern", "hardware", "benchmark_key")
 
@@ -87,8 +88,9 @@ def _leaderboard(args: argparse.Namespace) -> int:
     print_tables(rows, top=args.top or None)
     if note:
         print(note)
-    for experiment in sorted({r["experiment_id"] for r in admitted}):
-        print(f"in the MLflow UI: {ui_link(args.tracking_uri, experiment)}")
+    views = {(r["experiment_id"], r["tags"].get("task", "classification")) for r in admitted}
+    for experiment, task in sorted(views):  # each task's view: its quality, best first
+        print(f"in the MLflow UI: {ui_link(args.tracking_uri, experiment, task=task)}")
     if args.csv:
         save_csv(rows, args.csv)
     if args.markdown:

@@ -1,5 +1,6 @@
 """The HTML leaderboard: per benchmark_key the table (:func:`.render.html_table`) and
-interactive accuracy-vs-FLOPs and accuracy-vs-latency plots (plotly): a colour and legend entry
+interactive quality-vs-FLOPs and quality-vs-latency plots (plotly; accuracy, or perplexity on a
+reversed log axis for language models): a colour and legend entry
 per method, a marker per sparsity pattern, the Pareto front drawn as a step line, the dense
 baseline as a dashed line, and a plot only where there are two points to compare. plotly's
 JavaScript is written once beside the page (``plotly.min.js``), so the page is small and works
@@ -36,8 +37,24 @@ def _symbol(pattern: str) -> str:
     return "square" if pattern.startswith("block") else SYMBOLS.get(pattern, "circle")
 
 
+def _quality_axis(metric: str, values: list[float]) -> dict:
+    """The y axis of a quality: accuracy on [0, 1] around the points; perplexity on a log
+    scale, reversed so that better is up on every plot."""
+    if metric == "test/ppl":
+        return {
+            "title": "test perplexity (lower is better)",
+            "type": "log",
+            "autorange": "reversed",
+        }
+    pad = max(0.02, (max(values) - min(values)) * 0.15)
+    return {
+        "title": "test accuracy",
+        "range": [max(0.0, min(values) - pad), min(1.0, max(values) + pad)],
+    }
+
+
 def _figure(rows: list[Row], cost: str, title: str) -> go.Figure | None:
-    """Accuracy against ``cost``; None when fewer than two rows have it (nothing to compare).
+    """Quality against ``cost``; None when fewer than two rows have it (nothing to compare).
     Measured and estimated latencies are never plotted together (estimated: its own plot)."""
     points = [r for r in rows if getattr(r, cost) is not None]
     if cost == "latency_ms":
@@ -51,10 +68,10 @@ def _figure(rows: list[Row], cost: str, title: str) -> go.Figure | None:
         figure.add_trace(
             go.Scatter(
                 x=[getattr(r, cost) for r in mine],
-                y=[r.acc_mean for r in mine],
+                y=[r.mean for r in mine],
                 mode="markers",
                 name=method,
-                error_y={"type": "data", "array": [r.acc_std for r in mine]},
+                error_y={"type": "data", "array": [r.std for r in mine]},
                 marker={
                     "size": 11,
                     "symbol": [_symbol(r.pattern) for r in mine],
@@ -70,7 +87,7 @@ def _figure(rows: list[Row], cost: str, title: str) -> go.Figure | None:
         figure.add_trace(
             go.Scatter(
                 x=[getattr(r, cost) for r in front],
-                y=[r.acc_mean for r in front],
+                y=[r.mean for r in front],
                 mode="lines",
                 line={"shape": "hv", "dash": "dot", "color": "#555"},
                 name="Pareto front",
@@ -79,16 +96,15 @@ def _figure(rows: list[Row], cost: str, title: str) -> go.Figure | None:
         )
     dense = [r for r in points if r.method == "dense"]
     if dense:
-        best = max(dense, key=lambda r: r.acc_mean)
+        best = max(dense, key=lambda r: r.score)
         figure.add_hline(
-            y=best.acc_mean,
+            y=best.mean,
             line_dash="dash",
             line_color="#999",
-            annotation_text=f"dense baseline {best.acc_mean:.4f}",
+            annotation_text=f"dense baseline {best.mean:{'.2f' if best.metric == 'test/ppl' else '.4f'}}",
             annotation_position="bottom right",
         )
-    accs = [r.acc_mean for r in points]
-    pad = max(0.02, (max(accs) - min(accs)) * 0.15)
+    values = [r.mean for r in points]
     estimated = " (estimated)" if cost == "latency_ms" and points[0].latency_estimated else ""
     figure.update_layout(
         title=title + estimated,
@@ -96,10 +112,7 @@ def _figure(rows: list[Row], cost: str, title: str) -> go.Figure | None:
         width=700,
         legend_title_text="method",
         xaxis={"title": COST_TITLES[cost], "type": "log"},
-        yaxis={
-            "title": "test accuracy",
-            "range": [max(0.0, min(accs) - pad), min(1.0, max(accs) + pad)],
-        },
+        yaxis=_quality_axis(points[0].metric, values),
     )
     return figure
 
@@ -122,7 +135,8 @@ def html_report(
         "<script src='plotly.min.js'></script></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         "<p>Markers: &#9679; unstructured, &#9670; N:M, &#9632; block, &#9650; channel, "
-        "&#10006; dense; &#9733; in the table: on the Pareto front.</p>",
+        "&#10006; dense; &#9733; in the table: on the Pareto front. Rows are ranked by test "
+        "accuracy (highest first) or, for language models, test perplexity (lowest first).</p>",
     ]
     for key, members in sorted(by_key.items()):
         ranked = sorted(members, key=lambda r: r.rank)
@@ -131,11 +145,9 @@ def html_report(
         if len(shown) < len(ranked):
             table.append(f"<p>+{len(ranked) - len(shown)} more rows in the full report</p>")
         plots = ["<div style='display:flex;flex-wrap:wrap'>"]  # the plots side by side
-        for cost, label in (
-            ("flops_sparse", "accuracy vs FLOPs"),
-            ("latency_ms", "accuracy vs latency"),
-        ):
-            figure = _figure(members, cost, f"{key}: {label}")
+        quality = "perplexity" if members[0].metric == "test/ppl" else "accuracy"
+        for cost, label in (("flops_sparse", "FLOPs"), ("latency_ms", "latency")):
+            figure = _figure(members, cost, f"{key}: {quality} vs {label}")
             if figure is not None:
                 plot = figure.to_html(full_html=False, include_plotlyjs=False)
                 plots.append(f"<div style='flex:0 0 720px'>{plot}</div>")

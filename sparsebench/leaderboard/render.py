@@ -11,10 +11,18 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from sparsebench.leaderboard.rows import HEADINGS, SHOWN, Row
+from sparsebench.leaderboard.rows import HEADINGS, SHOWN, Row, heading
 from sparsebench.record.tables import cell, escape_markdown, markdown_table, write_csv
 
-CSV_COLUMNS = ("benchmark_key", *SHOWN, "flops_dense", "flops_train", "train_samples", "seeds")
+CSV_COLUMNS = (
+    "benchmark_key",
+    "metric",
+    *SHOWN,
+    "flops_dense",
+    "flops_train",
+    "train_samples",
+    "seeds",
+)
 LEFT = ("method", "pattern", "run_hash")  # text columns; the others are numbers and marks
 # Left out first when a terminal is too narrow for every column (the CSV has them all).
 DROP_ORDER = (
@@ -22,7 +30,7 @@ DROP_ORDER = (
     "latency_estimated",
     "latency_front",
     "budget_differs",
-    "acc_std",
+    "std",
     "n",
     "flops_front",
     "latency_noisy",
@@ -79,7 +87,7 @@ def tables(rows: list[Row], width: int | None = None, top: int | None = None) ->
             caption_justify="left",
         )
         for column in shown:
-            table.add_column(HEADINGS[column], justify=align(column), overflow="fold")
+            table.add_column(heading(column, members), justify=align(column), overflow="fold")
         for row in members[: len(members) - hidden]:
             table.add_row(*(cell(getattr(row, c)) for c in shown))
         out.append(table)
@@ -107,7 +115,7 @@ def markdown(rows: list[Row]) -> str:
     sections = []
     for key, members in groups(rows).items():
         grid = markdown_table(
-            [HEADINGS[c] for c in SHOWN],
+            [heading(c, members) for c in SHOWN],
             [[cell(getattr(r, c)) for c in SHOWN] for r in members],
         )
         sections.append(f"### {escape_markdown(key)}\n\n{grid}\n")
@@ -121,7 +129,7 @@ def save_csv(rows: list[Row], path: Path) -> None:
 
 def html_table(rows: list[Row]) -> list[str]:
     """The HTML report's table of ``rows`` (one key's), as lines of the page."""
-    heads = "".join(f"<th>{html.escape(HEADINGS[c])}</th>" for c in SHOWN)
+    heads = "".join(f"<th>{html.escape(heading(c, rows))}</th>" for c in SHOWN)
     lines = ["<table class='leaderboard'><tr>", heads, "</tr>"]
     for row in rows:
         cells = "".join(f"<td>{_html_cell(getattr(row, c))}</td>" for c in SHOWN)

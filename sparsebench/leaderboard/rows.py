@@ -2,10 +2,12 @@
 
 Runs are comparable only within one ``benchmark_key`` (dataset, model, hardware, budget).
 Inside a key, runs with the same ``run_hash`` are replicates (they differ by seed only) and
-become one row with mean, std and n. A row is on the accuracy-FLOPs front if no other row of
-its key has accuracy >= and ``flops/sparse`` <= with one of them strictly better (equal rows are
-both on it); the latency front is the same with ``latency/p50_ms``, computed only among rows
-whose latencies are all measured or all estimated, never mixed.
+become one row with mean, std and n of the task's quality (``RANKED_BY``: test accuracy for
+classifiers, test perplexity for language models), ranked best first in the metric's declared
+direction (``DIRECTIONS``). A row is on the quality-FLOPs front if no other row of its key is at
+least as good with ``flops/sparse`` <= and one of them strictly better (equal rows are both on
+it); the latency front is the same with ``latency/p50_ms``, computed only among rows whose
+latencies are all measured or all estimated, never mixed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sparsebench.record.results import STATUS_TAG, TASK_METRICS, contract_metrics
+from sparsebench.record.contract import RANKED_BY, TASK_METRICS, better, contract_metrics
+from sparsebench.record.results import STATUS_TAG
 
 # A run as a leaderboard reads it (:mod:`sparsebench.leaderboard.read`): {"id", "name",
 # "status" (MLflow's), "end_time", "experiment_id", "metrics": {METRICS}, "tags": {TAGS}}.
@@ -100,8 +103,9 @@ class Row:
     run_hash: str
     method: str
     n: int
-    acc_mean: float
-    acc_std: float
+    metric: str  # the quality ranked (RANKED_BY of the runs' task): test/acc, test/ppl
+    mean: float
+    std: float
     flops_sparse: float | None
     flops_dense: float | None
     flops_train: float | None
@@ -117,6 +121,11 @@ class Row:
     latency_front: bool = False
     budget_differs: bool = False
 
+    @property
+    def score(self) -> float:
+        """The quality signed so that larger is better (perplexity: its negative)."""
+        return better(self.metric, self.mean)
+
 
 # What a reader sees of a row, in order, under these headings (terminal, Markdown and HTML; the
 # CSV keeps the field names and adds the rest); the benchmark key heads each group instead.
@@ -125,8 +134,8 @@ HEADINGS = {
     "method": "method",
     "pattern": "pattern",
     "n": "n",
-    "acc_mean": "test acc",
-    "acc_std": "± std",
+    "mean": "test acc",  # the quality: named by the key's metric (heading())
+    "std": "± std",
     "sparsity": "sparsity",
     "flops_sparse": "FLOPs",
     "latency_ms": "latency ms",
@@ -138,6 +147,15 @@ HEADINGS = {
     "run_hash": "run hash",
 }
 SHOWN = tuple(HEADINGS)
+QUALITY_HEADINGS = {"test/acc": "test acc", "test/ppl": "test ppl"}
+
+
+def heading(column: str, rows: list[Row]) -> str:
+    """A column's heading over ``rows`` (one key's): the quality column is named by its
+    metric (test acc, test ppl)."""
+    if column == "mean" and rows:
+        return QUALITY_HEADINGS[rows[0].metric]
+    return HEADINGS[column]
 
 
 def _mean(values: list[float]) -> float | None:
@@ -146,16 +164,19 @@ def _mean(values: list[float]) -> float | None:
 
 
 def aggregate(runs: Iterable[Run]) -> list[Row]:
-    """One row per (benchmark_key, run_hash): mean/std/n of test/acc and means of the rest."""
+    """One row per (benchmark_key, run_hash): mean/std/n of the task's quality (test/acc,
+    test/ppl) and means of the rest."""
     groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
     for run in runs:
         tags = run["tags"]
-        if "test/acc" not in run["metrics"] or "benchmark_key" not in tags:
+        metric = RANKED_BY[tags.get("task", "classification")]
+        if metric not in run["metrics"] or "benchmark_key" not in tags:
             continue  # failed or foreign runs have no place on a leaderboard
         groups[(tags["benchmark_key"], tags.get("run_hash", ""))].append(run)
     rows = []
     for (key, run_hash), members in groups.items():
-        accs = [m["metrics"]["test/acc"] for m in members]
+        metric = RANKED_BY[members[0]["tags"].get("task", "classification")]
+        values = [m["metrics"][metric] for m in members]
 
         def mean_of(name: str, members=members) -> float | None:
             return _mean([m["metrics"].get(name) for m in members])
@@ -166,8 +187,9 @@ def aggregate(runs: Iterable[Run]) -> list[Row]:
                 run_hash=run_hash,
                 method=members[0]["tags"].get("method", "?"),
                 n=len(members),
-                acc_mean=statistics.fmean(accs),
-                acc_std=statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                metric=metric,
+                mean=statistics.fmean(values),
+                std=statistics.stdev(values) if len(values) > 1 else 0.0,
                 flops_sparse=mean_of("flops/sparse"),
                 flops_dense=mean_of("flops/dense"),
                 flops_train=mean_of("flops/train"),
@@ -185,10 +207,10 @@ def aggregate(runs: Iterable[Run]) -> list[Row]:
 
 
 def _front(rows: list[Row], cost: str) -> set[int]:
-    """Indices of rows not dominated in (higher acc_mean, lower cost); rows without cost skipped.
+    """Indices of rows not dominated in (better quality, lower cost); rows without cost skipped.
 
     One sweep in order of cost (n log n: a key may hold thousands of rows): a row is on the
-    front when it is the most accurate at its cost and more accurate than every cheaper row."""
+    front when it is the best at its cost and better than every cheaper row."""
     candidates = sorted(
         (getattr(r, cost), i) for i, r in enumerate(rows) if getattr(r, cost) is not None
     )
@@ -200,9 +222,9 @@ def _front(rows: list[Row], cost: str) -> set[int]:
         while end < len(candidates) and candidates[end][0] == candidates[start][0]:
             end += 1
         tied = [rows[i] for _, i in candidates[start:end]]
-        best_here = max(r.acc_mean for r in tied)
+        best_here = max(r.score for r in tied)
         for _, i in candidates[start:end]:
-            if rows[i].acc_mean == best_here and rows[i].acc_mean > best_cheaper:
+            if rows[i].score == best_here and rows[i].score > best_cheaper:
                 front.add(i)
         best_cheaper = max(best_cheaper, best_here)
         start = end
@@ -228,7 +250,7 @@ def mark(rows: list[Row], budget_tolerance: float = BUDGET_TOLERANCE) -> None:
     for row in rows:
         by_key[row.benchmark_key].append(row)
     for members in by_key.values():
-        for rank, row in enumerate(sorted(members, key=lambda r: -r.acc_mean), start=1):
+        for rank, row in enumerate(sorted(members, key=lambda r: -r.score), start=1):
             row.rank = rank
         for i in _front(members, "flops_sparse"):
             members[i].flops_front = True

@@ -23,13 +23,55 @@ class CausalLM(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.lm = model
+        self.lm = _linear_layers(model)
 
     def get_classifier(self) -> nn.Module:
         return self.lm.get_output_embeddings()
 
+    def blocks(self) -> nn.ModuleList:
+        """The decoder blocks, in order (``layers`` of Llama and OPT, ``h`` of GPT-2): the
+        model's largest ModuleList, found rather than named per family."""
+        lists = [m for m in self.lm.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+        return max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))
+
+    def check_fits(self, seqlen: int, tokens: int) -> None:
+        """Refuse (one sentence) windows longer than the model's positions or a tokenizer with
+        more ids than its embedding has rows."""
+        config = self.lm.config
+        positions = getattr(config, "max_position_embeddings", None)
+        if positions is not None and seqlen > positions:
+            raise ConfigError(
+                f"dataset.seqlen={seqlen} is more than the {positions} positions of model "
+                f"'{config.model_type}'; use dataset.seqlen <= {positions}."
+            )
+        rows = self.lm.get_input_embeddings().num_embeddings
+        if tokens > rows:
+            raise ConfigError(
+                f"the dataset's tokenizer has {tokens} tokens, more than the {rows} rows of "
+                f"model '{config.model_type}''s embedding; give the model's own tokenizer "
+                "(dataset.tokenizer) or a smaller dataset.vocab_size."
+            )
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.lm(input_ids=input_ids, use_cache=False).logits
+
+
+def _linear_layers(model: nn.Module) -> nn.Module:
+    """GPT-2's ``Conv1D`` layers (a Linear stored as in x out) as ``nn.Linear``, in place.
+
+    Pruning, N:M patterns, the sparse kernels and FLOP counting all read ``nn.Linear``; a
+    transposed copy computes the same function (transformers has no such conversion)."""
+    from transformers.pytorch_utils import Conv1D
+
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, Conv1D):
+                linear = nn.Linear(child.weight.shape[0], child.nf, dtype=child.weight.dtype)
+                with torch.no_grad():
+                    linear.weight.copy_(child.weight.T)
+                    linear.bias.copy_(child.bias)
+                setattr(parent, child_name, linear)
+    return model
 
 
 def tiny_llama(
@@ -55,6 +97,33 @@ def tiny_llama(
         tie_word_embeddings=False,
     )
     return CausalLM(LlamaForCausalLM(config))
+
+
+def tiny_gpt2(
+    model_name: str = "tiny_gpt2",
+    vocab_size: int = 2048,
+    max_positions: int = 128,
+    hidden_size: int = 128,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    intermediate_size: int = 512,
+) -> CausalLM:
+    """A small ``GPT2LMHeadModel`` (LayerNorm, learned positions, GELU MLP), untied head; its
+    ``Conv1D`` layers become ``nn.Linear``."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=max_positions,
+        n_embd=hidden_size,
+        n_layer=num_layers,
+        n_head=num_heads,
+        n_inner=intermediate_size,
+        bos_token_id=0,  # the end token of the embedded BPE (sparsebench.data.text.EOS)
+        eos_token_id=0,
+        tie_word_embeddings=False,
+    )
+    return CausalLM(GPT2LMHeadModel(config))
 
 
 def hf_causal_lm(

@@ -1,7 +1,14 @@
-"""Layer-by-layer pruning on calibration data, each layer seeing the outputs of the layers
-pruned before it.
+"""Pruning on calibration data, each layer seeing the outputs of the layers pruned before it.
 
-For each prunable layer in order, the calibration batches run through the model as pruned so
+Models made of repeated blocks (the decoder blocks of a language model: ``model.blocks()``)
+are calibrated block by block, as the reference implementations of SparseGPT (Frantar &
+Alistarh, 2023) and Wanda (Sun et al., 2024) do: the calibration inputs of the first block are
+captured once; each block's selected layers are pruned from the statistics of one pass through
+the block; the pruned block's outputs are the next block's inputs. Memory and time are those of
+one block's activations, never the whole model's.
+
+Other models (and layers outside every block) are pruned layer by layer:
+for each prunable layer in order, the calibration batches run through the model as pruned so
 far, stopping at that layer; a forward pre-hook accumulates the statistics of its inputs (per
 feature sum and sum of squares, and X^T X for SparseGPT), the method prunes the layer, and the
 next layer is calibrated on the new outputs. Convolutions are seen through their unfolded
@@ -88,6 +95,68 @@ def collect(
     finally:
         handle.remove()
     return stats
+
+
+# A block's call: its positional and keyword arguments, the hidden states first (or by name).
+Call = tuple[tuple, dict]
+
+
+def _with_hidden(call: Call, hidden: torch.Tensor) -> Call:
+    args, kwargs = call
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+@torch.no_grad()
+def block_inputs(model: nn.Module, block: nn.Module, batches: list[torch.Tensor]) -> list[Call]:
+    """The calls ``model`` makes to ``block`` (its first block) for each batch, captured
+    before the block runs (masks, positions and rotary embeddings included)."""
+    calls: list[Call] = []
+
+    def hook(_module, args, kwargs):
+        calls.append((args, kwargs))
+        raise _Captured
+
+    handle = block.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for batch in batches:
+            with contextlib.suppress(_Captured):
+                model(batch)
+    finally:
+        handle.remove()
+    return calls
+
+
+@torch.no_grad()
+def block_stats(
+    block: nn.Module, layers: dict[str, nn.Module], calls: list[Call], gram: bool
+) -> dict[str, LayerStats]:
+    """Statistics of each of ``layers``' inputs over one pass of ``calls`` through ``block``."""
+    stats = {name: LayerStats() for name in layers}
+    handles = [
+        module.register_forward_pre_hook(
+            lambda m, args, s=stats[name]: s.add(layer_inputs(m, args[0]), gram)
+        )
+        for name, module in layers.items()
+    ]
+    try:
+        for args, kwargs in calls:
+            block(*args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return stats
+
+
+@torch.no_grad()
+def block_outputs(block: nn.Module, calls: list[Call]) -> list[Call]:
+    """The next block's calls: the same arguments with ``block``'s outputs as hidden states."""
+    out = []
+    for call in calls:
+        hidden = block(*call[0], **call[1])
+        out.append(_with_hidden(call, hidden[0] if isinstance(hidden, tuple) else hidden))
+    return out
 
 
 def reconstruction_error(weight: torch.Tensor, pruned: torch.Tensor, gram: torch.Tensor) -> float:

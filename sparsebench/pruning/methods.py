@@ -16,7 +16,14 @@ from torch import nn
 
 from sparsebench.errors import ConfigError
 from sparsebench.pruning import algorithms
-from sparsebench.pruning.calibrate import LayerStats, collect, reconstruction_error
+from sparsebench.pruning.calibrate import (
+    LayerStats,
+    block_inputs,
+    block_outputs,
+    block_stats,
+    collect,
+    reconstruction_error,
+)
 from sparsebench.sparsity.methods.base import SparsityMethod
 from sparsebench.sparsity.patterns import NM, Block, Unstructured, as_matrix, from_matrix
 
@@ -80,27 +87,43 @@ class PostTrainingMethod(SparsityMethod):
 
     @torch.no_grad()
     def prune(self, model: nn.Module, batches: list[torch.Tensor]) -> None:
-        """Prune every selected layer in order; each sees the already pruned layers' outputs."""
+        """Prune every selected layer, each seeing the already pruned layers' outputs: block
+        by block where the model has blocks (``model.blocks()``), else layer by layer."""
         assert self.masks is not None
         model.eval()
-        for name, module in self.masks:
-            stats = collect(model, module, batches, gram=True)
-            weight = as_matrix(module.weight.detach())
-            new_weight, keep = self.prune_layer(weight, stats)
-            pruned = (new_weight if new_weight is not None else weight) * keep
-            self.errors[name] = {
-                "magnitude": reconstruction_error(
-                    weight,
-                    weight * algorithms.magnitude(weight, self.pattern, self.density),
-                    stats.gram,
-                ),
-                self.name: reconstruction_error(weight, pruned, stats.gram),
-            }
-            if new_weight is not None:
-                module.weight.copy_(from_matrix(new_weight, module.weight.shape))
-            self.masks.set(name, from_matrix(keep, module.weight.shape))
-            self.masks.apply()
-            log.info("%s: %s kept %.3f", self.name, name, float(keep.float().mean()))
+        layers = dict(self.masks)
+        blocks = list(model.blocks()) if hasattr(model, "blocks") else []
+        if blocks:
+            calls = block_inputs(model, blocks[0], batches)
+            for block in blocks:
+                inside = {id(m) for m in block.modules()}
+                chosen = {n: m for n, m in layers.items() if id(m) in inside}
+                stats = block_stats(block, chosen, calls, gram=True)
+                for name, module in chosen.items():
+                    self._prune_one(name, module, stats[name])
+                    del layers[name]
+                calls = block_outputs(block, calls)
+            del calls
+        for name, module in layers.items():  # outside every block (or no blocks at all)
+            self._prune_one(name, module, collect(model, module, batches, gram=True))
+
+    def _prune_one(self, name: str, module: nn.Module, stats: LayerStats) -> None:
+        weight = as_matrix(module.weight.detach())
+        new_weight, keep = self.prune_layer(weight, stats)
+        pruned = (new_weight if new_weight is not None else weight) * keep
+        self.errors[name] = {
+            "magnitude": reconstruction_error(
+                weight,
+                weight * algorithms.magnitude(weight, self.pattern, self.density),
+                stats.gram,
+            ),
+            self.name: reconstruction_error(weight, pruned, stats.gram),
+        }
+        if new_weight is not None:
+            module.weight.copy_(from_matrix(new_weight, module.weight.shape))
+        self.masks.set(name, from_matrix(keep, module.weight.shape))
+        self.masks.apply()
+        log.info("%s: %s kept %.3f", self.name, name, float(keep.float().mean()))
 
 
 class Wanda(PostTrainingMethod):

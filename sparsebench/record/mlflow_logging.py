@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from sparsebench.config.store import DEFAULT_URI, Store
 from sparsebench.errors import first_line
 from sparsebench.record.results import STATUS_TAG
+from sparsebench.record.ui import EXPERIMENT_TAGS
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,6 @@ class MlflowRun:
         """The run's dataset as an MLflow input (the UI's Datasets column): its name, a digest
         of its config (splits, sizes, seed) and the config as source."""
         import hashlib
-        import json
 
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
@@ -245,56 +245,6 @@ def prepare(uri: str, experiment: str) -> None:
             experiment_id(MlflowClient(tracking_uri=uri), experiment)
     else:
         experiment_id(MlflowClient(tracking_uri=uri), experiment)
-
-
-# The experiment kind MLflow 3's UI reads (custom_model_development: model training, not GenAI).
-# MLflow 3.17's UI still starts in its GenAI mode in a fresh browser: the links sparsebench
-# prints carry ?workflowType=machine_learning, which opens the model-training view.
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-# A view of the runs table that every sparsebench experiment carries (MLflow's "shared view":
-# an experiment tag mlflow.sharedViewState.KEY holding the view as JSON, opened by
-# ?viewStateShareKey=KEY): the contract's main metrics as columns, best test accuracy first
-# (sorting by a metric also lists a sweep's jobs beside its parent rather than folded under it).
-VIEW_KEY = "sparsebench"
-COLUMNS = [
-    *(
-        f"metrics.`{m}`"
-        for m in (
-            "test/acc",
-            "sparsity/actual",
-            "flops/sparse",
-            "latency/p50_ms",
-            "speedup/measured",
-        )
-    ),
-    "tags.`pattern`",
-    "tags.`benchmark_key`",
-]
-VIEW = {
-    "selectedColumns": COLUMNS,
-    "columnOrder": COLUMNS,
-    "orderByKey": "metrics.`test/acc`",
-    "orderByAsc": False,
-}
-EXPERIMENT_TAGS = {**EXPERIMENT_KIND, f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(VIEW)}
-
-
-def ui_page(experiment: str, run_id: str | None = None) -> str:
-    """The MLflow UI's page (after the server's address) of a run, or of the experiment's runs
-    table in sparsebench's view. MLflow 3.17's UI starts in its GenAI mode in a fresh browser
-    whatever the experiment's tags say; ``workflowType`` opens the model-training view."""
-    if run_id is not None:
-        return f"#/experiments/{experiment}/runs/{run_id}?workflowType=machine_learning"
-    return f"#/experiments/{experiment}/runs?viewStateShareKey={VIEW_KEY}&workflowType=machine_learning"
-
-
-def ui_link(tracking_uri: str, experiment: str, run_id: str | None = None) -> str:
-    """Where to browse :func:`ui_page`: the URL on a tracking server, else how to start the UI
-    on the store and the URL then."""
-    page = ui_page(experiment, run_id)
-    if Store.of(tracking_uri).http:
-        return f"{tracking_uri.rstrip('/')}/{page}"
-    return f"mlflow ui --backend-store-uri {tracking_uri}, then http://127.0.0.1:5000/{page}"
 
 
 def experiment_id(client, experiment: str) -> str:

@@ -28,7 +28,15 @@ from sparsebench.record.mlflow_logging import create_run, send_batches
 log = logging.getLogger(__name__)
 
 PARENT_FILE = "mlflow_parent.json"
-AGGREGATED = ("test/acc", "val/acc", "sparsity/actual", "flops/sparse", "latency/p50_ms")
+AGGREGATED = (
+    "test/acc",
+    "val/acc",
+    "test/ppl",
+    "val/ppl",
+    "sparsity/actual",
+    "flops/sparse",
+    "latency/p50_ms",
+)
 
 
 def aggregates(folder: Path) -> dict[str, float]:

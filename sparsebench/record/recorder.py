@@ -24,10 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 from sparsebench.config.store import Store
 from sparsebench.errors import RunInterrupted
 from sparsebench.record.identity import flatten
-from sparsebench.record.mlflow_logging import MlflowRun, open_run, ui_link
+from sparsebench.record.mlflow_logging import MlflowRun, open_run
 from sparsebench.record.parents import parent_run_id
 from sparsebench.record.results import MLFLOW_STATUS, Results, write_atomic
 from sparsebench.record.summary import print_summary
+from sparsebench.record.ui import ui_link
 
 log = logging.getLogger(__name__)
 

@@ -28,55 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from sparsebench.config.schemas import task_of
 from sparsebench.errors import ConfigError, ContractIncomplete, RunDiverged, RunInterrupted
+from sparsebench.record.contract import CONTRACT_TAGS, contract_metrics
 from sparsebench.record.identity import benchmark_key, run_hash
-
-# The results contract (docs/records.md): every run writes these metrics and tags; the quality
-# metrics depend on the run's task (the dataset's ``task``), the rest are the same for every run.
-TASK_METRICS = {
-    "classification": ("test/acc", "test/loss", "val/acc"),
-    "language_modeling": ("test/ppl", "test/loss", "val/ppl"),
-}
-COMMON_METRICS = (
-    "params/total",
-    "params/nonzero",
-    "sparsity/target",
-    "sparsity/actual",
-    "flops/dense",
-    "flops/sparse",
-    "flops/train",
-    "latency/p50_ms",
-    "latency/p90_ms",
-    "latency/dense_p50_ms",
-    "speedup/measured",
-    "speedup/theoretical",
-    "size/dense_bytes",
-    "size/sparse_bytes",
-    "time/train_s",
-)
-CONTRACT_METRICS = (*TASK_METRICS["classification"], *COMMON_METRICS)
-"""The classification contract (image and signal datasets)."""
-
-
-def contract_metrics(task: str = "classification") -> tuple[str, ...]:
-    """The metrics a finished ``ok`` run of ``task`` has recorded."""
-    return (*TASK_METRICS[task], *COMMON_METRICS)
-
-
-CONTRACT_TAGS = (
-    "run_hash",
-    "benchmark_key",
-    "model",
-    "dataset",
-    "method",
-    "pattern",
-    "hardware",
-    "seed",
-    "git_sha",
-    "version/torch",
-    "version/sparsebench",
-    "hw/cpu",
-    "hw/threads",
-)
 
 PACKAGES = (
     "sparsebench",

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from sparsebench.config.resources import SWEEPS_DIR
 from sparsebench.errors import ConfigError, first_line
-from sparsebench.record.results import CONTRACT_METRICS
+from sparsebench.record.contract import DIRECTIONS, MAXIMIZE, VALIDATED_BY, contract_metrics
 
 # Short names of Optuna's samplers and pruners; any other by ``_target_`` (its import path).
 SAMPLERS = {
@@ -128,6 +128,21 @@ class StudySpec:
     path: Path | None = None
     baseline: dict[str, Any] | None = None  # the random-search baseline's comparison
 
+    def for_task(self, task: str) -> StudySpec:
+        """The spec for trials of ``task``: the objectives recorded by its runs (none given:
+        its validation quality, ``val/acc`` or ``val/ppl``), or one sentence."""
+        if not self.objectives:
+            metric = VALIDATED_BY[task]
+            return dataclasses.replace(self, objectives=[Objective(metric, DIRECTIONS[metric])])
+        recorded = contract_metrics(task)
+        for objective in self.objectives:
+            if objective.metric not in recorded:
+                raise ConfigError(
+                    f"sweep '{self.name}': objective '{objective.metric}' is not recorded by "
+                    f"{task} runs; allowed: {', '.join(recorded)}."
+                )
+        return self
+
     @property
     def directions(self) -> list[str]:
         return [o.direction for o in self.objectives]
@@ -213,18 +228,22 @@ def load_spec(name: str, n_trials: int | None = None, storage: str | None = None
     space = [_param(k, v or {}, where) for k, v in (raw.get("space") or {}).items()]
     if not space:
         raise ConfigError(f"{where} has an empty search space.")
-    objectives = []
-    for node in raw.get("objectives") or [{"metric": "val/acc", "direction": "maximize"}]:
-        metric, direction = node.get("metric"), node.get("direction", "maximize")
-        if metric not in CONTRACT_METRICS:
+    objectives = []  # none given: the validation quality of the study's task (for_task)
+    for node in raw.get("objectives") or []:
+        metric = node.get("metric")
+        if metric not in DIRECTIONS:
             raise ConfigError(
                 f"{where}: objective '{metric}' is not in the results contract; "
-                f"allowed: {', '.join(CONTRACT_METRICS)}."
+                f"allowed: {', '.join(DIRECTIONS)}."
             )
-        if direction not in ("maximize", "minimize"):
+        # A metric's direction is declared once (sparsebench.record.results.DIRECTIONS); a
+        # study may restate it, never reverse it.
+        direction = node.get("direction", DIRECTIONS[metric])
+        if direction != DIRECTIONS[metric]:
             raise ConfigError(
-                f"{where}: objective '{metric}' has direction '{direction}'; "
-                "allowed: maximize, minimize."
+                f"{where}: objective '{metric}' is better when it is "
+                f"{'higher' if DIRECTIONS[metric] == MAXIMIZE else 'lower'}; its direction is "
+                f"'{DIRECTIONS[metric]}', got '{direction}'."
             )
         objectives.append(Objective(metric, direction))
     sampler = dict(raw.get("sampler") or {"name": "tpe"})

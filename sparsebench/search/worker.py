@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sparsebench.config.checks import validate
+from sparsebench.config.schemas import task_of
 from sparsebench.errors import ConfigError, first_line
 from sparsebench.record.parents import ParentRun, override_params
 from sparsebench.record.results import Results
@@ -121,6 +122,8 @@ class Worker:
         self.extra = ["print_summary=false", *(str(o) for o in cfg.get("trial_overrides") or [])]
         if spec is None:
             check_space(self.spec, self.extra)
+        self.base = compose_trial([*self.spec.overrides, *self.extra, "paths.output_dir=."])
+        self.spec = self.spec.for_task(task_of(self.base))  # objectives in its runs' contract
         self.storage = open_storage(
             self.spec.storage,
             int(cfg.heartbeat_interval),
@@ -140,7 +143,6 @@ class Worker:
         offset = 1000 * int(cfg.worker) + len(self.study.get_trials(deepcopy=False))
         self.study.sampler = self.spec.make_sampler(seed_offset=offset)
         self.study.set_user_attr("n_trials", self.spec.n_trials)
-        self.base = compose_trial([*self.spec.overrides, *self.extra, "paths.output_dir=."])
         self.parent = parent if parent is not None else self._parent_run()
         if self.parent is not None:  # trials find it in the folder above their own
             self.parent.publish(self.output_dir / "trials")
@@ -209,7 +211,7 @@ class Worker:
         if self.spec.prunes:
             from optuna_integration import PyTorchLightningPruningCallback
 
-            monitor = self.spec.pruner.get("monitor", "val/acc")
+            monitor = self.spec.pruner.get("monitor", self.spec.objectives[0].metric)
             callbacks.append(PyTorchLightningPruningCallback(trial, monitor=monitor))
         from sparsebench.runners.train import run
 

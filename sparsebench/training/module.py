@@ -24,12 +24,13 @@ class ClassificationModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: str = "cosine",
         warmup_epochs: int = 0,
+        warmup_steps: int = 0,
     ) -> None:
         super().__init__()
         self.model = model
         self.optimizer_factory = optimizer
         self.scheduler = scheduler
-        self.warmup_epochs = warmup_epochs
+        self.warmup_epochs, self.warmup_steps = warmup_epochs, warmup_steps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -64,7 +65,9 @@ class ClassificationModule(L.LightningModule):
         if self.scheduler == "constant":
             return optimizer
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(total * self.warmup_epochs / max(1, self.trainer.max_epochs))
+        warmup = self.warmup_steps or int(
+            total * self.warmup_epochs / max(1, self.trainer.max_epochs)
+        )
 
         def factor(step: int) -> float:
             if step < warmup:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from sparsebench.record.results import CONTRACT_METRICS, CONTRACT_TAGS
+from sparsebench.record.contract import CONTRACT_METRICS, CONTRACT_TAGS
 from tests.fixtures import REPO, free_port, run_cli, wait_until_healthy
 
 pytestmark = pytest.mark.slow
@@ -165,7 +165,7 @@ def test_the_natural_method_grid_runs_and_shows_in_the_mlflow_ui(tmp_path: Path)
     # The MLflow UI (headless Chromium on `mlflow ui`): the experiment's runs table in
     # sparsebench's view shows the runs by name, with the contract's metrics as columns.
     from sparsebench.leaderboard.html import find_browser, rendered_dom, screenshot
-    from sparsebench.record.mlflow_logging import ui_page
+    from sparsebench.record.ui import ui_page
 
     try:
         find_browser()

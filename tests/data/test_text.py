@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparsebench.data.text import ShakespeareDataModule, TextFilesDataModule
+from sparsebench.data.text import HubTextDataModule, ShakespeareDataModule, TextFilesDataModule
 from sparsebench.errors import ConfigError
 
 
@@ -71,3 +71,45 @@ def test_local_text_files_are_documents(tmp_path: Path) -> None:
             val_fraction=0.25,
             test_fraction=0.25,
         ).setup("fit")
+
+
+def test_wikitext2_reads_the_folder_datasets_save_to_disk_writes(tmp_path: Path) -> None:
+    import datasets
+
+    from tests.fixtures import compose_config
+
+    def rows(tag: str, n: int) -> list[str]:  # WikiText's layout: headings, blank rows, lines
+        out = []
+        for i in range(n):
+            out += [
+                f" = {tag} {i} = \n",
+                "",
+                *(f" the {tag} line {i} of {j} words ." for j in range(8)),
+            ]
+        return out
+
+    splits = {
+        s: datasets.Dataset.from_dict({"text": rows(s, 40)})
+        for s in ("train", "validation", "test")
+    }
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "wikitext2"))
+    cfg = compose_config(
+        [
+            "model=tiny_llama",
+            "dataset=wikitext2",
+            f"dataset.data_dir={tmp_path / 'wikitext2'}",
+            "dataset.seqlen=32",
+            "dataset.vocab_size=400",
+        ],
+        output_dir=tmp_path,
+    )
+    from sparsebench.training.parts import build_datamodule
+
+    data = build_datamodule(cfg, check=True)
+    # The test split is its rows joined by blank lines, tokenised once, cut into windows.
+    ids = data.tokenizer("\n\n".join(splits["test"]["text"]))["input_ids"]
+    expected = torch.tensor(ids[: len(ids) // 32 * 32]).view(-1, 32)
+    assert torch.equal(data.test_set.tensors[0], expected)
+    assert len(data.train_set) > 0 and len(data.val_set) > 0
+    with pytest.raises(ConfigError, match=r"^dataset.data_dir=.*: not a folder written by"):
+        HubTextDataModule("wikitext2", hub_path="wikitext", data_dir=str(tmp_path)).setup()

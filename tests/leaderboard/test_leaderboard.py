@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sparsebench.leaderboard.rows import admit, aggregate, describe_left_out
-from sparsebench.record.results import CONTRACT_METRICS
+from sparsebench.record.contract import CONTRACT_METRICS
 
 
 def run(
@@ -46,9 +46,9 @@ def test_replicates_are_aggregated_with_mean_std_n() -> None:
     rows = aggregate([run(seed="0", acc=0.8), run(seed="1", acc=0.9), run(run_hash="g", acc=0.5)])
     top = rows[0]
     assert (top.n, top.seeds, top.rank) == (2, ["0", "1"], 1)
-    assert top.acc_mean == pytest.approx(0.85) and top.acc_std == pytest.approx(0.0707107, rel=1e-5)
+    assert top.mean == pytest.approx(0.85) and top.std == pytest.approx(0.0707107, rel=1e-5)
     single = rows[1]
-    assert single.n == 1 and single.acc_std == 0.0 and single.rank == 2
+    assert single.n == 1 and single.std == 0.0 and single.rank == 2
 
 
 def test_flops_front_with_ties_and_dominance() -> None:
@@ -87,9 +87,9 @@ def test_the_front_sweep_agrees_with_the_definition() -> None:
         )
         for a in rows:
             dominated = any(
-                b.acc_mean >= a.acc_mean
+                b.mean >= a.mean
                 and b.flops_sparse <= a.flops_sparse
-                and (b.acc_mean > a.acc_mean or b.flops_sparse < a.flops_sparse)
+                and (b.mean > a.mean or b.flops_sparse < a.flops_sparse)
                 for b in rows
                 if b is not a
             )

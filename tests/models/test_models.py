@@ -12,7 +12,7 @@ from sparsebench.models import build_model
 from tests.fixtures import compose_config
 
 # Which dataset each model is exercised on (small inputs keep this fast on a CPU).
-DATASET_FOR = {"mlp": "mnist1d", "tiny_llama": "shakespeare"}
+DATASET_FOR = {"mlp": "mnist1d", "tiny_llama": "shakespeare", "tiny_gpt2": "shakespeare"}
 # hf_causal_lm loads a save_pretrained folder: tests/models/test_language.py writes one.
 BUILT_FROM_CONFIG = [m for m in available("model") if m != "hf_causal_lm"]
 

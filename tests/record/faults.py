@@ -16,7 +16,7 @@ import torch
 from mlflow import MlflowClient
 
 from sparsebench.leaderboard.rows import admit
-from sparsebench.record.results import CONTRACT_TAGS
+from sparsebench.record.contract import CONTRACT_TAGS
 from tests.fixtures import REPO
 
 # RigL on MNIST-1D: 3 epochs of 8 batches, a mask update every 5 steps (masks move mid-epoch).

@@ -16,7 +16,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from sparsebench.record.results import CONTRACT_METRICS
+from sparsebench.record.contract import CONTRACT_METRICS
 from tests.fixtures import free_port, wait_until_healthy
 from tests.record.faults import (
     RUN,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparsebench.record.results import CONTRACT_METRICS
+from sparsebench.record.contract import CONTRACT_METRICS
 from tests.record.faults import (
     RUN,
     assert_identifiable,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sparsebench.record.results import CONTRACT_METRICS, CONTRACT_TAGS
+from sparsebench.record.contract import CONTRACT_METRICS, CONTRACT_TAGS
 from tests.fixtures import REPO, free_port, run_cli, wait_until_healthy
 
 pytestmark = pytest.mark.slow
@@ -121,11 +121,11 @@ def test_sweep_to_postgres_server_and_leaderboard(
     }
     # The front: a row is on it exactly when no other row is at least as accurate and cheaper.
     for r in rows:
-        acc, flops = float(r["acc_mean"]), float(r["flops_sparse"])
+        acc, flops = float(r["mean"]), float(r["flops_sparse"])
         dominated = any(
-            float(o["acc_mean"]) >= acc
+            float(o["mean"]) >= acc
             and float(o["flops_sparse"]) <= flops
-            and (float(o["acc_mean"]) > acc or float(o["flops_sparse"]) < flops)
+            and (float(o["mean"]) > acc or float(o["flops_sparse"]) < flops)
             for o in rows
         )
         assert (r["flops_front"] == "True") == (not dominated)

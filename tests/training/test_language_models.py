@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from sparsebench.leaderboard.read import read_runs
 from sparsebench.leaderboard.rows import admit
-from sparsebench.record.results import contract_metrics
+from sparsebench.record.contract import contract_metrics
 from tests.fixtures import run_cli
 
 pytestmark = pytest.mark.slow

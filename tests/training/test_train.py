@@ -10,7 +10,7 @@ import torch
 from mlflow import MlflowClient
 
 from sparsebench.hardware.cpu import CPUTarget
-from sparsebench.record.results import CONTRACT_METRICS, CONTRACT_TAGS
+from sparsebench.record.contract import CONTRACT_METRICS, CONTRACT_TAGS
 from sparsebench.record.upload import main as upload
 from sparsebench.runners.train import run
 from tests.fixtures import free_port

@@ -184,7 +184,7 @@ def test_short_training_fills_the_contract(
 ) -> None:
     import json
 
-    from sparsebench.record.results import CONTRACT_METRICS
+    from sparsebench.record.contract import CONTRACT_METRICS
     from sparsebench.runners.train import run
 
     metrics = run(
