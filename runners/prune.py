@@ -28,7 +28,6 @@ from sparsebench.training.build import Run
 from sparsebench.training.checkpoints import checkpoint_budget, checkpoint_path, load_weights
 from sparsebench.training.fit import build_trainer, sparsity_callbacks
 from sparsebench.training.measure import check_finite, measure
-from sparsebench.training.parts import check_fits
 from sparsebench.training.progress import RunProgress
 
 log = logging.getLogger(__name__)
@@ -50,8 +49,9 @@ def _train_dense(cfg: DictConfig, output_dir: Path) -> tuple[Path, tuple[float, 
 
 
 def run(cfg: DictConfig, resume: bool = False) -> Results:
-    """Prune ``cfg.checkpoint``'s model (or a dense model trained first) with the configured
-    post-training method; returns the run's :class:`Results`."""
+    """Prune ``cfg.checkpoint``'s model (or, without one, a pretrained model's own weights or a
+    dense model trained first) with the configured post-training method; returns the run's
+    :class:`Results`."""
     if resume:
         raise ConfigError(
             "runner 'prune' runs are not resumed (pruning takes minutes, not "
@@ -79,9 +79,11 @@ def run(cfg: DictConfig, resume: bool = False) -> Results:
             f"{available} training {what} of dataset '{cfg.dataset.name}'."
         )
     model = build_model(cfg.model)
-    check_fits(model, datamodule)
     method.attach(model)  # N:M that does not divide a layer fails here, before any training
-    if cfg.checkpoint is None:
+    if cfg.checkpoint is None and getattr(model, "pretrained", False):
+        # A checkpoint loaded as the model (model=hf_causal_lm): its own weights are pruned.
+        path, method.dense_train_flops, dense_samples = None, 0.0, 0
+    elif cfg.checkpoint is None:
         log.warning(
             "no checkpoint given: training the dense model first with the same config "
             "(its run is in %s)",
@@ -91,14 +93,15 @@ def run(cfg: DictConfig, resume: bool = False) -> Results:
     else:
         path = checkpoint_path(str(cfg.checkpoint))
         method.dense_train_flops, dense_samples = checkpoint_budget(path)
-    load_weights(model, path, cfg.model.model_name)
+    if path is not None:
+        load_weights(model, path, cfg.model.model_name)
 
     parts.seed()
     with RunRecorder(
         cfg, output_dir, parts.machine_tags(), {"pattern": method.pattern_tag}
     ) as record:
         results = record.results
-        results.attach("checkpoint", str(path))
+        results.attach("checkpoint", str(path or cfg.model.name_or_path))
         progress = RunProgress(record, max_loss=cfg.trainer.get("max_loss"))
         module = parts.module(model)
         evaluate = build_trainer(cfg, output_dir, [], enable_checkpointing=False)

@@ -6,6 +6,7 @@ embeddings and ``lm_head`` stay dense, as in the pruning papers (SparseGPT, Wand
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ class CausalLM(nn.Module):
     # The input meets an embedding (never pruned), not a Linear stem: with dense_stem (the
     # default) every decoder Linear is prunable; lm_head is the head (dense by default).
     embeds_input = True
+    pretrained = False  # weights read from a checkpoint (hf_causal_lm), not initialised
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -34,26 +36,53 @@ class CausalLM(nn.Module):
         lists = [m for m in self.lm.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
         return max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))
 
-    def check_fits(self, seqlen: int, tokens: int) -> None:
-        """Refuse (one sentence) windows longer than the model's positions or a tokenizer with
-        more ids than its embedding has rows."""
-        config = self.lm.config
-        positions = getattr(config, "max_position_embeddings", None)
-        if positions is not None and seqlen > positions:
-            raise ConfigError(
-                f"dataset.seqlen={seqlen} is more than the {positions} positions of model "
-                f"'{config.model_type}'; use dataset.seqlen <= {positions}."
-            )
-        rows = self.lm.get_input_embeddings().num_embeddings
-        if tokens > rows:
-            raise ConfigError(
-                f"the dataset's tokenizer has {tokens} tokens, more than the {rows} rows of "
-                f"model '{config.model_type}''s embedding; give the model's own tokenizer "
-                "(dataset.tokenizer) or a smaller dataset.vocab_size."
-            )
-
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.lm(input_ids=input_ids, use_cache=False).logits
+
+
+def check_fits(node: Any, seqlen: int, tokens: int) -> None:
+    """Refuse (one sentence, before any weight is read) windows of ``seqlen`` tokens longer
+    than the configured model's positions, or a tokenizer of ``tokens`` ids more than its
+    embedding's rows; a checkpoint's limits come from its config.json."""
+    if node.get("name_or_path"):
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(_where(node.name_or_path))
+        except (OSError, ValueError) as exc:
+            raise _not_found(node.name_or_path, exc) from None
+        positions = getattr(config, "max_position_embeddings", None)
+        rows, family = config.vocab_size, config.model_type
+    else:
+        positions, rows, family = node.max_positions, node.vocab_size, node.model_name
+    if positions is not None and seqlen > positions:
+        raise ConfigError(
+            f"dataset.seqlen={seqlen} is more than the {positions} positions of model "
+            f"'{family}'; use dataset.seqlen <= {positions}."
+        )
+    if tokens > rows:
+        raise ConfigError(
+            f"the dataset's tokenizer has {tokens} tokens, more than the {rows} rows of model "
+            f"'{family}''s embedding; give the model's own tokenizer (dataset.tokenizer) or a "
+            "smaller dataset.vocab_size."
+        )
+
+
+def _where(name_or_path: str) -> str:
+    local = Path(name_or_path).expanduser()
+    return str(local) if local.is_dir() else name_or_path
+
+
+def _not_found(name_or_path: str, exc: Exception) -> ConfigError:
+    where = (
+        "folder"
+        if Path(name_or_path).expanduser().is_dir()
+        else "name (not a folder here, nor on the hub or in its cache)"
+    )
+    return ConfigError(
+        f"model.name_or_path={name_or_path}: no causal language model at this {where}: "
+        f"{first_line(exc, 200)}"
+    )
 
 
 def _linear_layers(model: nn.Module) -> nn.Module:
@@ -134,22 +163,15 @@ def hf_causal_lm(
     safetensors only (``use_safetensors=True``): a pickled checkpoint is never unpickled."""
     from transformers import AutoModelForCausalLM
 
-    local = Path(name_or_path).expanduser()
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(local) if local.is_dir() else name_or_path,
+            _where(name_or_path),
             dtype=getattr(torch, dtype),
             use_safetensors=True,
-            local_files_only=local.is_dir(),
+            local_files_only=Path(name_or_path).expanduser().is_dir(),
         )
     except (OSError, ValueError) as exc:
-        where = (
-            "folder"
-            if local.is_dir()
-            else "name (not a folder here, nor on the hub or in its cache)"
-        )
-        raise ConfigError(
-            f"model.name_or_path={name_or_path}: no causal language model at this {where}: "
-            f"{first_line(exc, 200)}"
-        ) from None
-    return CausalLM(model)
+        raise _not_found(name_or_path, exc) from None
+    lm = CausalLM(model)
+    lm.pretrained = True  # the prune runner prunes these weights (no dense training first)
+    return lm

@@ -19,8 +19,10 @@ from torch import nn
 from sparsebench.config.checks import validate
 from sparsebench.config.schemas import device_count
 from sparsebench.data.base import SparseBenchDataModule
+from sparsebench.data.text import TextDataModule
 from sparsebench.errors import ConfigError
 from sparsebench.hardware.base import HardwareTarget
+from sparsebench.models.language import check_fits
 from sparsebench.record.results import check_user_tags
 from sparsebench.sparsity.methods.base import SparsityMethod
 from sparsebench.training.module import ClassificationModule
@@ -89,6 +91,8 @@ class Run:
 
     def build_data(self) -> SparseBenchDataModule:
         self.datamodule = build_datamodule(self.cfg, check=True)
+        if isinstance(self.datamodule, TextDataModule):  # the model reads its windows
+            check_fits(self.cfg.model, self.datamodule.seqlen, len(self.datamodule.tokenizer))
         method = self.method
         self.hardware.check(method.pattern if method else None, method.name if method else "dense")
         return self.datamodule

@@ -15,11 +15,9 @@ from torch import nn
 
 from sparsebench.config.schemas import task_of
 from sparsebench.data.base import SparseBenchDataModule
-from sparsebench.data.text import TextDataModule
 from sparsebench.errors import ConfigError, first_line
 from sparsebench.hardware.base import HardwareTarget
 from sparsebench.models import build_model
-from sparsebench.models.language import CausalLM
 from sparsebench.sparsity.methods.base import SparsityMethod
 from sparsebench.training.module import ClassificationModule, LanguageModelingModule
 from sparsebench.transforms.base import ModelTransform
@@ -84,20 +82,12 @@ def build_run_model(
     """The model the run trains: the configured one, transformed; the method's layer
     selection leaves out what the transformation keeps dense."""
     model = build_model(cfg.model)
-    check_fits(model, datamodule)
     if transform is None:
         return model
     model = transform.apply(model, cfg.model, datamodule.example_input(1), datamodule)
     if method is not None:
         method.narrow(transform.include, transform.exclude)
     return model
-
-
-def check_fits(model: nn.Module, datamodule: SparseBenchDataModule) -> None:
-    """A language model reads the dataset's windows: ``dataset.seqlen`` within its positions
-    and every token id of the tokenizer within its vocabulary (one sentence otherwise)."""
-    if isinstance(model, CausalLM) and isinstance(datamodule, TextDataModule):
-        model.check_fits(datamodule.seqlen, len(datamodule.tokenizer))
 
 
 def build_module(cfg: DictConfig, model: nn.Module) -> ClassificationModule:

@@ -1,5 +1,7 @@
-"""A causal language model end to end through the command line: the tiny LLaMA on Shakespeare
-with RigL, recorded with the language-modelling contract and admitted by the leaderboard."""
+"""Causal language models end to end through the command line, on a checkpoint as
+save_pretrained writes it (config.json, safetensors, tokenizer files): RigL fine-tunes it and
+Wanda prunes its own weights, both recorded with the language-modelling contract and admitted by
+the leaderboard; a window longer than the model's positions is one sentence."""
 
 from __future__ import annotations
 
@@ -18,22 +20,51 @@ from tests.fixtures import run_cli
 pytestmark = pytest.mark.slow
 
 
-def test_a_tiny_llama_trains_sparse_on_shakespeare_and_ranks(tmp_path: Path) -> None:
-    args = [
-        "model=tiny_llama",
+def _checkpoint(folder: Path) -> None:
+    """A tiny LLaMA and a BPE of 400 tokens, written by save_pretrained."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from sparsebench.data.text import EOS, ShakespeareDataModule
+    from sparsebench.models.language import tiny_llama
+
+    texts = [t for _, t in ShakespeareDataModule("shakespeare").documents()[:3]]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=400, special_tokens=[EOS], show_progress=False)
+    PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS).save_pretrained(folder)
+    torch.manual_seed(0)
+    model = tiny_llama(
+        vocab_size=400, max_positions=64, hidden_size=32, num_heads=2, intermediate_size=64
+    )
+    model.lm.save_pretrained(folder)
+
+
+def _results(folder: Path) -> dict:
+    (path,) = folder.glob("outputs/**/results.json")
+    return json.loads(path.read_text())
+
+
+def test_a_save_pretrained_checkpoint_trains_sparse_prunes_and_ranks(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoint"
+    _checkpoint(folder)
+    for name in ("train", "prune", "bad"):
+        (tmp_path / name).mkdir()
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    common = [
+        "model=hf_causal_lm",
+        f"model.name_or_path={folder}",
         "dataset=shakespeare",
-        "+method=rigl",
-        "method.sparsity=0.5",
-        "method.update_interval=2",
-        "debug=fast",
+        "dataset.seqlen=64",
         "dataset.max_tokens=8192",
         "hardware.threads=1",
+        f"logger.tracking_uri={store}",
     ]
-    proc = run_cli(args, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "test perplexity" in proc.stdout and "FLOPs/token dense" in proc.stdout
-    (path,) = tmp_path.glob("outputs/**/results.json")
-    data = json.loads(path.read_text())
+    args = ["+method=rigl", "method.sparsity=0.5", "method.update_interval=2", "debug=fast"]
+    trained = run_cli([*common, *args], cwd=tmp_path / "train")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "test perplexity" in trained.stdout and "FLOPs/token dense" in trained.stdout
+    data = _results(tmp_path / "train")
     metrics = data["metrics"]
     assert data["status"] == "ok" and data["tags"]["task"] == "language_modeling"
     assert set(contract_metrics("language_modeling")) <= set(metrics)
@@ -41,11 +72,31 @@ def test_a_tiny_llama_trains_sparse_on_shakespeare_and_ranks(tmp_path: Path) -> 
     assert math.isfinite(metrics["test/ppl"]) and metrics["test/ppl"] > 1
     assert metrics["test/ppl"] == pytest.approx(math.exp(metrics["test/loss"]), rel=1e-4)
     assert metrics["sparsity/actual"] == pytest.approx(0.5, abs=1e-3)
-    assert metrics["train/samples"] == 3 * 16 * 128  # tokens: 3 batches of 16 windows
+    assert metrics["train/samples"] == 3 * 16 * 64  # tokens: 3 batches of 16 windows
     assert metrics["throughput/tokens_per_s"] > 0
-    assert (path.parent / "tokenizer" / "tokenizer.json").is_file()
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    logged = MlflowClient(tracking_uri=uri).get_run(data["mlflow"]["run_id"]).data.metrics
+    # The model's own tokenizer (dataset.tokenizer follows model.name_or_path): no BPE trained.
+    assert not list((tmp_path / "train").glob("outputs/**/tokenizer/tokenizer.json"))
+
+    prune = ["runner=prune", "+method=wanda", "method.pattern=2:4", "method.calibration_samples=8"]
+    pruned = run_cli([*common, *prune, "trainer.limit_test_batches=4"], cwd=tmp_path / "prune")
+    assert pruned.returncode == 0, pruned.stderr[-3000:]
+    assert "training the dense model first" not in pruned.stderr
+    data = _results(tmp_path / "prune")
+    metrics = data["metrics"]
+    assert data["status"] == "ok" and metrics["sparsity/actual"] == pytest.approx(0.5, abs=1e-3)
+    assert (
+        metrics["train/samples"] == 0 and metrics["test/ppl"] > 1 and metrics["test/ppl_dense"] > 1
+    )
+    assert data["checkpoint"] == str(folder)
+    logged = MlflowClient(tracking_uri=store).get_run(data["mlflow"]["run_id"]).data.metrics
+    assert logged["test/ppl_dense"] == pytest.approx(metrics["test/ppl_dense"])
     assert logged["test/ppl"] == pytest.approx(metrics["test/ppl"])
-    admitted, left = admit(read_runs(uri))
-    assert len(admitted) == 1 and not left  # its own contract is complete
+    admitted, left = admit(read_runs(store))
+    assert len(admitted) == 2 and not left  # each its own contract, complete
+
+    seqlen = run_cli([*common, "dataset.seqlen=128"], cwd=tmp_path / "bad")
+    assert seqlen.returncode == 2 and not list((tmp_path / "bad").glob("outputs/**/results.json"))
+    assert seqlen.stderr.strip().splitlines()[-1] == (
+        "error: dataset.seqlen=128 is more than the 64 positions of model 'llama'; "
+        "use dataset.seqlen <= 64."
+    )
