@@ -21,11 +21,13 @@ class CausalLM(nn.Module):
     # The input meets an embedding (never pruned), not a Linear stem: with dense_stem (the
     # default) every decoder Linear is prunable; lm_head is the head (dense by default).
     embeds_input = True
-    pretrained = False  # weights read from a checkpoint (hf_causal_lm), not initialised
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, pretrained: bool = False) -> None:
         super().__init__()
         self.lm = _linear_layers(model)
+        # Weights read from a checkpoint (hf_causal_lm), not initialised: the prune runner
+        # prunes them as they are (no dense training first).
+        self.pretrained = pretrained
 
     def get_classifier(self) -> nn.Module:
         return self.lm.get_output_embeddings()
@@ -172,6 +174,4 @@ def hf_causal_lm(
         )
     except (OSError, ValueError) as exc:
         raise _not_found(name_or_path, exc) from None
-    lm = CausalLM(model)
-    lm.pretrained = True  # the prune runner prunes these weights (no dense training first)
-    return lm
+    return CausalLM(model, pretrained=True)

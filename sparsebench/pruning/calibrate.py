@@ -77,23 +77,31 @@ def layer_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _run_until(model: nn.Module, module: nn.Module, batches: list[torch.Tensor], seen) -> None:
+    """Run ``model`` on each batch up to ``module``: ``seen(args, kwargs)`` gets the call it
+    is about to make, and the rest of the forward pass is skipped (not needed)."""
+
+    def hook(_module, args, kwargs):
+        seen(args, kwargs)
+        raise _Captured
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for batch in batches:
+            with contextlib.suppress(_Captured):
+                model(batch)
+    finally:
+        handle.remove()
+
+
 def collect(
     model: nn.Module, module: nn.Module, batches: list[torch.Tensor], gram: bool
 ) -> LayerStats:
     """Statistics of ``module``'s inputs over ``batches`` through the current ``model``."""
     stats = LayerStats()
-
-    def hook(_module, args):
-        stats.add(layer_inputs(module, args[0]), gram)
-        raise _Captured
-
-    handle = module.register_forward_pre_hook(hook)
-    try:
-        for batch in batches:
-            with contextlib.suppress(_Captured):  # stopped at the layer: the rest is not needed
-                model(batch)
-    finally:
-        handle.remove()
+    _run_until(
+        model, module, batches, lambda args, _: stats.add(layer_inputs(module, args[0]), gram)
+    )
     return stats
 
 
@@ -108,23 +116,11 @@ def _with_hidden(call: Call, hidden: torch.Tensor) -> Call:
     return args, {**kwargs, "hidden_states": hidden}
 
 
-@torch.no_grad()
 def block_inputs(model: nn.Module, block: nn.Module, batches: list[torch.Tensor]) -> list[Call]:
     """The calls ``model`` makes to ``block`` (its first block) for each batch, captured
     before the block runs (masks, positions and rotary embeddings included)."""
     calls: list[Call] = []
-
-    def hook(_module, args, kwargs):
-        calls.append((args, kwargs))
-        raise _Captured
-
-    handle = block.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        for batch in batches:
-            with contextlib.suppress(_Captured):
-                model(batch)
-    finally:
-        handle.remove()
+    _run_until(model, block, batches, lambda args, kwargs: calls.append((args, kwargs)))
     return calls
 
 

@@ -236,7 +236,7 @@ def load_spec(name: str, n_trials: int | None = None, storage: str | None = None
                 f"{where}: objective '{metric}' is not in the results contract; "
                 f"allowed: {', '.join(DIRECTIONS)}."
             )
-        # A metric's direction is declared once (sparsebench.record.results.DIRECTIONS); a
+        # A metric's direction is declared once (sparsebench.record.contract.DIRECTIONS); a
         # study may restate it, never reverse it.
         direction = node.get("direction", DIRECTIONS[metric])
         if direction != DIRECTIONS[metric]:
