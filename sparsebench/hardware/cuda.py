@@ -34,7 +34,9 @@ class CUDATarget(CPUTarget):
         return copy.deepcopy(model).to(device="cuda", dtype=DTYPES[self.dtype]).eval()
 
     def batch(self, example: torch.Tensor) -> torch.Tensor:
-        return batch_like(example, self.batch_size).to(device="cuda", dtype=DTYPES[self.dtype])
+        x = batch_like(example, self.batch_size).to(device="cuda")
+        # Token ids stay integers; images and signals take the target's dtype.
+        return x.to(DTYPES[self.dtype]) if x.is_floating_point() else x
 
     def benchmark(self, model, example, layers=None, pattern=None, dense=None) -> Measurement:
         models = {"model": self.prepare(model)}

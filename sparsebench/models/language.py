@@ -42,6 +42,44 @@ class CausalLM(nn.Module):
         return self.lm(input_ids=input_ids, use_cache=False).logits
 
 
+class _Cache:
+    """A decode step's KV cache; a copied module starts without one, so that a converted copy
+    (sparse kernels, another device or dtype) fills its own from its own weights."""
+
+    def __init__(self) -> None:
+        self.window: torch.Tensor | None = None
+        self.cache: Any = None
+
+    def __deepcopy__(self, memo: dict) -> _Cache:
+        return _Cache()
+
+
+class DecodeStep(nn.Module):
+    """One step of generation with a KV cache: ``forward(window)`` returns the logits of the
+    window's last token given the cache of the tokens before it, the per-token cost of
+    batch-1 decoding (a hardware target times it as it times a forward pass).
+
+    The cache is filled by the first call for a window and cut back by one token after every
+    step, so repeated calls time the same step. The decoder is the model's own (``lm``: the
+    same layer names as the :class:`CausalLM`, so a target converts the same layers)."""
+
+    embeds_input = True
+
+    def __init__(self, model: CausalLM) -> None:
+        super().__init__()
+        self.lm = model.lm
+        self.slot = _Cache()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        slot = self.slot
+        if slot.window is not input_ids:
+            slot.cache = self.lm(input_ids=input_ids[:, :-1], use_cache=True).cache
+            slot.window = input_ids
+        logits = self.lm(input_ids=input_ids[:, -1:], cache=slot.cache, use_cache=True).logits
+        slot.cache.crop(-1)  # back to the window's prefix: the next call is the same step
+        return logits
+
+
 def check_fits(node: Any, seqlen: int, tokens: int) -> None:
     """Refuse (one sentence, before any weight is read) windows of ``seqlen`` tokens longer
     than the configured model's positions, or a tokenizer of ``tokens`` ids more than its

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 
 import lightning as L
 import torch
@@ -13,10 +14,11 @@ from torch import nn
 
 from sparsebench.config.schemas import task_of
 from sparsebench.errors import RunDiverged
-from sparsebench.hardware.base import HardwareTarget
+from sparsebench.hardware.base import HardwareTarget, Measurement
 from sparsebench.metrics.flops import flops_per_sample
 from sparsebench.metrics.params import actual_sparsity, count_params
 from sparsebench.metrics.size import model_bytes
+from sparsebench.models.language import DecodeStep
 from sparsebench.record.recorder import RunRecorder
 from sparsebench.record.results import Results
 from sparsebench.sparsity.methods.base import SparsityMethod
@@ -113,19 +115,65 @@ def measure(
     results.update(
         model_metrics(model, example, samples_seen, method, hardware, run.transform, deployed, per)
     )
-    if hardware.enabled and benchmark:
-        layers = pruned_layers(model, method)
-        if deployed is not None:  # timed against the full network
-            measured = hardware.benchmark(deployed, example, {}, None, dense=model)
-            measured.kernels = dict.fromkeys(layers, "dense (channels removed)")
-        else:
-            pattern = method.pattern if method is not None else None
-            measured = hardware.benchmark(model, example, layers, pattern)
-        results.update(measured.metrics, measured.tags)  # tags: latency/noisy (and why)
-        if per > 1:  # a window of `per` tokens per sample
-            tokens = measured.metrics["throughput/samples_per_s"] * per
-            results.update({"throughput/tokens_per_s": tokens})
-        results.attach("kernels", measured.kernels)  # per-layer kernel the target ran
+    if not (hardware.enabled and benchmark):
+        return
+    layers = pruned_layers(model, method)
+    measured = timed(hardware, model, deployed, example, layers, method)
+    results.update(measured.metrics, measured.tags)  # tags: latency/noisy (and why)
+    results.attach("kernels", measured.kernels)  # per-layer kernel the target ran
+    if per > 1:  # a language model: its window of `per` tokens is the prefill
+        decode = timed(hardware, model, deployed, example, layers, method, DecodeStep)
+        results.update(token_latency(measured, decode, per), decode_tags(measured, decode))
+        results.attach("kernels_decode", decode.kernels)
+
+
+def timed(
+    hardware: HardwareTarget,
+    model: nn.Module,
+    deployed: nn.Module | None,
+    example: torch.Tensor,
+    layers: dict[str, nn.Module],
+    method: SparsityMethod | None,
+    step: Callable[[nn.Module], nn.Module] | None = None,
+) -> Measurement:
+    """The target's measurement of the model (``step``: of what it builds from the model, a
+    language model's decode step); a structured method's smaller network is timed against
+    the full one."""
+    wrap = step or (lambda m: m)
+    if deployed is not None:
+        measured = hardware.benchmark(wrap(deployed), example, {}, None, dense=wrap(model))
+        measured.kernels = dict.fromkeys(layers, "dense (channels removed)")
+        return measured
+    pattern = method.pattern if method is not None else None
+    return hardware.benchmark(wrap(model), example, layers, pattern)
+
+
+def token_latency(prefill: Measurement, decode: Measurement, tokens: int) -> dict[str, float]:
+    """A language model's latencies per token: the prefill window's over its ``tokens``, and
+    one decode step with the KV cache of the window before it (dense kernels beside each)."""
+    p, d = prefill.metrics, decode.metrics
+    return {
+        "throughput/tokens_per_s": p["throughput/samples_per_s"] * tokens,
+        "latency/prefill_token_ms": p["latency/p50_ms"] / tokens,
+        "latency/dense_prefill_token_ms": p["latency/dense_p50_ms"] / tokens,
+        "latency/decode_token_ms": d["latency/p50_ms"],
+        "latency/decode_token_p90_ms": d["latency/p90_ms"],
+        "latency/dense_decode_token_ms": d["latency/dense_p50_ms"],
+        "speedup/decode_measured": d["speedup/measured"],
+        "throughput/decode_tokens_per_s": d["throughput/samples_per_s"],
+    }
+
+
+def decode_tags(prefill: Measurement, decode: Measurement) -> dict[str, str]:
+    """The noise verdict over both timings: noisy when either was."""
+    noise = [
+        f"{label}: {m.tags['latency/noise']}"
+        for label, m in (("prefill", prefill), ("decode step", decode))
+        if "latency/noise" in m.tags
+    ]
+    if not noise:
+        return {}
+    return {"latency/noisy": "true", "latency/noise": "; ".join(noise)}
 
 
 def record_transform(record: RunRecorder, transform: ModelTransform) -> None:

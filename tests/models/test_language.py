@@ -88,3 +88,32 @@ def test_perplexity_is_exp_of_the_mean_token_nll_over_the_test_windows(tmp_path:
             count += len(window) - 1
     assert metrics["test/loss"] == pytest.approx(nll / count, rel=1e-5)
     assert metrics["test/ppl"] == pytest.approx(math.exp(nll / count), rel=1e-4)
+
+
+def test_a_decode_step_is_the_last_token_given_the_cache_and_the_sparse_kernels_time_it() -> None:
+    import copy
+
+    from sparsebench.hardware.cpu import CPUSparseTarget
+    from sparsebench.models.language import DecodeStep
+
+    torch.manual_seed(0)
+    model = _small(num_layers=1).eval()
+    layers = prunable_layers(model)
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.weight[torch.rand_like(layer.weight) < 0.8] = 0
+    window = torch.randint(0, 300, (1, 32))
+    step = DecodeStep(model)
+    with torch.inference_mode():
+        last = model(window)[:, -1:]
+        first, again = step(window), step(window)
+        # the cache holds the window before its last token, before and after every step
+        assert step.slot.cache.get_seq_length() == 31
+        assert torch.allclose(first, last, atol=1e-5) and torch.equal(first, again)
+        assert copy.deepcopy(step).slot.cache is None  # a copy fills its own from its weights
+    target = CPUSparseTarget(
+        name="cpu_sparse", threads=1, kernels=["csr"], min_run_time=0.05, max_run_time=0.1
+    )
+    measured = target.benchmark(DecodeStep(model), window, layers)
+    assert set(measured.kernels) == set(layers)  # the decoder's own layer names
+    assert measured.metrics["latency/p50_ms"] > 0 and measured.metrics["latency/dense_p50_ms"] > 0

@@ -74,6 +74,10 @@ def test_a_save_pretrained_checkpoint_trains_sparse_prunes_and_ranks(tmp_path: P
     assert metrics["sparsity/actual"] == pytest.approx(0.5, abs=1e-3)
     assert metrics["train/samples"] == 3 * 16 * 64  # tokens: 3 batches of 16 windows
     assert metrics["throughput/tokens_per_s"] > 0
+    # per token: the prefill window's latency over its tokens, and a decode step (KV cache)
+    assert metrics["latency/prefill_token_ms"] == pytest.approx(metrics["latency/p50_ms"] / 64)
+    assert metrics["latency/decode_token_ms"] > 0 and metrics["speedup/decode_measured"] == 1
+    assert set(data["kernels_decode"]) == set(data["kernels"]) and len(data["kernels"]) == 28
     # The model's own tokenizer (dataset.tokenizer follows model.name_or_path): no BPE trained.
     assert not list((tmp_path / "train").glob("outputs/**/tokenizer/tokenizer.json"))
 
