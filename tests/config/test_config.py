@@ -242,6 +242,23 @@ def test_the_machine_is_asked_where_the_run_starts_not_when_a_config_validates(
     assert str(error.value).startswith(message)
 
 
+def test_bf16_is_refused_on_a_gpu_without_it_and_said_to_be_emulated_on_such_a_cpu(
+    monkeypatch, caplog
+) -> None:
+    from sparsebench.training import build
+
+    cfg = compose_config(["trainer.precision=bf16-mixed"], output_dir="/tmp/x")
+    monkeypatch.setattr(build, "training_device", lambda cfg: "cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "Tesla T4")
+    with pytest.raises(ConfigError, match=r"^trainer.precision=bf16-mixed needs a GPU .* Tesla T4"):
+        build.check_precision(cfg)
+    monkeypatch.setattr(build, "training_device", lambda cfg: "cpu")
+    monkeypatch.setattr(build, "cpu_has_bf16", lambda: False)
+    build.check_precision(cfg)
+    assert "no native bfloat16" in caplog.text
+
+
 def test_hardware_options_are_one_sentence() -> None:
     from sparsebench.training.parts import build_hardware
 
