@@ -17,7 +17,7 @@ from sparsebench.record.resume import resume_point, resumed_by_rank_zero
 from sparsebench.training.build import Run
 from sparsebench.training.checkpoints import load_checkpoint
 from sparsebench.training.fit import fit, sparsity_callbacks
-from sparsebench.training.measure import check_finite, final_val, measure, record_transform
+from sparsebench.training.measure import check_finite, final_val, measure
 from sparsebench.training.progress import RunProgress
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,9 @@ def run(
         # Sparse-IFT and Monarch transform the model; DASS searches and derives another one.
         model = parts.model()
         if transform is not None:
-            record_transform(record, transform)
+            record.add_transform(
+                transform.extra_results(), transform.extra_metrics(), transform.description
+            )
         progress = RunProgress(record, started, cfg.trainer.get("max_loss"))
         callbacks = [*sparsity_callbacks(method), progress, *(callbacks or [])]
         module = parts.module(model)

@@ -7,7 +7,7 @@ wrong type or an unknown key fails while Hydra composes the config. Ranges (``ma
 (:func:`sparsebench.config.checks.validate`), before anything is built or trained: every check
 raises :class:`ConfigError` with one sentence naming the bad value and what is allowed. Nothing
 here asks the machine (how many GPUs or cores it has): a saved config validates on any host, and
-the run checks the machine where it starts (:func:`sparsebench.training.build.check_machine`).
+the run checks the machine where it starts (:func:`sparsebench.training.machine.check_machine`).
 
 Fields carrying ``metadata={"hash": False}`` do not change results (workers, progress bars,
 logging cadence) and are left out of the run hash (see :mod:`sparsebench.record.identity`).
@@ -222,7 +222,7 @@ PRECISIONS = (
 def device_count(devices: Any) -> int | None:
     """How many devices ``trainer.devices`` asks for (None: ``auto`` or -1, all there are); a
     count, ``auto``, -1 or a list of indices. How many the machine has is checked where the run
-    starts (:func:`sparsebench.training.build.check_machine`)."""
+    starts (:func:`sparsebench.training.machine.check_machine`)."""
     if devices in ("auto", -1, "-1"):
         return None
     if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):

@@ -43,6 +43,31 @@ class Measurement:
     tags: dict[str, str] = field(default_factory=dict)
 
 
+def per_token(prefill: Measurement, decode: Measurement, tokens: int) -> Measurement:
+    """A language model's latencies per token from a target's two measurements: its window of
+    ``tokens`` (the prefill) over its tokens, and one decode step with the KV cache of the
+    window before it, each beside the same target's dense kernels; the decode step's kernels;
+    noisy when either timing was."""
+    p, d = prefill.metrics, decode.metrics
+    metrics = {
+        "throughput/tokens_per_s": p["throughput/samples_per_s"] * tokens,
+        "latency/prefill_token_ms": p["latency/p50_ms"] / tokens,
+        "latency/dense_prefill_token_ms": p["latency/dense_p50_ms"] / tokens,
+        "latency/decode_token_ms": d["latency/p50_ms"],
+        "latency/decode_token_p90_ms": d["latency/p90_ms"],
+        "latency/dense_decode_token_ms": d["latency/dense_p50_ms"],
+        "speedup/decode_measured": d["speedup/measured"],
+        "throughput/decode_tokens_per_s": d["throughput/samples_per_s"],
+    }
+    noise = [
+        f"{label}: {m.tags['latency/noise']}"
+        for label, m in (("prefill", prefill), ("decode step", decode))
+        if "latency/noise" in m.tags
+    ]
+    tags = {"latency/noisy": "true", "latency/noise": "; ".join(noise)} if noise else {}
+    return Measurement(metrics, decode.kernels, tags)
+
+
 class HardwareTarget(ABC):
     """A place to deploy a (sparse) model and measure its latency."""
 

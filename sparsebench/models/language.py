@@ -38,6 +38,24 @@ class CausalLM(nn.Module):
         lists = [m for m in self.lm.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
         return max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))
 
+    def mlp_layers(self) -> tuple[str, ...]:
+        """The MLP blocks' Linear layers (qualified names): each decoder block's Linears
+        outside its attention module (LLaMA's gate/up/down, GPT-2's c_fc/c_proj, OPT's
+        fc1/fc2), found by the attention module's class rather than named per family."""
+        prefix = next(n for n, m in self.named_modules() if m is self.blocks())
+        names = []
+        for i, block in enumerate(self.blocks()):
+            attention = [
+                m for m in block.modules() if m is not block and "Attention" in type(m).__name__
+            ]
+            inside = {id(m) for a in attention for m in a.modules()}
+            names += [
+                f"{prefix}.{i}.{n}"
+                for n, m in block.named_modules()
+                if isinstance(m, nn.Linear) and id(m) not in inside
+            ]
+        return tuple(names)
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.lm(input_ids=input_ids, use_cache=False).logits
 

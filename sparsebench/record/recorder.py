@@ -14,9 +14,11 @@ consistent), elsewhere at once.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -101,6 +103,22 @@ class RunRecorder:
         if self.mlflow is not None:
             metrics = {k: v for k, v in row.items() if k != "epoch"}
             self.mlflow.log("logging an epoch", metrics, step=int(row["epoch"]))
+
+    def add_transform(
+        self, sections: dict[str, Any], metrics: dict[str, float], description: list[str]
+    ) -> None:
+        """What a model transformation adds to the record: its sections (DASS's genotype; each
+        also NAME.json beside results.json), metrics, and description lines (the ``transform``
+        section, shown in the summary)."""
+        for key, value in sections.items():
+            self.results.attach(key, value)
+            path = self.output_dir / f"{key}.json"
+            write_atomic(path, json.dumps(value, indent=1, default=str))
+            self.artifacts.append(path)
+        self.results.update(metrics)
+        if description:
+            self.results.attach("transform", description)
+            self.lines += description
 
     def _on_signal(self, signum: int, frame) -> None:
         first = self.signal is None

@@ -4,7 +4,6 @@ kernels, written into the run's :class:`Results`."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 
@@ -14,12 +13,11 @@ from torch import nn
 
 from sparsebench.config.schemas import task_of
 from sparsebench.errors import RunDiverged
-from sparsebench.hardware.base import HardwareTarget, Measurement
+from sparsebench.hardware.base import HardwareTarget, Measurement, per_token
 from sparsebench.metrics.flops import flops_per_sample
 from sparsebench.metrics.params import actual_sparsity, count_params
 from sparsebench.metrics.size import model_bytes
 from sparsebench.models.language import DecodeStep
-from sparsebench.record.recorder import RunRecorder
 from sparsebench.record.results import Results
 from sparsebench.sparsity.methods.base import SparsityMethod
 from sparsebench.sparsity.prunable import prunable_layers
@@ -118,76 +116,24 @@ def measure(
     if not (hardware.enabled and benchmark):
         return
     layers = pruned_layers(model, method)
-    measured = timed(hardware, model, deployed, example, layers, method)
+    pattern = method.pattern if method is not None else None
+
+    def timed(step: Callable[[nn.Module], nn.Module] = lambda m: m) -> Measurement:
+        """The target's measurement of the model (or of the ``step`` built from it)."""
+        if deployed is not None:  # the smaller network, timed against the full one
+            measured = hardware.benchmark(step(deployed), example, {}, None, dense=step(model))
+            measured.kernels = dict.fromkeys(layers, "dense (channels removed)")
+            return measured
+        return hardware.benchmark(step(model), example, layers, pattern)
+
+    measured = timed()
     results.update(measured.metrics, measured.tags)  # tags: latency/noisy (and why)
     results.attach("kernels", measured.kernels)  # per-layer kernel the target ran
     if per > 1:  # a language model: its window of `per` tokens is the prefill
-        decode = timed(hardware, model, deployed, example, layers, method, DecodeStep)
-        results.update(token_latency(measured, decode, per), decode_tags(measured, decode))
-        results.attach("kernels_decode", decode.kernels)
-
-
-def timed(
-    hardware: HardwareTarget,
-    model: nn.Module,
-    deployed: nn.Module | None,
-    example: torch.Tensor,
-    layers: dict[str, nn.Module],
-    method: SparsityMethod | None,
-    step: Callable[[nn.Module], nn.Module] | None = None,
-) -> Measurement:
-    """The target's measurement of the model (``step``: of what it builds from the model, a
-    language model's decode step); a structured method's smaller network is timed against
-    the full one."""
-    wrap = step or (lambda m: m)
-    if deployed is not None:
-        measured = hardware.benchmark(wrap(deployed), example, {}, None, dense=wrap(model))
-        measured.kernels = dict.fromkeys(layers, "dense (channels removed)")
-        return measured
-    pattern = method.pattern if method is not None else None
-    return hardware.benchmark(wrap(model), example, layers, pattern)
-
-
-def token_latency(prefill: Measurement, decode: Measurement, tokens: int) -> dict[str, float]:
-    """A language model's latencies per token: the prefill window's over its ``tokens``, and
-    one decode step with the KV cache of the window before it (dense kernels beside each)."""
-    p, d = prefill.metrics, decode.metrics
-    return {
-        "throughput/tokens_per_s": p["throughput/samples_per_s"] * tokens,
-        "latency/prefill_token_ms": p["latency/p50_ms"] / tokens,
-        "latency/dense_prefill_token_ms": p["latency/dense_p50_ms"] / tokens,
-        "latency/decode_token_ms": d["latency/p50_ms"],
-        "latency/decode_token_p90_ms": d["latency/p90_ms"],
-        "latency/dense_decode_token_ms": d["latency/dense_p50_ms"],
-        "speedup/decode_measured": d["speedup/measured"],
-        "throughput/decode_tokens_per_s": d["throughput/samples_per_s"],
-    }
-
-
-def decode_tags(prefill: Measurement, decode: Measurement) -> dict[str, str]:
-    """The noise verdict over both timings: noisy when either was."""
-    noise = [
-        f"{label}: {m.tags['latency/noise']}"
-        for label, m in (("prefill", prefill), ("decode step", decode))
-        if "latency/noise" in m.tags
-    ]
-    if not noise:
-        return {}
-    return {"latency/noisy": "true", "latency/noise": "; ".join(noise)}
-
-
-def record_transform(record: RunRecorder, transform: ModelTransform) -> None:
-    """What a model transformation adds to the record: its sections (DASS's genotype, also as
-    GENOTYPE.json beside results.json), metrics and description lines."""
-    for key, value in transform.extra_results().items():
-        record.results.attach(key, value)
-        path = record.output_dir / f"{key}.json"
-        path.write_text(json.dumps(value, indent=1, default=str))
-        record.artifacts.append(path)
-    record.results.update(transform.extra_metrics())
-    if transform.description:
-        record.results.attach("transform", transform.description)
-        record.lines += transform.description
+        decode = timed(DecodeStep)  # one generated token with a KV cache
+        tokens = per_token(measured, decode, per)
+        results.update(tokens.metrics, tokens.tags)
+        results.attach("kernels_decode", tokens.kernels)
 
 
 def pruned_layers(model: nn.Module, method: SparsityMethod | None) -> dict[str, nn.Module]:

@@ -53,3 +53,15 @@ class ModelTransform:
     def extra_metrics(self) -> dict[str, float]:
         """Metrics beside the contract (``time/search_s``)."""
         return {}
+
+
+def mlp_blocks(model: nn.Module) -> tuple[str, ...]:
+    """Layer patterns of a transformer's MLP blocks: a causal language model's (its
+    ``mlp_layers()``) or a timm vision transformer's (``blocks.*.mlp.*``); () for other models."""
+    import timm  # here: importing timm takes seconds, schemas read the transforms at start-up
+
+    if callable(getattr(model, "mlp_layers", None)):  # each layer, and what replaces it
+        return tuple(p for name in model.mlp_layers() for p in (name, f"{name}.*"))
+    if isinstance(model, timm.models.vision_transformer.VisionTransformer):
+        return ("blocks.*.mlp.*",)
+    return ()

@@ -73,7 +73,8 @@ class MonarchLinear(nn.Module):
 
 
 class Monarch(ModelTransform):
-    """Replace the prunable Linear layers (stem and head dense by default) by
+    """Replace the prunable Linear layers (stem and head dense by default; of a causal
+    language model the MLP blocks' unless ``include`` says otherwise) by
     :class:`MonarchLinear` with ``nblocks`` blocks (Dao et al., ICML 2022); the result trains
     dense with no masks (``+method=monarch``): the saving is structural, so ``flops/sparse``
     is the Monarch network's FLOPs, ``flops/dense`` the original's, and ``sparsity/*`` count
@@ -107,10 +108,11 @@ class Monarch(ModelTransform):
     ) -> nn.Module:
         total, _ = module_flops(model, example)
         self.reference_flops = total / example.shape[0]
+        options = dict(self.own_layers)
+        if not options["include"] and callable(getattr(model, "mlp_layers", None)):
+            options["include"] = model.mlp_layers()  # a language model: its MLP blocks
         linears = {
-            n: m
-            for n, m in prunable_layers(model, **self.own_layers).items()
-            if isinstance(m, nn.Linear)
+            n: m for n, m in prunable_layers(model, **options).items() if isinstance(m, nn.Linear)
         }
         if not linears:
             raise ConfigError(

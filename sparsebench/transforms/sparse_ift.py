@@ -25,7 +25,7 @@ from torch import fx, nn
 from sparsebench.errors import ConfigError
 from sparsebench.metrics.flops import module_flops
 from sparsebench.sparsity.prunable import prunable_layers, set_module
-from sparsebench.transforms.base import ModelTransform
+from sparsebench.transforms.base import ModelTransform, mlp_blocks
 
 FAMILIES = ("sparse_wide", "sparse_parallel", "sparse_factorized", "sparse_doped")
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
@@ -192,17 +192,19 @@ def widen(
     low: float = 1.0,
     high: float = 8.0,
     tolerance: float = 0.01,
+    device: str = "meta",
 ) -> tuple[nn.Module, float]:
     """Binary-search the width factor k so the widened model's sparse FLOPs match ``dense_flops``.
 
     ``build(k)`` makes the model at width factor k; ``sparse_flops(model)`` counts its FLOPs with
     the sparse layers at their density (stem and head dense), as the Sparse-IFT code does. The
-    search builds candidates on the meta device (shapes only, no memory), then the chosen one.
+    search builds candidates on ``device`` (the meta device: shapes only, no memory), then the
+    chosen one.
     """
     best: tuple[float, float] | None = None
     for _ in range(30):
         k = (low + high) / 2
-        with torch.device("meta"):
+        with torch.device(device):
             flops = sparse_flops(build(k))
         error = (flops - dense_flops) / dense_flops
         if best is None or abs(error) < abs(best[0]):
@@ -223,10 +225,19 @@ def widen(
 
 
 def _width_arguments(model: nn.Module, model_cfg: dict, k: float) -> dict:
-    """create_model arguments that scale every width by k, per model family."""
+    """Model arguments that scale every width by k, per model family (a language model's MLP
+    width: its other layers stay dense)."""
     import timm
 
     name = model_cfg["model_name"]
+    if getattr(model, "pretrained", False):
+        raise ConfigError(
+            f"sparse_wide builds the model anew at a larger width, so it cannot widen the "
+            f"checkpoint of model '{name}'; use a model built from its config (tiny_llama, "
+            "tiny_gpt2) or transform.family=sparse_parallel, sparse_factorized or sparse_doped."
+        )
+    if "intermediate_size" in model_cfg and callable(getattr(model, "mlp_layers", None)):
+        return {"intermediate_size": max(1, round(model_cfg["intermediate_size"] * k))}
     if name == "mlp":
         return {
             "hidden_dims": [
@@ -246,7 +257,8 @@ def _width_arguments(model: nn.Module, model_cfg: dict, k: float) -> dict:
         hidden = model.blocks[0].mlp.fc1.out_features / model.embed_dim
         return {"mlp_ratio": hidden * k}
     raise ConfigError(
-        f"sparse_wide cannot widen model '{name}' (it knows resnet*, resnet20, mlp and vit_*); "
+        f"sparse_wide cannot widen model '{name}' (it knows resnet*, resnet20, mlp, vit_*, "
+        "tiny_llama and tiny_gpt2); "
         "use transform.family=sparse_parallel, sparse_factorized or sparse_doped."
     )
 
@@ -257,9 +269,10 @@ class SparseIFT(ModelTransform):
     its sparse FLOPs equal the dense original's; the sparsity method then trains it at that
     sparsity (the ``+method=sparse_ift`` preset: RigL with the paper's settings, drop 0.3
     cosine-decayed, dT = 100, until 75% of training, uniform over the sparse layers). The dense
-    original's FLOPs are reported as ``flops/dense`` (the iso-FLOP reference). For vision
-    transformers only the MLP blocks are transformed and sparse; the low-rank parts of
-    ``sparse_doped`` stay dense.
+    original's FLOPs are reported as ``flops/dense`` (the iso-FLOP reference). Of a
+    transformer (a ViT, a causal language model) only the MLP blocks are transformed and
+    sparse (``sparse_wide`` widens a language model's MLP, ``intermediate_size``, by about
+    1 / (1 - s)); the low-rank parts of ``sparse_doped`` stay dense.
     """
 
     def __init__(
@@ -276,11 +289,9 @@ class SparseIFT(ModelTransform):
         self.exclude = (f"*.{LOWRANK}.*",)
 
     def _layers(self, model: nn.Module) -> dict[str, nn.Module]:
-        """The layers made sparse: the method's selection; of a ViT only the MLP blocks."""
-        import timm  # here: importing timm takes seconds, schemas read this class at start-up
-
-        vit = isinstance(model, timm.models.vision_transformer.VisionTransformer)
-        self.include = ("blocks.*.mlp.*",) if vit else ()
+        """The layers made sparse: the method's selection; of a transformer (a ViT, a causal
+        language model) only the MLP blocks."""
+        self.include = mlp_blocks(model)
         options = self.layer_options
         return prunable_layers(
             model,
@@ -293,17 +304,16 @@ class SparseIFT(ModelTransform):
     def apply(
         self, model: nn.Module, model_cfg: DictConfig, example: torch.Tensor, datamodule=None
     ) -> nn.Module:
-        import timm
+        from sparsebench.models import build_model
 
         self.reference_flops, _ = module_flops(model, example)
         self.reference_flops /= example.shape[0]
         if self.family == "sparse_wide":
             config = OmegaConf.to_container(model_cfg, resolve=True)
-            config.pop("_target_", None)
             base = {k: v for k, v in config.items() if v is not None}
 
             def build(k: float) -> nn.Module:
-                return timm.create_model(**{**base, **_width_arguments(model, config, k)})
+                return build_model(OmegaConf.create({**base, **_width_arguments(model, base, k)}))
 
             def sparse_flops(candidate: nn.Module) -> float:
                 total, per_layer = module_flops(
@@ -313,7 +323,13 @@ class SparseIFT(ModelTransform):
                 return (total - saved) / example.shape[0]
 
             old = self._layers(model)
-            wide, k = widen(build, sparse_flops, self.reference_flops)
+            high, device = 8.0, "meta"
+            if callable(getattr(model, "mlp_layers", None)):
+                # A language model's MLP alone is widened (and sparse): k = 1 / (1 - s). Its
+                # masks read a tensor's values (.item()), which the meta device has not: it is
+                # counted on the CPU (it is small: built from its config).
+                high, device = max(high, 2 / (1 - self.sparsity)), "cpu"
+            wide, k = widen(build, sparse_flops, self.reference_flops, high=high, device=device)
             new = self._layers(wide)
             self.description = [f"sparse_wide: widths x{k:.3f}"] + [
                 f"{n}: {tuple(o.weight.shape[:2])} -> {tuple(new[n].weight.shape[:2])}"
@@ -322,9 +338,9 @@ class SparseIFT(ModelTransform):
             ]
             return wide
         layers = self._layers(model)
-        vit = isinstance(model, timm.models.vision_transformer.VisionTransformer)
-        activation = nn.GELU if vit else nn.ReLU
+        transformer = bool(self.include)  # token sequences: GELU and LayerNorm inside
+        activation = nn.GELU if transformer else nn.ReLU
         self.description = transform_layers(
-            model, layers, self.family, self.sparsity, activation, token_norm=vit
+            model, layers, self.family, self.sparsity, activation, token_norm=transformer
         )
         return model

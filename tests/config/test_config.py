@@ -231,7 +231,7 @@ def test_trainer_and_logger_options_are_one_sentence(override, message) -> None:
 def test_the_machine_is_asked_where_the_run_starts_not_when_a_config_validates(
     override, message
 ) -> None:
-    from sparsebench.training.build import check_machine
+    from sparsebench.training.machine import check_machine
 
     if override == "trainer.accelerator=gpu" and torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU: asking for one is valid")
@@ -245,17 +245,17 @@ def test_the_machine_is_asked_where_the_run_starts_not_when_a_config_validates(
 def test_bf16_is_refused_on_a_gpu_without_it_and_said_to_be_emulated_on_such_a_cpu(
     monkeypatch, caplog
 ) -> None:
-    from sparsebench.training import build
+    from sparsebench.training import machine
 
     cfg = compose_config(["trainer.precision=bf16-mixed"], output_dir="/tmp/x")
-    monkeypatch.setattr(build, "training_device", lambda cfg: "cuda")
+    monkeypatch.setattr(machine, "training_device", lambda cfg: "cuda")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "Tesla T4")
     with pytest.raises(ConfigError, match=r"^trainer.precision=bf16-mixed needs a GPU .* Tesla T4"):
-        build.check_precision(cfg)
-    monkeypatch.setattr(build, "training_device", lambda cfg: "cpu")
-    monkeypatch.setattr(build, "cpu_has_bf16", lambda: False)
-    build.check_precision(cfg)
+        machine.check_precision(cfg)
+    monkeypatch.setattr(machine, "training_device", lambda cfg: "cpu")
+    monkeypatch.setattr(machine, "cpu_has_bf16", lambda: False)
+    machine.check_precision(cfg)
     assert "no native bfloat16" in caplog.text
 
 

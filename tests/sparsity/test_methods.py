@@ -61,20 +61,49 @@ MODEL_DATA = {
     "mlp": ["model=mlp", "dataset=digits", "dataset.input_shape=[1,8,8]"],
     "resnet18": ["model=resnet18", "dataset.input_shape=[1,64,64]", "dataset.batch_size=32"],
     "resnet20": ["model=resnet20", "dataset.input_shape=[1,16,16]", "dataset.batch_size=32"],
+    # A one-block LLaMA on a few text files (its Linears: attention and MLP, lm_head dense).
+    "lm": [
+        "model=tiny_llama",
+        "model.num_layers=1",
+        "model.hidden_size=32",
+        "model.num_heads=2",
+        "model.intermediate_size=64",
+        "dataset=text",
+        "dataset.seqlen=16",
+        "dataset.vocab_size=300",
+        "dataset.batch_size=8",
+        "trainer=lm",
+        "trainer.warmup_steps=2",
+    ],
 }
+# The training methods on a language model's Linear layers (Sparse-IFT widens the MLP).
+LM_METHODS = ("random", "set", "rigl", "gmp", "imp", "soups", "sr_ste", "bdwp", "pgf", "sparse_ift")
 
 
-CASES = [(m, net) for m in METHODS for net in ("mlp", "resnet20")] + [
-    (m, "resnet18") for m in ("channel", "rigl")
-]
+CASES = (
+    [(m, net) for m in METHODS for net in ("mlp", "resnet20")]
+    + [(m, "resnet18") for m in ("channel", "rigl")]
+    + [(m, "lm") for m in LM_METHODS]
+)
+
+
+def _texts(folder: Path) -> Path:
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"{i}.txt").write_text(" ".join(f"w{(i * 7 + j) % 50}" for j in range(600)))
+    return folder
 
 
 @pytest.mark.parametrize(("method_name", "model_name"), CASES, ids=[f"{m}-{n}" for m, n in CASES])
 def test_method_contract(make_cfg, tmp_path: Path, method_name: str, model_name: str) -> None:
+    schedule = FAST_SCHEDULE.get(method_name, [])
+    if model_name == "lm":
+        schedule = [o for o in schedule if not o.startswith("transform.family")]  # sparse_wide
+        schedule.append(f"dataset.data_dir={_texts(tmp_path / 'texts')}")
     overrides = [
         f"+method={method_name}",
         *MODEL_DATA[model_name],
-        *FAST_SCHEDULE.get(method_name, []),
+        *schedule,
         "trainer.limit_train_batches=4",
         "trainer.enable_checkpointing=true",
         "logger=none",
@@ -87,6 +116,10 @@ def test_method_contract(make_cfg, tmp_path: Path, method_name: str, model_name:
     model, method, trainer, datamodule, transform = fit_method(cfg, tmp_path)
 
     densities = method.densities(method.magnitudes())
+    if model_name == "lm":  # the decoder's Linears: Sparse-IFT's the (widened) MLP's only
+        names = [name for name, _ in method.masks]
+        assert all(".layers.0." in n for n in names) and "lm.lm_head" not in names
+        assert any(".self_attn." in n for n in names) == (method_name != "sparse_ift")
     for name, module in method.masks:
         mask = getattr(module, MASK)
         assert (module.weight[~mask] == 0).all(), f"{name}: a masked weight is not zero"

@@ -202,3 +202,53 @@ def test_short_training_fills_the_contract(
     assert metrics["sparsity/actual"] == pytest.approx(0.75, abs=0.01)
     assert data["tags"]["baseline_benchmark_key"] == data["tags"]["benchmark_key"]
     assert data["transform"]
+
+
+LM = ["dataset=shakespeare", "dataset.seqlen=16", "dataset.vocab_size=300"]
+LM_SIZE = ["model.num_layers=2", "model.hidden_size=32", "model.num_heads=2"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2"])
+def test_a_language_models_mlp_blocks_are_iso_flop(model_name: str, family: str) -> None:
+    cfg = _static(
+        f"model={model_name}",
+        *LM,
+        *LM_SIZE,
+        "model.intermediate_size=64",
+        f"transform.family={family}",
+    )
+    example = torch.randint(0, 300, (1, 16))
+    method = build_method(cfg)
+    transform = build_transform(cfg, method)
+    model = build_run_model(cfg, _Data(example), method, transform)
+    method.attach(model)
+    method.init_masks()
+    names = list(method.masks.layers)
+    assert names and all(".mlp." in n and "lowrank" not in n for n in names)  # attention dense
+    flops = flops_per_sample(model.eval(), example, method.masks.layers)["flops/sparse"]
+    assert abs(flops - transform.reference_flops) / transform.reference_flops <= 0.01
+    if family == "sparse_wide":  # only the MLP is widened: by 1 / (1 - s)
+        first = model.get_submodule(model.mlp_layers()[0])  # gate_proj, c_fc: d -> width
+        assert first.out_features == pytest.approx(64 * 4, rel=0.02)
+    with torch.no_grad():
+        assert model(example).shape == (1, 16, 300)
+
+
+def test_monarch_replaces_a_language_models_mlp_and_sparse_wide_refuses_a_checkpoint() -> None:
+    from sparsebench.transforms import MonarchLinear
+
+    cfg = compose_config(["model=tiny_llama", *LM, *LM_SIZE, "+method=monarch"])
+    example = torch.randint(0, 300, (1, 16))
+    model = build_run_model(cfg, _Data(example), None, build_transform(cfg, None))
+    replaced = {n for n, m in model.named_modules() if isinstance(m, MonarchLinear)}
+    mlp = build_model(cfg.model).mlp_layers()
+    assert replaced == set(mlp) and len(replaced) == 2 * 3  # gate, up, down; attention dense
+    with torch.no_grad():
+        assert model(example).shape == (1, 16, 300)
+    checkpoint = build_model(cfg.model)
+    checkpoint.pretrained = True  # as hf_causal_lm builds it: a checkpoint's fixed widths
+    with pytest.raises(ConfigError, match="sparse_wide builds the model anew"):
+        build_transform(_static("model=tiny_llama", *LM), None).apply(
+            checkpoint, cfg.model, example
+        )
