@@ -27,6 +27,7 @@ from sparsebench.sparsity.methods.static import FixedMasks
 from sparsebench.training.build import Run
 from sparsebench.training.checkpoints import checkpoint_budget, checkpoint_path, load_weights
 from sparsebench.training.fit import build_trainer, sparsity_callbacks
+from sparsebench.training.machine import training_device
 from sparsebench.training.measure import check_finite, measure
 from sparsebench.training.progress import RunProgress
 
@@ -112,9 +113,11 @@ def run(cfg: DictConfig, resume: bool = False) -> Results:
         index = torch.randperm(available, generator=gen)[: method.calibration_samples]
         inputs = torch.stack([datamodule.train_set[int(i)][0] for i in index])
         batches = list(inputs.split(datamodule.eval_batch_size))
+        # Pruned where the run trains: on a GPU the model goes there for pruning, and back.
+        prune_device = "cuda" if training_device(cfg) == "cuda" else None
         start = time.perf_counter()
         with PeakMemory() as memory:
-            method.prune(model, batches)
+            method.prune(model, batches, device=prune_device)
         results.update({"time/prune_s": time.perf_counter() - start, "memory/peak_mb": memory.mb})
         results.attach("layers", method.errors)  # reconstruction error per layer vs magnitude
 

@@ -86,10 +86,22 @@ class PostTrainingMethod(SparsityMethod):
         raise NotImplementedError
 
     @torch.no_grad()
-    def prune(self, model: nn.Module, batches: list[torch.Tensor]) -> None:
+    def prune(
+        self, model: nn.Module, batches: list[torch.Tensor], device: str | None = None
+    ) -> None:
         """Prune every selected layer, each seeing the already pruned layers' outputs: block
-        by block where the model has blocks (``model.blocks()``), else layer by layer."""
+        by block where the model has blocks (``model.blocks()``), else layer by layer.
+        ``device`` (``cuda``): the model is moved there to be pruned (it must fit in the
+        device's memory) and back where it was."""
         assert self.masks is not None
+        home = next(model.parameters()).device
+        if device is not None and torch.device(device) != home:
+            model.to(device)
+            try:
+                self.prune(model, [b.to(device) for b in batches])
+            finally:
+                model.to(home)
+            return
         model.eval()
         layers = dict(self.masks)
         blocks = list(model.blocks()) if hasattr(model, "blocks") else []
@@ -200,7 +212,10 @@ class OneShotMagnitude(PostTrainingMethod):
         super().__init__(name=name, **kwargs)
 
     @torch.no_grad()
-    def prune(self, model: nn.Module, batches: list[torch.Tensor]) -> None:
+    def prune(
+        self, model: nn.Module, batches: list[torch.Tensor], device: str | None = None
+    ) -> None:
+        """Weights alone decide: no data, and nothing to move to ``device``."""
         assert self.masks is not None
         if self.distribution == "global":
             self.prune_by(self.magnitudes())  # one threshold: the base class's global spread

@@ -15,6 +15,8 @@
     tiers:
       quick: {seeds: 5, budget: "MLP on MNIST-1D, 10 epochs", overrides: [model=mlp, ...]}
       full: {seeds: 3, budget: "resnet20 on CIFAR-10, 160 epochs", overrides: [...]}
+      # a tier may replace arms' overrides (``arms: {dense: [...]}``): a pretrained checkpoint's
+      # tier prunes the checkpoint itself instead of a dense arm's run
     changes: []                     # one line per version after the first: what and why
 
 An arm's override ``NAME=@ARM`` takes the run folder of arm ARM with the same seed (a
@@ -29,7 +31,7 @@ all of them is counted.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,8 @@ class Tier:
     seeds: int
     budget: str
     overrides: tuple[str, ...]
+    #: arms whose overrides this tier replaces (a checkpoint's arms: nothing to train first)
+    arms: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -107,12 +111,16 @@ class Claim:
     def folder(self, root: Path, tier: str) -> Path:
         return root / tier / self.name
 
+    def arms_of(self, tier: str) -> dict[str, tuple[str, ...]]:
+        """The arms' overrides in ``tier``: the file's, with those the tier replaces."""
+        return {**self.arms, **self.tiers[tier].arms}
+
     def jobs(self, root: Path, tier: str, seeds: int | None = None) -> list[Job]:
         """Every (arm, seed) run of ``tier``, arms in file order (an ``@ARM`` reference runs
         after the arm it names), seeds 0..n-1."""
         spec = self.tiers[tier]
         out = []
-        for arm, overrides in self.arms.items():
+        for arm, overrides in self.arms_of(tier).items():
             for seed in range(seeds or spec.seeds):
                 resolved = []
                 for override in overrides:
@@ -272,7 +280,24 @@ def load_claim(name: str) -> Claim:
         overrides = spec.get("overrides") or []
         if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
             raise ConfigError(f"{where}: tier {tier}: overrides must be a list of KEY=VALUE.")
-        tiers[tier] = Tier(seeds, str(spec.get("budget") or ""), tuple(overrides))
+        replaced = spec.get("arms") or {}
+        if not isinstance(replaced, dict) or not set(replaced) <= set(checked_arms) - set(searches):
+            raise ConfigError(
+                f"{where}: tier {tier}: arms must map arms of the file "
+                f"({', '.join(checked_arms)}; not searches) to overrides, got {replaced!r}."
+            )
+        tier_arms = {}
+        for arm, arm_overrides in replaced.items():
+            if not isinstance(arm_overrides, list) or not all(
+                isinstance(o, str) and "=" in o and not o.partition("=")[2].startswith("@")
+                for o in arm_overrides
+            ):
+                raise ConfigError(
+                    f"{where}: tier {tier}: arm '{arm}' must be a list of KEY=VALUE overrides "
+                    f"without @ARM references, got {arm_overrides!r}."
+                )
+            tier_arms[str(arm)] = tuple(arm_overrides)
+        tiers[tier] = Tier(seeds, str(spec.get("budget") or ""), tuple(overrides), tier_arms)
     if "quick" not in tiers:
         raise ConfigError(f"{where}: a quick tier is required.")
     version = need("version", int)

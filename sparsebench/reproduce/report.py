@@ -28,7 +28,7 @@ VERDICTS = {  # the verdict table's columns and their alignment
 COLOURS = {"reproduced": "#2a9d4b", "contradicted": "#c0392b", "inconclusive": "#e6a23c"}
 
 
-def _arm_table(claim: Claim, outcomes: list[Outcome], metrics: list[str]) -> list[str]:
+def _arm_table(claim: Claim, tier: str, outcomes: list[Outcome], metrics: list[str]) -> list[str]:
     """Per arm its overrides, the metrics' mean ± std (n), and its training budget (samples
     seen, every fit counted), flagged as the leaderboard flags it when it differs by more than
     10% from the arms' median (Ten Lessons: compare at equal budgets, or say so)."""
@@ -48,7 +48,7 @@ def _arm_table(claim: Claim, outcomes: list[Outcome], metrics: list[str]) -> lis
     budget = {arm: statistics.fmean(v) if v else None for arm, v in samples.items()}
     flagged = dict(zip(budget, budgets_differ(list(budget.values())), strict=True))
     rows = []
-    for arm, overrides in claim.arms.items():
+    for arm, overrides in claim.arms_of(tier).items():
         cells = []
         for metric in metrics:
             values = [
@@ -132,7 +132,7 @@ def markdown(
         out += [f"**Changes.** {change}" for change in claim.changes] + (
             [""] if claim.changes else []
         )
-        out += _arm_table(claim, selected(claim, outcomes), metrics) + [""]
+        out += _arm_table(claim, tier, selected(claim, outcomes), metrics) + [""]
         for arm, search in getattr(claim, "searches", {}).items():
             out += [
                 f"Arm `{arm}` is the best of {search.k} candidates per seed by `{search.by}` "

@@ -84,7 +84,7 @@ def parent_run(claim: Claim, tier: str, folder: Path, cfg: DictConfig) -> None:
         "version": claim.version,
         "seeds": spec.seeds,
         "budget": spec.budget,
-        **{f"arm.{arm}": " ".join(o) for arm, o in claim.arms.items()},
+        **{f"arm.{arm}": " ".join(o) for arm, o in claim.arms_of(tier).items()},
         "overrides": " ".join(spec.overrides),
     }
     tags = {"sparsebench.claim": claim.name, "sparsebench.tier": tier}

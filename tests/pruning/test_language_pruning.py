@@ -108,3 +108,67 @@ def test_gpt2_conv1d_layers_become_linear_with_the_same_function() -> None:
     assert len(linear) == 2 * 4 + 1  # c_attn, c_proj, c_fc, mlp.c_proj per block; lm_head
     with torch.no_grad():
         assert torch.allclose(converted(ids), expected, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none is visible)")
+def test_pruning_on_a_gpu_gives_the_cpus_result_and_leaves_the_model_where_it_was() -> None:
+    on_cpu, on_gpu = _model(), _model()
+    for model, device in ((on_cpu, None), (on_gpu, "cuda")):
+        method = SparseGPT(name="sparsegpt", sparsity=0.5)
+        method.attach(model)
+        method.prune(model, _batches(), device=device)
+    assert next(on_gpu.parameters()).device.type == "cpu"
+    for (name, a), b in zip(on_cpu.named_parameters(), on_gpu.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-3), name
+
+
+@pytest.mark.slow
+def test_on_a_trained_tiny_llama_sparsegpt_and_wanda_order_below_magnitude_as_reported() -> None:
+    """A fixed-seed check of the papers' ordering on a small LLaMA trained on Shakespeare for
+    600 steps (~30 s): SparseGPT below magnitude at 50% and 2:4, Wanda below magnitude and
+    above SparseGPT at 2:4. At 50% Wanda is *above* magnitude on a model this small and short
+    trained (seeds 0, 1, 2: +1.0, +1.2, +1.3 perplexity), so that is not asserted; the claim file
+    lm_pruning measures it on the full-size tiny model (docs/claims.md)."""
+    import math
+
+    import torch.nn.functional as F
+
+    from sparsebench.data.text import ShakespeareDataModule
+    from sparsebench.pruning import OneShotMagnitude
+
+    torch.manual_seed(0)
+    data = ShakespeareDataModule("shakespeare", seqlen=64, vocab_size=1024, batch_size=16)
+    data.setup("fit")
+    train = data.train_set.tensors[0]
+    test = torch.stack([data.test_set[i][0] for i in range(200)])
+    model = tiny_llama(
+        vocab_size=1024, max_positions=64, hidden_size=64, num_layers=2, intermediate_size=176
+    )
+    steps = 600
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * s / steps))
+    )
+    gen = torch.Generator().manual_seed(0)
+    calibration = list(train[torch.randperm(len(train), generator=gen)[:64]].split(16))
+    for index in torch.randperm(len(train), generator=gen)[: steps * 16].split(16):
+        x = train[index]
+        F.cross_entropy(model(x)[:, :-1].flatten(0, 1), x[:, 1:].flatten()).backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step(), optimizer.zero_grad(), schedule.step()
+
+    @torch.no_grad()
+    def perplexity(pruned: nn.Module) -> float:
+        logits = pruned.eval()(test)
+        return math.exp(F.cross_entropy(logits[:, :-1].flatten(0, 1), test[:, 1:].flatten()))
+
+    ppl = {}
+    for method in (OneShotMagnitude, Wanda, SparseGPT):
+        for pattern in ({"sparsity": 0.5}, {"pattern": "2:4"}):
+            pruned = copy.deepcopy(model)
+            prune = method(name=method.__name__, **pattern)
+            prune.attach(pruned)
+            prune.prune(pruned, calibration)
+            ppl[method.__name__, "pattern" in pattern] = perplexity(pruned)
+    assert perplexity(model) < ppl["SparseGPT", False] < ppl["OneShotMagnitude", False]
+    assert ppl["SparseGPT", True] < ppl["Wanda", True] < ppl["OneShotMagnitude", True]

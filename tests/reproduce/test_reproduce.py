@@ -72,12 +72,25 @@ def write(tmp_path: Path, **changes) -> Path:
             "arm 'a' refers to '@b', which must be an arm listed before it",
         ),
         ({"version": 2}, "version 2 needs 1 line(s) under 'changes'"),
+        (
+            {"tiers": {**TINY["tiers"], "full": {"seeds": 2, "arms": {"pruned": []}}}},
+            "tier full: arms must map arms of the file (dense, random; not searches)",
+        ),
         ({"seed": 3}, "unknown field(s) seed"),
     ],
 )
 def test_claim_files_are_checked_in_one_sentence(tmp_path: Path, changes, message) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_claim(str(write(tmp_path, **changes)))
+
+
+def test_a_tier_replaces_the_arms_it_names(tmp_path: Path) -> None:
+    full = {"seeds": 2, "overrides": ["model=hf_causal_lm"], "arms": {"dense": ["runner=prune"]}}
+    claim = load_claim(str(write(tmp_path, tiers={**TINY["tiers"], "full": full})))
+    jobs = {(j.arm, j.seed): j.overrides for j in claim.jobs(tmp_path, "full")}
+    assert jobs["dense", 1] == ("model=hf_causal_lm", "runner=prune", "seed=1")
+    assert jobs["random", 0][1:] == (*TINY["arms"]["random"], "seed=0")  # the file's own
+    assert claim.arms_of("quick") == claim.arms  # the other tier keeps the file's arms
 
 
 def test_every_shipped_claim_composes() -> None:
