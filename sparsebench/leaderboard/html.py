@@ -18,7 +18,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from sparsebench.leaderboard.render import html_table
-from sparsebench.leaderboard.rows import Row
+from sparsebench.leaderboard.rows import QUALITIES, Row
+from sparsebench.record.contract import DIRECTIONS, MINIMIZE
 
 
 def _label(row: Row) -> str:
@@ -40,15 +41,17 @@ def _symbol(pattern: str) -> str:
 def _quality_axis(metric: str, values: list[float]) -> dict:
     """The y axis of a quality: accuracy on [0, 1] around the points; perplexity on a log
     scale, reversed so that better is up on every plot."""
-    if metric == "test/ppl":
+    quality = QUALITIES[metric]
+    if quality.log:
+        reversed_ = DIRECTIONS[metric] == MINIMIZE
         return {
-            "title": "test perplexity (lower is better)",
+            "title": quality.axis,
             "type": "log",
-            "autorange": "reversed",
+            **({"autorange": "reversed"} if reversed_ else {}),
         }
     pad = max(0.02, (max(values) - min(values)) * 0.15)
     return {
-        "title": "test accuracy",
+        "title": quality.axis,
         "range": [max(0.0, min(values) - pad), min(1.0, max(values) + pad)],
     }
 
@@ -101,7 +104,7 @@ def _figure(rows: list[Row], cost: str, title: str) -> go.Figure | None:
             y=best.mean,
             line_dash="dash",
             line_color="#999",
-            annotation_text=f"dense baseline {best.mean:{'.2f' if best.metric == 'test/ppl' else '.4f'}}",
+            annotation_text=f"dense baseline {best.mean:.{QUALITIES[best.metric].digits}f}",
             annotation_position="bottom right",
         )
     values = [r.mean for r in points]
@@ -145,7 +148,7 @@ def html_report(
         if len(shown) < len(ranked):
             table.append(f"<p>+{len(ranked) - len(shown)} more rows in the full report</p>")
         plots = ["<div style='display:flex;flex-wrap:wrap'>"]  # the plots side by side
-        quality = "perplexity" if members[0].metric == "test/ppl" else "accuracy"
+        quality = QUALITIES[members[0].metric].name
         for cost, label in (("flops_sparse", "FLOPs"), ("latency_ms", "latency")):
             figure = _figure(members, cost, f"{key}: {quality} vs {label}")
             if figure is not None:

@@ -147,14 +147,31 @@ HEADINGS = {
     "run_hash": "run hash",
 }
 SHOWN = tuple(HEADINGS)
-QUALITY_HEADINGS = {"test/acc": "test acc", "test/ppl": "test ppl"}
+
+
+@dataclass(frozen=True)
+class Quality:
+    """How a task's ranked quality is shown: its column, its name in plot titles, its axis
+    title, digits, and a log axis (perplexity; its direction is the contract's)."""
+
+    heading: str
+    name: str
+    axis: str
+    digits: int
+    log: bool = False
+
+
+QUALITIES = {
+    "test/acc": Quality("test acc", "accuracy", "test accuracy", 4),
+    "test/ppl": Quality("test ppl", "perplexity", "test perplexity (lower is better)", 2, True),
+}
 
 
 def heading(column: str, rows: list[Row]) -> str:
     """A column's heading over ``rows`` (one key's): the quality column is named by its
     metric (test acc, test ppl)."""
     if column == "mean" and rows:
-        return QUALITY_HEADINGS[rows[0].metric]
+        return QUALITIES[rows[0].metric].heading
     return HEADINGS[column]
 
 
