@@ -58,6 +58,8 @@ def test_a_save_pretrained_checkpoint_trains_sparse_prunes_and_ranks(tmp_path: P
         "dataset.seqlen=64",
         "dataset.max_tokens=8192",
         "hardware.threads=1",
+        "hardware.min_run_time=0.05",
+        "hardware.max_run_time=0.2",
         f"logger.tracking_uri={store}",
     ]
     args = ["+method=rigl", "method.sparsity=0.5", "method.update_interval=2", "debug=fast"]
