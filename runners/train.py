@@ -65,13 +65,16 @@ def run(
                 transform.extra_results(), transform.extra_metrics(), transform.description
             )
         progress = RunProgress(record, started, cfg.trainer.get("max_loss"))
-        callbacks = [*sparsity_callbacks(method), progress, *(callbacks or [])]
+        kernels = sparsity_callbacks(method, cfg.trainer.get("sparse_kernels", "off"))
+        callbacks = [*kernels, progress, *(callbacks or [])]
         module = parts.module(model)
         trainer = fit(module, datamodule, method, cfg, output_dir, callbacks, checkpoint)
         results.update(
             {"time/train_s": progress.train_seconds, "train/samples": progress.samples_seen}
         )
         results.update(final_val(trainer, results))
+        for callback in kernels[1:]:  # the sparse training kernels' choice per layer
+            results.attach("kernels_train", callback.choices)
         (test,) = trainer.test(module, datamodule=datamodule, verbose=False)
         results.update(test)
         check_finite(test)

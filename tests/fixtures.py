@@ -258,7 +258,7 @@ def fit_method(
     model = build_run_model(cfg, datamodule, method, transform)  # as the runner does
     cfg.trainer.max_epochs = max_epochs
     module = build_module(cfg, model)
-    callbacks = [*sparsity_callbacks(method), *(extra or [])]
+    callbacks = [*sparsity_callbacks(method, cfg.trainer.sparse_kernels), *(extra or [])]
     trainer = fit(module, datamodule, method, cfg, out, callbacks, ckpt)
     return model, method, trainer, datamodule, transform
 

@@ -145,6 +145,9 @@ class TrainerConfig:
     scheduler: str = field(default="cosine", metadata=OURS)
     warmup_epochs: int = field(default=0, metadata=OURS)
     warmup_steps: int = field(default=0, metadata=OURS)  # instead of warmup_epochs (LMs)
+    # How masked layers train (sparsebench.sparsity.kernels): off, on, or auto (timed per layer).
+    # It changes how a step is computed, not what: not hashed.
+    sparse_kernels: str = field(default="off", metadata={**NO_HASH, **OURS})
     accelerator: str = "auto"
     devices: Any = 1
     strategy: str = "auto"
@@ -183,6 +186,11 @@ class TrainerConfig:
             f"trainer.warmup_steps must be >= 0 and not set with warmup_epochs, got "
             f"{self.warmup_steps} (warmup_epochs={self.warmup_epochs}).",
         )
+        require(
+            self.sparse_kernels in SPARSE_KERNELS,
+            f"trainer.sparse_kernels must be one of {', '.join(SPARSE_KERNELS)}, got "
+            f"'{self.sparse_kernels}'.",
+        )
         require(self.num_nodes >= 1, f"trainer.num_nodes must be >= 1, got {self.num_nodes}.")
         require(
             self.accelerator in ACCELERATORS,
@@ -203,6 +211,7 @@ class TrainerConfig:
 
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+SPARSE_KERNELS = ("off", "on", "auto")
 
 
 PRECISIONS = (

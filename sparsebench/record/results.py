@@ -176,6 +176,7 @@ def write_atomic(path: Path, content: str | Callable[[IO[bytes]], object]) -> No
 SECTIONS = (
     "kernels",
     "kernels_decode",
+    "kernels_train",
     "layers",
     "checkpoint",
     "resumed_from",
@@ -184,7 +185,7 @@ SECTIONS = (
     "search_history",
 )
 """What a run may record beside its metrics and tags (docs/records.md): the hardware target's
-kernel per layer (``kernels_decode``: a language model's decode step's), post-training's reconstruction error per layer, the checkpoint a pruned model
+kernel per layer (``kernels_decode``: a language model's decode step's; ``kernels_train``: the sparse training kernels'), post-training's reconstruction error per layer, the checkpoint a pruned model
 came from, the checkpoint a resumed run continued from, a transformation's description, DASS's
 searched genotype and its search's per-epoch history."""
 

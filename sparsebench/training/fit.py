@@ -18,6 +18,7 @@ from sparsebench.data.base import SparseBenchDataModule
 from sparsebench.sparsity.methods.base import SparsityMethod
 from sparsebench.training.callback import SparsityCallback
 from sparsebench.training.checkpoints import AtomicCheckpointIO
+from sparsebench.training.kernels import SparseKernels
 from sparsebench.training.module import ClassificationModule
 from sparsebench.training.strategies import STRATEGIES
 
@@ -66,9 +67,14 @@ def build_trainer(
     )
 
 
-def sparsity_callbacks(method: SparsityMethod | None) -> list[Callback]:
-    """The Lightning side of a method: its one callback (none for dense training)."""
-    return [] if method is None else [SparsityCallback(method)]
+def sparsity_callbacks(method: SparsityMethod | None, kernels: str = "off") -> list[Callback]:
+    """The Lightning side of a method: its callback (none for dense training), and the sparse
+    training kernels' (``trainer.sparse_kernels``: :mod:`sparsebench.training.kernels`)."""
+    if method is None:
+        return []
+    return [SparsityCallback(method)] + (
+        [SparseKernels(method, kernels)] if kernels != "off" else []
+    )
 
 
 def fit(

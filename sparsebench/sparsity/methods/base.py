@@ -178,6 +178,11 @@ class SparsityMethod:
     def after_backward(self, step: int) -> None:
         """Gradient-time work on ``step`` before gradients are masked."""
 
+    def needs_dense_grad(self, step: int) -> bool:
+        """Whether :meth:`after_backward` of ``step`` reads the gradient of masked weights (the
+        sparse training kernels then compute it densely on that step)."""
+        return False
+
     def after_step(self, step: int) -> None:
         """After the optimizer step that brought the run to ``step``, before :meth:`apply`."""
 

@@ -147,6 +147,9 @@ class RigL(DynamicSparseTraining):
         if self.is_update_step(step):
             self.drop_and_grow(step)
 
+    def needs_dense_grad(self, step: int) -> bool:
+        return self.is_update_step(step)  # the grow step reads |dL/dw| of every weight
+
     def grow_scores(self, name: str, step: int) -> torch.Tensor:
         grad = self.masks.weight(name).grad
         if grad is None:

@@ -1,0 +1,104 @@
+"""``trainer.sparse_kernels``: which masked layers train with the sparse kernels
+(:mod:`sparsebench.sparsity.kernels`), and when a step runs them.
+
+``on``: every masked layer the kernels take; ``auto``: those where a training step (forward and
+backward) of the layer at its real input shape is faster with them, timed side by side at the
+start of training; ``off``: none. The choice per layer, with the reason where a layer stays dense,
+is ``kernels_train`` in results.json. A step runs a layer dense while its method's masks are soft
+(straight-through or soft-mask phases: the forward is the method's own) or while nothing is
+masked yet (before magnitude's ``prune_at``, soups' dense phases); a step whose method reads the
+dense gradient (RigL's grow step) computes it densely.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparsebench.hardware.timing import time_interleaved
+from sparsebench.sparsity.kernels import SparseKernel, refusal
+from sparsebench.sparsity.methods.base import SparsityMethod
+
+
+class SparseKernels(L.Callback):
+    """Installs the sparse kernels on the chosen layers for the fit and takes them off after."""
+
+    def __init__(self, method: SparsityMethod, mode: str) -> None:
+        self.method, self.mode = method, mode
+        self.kernels: dict[str, SparseKernel] = {}
+        self.choices: dict[str, str] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        assert self.method.masks is not None
+        self.choices = {}
+        layers = dict(self.method.masks)
+        for name, module in layers.items():
+            reason = refusal(module)
+            if reason is None and trainer.world_size > 1:
+                reason = "DDP: the kernels write each gradient themselves, outside its all-reduce"
+            self.choices[name] = "sparse" if reason is None else f"dense ({reason})"
+        chosen = [n for n, c in self.choices.items() if c == "sparse"]
+        if self.mode == "auto" and chosen:
+            example = trainer.datamodule.example_input(trainer.datamodule.batch_size)
+            inputs = layer_inputs(pl_module.model, {n: layers[n] for n in chosen}, example)
+            for name in chosen:
+                self.choices[name] = faster(layers[name], inputs[name])
+        for name, choice in self.choices.items():
+            if choice == "sparse":
+                self.kernels[name] = SparseKernel(layers[name])
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        step = trainer.global_step
+        active = self.method.hard_masks
+        dense_grad = self.method.needs_dense_grad(step)
+        for kernel in self.kernels.values():
+            kernel.active, kernel.dense_grad = active, dense_grad
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for kernel in self.kernels.values():
+            kernel.remove()
+        self.kernels = {}
+
+
+def layer_inputs(
+    model: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Each layer's input on one forward pass of ``example`` (its real training shape)."""
+    found: dict[str, torch.Tensor] = {}
+    hooks = [
+        m.register_forward_hook(lambda m, a, o, n=n: found.setdefault(n, a[0].detach()))
+        for n, m in layers.items()
+    ]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return found
+
+
+def faster(module: nn.Linear, x: torch.Tensor) -> str:
+    """``sparse`` when a training step of ``module`` on ``x`` (forward, input and weight
+    gradients) is faster with the sparse kernels, timed interleaved with the dense one."""
+    x = x.detach().requires_grad_()
+    kernel = SparseKernel(module)
+    kernel.remove()  # its forward is called directly below, the dense one through F.linear
+    weight = module.weight
+
+    def step(forward) -> None:
+        x.grad = weight.grad = None
+        forward(x).sum().backward()
+
+    fns = {
+        "dense": lambda: step(lambda v: F.linear(v, weight, module.bias)),
+        "sparse": lambda: step(kernel.forward),
+    }
+    try:
+        timings, _ = time_interleaved(fns, torch.get_num_threads(), 1, 0.05, 0.2)
+    finally:
+        weight.grad = None
+    ratio = timings["dense"].p50 / timings["sparse"].p50
+    return "sparse" if ratio > 1 else f"dense (the sparse kernels were {ratio:.2f}x here)"
