@@ -70,7 +70,11 @@ def run(
         module = parts.module(model)
         trainer = fit(module, datamodule, method, cfg, output_dir, callbacks, checkpoint)
         results.update(
-            {"time/train_s": progress.train_seconds, "train/samples": progress.samples_seen}
+            {
+                "time/train_s": progress.train_seconds,
+                "train/samples": progress.samples_seen,
+                **progress.step_ms,
+            }
         )
         results.update(final_val(trainer, results))
         for callback in kernels[1:]:  # the sparse training kernels' choice per layer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from typing import Any
 
@@ -36,6 +37,8 @@ class RunProgress(Callback):
         self.train_seconds = 0.0
         self.max_loss = max_loss
         self._since: float | None = None
+        self._step_start = 0.0
+        self.step_seconds: list[float] = []  # this process's training steps, batch to batch end
         self._validated = False  # this epoch validated, its row not yet written
         # Start-up cost as a user feels it: process start to the first training step; a run
         # started inside a longer-lived process (a search trial) counts from ``started``.
@@ -73,8 +76,17 @@ class RunProgress(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if "time/startup_s" not in self.record.results.metrics:
             self.record.results.update({"time/startup_s": time.time() - self.started})
+        self._step_start = time.perf_counter()
+
+    @property
+    def step_ms(self) -> dict[str, float]:
+        """``time/step_ms``: the median training step of this process (none before a step)."""
+        if not self.step_seconds:
+            return {}
+        return {"time/step_ms": float(statistics.median(self.step_seconds)) * 1e3}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.step_seconds.append(time.perf_counter() - self._step_start)
         self.samples_seen += pl_module.samples_in(batch) * trainer.world_size
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is not None:

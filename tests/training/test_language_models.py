@@ -77,6 +77,7 @@ def test_a_save_pretrained_checkpoint_trains_sparse_prunes_and_ranks(tmp_path: P
     assert metrics["sparsity/actual"] == pytest.approx(0.5, abs=1e-3)
     assert metrics["train/samples"] == 3 * 16 * 64  # tokens: 3 batches of 16 windows
     assert metrics["throughput/tokens_per_s"] > 0
+    assert 0 < metrics["time/step_ms"] < 1e3 * metrics["time/train_s"]  # the median step
     # per token: the prefill window's latency over its tokens, and a decode step (KV cache)
     assert metrics["latency/prefill_token_ms"] == pytest.approx(metrics["latency/p50_ms"] / 64)
     assert metrics["latency/decode_token_ms"] > 0 and metrics["speedup/decode_measured"] == 1
