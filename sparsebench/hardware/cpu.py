@@ -111,6 +111,24 @@ def check_outputs(
         )
 
 
+def layer_inputs(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The input of each named layer on one forward pass of ``x`` (its real shape)."""
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = [
+        model.get_submodule(n).register_forward_hook(
+            lambda m, args, out, n=n: inputs.setdefault(n, args[0].detach())
+        )
+        for n in names
+    ]
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return inputs
+
+
 class SparseLinear(nn.Module):
     """y = x W^T + b with W a torch.sparse CSR or BSR matrix (MKL kernels on the CPU).
 
@@ -248,22 +266,6 @@ class CPUSparseTarget(CPUTarget):
             raise ConfigError(f"hardware.block_sizes must all be >= 1, got {self.block_sizes}.")
         self.min_sparsity = 0.3 if min_sparsity is None else min_sparsity
 
-    def layer_inputs(
-        self, model: nn.Module, names: list[str], x: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        inputs: dict[str, torch.Tensor] = {}
-        hooks = [
-            model.get_submodule(n).register_forward_hook(
-                lambda m, args, out, n=n: inputs.__setitem__(n, args[0].detach())
-            )
-            for n in names
-        ]
-        with torch.inference_mode():
-            model(x)
-        for hook in hooks:
-            hook.remove()
-        return inputs
-
     def convert(
         self, model: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor
     ) -> tuple[nn.Module, dict[str, str]]:
@@ -286,7 +288,7 @@ class CPUSparseTarget(CPUTarget):
                 )
                 continue
             options[name] = {"dense": module, **candidates}
-        inputs = self.layer_inputs(converted, list(options), example)
+        inputs = layer_inputs(converted, list(options), example)
         for name, candidates in options.items():
             fns = {k: lambda c=c, i=inputs[name]: c(i) for k, c in candidates.items()}
             with torch.inference_mode():

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsebench.hardware.cpu import layer_inputs
 from sparsebench.hardware.timing import time_interleaved
 from sparsebench.sparsity.kernels import SparseKernel, refusal
 from sparsebench.sparsity.methods.base import SparsityMethod
@@ -42,7 +43,7 @@ class SparseKernels(L.Callback):
         chosen = [n for n, c in self.choices.items() if c == "sparse"]
         if self.mode == "auto" and chosen:
             example = trainer.datamodule.example_input(trainer.datamodule.batch_size)
-            inputs = layer_inputs(pl_module.model, {n: layers[n] for n in chosen}, example)
+            inputs = layer_inputs(pl_module.model, chosen, example)
             for name in chosen:
                 self.choices[name] = faster(layers[name], inputs[name])
         for name, choice in self.choices.items():
@@ -62,28 +63,10 @@ class SparseKernels(L.Callback):
         self.kernels = {}
 
 
-def layer_inputs(
-    model: nn.Module, layers: dict[str, nn.Module], example: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Each layer's input on one forward pass of ``example`` (its real training shape)."""
-    found: dict[str, torch.Tensor] = {}
-    hooks = [
-        m.register_forward_hook(lambda m, a, o, n=n: found.setdefault(n, a[0].detach()))
-        for n, m in layers.items()
-    ]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return found
-
-
 def faster(module: nn.Linear, x: torch.Tensor) -> str:
     """``sparse`` when a training step of ``module`` on ``x`` (forward, input and weight
     gradients) is faster with the sparse kernels, timed interleaved with the dense one."""
-    x = x.detach().requires_grad_()
+    x = x.clone().requires_grad_()  # (captured under inference_mode)
     kernel = SparseKernel(module)
     kernel.remove()  # its forward is called directly below, the dense one through F.linear
     weight = module.weight

@@ -83,3 +83,18 @@ def test_the_option_is_checked() -> None:
         from sparsebench.config.checks import validate
 
         validate(compose_config(["trainer.sparse_kernels=fast"]))
+
+
+def test_auto_times_each_layer_at_its_shape_and_says_why_a_layer_stays_dense(
+    tmp_path: Path,
+) -> None:
+    cfg = compose_config(
+        [*FAST, "+method=random", "method.sparsity=0.9", "trainer.sparse_kernels=auto"]
+        + ["trainer.enable_checkpointing=false", "trainer.limit_train_batches=2"],
+        output_dir=tmp_path,
+    )
+    _, method, trainer, *_ = fit_method(cfg, tmp_path, max_epochs=1)
+    (chosen,) = [c for c in trainer.callbacks if isinstance(c, SparseKernels)]
+    assert set(chosen.choices) == set(dict(method.masks))
+    for choice in chosen.choices.values():  # either way, decided by its own timing
+        assert choice == "sparse" or choice.startswith("dense (the sparse kernels were ")
