@@ -114,12 +114,14 @@ def check_outputs(
 def layer_inputs(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
     """The input of each named layer on one forward pass of ``x`` (its real shape)."""
     inputs: dict[str, torch.Tensor] = {}
-    hooks = [
-        model.get_submodule(n).register_forward_hook(
-            lambda m, args, out, n=n: inputs.setdefault(n, args[0].detach())
-        )
-        for n in names
-    ]
+
+    def keep(name: str):
+        def hook(module, args, out) -> None:  # None: a hook's return value replaces the output
+            inputs.setdefault(name, args[0].detach())
+
+        return hook
+
+    hooks = [model.get_submodule(n).register_forward_hook(keep(n)) for n in names]
     try:
         with torch.inference_mode():
             model(x)
