@@ -11,8 +11,8 @@ the ideal 1/(1-s) is shown beside the measured ratio.
 
 Rows: an MLP of three 4096x4096 layers at batch 64 and 256, and a transformer MLP block
 (768 -> 3072 -> 768) on 256 tokens, at 80/90/95%. Convolutions have no sparse training kernel yet
-(they train dense), and SparseProp's package is not run here: it builds from source against the
-torch it finds, and its wheels pin older torch versions than this project's.
+(they train dense). SparseProp's package (``sparseprop`` 0.1.14, which builds from its source
+distribution against this project's torch) is not timed beside these rows yet.
 """
 
 from __future__ import annotations
