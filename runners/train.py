@@ -17,6 +17,7 @@ from sparsebench.record.resume import resume_point, resumed_by_rank_zero
 from sparsebench.training.build import Run
 from sparsebench.training.checkpoints import load_checkpoint
 from sparsebench.training.fit import fit, sparsity_callbacks
+from sparsebench.training.kernels import SparseKernels
 from sparsebench.training.measure import check_finite, final_val, measure
 from sparsebench.training.progress import RunProgress
 
@@ -77,8 +78,9 @@ def run(
             }
         )
         results.update(final_val(trainer, results))
-        for callback in kernels[1:]:  # the sparse training kernels' choice per layer
-            results.attach("kernels_train", callback.choices)
+        for callback in kernels:  # the sparse training kernels' choice per layer
+            if isinstance(callback, SparseKernels):
+                results.attach("kernels_train", callback.choices)
         (test,) = trainer.test(module, datamodule=datamodule, verbose=False)
         results.update(test)
         check_finite(test)

@@ -42,9 +42,10 @@ class CausalLM(nn.Module):
         """The MLP blocks' Linear layers (qualified names): each decoder block's Linears
         outside its attention module (LLaMA's gate/up/down, GPT-2's c_fc/c_proj, OPT's
         fc1/fc2), found by the attention module's class rather than named per family."""
-        prefix = next(n for n, m in self.named_modules() if m is self.blocks())
+        blocks = self.blocks()
+        prefix = next(n for n, m in self.named_modules() if m is blocks)
         names = []
-        for i, block in enumerate(self.blocks()):
+        for i, block in enumerate(blocks):
             attention = [
                 m for m in block.modules() if m is not block and "Attention" in type(m).__name__
             ]

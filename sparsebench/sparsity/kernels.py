@@ -39,7 +39,6 @@ class Plan:
     t_crow: torch.Tensor  # W^T's CSR structure
     t_col: torch.Tensor
     t_order: torch.Tensor  # W^T's values = W's CSR values[t_order]
-    dense_grad: bool = False  # this step's weight gradient densely (RigL's grow step)
     grad: torch.Tensor | None = None  # the weight gradient's buffer (see _accumulate)
 
     @classmethod
@@ -75,7 +74,7 @@ def _csr(crow, col, values, shape) -> torch.Tensor:
 
 class _SparseLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, plan: Plan):
+    def forward(ctx, x, weight, bias, plan: Plan, dense_grad: bool):
         values = torch.take(weight, plan.flat)  # (indexing with [] is 4x slower)
         w = _csr(plan.crow, plan.col, values, weight.shape)
         x2 = x.reshape(-1, x.shape[-1])
@@ -84,6 +83,7 @@ class _SparseLinear(torch.autograd.Function):
             y = y + bias
         ctx.save_for_backward(x2, values, weight)
         ctx.plan, ctx.shape, ctx.has_bias = plan, x.shape, bias is not None
+        ctx.dense_grad = dense_grad  # this step's weight gradient densely (RigL's grow step)
         return y.reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
@@ -96,7 +96,7 @@ class _SparseLinear(torch.autograd.Function):
             wt = _csr(plan.t_crow, plan.t_col, torch.take(values, plan.t_order), weight.shape[::-1])
             dx = torch.sparse.mm(wt, dy.t()).t().reshape(ctx.shape)
         if ctx.needs_input_grad[1]:
-            if plan.dense_grad:
+            if ctx.dense_grad:
                 dw = dy.t() @ x2
             else:
                 pattern = _csr(plan.crow, plan.col, torch.zeros_like(values), weight.shape)
@@ -104,7 +104,7 @@ class _SparseLinear(torch.autograd.Function):
                 _accumulate(weight, plan, kept)  # weight.grad set here: dw stays None
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = dy.sum(0)
-        return dx, dw, db, None
+        return dx, dw, db, None, None
 
 
 def _accumulate(weight: torch.Tensor, plan: Plan, kept: torch.Tensor) -> None:
@@ -140,8 +140,7 @@ class SparseKernel:
         module = self.module
         if not self.active or len(self.plan.flat) == mask.numel():  # nothing masked yet
             return F.linear(x, module.weight, module.bias)
-        self.plan.dense_grad = self.dense_grad
-        return _SparseLinear.apply(x, module.weight, module.bias, self.plan)
+        return _SparseLinear.apply(x, module.weight, module.bias, self.plan, self.dense_grad)
 
     def remove(self) -> None:
         del self.module.forward
