@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 
+import timm
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -27,6 +28,7 @@ from torch import nn
 from sparsebench.hardware.timing import time_interleaved
 from sparsebench.sparsity.kernels import SparseKernel
 from sparsebench.sparsity.masks import MaskSet
+from sparsebench.sparsity.sparse_update import SparseUpdate
 
 
 def mlp(width: int, hidden: int, layers: int) -> nn.Sequential:
@@ -38,15 +40,19 @@ def mlp(width: int, hidden: int, layers: int) -> nn.Sequential:
 
 
 def arm(model: nn.Module, sparsity: float, batch: torch.Tensor, kernels: bool):
-    """One training step of ``model`` (its Linears masked at ``sparsity``) as a closure."""
+    """One training step of ``model`` (its Linears and Conv2ds masked at ``sparsity``) as a
+    closure."""
     torch.manual_seed(0)
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)}
     masks = MaskSet(layers)
     for name, layer in layers.items():
         masks.set(name, torch.rand(layer.weight.shape) >= sparsity)
-        if kernels:
-            SparseKernel(layer)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    if kernels:
+        installed = [SparseKernel(layer) for layer in layers.values()]
+        for kernel in installed:
+            kernel.compact = True
+        SparseUpdate(optimizer, installed)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -62,6 +68,14 @@ ROWS = {
     "MLP 3x4096, batch 64": (lambda: mlp(4096, 4096, 3), (64, 4096)),
     "MLP 3x4096, batch 256": (lambda: mlp(4096, 4096, 3), (256, 4096)),
     "transformer MLP 768-3072, 256 tokens": (lambda: mlp(768, 3072, 2), (256, 768)),
+    "resnet18 32x32, batch 64": (
+        lambda: timm.create_model("resnet18", num_classes=10),
+        (64, 3, 32, 32),
+    ),
+    "resnet18 224x224, batch 16": (
+        lambda: timm.create_model("resnet18", num_classes=1000),
+        (16, 3, 224, 224),
+    ),
 }
 
 
@@ -70,11 +84,13 @@ def main() -> None:
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.8, 0.9, 0.95])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--min-run-time", type=float, default=2.0)
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     args = parser.parse_args()
     table = Table(title=f"training step, sparse kernels vs dense ({args.threads} threads)")
     for column in ("layers", "sparsity", "dense ms", "sparse ms", "speed-up", "ideal", "noise"):
         table.add_column(column, justify="left" if column in ("layers", "noise") else "right")
-    for label, (make, shape) in ROWS.items():
+    for label in args.rows:
+        make, shape = ROWS[label]
         batch = torch.randn(*shape)
         for sparsity in args.sparsities:
             fns = {

@@ -32,7 +32,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-SOURCE = Path(__file__).with_name("kernels") / "sparse_conv.cpp"
+KERNELS = Path(__file__).with_name("kernels")
+# sparse_conv.cpp: the product (inference and training); sparse_train.cpp: the rest of a
+# training step (sparsebench.sparsity.kernels). One build, one library of ops.
+SOURCES = [KERNELS / "sparse_conv.cpp", KERNELS / "sparse_train.cpp"]
 # -march=native: the vector width and FMA of the CPU it runs on (the build is per machine);
 # -fopenmp: at::parallel_for runs on torch's OpenMP threads only when the extension is built
 # with it (without, the kernel silently ran on one thread: 5.9 ms vs 3.5 ms on 2 cores).
@@ -55,7 +58,8 @@ def cpu_flags() -> str:
 
 @functools.cache
 def sparse_rows_op():
-    """``torch.ops.sparsebench.sparse_rows``, compiled on first use (about 10 s) and cached.
+    """``torch.ops.sparsebench.sparse_rows`` (and the library's other ops, those of
+    ``sparse_train.cpp`` among them), compiled on first use (about 15 s) and cached.
 
     One build per source, flags, CPU and torch version: a home folder shared by cluster nodes
     of different CPUs gets one build per CPU, never a binary the node cannot run."""
@@ -71,11 +75,11 @@ def sparse_rows_op():
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
     from torch.utils import cpp_extension
 
-    key = "\n".join([SOURCE.read_text(), *FLAGS, cpu_flags(), torch.__version__])
+    key = "\n".join([*(s.read_text() for s in SOURCES), *FLAGS, cpu_flags(), torch.__version__])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     cpp_extension.load(
         name=f"sparsebench_sparse_rows_{digest}",
-        sources=[str(SOURCE)],
+        sources=[str(s) for s in SOURCES],
         extra_cflags=FLAGS,
         extra_ldflags=["-fopenmp"],
         is_python_module=False,
@@ -119,12 +123,17 @@ class DirectSparse(nn.Module):
     group's input channels. The input layout (offsets, padded width) is derived once per input
     size and kept."""
 
-    def __init__(self, module: nn.Module, rows: int = 1) -> None:
+    def __init__(
+        self, module: nn.Module, rows: int = 1, pattern: torch.Tensor | None = None
+    ) -> None:
+        """``pattern`` (a mask of the weight's shape, ``rows=1``): the nonzeros it keeps, not
+        the weight's (the sparse training kernels keep a weight that is zero, and set
+        :attr:`values` each step; :attr:`index` is where each value is in the flat weight)."""
         super().__init__()
         reason = refusal(module, rows)
         if reason:
             raise ValueError(reason)
-        weight = module.weight.detach()
+        weight = module.weight.detach() if pattern is None else pattern.to(module.weight.dtype)
         self.linear = isinstance(module, nn.Linear)
         self.kernel, self.stride, self.padding, self.dilation = conv_params(module)
         self.out_channels, per_group = weight.shape[:2]
@@ -142,6 +151,7 @@ class DirectSparse(nn.Module):
         conv_group = group * rows // (self.out_channels // conv_groups)
         self.channels, self.taps = conv_group * per_group + columns // taps, columns % taps
         self.values = weight.permute(0, 2, 1)[group, columns].contiguous().reshape(-1)
+        self.index = group * weight.shape[-1] + columns  # rows=1: the flat (row-major) index
         self.rowptr = torch.zeros(groups + 1, dtype=torch.int32)
         self.rowptr[1:] = keep.sum(1).cumsum(0)
         bias = module.bias.detach() if module.bias is not None else None

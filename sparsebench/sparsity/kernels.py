@@ -1,157 +1,443 @@
-"""Sparse training kernels: a masked Linear layer's training step computed at its nonzeros.
+"""Sparse training kernels: a masked Linear or Conv2d layer's training step computed at its
+nonzeros (SparseProp, Nikdan et al., ICML 2023, does the same with kernels of its own).
 
-The three products of a step with the weight W (out x in) masked (SparseProp, Nikdan et al.,
-ICML 2023, does the same with its own kernels; here torch.sparse's, MKL on the CPU):
+A Linear layer is a 1x1 convolution of one image whose pixels are the batch's rows. With the
+weight W masked, the three products of a step are:
 
-- forward, y = x W^T: the masked W as a CSR matrix times the dense input;
-- input gradient, dx = dy W: the CSR matrix of W^T (kept beside the forward one) times dy;
-- weight gradient at the mask's nonzeros only, dW[i, j] = sum_b dy[b, i] x[b, j] for kept (i, j):
-  a sampled dense-dense product (``torch.sparse.sampled_addmm``), so masked weights never get a
-  dense gradient; their entries of ``weight.grad`` are zero.
+- forward, y = W * x: the direct kernel of ``cpu_sparse`` (:mod:`sparsebench.hardware.direct`,
+  Elsen et al. 2020) on the mask's nonzeros, the kept values read from the dense weight;
+- input gradient, dx = W^T * dy: the same kernel on W^T's structure (kept beside the forward
+  one), flipped taps over the padded output gradient; a stride s splits dx into its s x s
+  phases, each a stride-1 product with the taps that reach it (no zeros inserted into dy);
+- weight gradient at the mask's nonzeros only: for each kept weight, the dot product of the
+  output gradient's row with the input run it multiplied in the forward (``sparse_rows_grad``).
 
-The dense ``weight`` Parameter stays what the optimizer, the methods and checkpoints see; the
-kernels read its kept values each step (a gather of nnz entries). The CSR structures are built
-from the mask and rebuilt when the mask changes (its tensor version moves on: RigL, SET, GMP,
-IMP rounds). A step that needs the dense gradient (RigL's grow step) computes it densely.
+The optimizer's update is then made at the nonzeros too (:class:`SparseUpdate`: SGD with
+momentum, dampening, Nesterov and weight decay; Adam and AdamW), its state kept in the
+optimizer's own dense tensors, so checkpoints and resumption are torch's. The dense ``weight``
+Parameter stays what the methods and checkpoints see; masked weights never get a gradient.
+
+Structures are built from the mask and rebuilt when the mask changes (its tensor version moves
+on: RigL, SET, GMP, IMP rounds). A step that needs the dense gradient (RigL's grow step)
+computes it densely and leaves that step's update to the optimizer.
 """
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from sparsebench.sparsity.masks import MASK
+from sparsebench.hardware.direct import LANES, DirectSparse, sparse_rows_op
+from sparsebench.sparsity.masks import MASK, ZEROED
+
+# Below this many grid pixels per image (e.g. ResNet-18's 8x8 and smaller maps at 32x32 input),
+# the batch is folded into the pixels: activations laid out (C, H, W, N), so that a nonzero's
+# run of pixels is a run of (pixel, image) pairs, N times longer. Measured on ResNet-18's shapes
+# (benchmarks/sparse_training.py): per image, a 2x2 map computed 64-pixel tiles for 8 pixels.
+FOLD_BELOW = 1024
 
 
-@dataclass
 class Plan:
-    """The CSR structures of one masked layer's kept weights, for the mask version they were
-    built from."""
+    """The structures of one masked layer's kept weights, for the mask version they were
+    built from, and the layer's step state: kept values, pending gradient, buffers."""
 
-    version: int
-    flat: torch.Tensor  # flat indices of the kept weights, in row-major (CSR) order
-    crow: torch.Tensor
-    col: torch.Tensor
-    t_crow: torch.Tensor  # W^T's CSR structure
-    t_col: torch.Tensor
-    t_order: torch.Tensor  # W^T's values = W's CSR values[t_order]
-    grad: torch.Tensor | None = None  # the weight gradient's buffer (see _accumulate)
+    def __init__(self, module: nn.Module, mask: torch.Tensor) -> None:
+        self.version = mask._version
+        self.direct = DirectSparse(module, pattern=mask)
+        self.linear = isinstance(module, nn.Linear)
+        self.flat = self.direct.index  # where each kept value is in the flat weight
+        self.cols = mask[0].numel()
+        self.rows = self.flat // self.cols  # each nonzero's output channel
+        self.values: torch.Tensor | None = None  # the kept values, for weight_version
+        self.weight_version = -1
+        self.grad: torch.Tensor | None = None  # the kept weights' gradient, not yet applied
+        self.buffer: torch.Tensor | None = None  # weight.grad when it is written densely
+        self.buffered = False  # the buffer holds this step's sparse gradient
+        self.busy = False  # a forward's flat input awaits its backward
+        self.layouts: dict[tuple[int, ...], dict] = {}
+        self.buffers: dict[tuple, torch.Tensor] = {}
 
-    @classmethod
-    def of(cls, mask: torch.Tensor) -> Plan:
-        rows, cols = mask.nonzero(as_tuple=True)  # row-major: CSR order
-        out_features, in_features = mask.shape
-        crow = _crow(rows, out_features)
-        order = torch.argsort(cols * out_features + rows)  # W^T row-major: by column, then row
-        return cls(
-            mask._version,
-            rows * in_features + cols,
-            crow,
-            cols.to(torch.int32),
-            _crow(cols[order], in_features),
-            rows[order].to(torch.int32),
-            order,
+    def kept(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.values is None or self.weight_version != weight._version:
+            self.values = torch.take(weight.detach(), self.flat)  # ([] is 4x slower)
+            self.weight_version = weight._version
+        return self.values
+
+    def buffer_for(self, key: tuple, shape: tuple[int, ...]) -> torch.Tensor:
+        """A zeroed buffer kept per use and shape (its padding stays zero; each call writes
+        only the interior: zeroing it every step cost more than the copy)."""
+        buf = self.buffers.get((key, shape))
+        if buf is None:
+            buf = self.buffers[(key, shape)] = torch.zeros(shape)
+        return buf
+
+    def layout(self, n: int, h: int, w: int) -> dict:
+        """The forward's and the input gradient's structures for n images of h x w."""
+        if (n, h, w) in self.layouts:
+            return self.layouts[(n, h, w)]
+        d = self.direct
+        base = d.layouts.get((h, w)) or d.layouts.setdefault((h, w), d.layout(h, w))
+        ho, wo, hq, wq = base["ho"], base["wo"], base["hq"], base["wq"]
+        fold = n if not self.linear and n > 1 and ho * wq < FOLD_BELOW else 1
+        lay = {"fold": fold, "ho": ho, "wo": wo, "hq": hq, "wq": wq, "plane": base["plane"]}
+        # A nonzero whose tap reads only padding at this size (a 3x3 kernel on a 1x1 map: 8 of
+        # its 9 taps) adds nothing to y or dx and has a zero gradient: left out of the products.
+        live = self.live(h, w, ho, wo)
+        lay["live"] = None if bool(live.all()) else live.nonzero().squeeze(1)
+        lay["forward"] = _call(
+            d, base["offsets"][live], ho, wq, wo, fold, _rowptr(self.rows[live], d.out_channels)
         )
+        lay["phases"], lay["pad"] = self.transposed(h, w, ho, wo, fold, live)
+        self.layouts[(n, h, w)] = lay
+        return lay
+
+    def live(self, h: int, w: int, ho: int, wo: int) -> torch.Tensor:
+        """The nonzeros whose tap reads some input pixel (not only padding) at this size."""
+        d = self.direct
+        live = torch.ones(len(self.flat), dtype=torch.bool)
+        taps = (d.taps // d.kernel[1], d.taps % d.kernel[1])
+        for t, n_in, n_out, s, p, dil in zip(
+            taps, (h, w), (ho, wo), d.stride, d.padding, d.dilation, strict=True
+        ):
+            first = t * dil - p  # the input pixel output 0 reads; output o reads first + o * s
+            live &= (first + (n_out - 1) * s >= 0) & (first < n_in)
+        return live
+
+    def transposed(
+        self, h: int, w: int, ho: int, wo: int, fold: int, live: torch.Tensor
+    ) -> tuple[list, tuple]:
+        """W^T's structure: per stride phase of dx, the nonzeros that reach it (rows: input
+        channels) and their offsets into the padded output gradient, and that padding."""
+        d = self.direct
+        kw = d.kernel[1]
+        co = self.rows
+        phase_y, e_y = _phases(d.taps // kw, d.stride[0], d.padding[0], d.dilation[0])
+        phase_x, e_x = _phases(d.taps % kw, d.stride[1], d.padding[1], d.dilation[1])
+        size_y = -(-(h - phase_y) // d.stride[0])  # each nonzero's phase's height
+        size_x = -(-(w - phase_x) // d.stride[1])
+        lo_y, lo_x = max(0, -int(e_y.min())), max(0, -int(e_x.min()))
+        hd = ho + lo_y + max(0, int((size_y + e_y - ho).max()))
+        wd = wo + lo_x + max(0, int((size_x + e_x - wo).max()))
+        offsets = co * hd * wd + (e_y + lo_y) * wd + (e_x + lo_x)
+        phase = phase_y * d.stride[1] + phase_x
+        phases = []
+        for a in range(d.stride[0]):
+            for b in range(d.stride[1]):
+                ha, wa = -(-(h - a) // d.stride[0]), -(-(w - b) // d.stride[1])
+                where = ((phase == a * d.stride[1] + b) & live).nonzero().squeeze(1)
+                if ha <= 0 or wa <= 0 or len(where) == 0:
+                    continue  # these input pixels get no gradient from any kept weight
+                order = where[torch.argsort(d.channels[where], stable=True)]
+                rowptr = _rowptr(d.channels[order], d.in_channels)
+                call = _call(d, offsets[order], ha, wd, wa, fold, rowptr)
+                phases.append({"a": a, "b": b, "ha": ha, "wa": wa, "order": order, **call})
+        return phases, (lo_y, lo_x, hd, wd)
 
 
-def _crow(rows: torch.Tensor, count: int) -> torch.Tensor:
-    """CSR row pointers (int32: MKL's sparse routines take 32-bit indices) of sorted ``rows``."""
-    counts = torch.bincount(rows, minlength=count)
-    return torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(torch.int32)
+def _rowptr(rows: torch.Tensor, count: int) -> torch.Tensor:
+    """CSR row pointers (int32) of the sorted row indices ``rows``."""
+    rowptr = torch.zeros(count + 1, dtype=torch.int32)
+    rowptr[1:] = torch.bincount(rows, minlength=count).cumsum(0)
+    return rowptr
 
 
-def _csr(crow, col, values, shape) -> torch.Tensor:
-    # The structure is built here from a mask, so torch's invariant checks are not needed;
-    # torch's beta warning about CSR tensors is silenced for this call only.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+def _call(d: DirectSparse, offsets, out_h, grid_w, out_w, fold, rowptr) -> dict:
+    """sparse_rows' arguments for a grid of out_h rows of grid_w pixels (out_w kept), each
+    pixel ``fold`` floats (the folded batch)."""
+    pixels = out_h * grid_w * fold
+    vectors = d.vectors(pixels)
+    tile = vectors * LANES
+    return {
+        "rowptr": rowptr,
+        "offsets": (offsets * fold).to(torch.int32).contiguous(),
+        "vectors": vectors,
+        "width": -(-pixels // tile) * tile,
+        "grid_w": grid_w * fold,
+        "out_h": out_h,
+        "out_w": out_w * fold,
+    }
 
 
-class _SparseLinear(torch.autograd.Function):
+def _rows(d: DirectSparse, inp: torch.Tensor, call: dict, values, bias) -> torch.Tensor:
+    return d.op(
+        inp,
+        call["rowptr"],
+        call["offsets"],
+        values,
+        bias,
+        1,
+        call["vectors"],
+        call["width"],
+        call["grid_w"],
+        call["out_h"],
+        call["out_w"],
+    )
+
+
+def _phases(taps: torch.Tensor, s: int, p: int, dil: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Along one axis, for each nonzero's tap t: the stride phase a of the input pixels it
+    reaches (input i = s * o + t * dil - p) and its shift e (phase row i' = o - e)."""
+    t = taps.to(torch.int64) * dil
+    a = (t - p) % s
+    return a, (a + p - t) // s
+
+
+def _image(x: torch.Tensor, linear: bool) -> torch.Tensor:
+    """A Linear's input (..., in) as one image of the rows as pixels: (1, in, 1, rows)."""
+    if not linear:
+        return x
+    return x.reshape(-1, x.shape[-1]).t().reshape(1, x.shape[-1], 1, -1)
+
+
+def _folded(plan: Plan, x4: torch.Tensor, lay: dict) -> torch.Tensor:
+    """The padded, phase-split input with the batch folded in: (C, s, s, hq, wq, N), flat."""
+    d = plan.direct
+    n, c, h, w = x4.shape
+    (sh, sw), (ph, pw) = d.stride, d.padding
+    buf = plan.buffer_for("input", (lay["plane"] * n,))
+    if plan.busy:
+        buf = buf.clone()  # a second forward before the first's backward: keep the first's
+    phases = buf.view(c, sh, sw, lay["hq"], lay["wq"], n)
+    for a in range(sh):
+        i0 = max(0, -(-(ph - a) // sh))  # first phase row inside the image
+        for b in range(sw):
+            j0 = max(0, -(-(pw - b) // sw))
+            part = x4[:, :, i0 * sh + a - ph :: sh, j0 * sw + b - pw :: sw].permute(1, 2, 3, 0)
+            phases[:, a, b, i0 : i0 + part.shape[1], j0 : j0 + part.shape[2]] = part
+    return buf.view(1, -1)
+
+
+def _forward(plan: Plan, x4: torch.Tensor, values: torch.Tensor, bias) -> tuple:
+    """y of the masked layer on image batch x4, and the flat input its weight gradient reads."""
+    d = plan.direct
+    n, _, h, w = x4.shape
+    lay = plan.layout(n, h, w)
+    bias = bias.detach() if bias is not None else values.new_empty(0)
+    live = values if lay["live"] is None else values[lay["live"]]
+    if lay["fold"] > 1:
+        inp = _folded(plan, x4, lay)
+        y = _rows(d, inp, lay["forward"], live, bias)
+        plan.busy = torch.is_grad_enabled()
+        return y.view(-1, lay["ho"], lay["wo"], n).permute(3, 0, 1, 2), inp
+    d.values, d.bias = values, bias
+    if d.depthwise:
+        return d.forward_depthwise(x4), None
+    inp = d.flat(x4, d.layouts[(h, w)])
+    shared = d.buffers.get(x4.shape)
+    if plan.busy and shared is not None and inp.data_ptr() == shared.data_ptr():
+        inp = inp.clone()  # a second forward before the first's backward: keep the first's
+    plan.busy = torch.is_grad_enabled()
+    y = _rows(d, inp, lay["forward"], live, bias)
+    return y.view(n, -1, lay["ho"], lay["wo"]), inp
+
+
+def _input_grad(plan: Plan, dy: torch.Tensor, values: torch.Tensor, h: int, w: int):
+    """dx = W^T * dy at the nonzeros, phase by phase (see :meth:`Plan.transposed`)."""
+    d = plan.direct
+    n, c = dy.shape[:2]
+    lay = plan.layout(n, h, w)
+    fold, ho, wo = lay["fold"], lay["ho"], lay["wo"]
+    lo_y, lo_x, hd, wd = lay["pad"]
+    if fold > 1:
+        padded = plan.buffer_for("dy", (c, hd, wd, n))
+        padded[:, lo_y : lo_y + ho, lo_x : lo_x + wo] = dy.permute(1, 2, 3, 0)
+        padded = padded.view(1, -1)
+    elif (hd, wd) == (ho, wo):
+        padded = dy.contiguous().view(n, -1)
+    else:
+        padded = plan.buffer_for("dy", (n, c, hd, wd))
+        padded[:, :, lo_y : lo_y + ho, lo_x : lo_x + wo] = dy
+        padded = padded.view(n, -1)
+    s_y, s_x = d.stride
+    whole = len(lay["phases"]) == 1 and (s_y, s_x) == (1, 1)
+    dx = None if whole else dy.new_zeros(n, d.in_channels, h, w)
+    empty = values.new_empty(0)
+    for ph in lay["phases"]:
+        out = _rows(d, padded, ph, values[ph["order"]], empty)
+        if fold > 1:
+            out = out.view(d.in_channels, ph["ha"], ph["wa"], n).permute(3, 0, 1, 2)
+        else:
+            out = out.view(n, d.in_channels, ph["ha"], ph["wa"])
+        if whole:
+            return out
+        dx[:, :, ph["a"] :: s_y, ph["b"] :: s_x] = out
+    return dx
+
+
+def _weight_grad(plan: Plan, inp: torch.Tensor, x4: torch.Tensor, dy: torch.Tensor):
+    """The kept weights' gradient: each one's output row of dy on the forward's grid dotted
+    with the input run it read."""
+    d = plan.direct
+    n, _, h, w = x4.shape
+    lay = plan.layout(n, h, w)
+    fold, ho, wo, wq = lay["fold"], lay["ho"], lay["wo"], lay["wq"]
+    if inp is None:  # depthwise: its forward read the input in place
+        inp = d.flat(x4, d.layouts[(h, w)])
+    if fold > 1:
+        grid = plan.buffer_for("grid", (d.out_channels, ho, wq, n))
+        grid[:, :, :wo] = dy.permute(1, 2, 3, 0)
+        grid = grid.view(1, d.out_channels, -1)
+    elif wq == wo:
+        grid = dy.contiguous().view(n, d.out_channels, ho * wo)
+    else:
+        grid = plan.buffer_for("grid", (n, d.out_channels, ho, wq))
+        grid[..., :wo] = dy
+        grid = grid.view(n, d.out_channels, ho * wq)
+    call = lay["forward"]
+    grad = torch.ops.sparsebench.sparse_rows_grad(inp, grid, call["rowptr"], call["offsets"])
+    if lay["live"] is None:
+        return grad
+    return grad.new_zeros(len(plan.flat)).index_copy_(0, lay["live"], grad)
+
+
+class _SparseStep(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, plan: Plan, dense_grad: bool):
-        values = torch.take(weight, plan.flat)  # (indexing with [] is 4x slower)
-        w = _csr(plan.crow, plan.col, values, weight.shape)
-        x2 = x.reshape(-1, x.shape[-1])
-        y = torch.sparse.mm(w, x2.t()).t()
-        if bias is not None:
-            y = y + bias
-        ctx.save_for_backward(x2, values, weight)
-        ctx.plan, ctx.shape, ctx.has_bias = plan, x.shape, bias is not None
-        ctx.dense_grad = dense_grad  # this step's weight gradient densely (RigL's grow step)
-        return y.reshape(*x.shape[:-1], weight.shape[0])
+    def forward(ctx, x, weight, bias, kernel: SparseKernel):
+        plan = kernel.plan
+        linear = kernel.linear
+        x4 = _image(x, linear)
+        values = plan.kept(weight)
+        y4, inp = _forward(plan, x4, values, bias)
+        ctx.save_for_backward(x, x4, *(() if inp is None else (inp,)))
+        ctx.kernel, ctx.plan, ctx.has_bias = kernel, plan, bias is not None
+        ctx.dense_grad, ctx.values = kernel.dense_grad, values
+        if linear:
+            return y4[0, :, 0].t().reshape(*x.shape[:-1], y4.shape[1])
+        return y4
 
     @staticmethod
     def backward(ctx, grad):
-        x2, values, weight = ctx.saved_tensors
-        plan = ctx.plan
-        dy = grad.reshape(-1, weight.shape[0])
+        x, x4, *inp = ctx.saved_tensors
+        kernel, plan = ctx.kernel, ctx.plan
+        plan.busy = False
+        linear = kernel.linear
+        module = kernel.module
+        dy4 = _image(grad, linear)
+        if not linear:
+            dy4 = dy4.contiguous()
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            wt = _csr(plan.t_crow, plan.t_col, torch.take(values, plan.t_order), weight.shape[::-1])
-            dx = torch.sparse.mm(wt, dy.t()).t().reshape(ctx.shape)
+            dx4 = _input_grad(plan, dy4, ctx.values, *x4.shape[2:])
+            dx = dx4[0, :, 0].t().reshape(x.shape) if linear else dx4
         if ctx.needs_input_grad[1]:
-            if ctx.dense_grad:
-                dw = dy.t() @ x2
+            if ctx.dense_grad:  # every weight's gradient (RigL's grow step)
+                dw = _dense_weight_grad(module, x, grad)
             else:
-                pattern = _csr(plan.crow, plan.col, torch.zeros_like(values), weight.shape)
-                kept = torch.sparse.sampled_addmm(pattern, dy.t(), x2, beta=0.0).values()
-                _accumulate(weight, plan, kept)  # weight.grad set here: dw stays None
+                kernel.deliver(_weight_grad(plan, inp[0] if inp else None, x4, dy4))
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = dy.sum(0)
-        return dx, dw, db, None, None
+            db = grad.reshape(-1, grad.shape[-1]).sum(0) if linear else grad.sum((0, 2, 3))
+        return dx, dw, db, None
 
 
-def _accumulate(weight: torch.Tensor, plan: Plan, kept: torch.Tensor) -> None:
-    """Add the kept weights' gradient to ``weight.grad``, written in place into the plan's
-    buffer when there is none yet: a fresh dense gradient every step would cost a page fault
-    per 4 kB (25 ms for a 4096 x 4096 layer here, more than the sparse products). The buffer's
-    masked entries are zero and stay zero (every later change of a gradient is a product:
-    mask_grads, clipping); only the kept entries are written."""
-    if weight.grad is None:
-        if plan.grad is None:
-            plan.grad = torch.zeros_like(weight)
-        plan.grad.view(-1).index_copy_(0, plan.flat, kept)
-        weight.grad = plan.grad
-    else:
-        weight.grad.view(-1).index_add_(0, plan.flat, kept)
+def _dense_weight_grad(module: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    if isinstance(module, nn.Linear):
+        return dy.reshape(-1, dy.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
+    return torch.nn.grad.conv2d_weight(
+        x, module.weight.shape, dy, module.stride, module.padding, module.dilation, module.groups
+    )
 
 
 class SparseKernel:
-    """A masked ``nn.Linear`` trained with the sparse kernels: installed as the module's
-    forward (the module, its Parameters and state dict unchanged), removed by :meth:`remove`."""
+    """A masked ``nn.Linear`` or ``nn.Conv2d`` trained with the sparse kernels: installed as the
+    module's forward (the module, its Parameters and state dict unchanged), removed by
+    :meth:`remove`.
 
-    def __init__(self, module: nn.Linear) -> None:
+    ``active`` False: the step runs the module's own (dense) forward (the method's masks are
+    soft); ``dense_grad``: this step's weight gradient is dense (RigL's grow step); ``compact``
+    (set by :class:`SparseUpdate`): the kept weights' gradient is kept for the update at the
+    nonzeros instead of being written into ``weight.grad``."""
+
+    def __init__(self, module: nn.Module) -> None:
+        sparse_rows_op()  # the kernels' library, built on first use
         self.module = module
-        self.plan = Plan.of(getattr(module, MASK))
-        self.active = True  # False: this step runs dense (the method's masks are soft)
+        self.linear = isinstance(module, nn.Linear)
+        self.plan = Plan(module, getattr(module, MASK))
+        self.active = True
         self.dense_grad = False
-        module.forward = self.forward  # an instance attribute: shadows Linear.forward
+        self.compact = False
+        module.forward = self.forward  # an instance attribute: shadows the class's forward
+        setattr(module, ZEROED, None)  # masks.apply() may skip this layer (see ZEROED)
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        return type(self.module).forward(self.module, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mask = getattr(self.module, MASK)
         if self.plan.version != mask._version:  # the method changed the mask
-            self.plan = Plan.of(mask)
-        module = self.module
+            self.rebuild(mask)
         if not self.active or len(self.plan.flat) == mask.numel():  # nothing masked yet
-            return F.linear(x, module.weight, module.bias)
-        return _SparseLinear.apply(x, module.weight, module.bias, self.plan, self.dense_grad)
+            return self.dense(x)
+        module = self.module
+        return _SparseStep.apply(x, module.weight, module.bias, self)
+
+    def rebuild(self, mask: torch.Tensor) -> None:
+        old, self.plan = self.plan, Plan(self.module, mask)
+        if old.grad is not None:  # gradient accumulation across a mask update: carried over
+            dense = torch.zeros(mask.numel(), dtype=old.grad.dtype)
+            dense[old.flat] = old.grad
+            self.plan.grad = torch.take(dense, self.plan.flat)
+        self.plan.buffer = old.buffer
+        if old.buffer is not None:
+            old.buffer.zero_()  # its nonzeros were the old mask's
+
+    def deliver(self, kept: torch.Tensor) -> None:
+        """The kept weights' gradient of a backward: kept compact for :class:`SparseUpdate`,
+        or added into ``weight.grad`` (zero at masked weights)."""
+        plan, weight = self.plan, self.module.weight
+        if self.compact:
+            plan.grad = kept if plan.grad is None else plan.grad + kept
+            return
+        # The dense buffer is the plan's, kept between steps: a fresh dense gradient every step
+        # would cost a page fault per 4 kB (25 ms for a 4096 x 4096 layer here). Its masked
+        # entries are zero and stay zero (every later change of a gradient is a product).
+        if weight.grad is None:
+            if plan.buffer is None:
+                plan.buffer = torch.zeros_like(weight)
+            plan.buffer.view(-1).index_copy_(0, plan.flat, kept)
+            weight.grad = plan.buffer
+        else:
+            weight.grad.view(-1).index_add_(0, plan.flat, kept)
+        plan.buffered = weight.grad is plan.buffer
+
+    def pop_grad(self) -> torch.Tensor | None:
+        """This step's kept-weight gradient if the step was sparse (``weight.grad`` then
+        cleared, so that the optimizer leaves the weight to :class:`SparseUpdate`), else None."""
+        plan, weight = self.plan, self.module.weight
+        if plan.grad is not None:
+            grad, plan.grad = plan.grad, None
+            return grad
+        if plan.buffered and weight.grad is plan.buffer:
+            plan.buffered = False
+            grad = torch.take(weight.grad, plan.flat)
+            weight.grad = None
+            return grad
+        return None
+
+    def gradient(self) -> torch.Tensor | None:
+        """The weight's gradient as a dense tensor (a compact one scattered), for inspection."""
+        if self.plan.grad is None:
+            return self.module.weight.grad
+        dense = torch.zeros_like(self.module.weight)
+        dense.view(-1)[self.plan.flat] = self.plan.grad
+        return dense
 
     def remove(self) -> None:
         del self.module.forward
+        delattr(self.module, ZEROED)
 
 
 def refusal(module: nn.Module) -> str | None:
     """Why ``module`` trains with dense kernels, or None when the sparse ones take it."""
-    if not isinstance(module, nn.Linear):
-        return f"no sparse training kernel for {type(module).__name__} (Linear only)"
+    if not isinstance(module, nn.Linear | nn.Conv2d):
+        return f"no sparse training kernel for {type(module).__name__} (Linear and Conv2d)"
     if getattr(module, "parametrizations", None) is not None:
         return "its weight is parametrized (the method computes it every step)"
     if module.weight.device.type != "cpu":
         return "the kernels are CPU kernels"
+    if module.weight.dtype != torch.float32:
+        return f"the kernels are float32 kernels (the weight is {module.weight.dtype})"
+    if isinstance(module, nn.Conv2d) and (
+        module.padding_mode != "zeros" or isinstance(module.padding, str)
+    ):
+        return "the kernels take zero padding given in pixels"
     return None

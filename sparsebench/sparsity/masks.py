@@ -14,6 +14,11 @@ import torch
 from torch import nn
 
 MASK = "weight_mask"
+# On a layer the sparse training kernels update (sparsebench.sparsity.kernels): the (mask,
+# weight) tensor versions at which its masked weights were last zeroed. The kernels' optimizer
+# update writes the kept weights only, without moving the weight's version, so while both
+# versions stand the masked weights are still zero and apply() skips the layer's pass.
+ZEROED = "_sparsebench_zeroed"
 
 
 def stored_weight(module: nn.Module) -> torch.Tensor:
@@ -74,7 +79,12 @@ class MaskSet:
     def apply(self) -> None:
         """Zero every masked weight (call after each optimizer step)."""
         for _, module in self:
-            stored_weight(module).mul_(getattr(module, MASK))
+            weight, mask = stored_weight(module), getattr(module, MASK)
+            if not hasattr(module, ZEROED):
+                weight.mul_(mask)
+            elif getattr(module, ZEROED) != (mask._version, weight._version):
+                weight.mul_(mask)
+                setattr(module, ZEROED, (mask._version, weight._version))
 
     @torch.no_grad()
     def mask_grads(self) -> None:

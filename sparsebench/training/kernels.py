@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sparsebench.hardware.cpu import layer_inputs
 from sparsebench.hardware.timing import time_interleaved
 from sparsebench.sparsity.kernels import SparseKernel, refusal
 from sparsebench.sparsity.methods.base import SparsityMethod
+from sparsebench.sparsity.sparse_update import SparseUpdate, update_refusal
 
 
 class SparseKernels(L.Callback):
@@ -30,15 +30,19 @@ class SparseKernels(L.Callback):
         self.method, self.mode = method, mode
         self.kernels: dict[str, SparseKernel] = {}
         self.choices: dict[str, str] = {}
+        self.update: SparseUpdate | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.method.masks is not None
         self.choices = {}
         layers = dict(self.method.masks)
+        precision = str(trainer.precision)
         for name, module in layers.items():
             reason = refusal(module)
             if reason is None and trainer.world_size > 1:
                 reason = "DDP: the kernels write each gradient themselves, outside its all-reduce"
+            if reason is None and precision not in ("32", "32-true"):
+                reason = f"precision {precision}: the kernels are float32 kernels"
             self.choices[name] = "sparse" if reason is None else f"dense ({reason})"
         chosen = [n for n, c in self.choices.items() if c == "sparse"]
         if self.mode == "auto" and chosen:
@@ -49,6 +53,17 @@ class SparseKernels(L.Callback):
         for name, choice in self.choices.items():
             if choice == "sparse":
                 self.kernels[name] = SparseKernel(layers[name])
+        optimizer = trainer.optimizers[0] if len(trainer.optimizers) == 1 else None
+        why = "one optimizer" if optimizer is None else update_refusal(optimizer)
+        if self.kernels and why is None:
+            self.update = SparseUpdate(optimizer, list(self.kernels.values()))
+            # Gradient clipping reads weight.grad: then the kept gradient is written there too.
+            compact = not trainer.gradient_clip_val
+            for kernel in self.kernels.values():
+                kernel.compact = compact
+        elif self.kernels:
+            for name in self.kernels:
+                self.choices[name] += f" (optimizer update dense: {why})"
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -60,16 +75,17 @@ class SparseKernels(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for kernel in self.kernels.values():
             kernel.remove()
-        self.kernels = {}
+        if self.update is not None:
+            self.update.remove()
+        self.kernels, self.update = {}, None
 
 
-def faster(module: nn.Linear, x: torch.Tensor) -> str:
+def faster(module: nn.Module, x: torch.Tensor) -> str:
     """``sparse`` when a training step of ``module`` on ``x`` (forward, input and weight
     gradients) is faster with the sparse kernels, timed interleaved with the dense one."""
     x = x.clone().requires_grad_()  # (captured under inference_mode)
     kernel = SparseKernel(module)
-    kernel.remove()  # its forward is called directly below, the dense one through F.linear
-    weight = module.weight
+    kernel.remove()  # its forward is called directly below, beside the module's own
 
     def step(forward) -> None:
         module.zero_grad(set_to_none=True)
@@ -77,7 +93,7 @@ def faster(module: nn.Linear, x: torch.Tensor) -> str:
         forward(x).sum().backward()
 
     fns = {
-        "dense": lambda: step(lambda v: F.linear(v, weight, module.bias)),
+        "dense": lambda: step(kernel.dense),
         "sparse": lambda: step(kernel.forward),
     }
     try:
