@@ -158,7 +158,7 @@ def _call(d: DirectSparse, offsets, out_h, grid_w, out_w, fold, rowptr) -> dict:
     }
 
 
-def _rows(d: DirectSparse, inp: torch.Tensor, call: dict, values, bias) -> torch.Tensor:
+def _rows(d: DirectSparse, inp: torch.Tensor, call: dict, values, bias, order=None):
     return d.op(
         inp,
         call["rowptr"],
@@ -171,6 +171,7 @@ def _rows(d: DirectSparse, inp: torch.Tensor, call: dict, values, bias) -> torch
         call["grid_w"],
         call["out_h"],
         call["out_w"],
+        order,
     )
 
 
@@ -253,7 +254,7 @@ def _input_grad(plan: Plan, dy: torch.Tensor, values: torch.Tensor, h: int, w: i
     dx = None if whole else dy.new_zeros(n, d.in_channels, h, w)
     empty = values.new_empty(0)
     for ph in lay["phases"]:
-        out = _rows(d, padded, ph, values[ph["order"]], empty)
+        out = _rows(d, padded, ph, values, empty, ph["order"])  # W^T's values read in place
         if fold > 1:
             out = out.view(d.in_channels, ph["ha"], ph["wa"], n).permute(3, 0, 1, 2)
         else:

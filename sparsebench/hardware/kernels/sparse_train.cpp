@@ -36,47 +36,108 @@ inline vf load_bounded(const float* p, int64_t avail) {
   return v;
 }
 
-inline float hsum(vf v) {
-  float s = 0.0f;
-  for (int i = 0; i < LANES; ++i) s += v[i];
-  return s;
+// The lane sums of four vectors, in shuffles and adds (a scalar loop over the lanes costs as
+// much as the dot products themselves when a row of the batch is only a few vectors long).
+inline void hsum4(const vf (&a)[4], float* out, int m) {
+  const vf t01 = __builtin_shufflevector(a[0], a[1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20,
+                                         21, 22, 23) +
+                 __builtin_shufflevector(a[0], a[1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27,
+                                         28, 29, 30, 31);
+  const vf t23 = __builtin_shufflevector(a[2], a[3], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20,
+                                         21, 22, 23) +
+                 __builtin_shufflevector(a[2], a[3], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27,
+                                         28, 29, 30, 31);
+  // Lanes 4j .. 4j + 3: partial sums of a[j].
+  const vf u = __builtin_shufflevector(t01, t23, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25,
+                                       26, 27) +
+               __builtin_shufflevector(t01, t23, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29,
+                                       30, 31);
+  const vf w = u + __builtin_shufflevector(u, u, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12,
+                                           13);
+  const vf z = w + __builtin_shufflevector(w, w, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15,
+                                           14);
+  for (int j = 0; j < m; ++j) out[j] = z[4 * j];
 }
 
 // grad[k] = sum_n sum_{p < P} dy[n, g, p] * inp[n, offs[k] + p] for the nonzeros k of row g
-// (rowptr[g] <= k < rowptr[g + 1]); inp reads past its row L are zeros. Four nonzeros of a
-// row share each load of dy.
+// (rowptr[g] <= k < rowptr[g + 1]); inp reads past its row L are zeros. Eight nonzeros of a
+// row share each load of dy (measured on a 4096 x 4096 Linear at batch 64, 90%: 2.7 ms, four
+// nonzeros per load 5.7 ms).
+template <int B>
+inline void block_grad(const float* inp, int64_t L, const float* dy, int64_t n_images,
+                       int64_t groups, int64_t g, int64_t P, const int32_t* offs, int m,
+                       float* grad) {
+  int64_t off[B];
+  int64_t max_off = 0;
+  for (int j = 0; j < B; ++j) {
+    off[j] = offs[std::min(j, m - 1)];
+    max_off = std::max(max_off, off[j]);
+  }
+  // Pixels whose 16-float loads stay inside every one of the B input rows.
+  const int64_t safe = std::max<int64_t>(0, std::min(P, (L - max_off) / LANES * LANES));
+  vf acc[B];
+  for (int j = 0; j < B; ++j) acc[j] = (vf){};
+  for (int64_t n = 0; n < n_images; ++n) {
+    const float* d = dy + (n * groups + g) * P;
+    const float* x = inp + n * L;
+    int64_t p = 0;
+    for (; p + LANES <= safe; p += LANES) {
+      const vf dv = load(d + p);
+      for (int j = 0; j < B; ++j) acc[j] += dv * load(x + off[j] + p);
+    }
+    for (; p < P; p += LANES) {
+      const vf dv = load_bounded(d + p, P - p);
+      for (int j = 0; j < B; ++j) acc[j] += dv * load_bounded(x + off[j] + p, L - off[j] - p);
+    }
+  }
+  for (int j = 0; j < B; j += 4) {
+    const vf part[4] = {acc[j], acc[j + 1], acc[j + 2], acc[j + 3]};
+    if (m > j) hsum4(part, grad + j, std::min(4, m - j));
+  }
+}
+
+// The same where every block's loads stay inside inp (the largest offset plus P is at most
+// L) and P is a multiple of 16: no bounds to compute per block. A Linear layer is this case.
+void rows_grad_inside(const float* inp, int64_t L, const float* dy, int64_t n_images,
+                      int64_t groups, int64_t P, const int32_t* rowptr, const int32_t* offs,
+                      float* grad) {
+  at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) {
+      int32_t k = rowptr[g];
+      const int32_t stop = rowptr[g + 1];
+      for (; k + 8 <= stop; k += 8) {
+        vf acc[8];
+        for (int j = 0; j < 8; ++j) acc[j] = (vf){};
+        for (int64_t n = 0; n < n_images; ++n) {
+          const float* d = dy + (n * groups + g) * P;
+          const float* x = inp + n * L;
+          for (int64_t p = 0; p < P; p += LANES) {
+            const vf dv = load(d + p);
+            for (int j = 0; j < 8; ++j) acc[j] += dv * load(x + offs[k + j] + p);
+          }
+        }
+        const vf lo[4] = {acc[0], acc[1], acc[2], acc[3]}, hi[4] = {acc[4], acc[5], acc[6], acc[7]};
+        hsum4(lo, grad + k, 4);
+        hsum4(hi, grad + k + 4, 4);
+      }
+      for (; k < stop; k += 4)
+        block_grad<4>(inp, L, dy, n_images, groups, g, P, offs + k, std::min(4, stop - k),
+                      grad + k);
+    }
+  });
+}
+
 void rows_grad(const float* inp, int64_t L, const float* dy, int64_t n_images, int64_t groups,
                int64_t P, const int32_t* rowptr, const int32_t* offs, float* grad) {
   at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
     for (int64_t g = begin; g < end; ++g) {
       int32_t k = rowptr[g];
       const int32_t stop = rowptr[g + 1];
-      for (; k < stop; k += 4) {
-        const int m = std::min<int32_t>(4, stop - k);
-        int64_t off[4];
-        int64_t max_off = 0;
-        for (int j = 0; j < 4; ++j) {
-          off[j] = offs[k + std::min(j, m - 1)];
-          max_off = std::max(max_off, off[j]);
-        }
-        // Pixels whose 16-float loads stay inside every one of the four input rows.
-        const int64_t safe = std::max<int64_t>(0, std::min(P, (L - max_off) / LANES * LANES));
-        vf acc[4] = {(vf){}, (vf){}, (vf){}, (vf){}};
-        for (int64_t n = 0; n < n_images; ++n) {
-          const float* d = dy + (n * groups + g) * P;
-          const float* x = inp + n * L;
-          int64_t p = 0;
-          for (; p + LANES <= safe; p += LANES) {
-            const vf dv = load(d + p);
-            for (int j = 0; j < 4; ++j) acc[j] += dv * load(x + off[j] + p);
-          }
-          for (; p < P; p += LANES) {
-            const vf dv = load_bounded(d + p, P - p);
-            for (int j = 0; j < 4; ++j) acc[j] += dv * load_bounded(x + off[j] + p, L - off[j] - p);
-          }
-        }
-        for (int j = 0; j < m; ++j) grad[k + j] = hsum(acc[j]);
-      }
+      for (; k + 8 <= stop; k += 8)
+        block_grad<8>(inp, L, dy, n_images, groups, g, P, offs + k, 8, grad + k);
+      for (; k < stop; k += 4)
+        block_grad<4>(inp, L, dy, n_images, groups, g, P, offs + k, std::min(4, stop - k),
+                      grad + k);
     }
   });
 }
@@ -94,12 +155,15 @@ at::Tensor sparse_rows_grad(const at::Tensor& inp, const at::Tensor& dy, const a
                   rowptr.is_contiguous() && offs.is_contiguous() &&
                   rowptr.data_ptr<int32_t>()[rowptr.numel() - 1] == offs.numel(),
               "sparse_rows_grad: rowptr and offs must be int32 and agree");
-  const int32_t* o = offs.data_ptr<int32_t>();
-  for (int64_t k = 0; k < offs.numel(); ++k)
-    TORCH_CHECK(o[k] >= 0 && o[k] < inp.size(1), "sparse_rows_grad: an offset is outside inp");
   auto grad = at::empty({offs.numel()}, inp.options());
-  rows_grad(inp.data_ptr<float>(), inp.size(1), dy.data_ptr<float>(), dy.size(0), dy.size(1),
-            dy.size(2), rowptr.data_ptr<int32_t>(), o, grad.data_ptr<float>());
+  if (offs.numel() == 0) return grad;
+  const auto [lowest, highest] = at::aminmax(offs);  // (a serial loop here cost 0.6 ms)
+  const int64_t min_off = lowest.item<int32_t>(), max_off = highest.item<int32_t>();
+  const int64_t L = inp.size(1), P = dy.size(2);
+  TORCH_CHECK(min_off >= 0 && max_off < L, "sparse_rows_grad: an offset is outside inp");
+  auto kernel = max_off + P <= L && P % LANES == 0 ? rows_grad_inside : rows_grad;
+  kernel(inp.data_ptr<float>(), L, dy.data_ptr<float>(), dy.size(0), dy.size(1), P,
+         rowptr.data_ptr<int32_t>(), offs.data_ptr<int32_t>(), grad.data_ptr<float>());
   return grad;
 }
 
