@@ -41,6 +41,9 @@ class SparseUpdate:
         self.torch_step = optimizer.step
         optimizer.step = self
         self.adam = isinstance(optimizer, torch.optim.Adam)
+        self.updates = 0  # layer updates made at the nonzeros
+        if getattr(self.inner, "_wrapped_by_lr_sched", False):
+            self._wrapped_by_lr_sched = True  # the scheduler's wrapper still runs (inside)
 
     def __call__(self, closure=None, **kwargs):
         loss = None
@@ -66,6 +69,7 @@ class SparseUpdate:
                     self.adam_step(p, values, grad, kernel.plan.flat, state, group, lr)
                 else:
                     self.sgd_step(p, values, grad, kernel.plan.flat, state, group, lr)
+                self.updates += 1
 
     @staticmethod
     def sgd_step(p, values, grad, flat, state, group, lr) -> None:

@@ -31,6 +31,7 @@ class SparseKernels(L.Callback):
         self.kernels: dict[str, SparseKernel] = {}
         self.choices: dict[str, str] = {}
         self.update: SparseUpdate | None = None
+        self.updates = 0  # layer updates made at the nonzeros in the last fit
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.method.masks is not None
@@ -77,6 +78,7 @@ class SparseKernels(L.Callback):
             kernel.remove()
         if self.update is not None:
             self.update.remove()
+            self.updates = self.update.updates
         self.kernels, self.update = {}, None
 
 
