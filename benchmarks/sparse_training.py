@@ -3,7 +3,7 @@
 A step is what training does per batch with hard masks: forward, backward, masked gradients,
 the optimizer (SGD with momentum 0.9 and weight decay), masked weights zeroed. The dense arm is
 today's default (``trainer.sparse_kernels=off``: dense kernels on masked weights); the sparse arm
-installs the kernels (:mod:`sparsebench.sparsity.kernels`) on the same masks. Both are timed
+installs the kernels (:mod:`sparsebench.hardware.training`) on the same masks. Both are timed
 interleaved (:func:`sparsebench.hardware.timing.time_interleaved`, with its noise verdict), and
 the ideal 1/(1-s) is shown beside the measured ratio.
 
@@ -26,9 +26,9 @@ from rich.table import Table
 from torch import nn
 
 from sparsebench.hardware.timing import time_interleaved
-from sparsebench.sparsity.kernels import SparseKernel
+from sparsebench.hardware.training import SparseKernel
+from sparsebench.hardware.update import SparseUpdate
 from sparsebench.sparsity.masks import MaskSet
-from sparsebench.sparsity.sparse_update import SparseUpdate
 
 
 def mlp(width: int, hidden: int, layers: int) -> nn.Sequential:

@@ -81,6 +81,8 @@ def run(
         for callback in kernels:  # the sparse training kernels' choice per layer
             if isinstance(callback, SparseKernels):
                 results.attach("kernels_train", callback.choices)
+                if callback.measured:  # its step timed against a dense one
+                    results.update(callback.measured["metrics"], callback.measured["tags"])
         (test,) = trainer.test(module, datamodule=datamodule, verbose=False)
         results.update(test)
         check_finite(test)

@@ -145,7 +145,7 @@ class TrainerConfig:
     scheduler: str = field(default="cosine", metadata=OURS)
     warmup_epochs: int = field(default=0, metadata=OURS)
     warmup_steps: int = field(default=0, metadata=OURS)  # instead of warmup_epochs (LMs)
-    # How masked layers train (sparsebench.sparsity.kernels): off, on, or auto (timed per layer).
+    # How masked layers train (sparsebench.hardware.training): off, on, or auto (timed per layer).
     # It changes how a step is computed, not what: not hashed.
     sparse_kernels: str = field(default="off", metadata={**NO_HASH, **OURS})
     accelerator: str = "auto"

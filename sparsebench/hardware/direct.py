@@ -34,7 +34,7 @@ from torch import nn
 
 KERNELS = Path(__file__).with_name("kernels")
 # sparse_conv.cpp: the product (inference and training); sparse_train.cpp: the rest of a
-# training step (sparsebench.sparsity.kernels). One build, one library of ops.
+# training step (sparsebench.hardware.training). One build, one library of ops.
 SOURCES = [KERNELS / "sparse_conv.cpp", KERNELS / "sparse_train.cpp"]
 # -march=native: the vector width and FMA of the CPU it runs on (the build is per machine);
 # -fopenmp: at::parallel_for runs on torch's OpenMP threads only when the extension is built

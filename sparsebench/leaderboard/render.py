@@ -27,6 +27,8 @@ LEFT = ("method", "pattern", "run_hash")  # text columns; the others are numbers
 # Left out first when a terminal is too narrow for every column (the CSV has them all).
 DROP_ORDER = (
     "run_hash",
+    "train_speedup",
+    "speedup",
     "latency_estimated",
     "latency_front",
     "budget_differs",

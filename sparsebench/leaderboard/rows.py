@@ -29,6 +29,7 @@ Run = dict
 METRICS = (
     *dict.fromkeys(m for task in TASK_METRICS for m in contract_metrics(task)),
     "train/samples",
+    "speedup/train_measured",  # runs trained with trainer.sparse_kernels (absent otherwise)
 )
 TAGS = (
     "benchmark_key",
@@ -113,6 +114,8 @@ class Row:
     latency_estimated: bool
     sparsity: float | None
     latency_noisy: bool = False  # a replicate's latency was timed on a busy machine or wide
+    speedup: float | None = None  # inference: speedup/measured (the target's dense kernels = 1)
+    train_speedup: float | None = None  # training step: speedup/train_measured (sparse kernels)
     seeds: list[str] = field(default_factory=list)
     pattern: str = ""  # dense, unstructured, 2:4, ... (runs before the tag existed: empty)
     train_samples: float | None = None  # training samples seen, all fits (soups, IMP) included
@@ -141,6 +144,8 @@ HEADINGS = {
     "latency_ms": "latency ms",
     "latency_estimated": "est.",
     "latency_noisy": "noisy",
+    "speedup": "speed-up",
+    "train_speedup": "train speed-up",
     "flops_front": "front FLOPs",
     "latency_front": "front ms",
     "budget_differs": "budget",
@@ -213,6 +218,8 @@ def aggregate(runs: Iterable[Run]) -> list[Row]:
                 latency_ms=mean_of("latency/p50_ms"),
                 latency_estimated=members[0]["tags"].get("latency/estimated") == "true",
                 latency_noisy=any(m["tags"].get("latency/noisy") == "true" for m in members),
+                speedup=mean_of("speedup/measured"),
+                train_speedup=mean_of("speedup/train_measured"),
                 sparsity=mean_of("sparsity/actual"),
                 seeds=sorted(m["tags"].get("seed", "?") for m in members),
                 pattern=members[0]["tags"].get("pattern", ""),

@@ -40,7 +40,7 @@ def contract_metrics(task: str = "classification") -> tuple[str, ...]:
 MAXIMIZE, MINIMIZE = "maximize", "minimize"
 DIRECTIONS = {
     **{m: MAXIMIZE for m in ("test/acc", "val/acc", "sparsity/target", "sparsity/actual")},
-    **{m: MAXIMIZE for m in ("speedup/measured", "speedup/theoretical")},
+    **{m: MAXIMIZE for m in ("speedup/measured", "speedup/theoretical", "speedup/train_measured")},
     **{m: MINIMIZE for m in ("test/ppl", "val/ppl", "test/loss", "val/loss")},
     **{m: MINIMIZE for m in COMMON_METRICS if m.split("/")[0] in ("params", "flops", "size")},
     **{m: MINIMIZE for m in COMMON_METRICS if m.split("/")[0] in ("latency", "time")},

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 MASK = "weight_mask"
-# On a layer the sparse training kernels update (sparsebench.sparsity.kernels): the (mask,
+# On a layer the sparse training kernels update (sparsebench.hardware.training): the (mask,
 # weight) tensor versions at which its masked weights were last zeroed. The kernels' optimizer
 # update writes the kept weights only, without moving the weight's version, so while both
 # versions stand the masked weights are still zero and apply() skips the layer's pass.
@@ -51,6 +51,16 @@ class MaskSet:
                 raise MaskError(f"layer '{name}' has no weight tensor to mask.")
             module.register_buffer(MASK, torch.ones_like(weight, dtype=torch.bool))
         self.layers = dict(layers)
+
+    @classmethod
+    def existing(cls, layers: dict[str, nn.Module]) -> MaskSet:
+        """The masks already attached to ``layers`` (a copy of a masked model's)."""
+        for name, module in layers.items():
+            if not hasattr(module, MASK):
+                raise MaskError(f"layer '{name}' has no mask attached.")
+        masks = cls.__new__(cls)
+        masks.layers = dict(layers)
+        return masks
 
     def __iter__(self) -> Iterator[tuple[str, nn.Module]]:
         return iter(self.layers.items())

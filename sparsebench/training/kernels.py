@@ -1,5 +1,5 @@
 """``trainer.sparse_kernels``: which masked layers train with the sparse kernels
-(:mod:`sparsebench.sparsity.kernels`), and when a step runs them.
+(:mod:`sparsebench.hardware.training`), and when a step runs them.
 
 ``on``: every masked layer the kernels take; ``auto``: those where a training step (forward and
 backward) of the layer at its real input shape is faster with them, timed side by side at the
@@ -12,15 +12,18 @@ dense gradient (RigL's grow step) computes it densely.
 
 from __future__ import annotations
 
+import copy
+
 import lightning as L
 import torch
 from torch import nn
 
 from sparsebench.hardware.cpu import layer_inputs
 from sparsebench.hardware.timing import time_interleaved
-from sparsebench.sparsity.kernels import SparseKernel, refusal
+from sparsebench.hardware.training import SparseKernel, refusal
+from sparsebench.hardware.update import SparseUpdate, update_refusal
+from sparsebench.sparsity.masks import MaskSet
 from sparsebench.sparsity.methods.base import SparsityMethod
-from sparsebench.sparsity.sparse_update import SparseUpdate, update_refusal
 
 
 class SparseKernels(L.Callback):
@@ -32,6 +35,7 @@ class SparseKernels(L.Callback):
         self.choices: dict[str, str] = {}
         self.update: SparseUpdate | None = None
         self.updates = 0  # layer updates made at the nonzeros in the last fit
+        self.measured: dict[str, dict] = {}  # the step timed against a dense one (results)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.method.masks is not None
@@ -79,6 +83,15 @@ class SparseKernels(L.Callback):
         if self.update is not None:
             self.update.remove()
             self.updates = self.update.updates
+        if self.kernels and self.method.hard_masks:
+            self.measured = measure_step(
+                pl_module.model,
+                dict(self.method.masks),
+                set(self.kernels),
+                trainer.optimizers[0],
+                trainer.datamodule.example_input(trainer.datamodule.batch_size),
+                compact=self.update is not None,
+            )
         self.kernels, self.update = {}, None
 
 
@@ -104,3 +117,56 @@ def faster(module: nn.Module, x: torch.Tensor) -> str:
         module.zero_grad(set_to_none=True)  # the timing's gradients are not the run's
     ratio = timings["dense"].p50 / timings["sparse"].p50
     return "sparse" if ratio > 1 else f"dense (the sparse kernels were {ratio:.2f}x here)"
+
+
+def measure_step(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    sparse: set[str],
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    compact: bool,
+) -> dict[str, dict]:
+    """A training step of ``model`` with the run's kernels against one with dense kernels
+    (today's ``off``: masked gradients and weights zeroed around the optimizer's step), each on a
+    copy of the trained model with a fresh optimizer of the run's class and settings, timed
+    interleaved on the batch's shape with the latency timing's noise rule. Returns results
+    metrics and tags: ``speedup/train_measured``, ``time/dense_step_ms``, ``time/sparse_step_ms``
+    and whether the timing was noisy."""
+
+    def arm(kernels: bool):
+        copy_ = copy.deepcopy(model)
+        modules = dict(copy_.named_modules())
+        masks = MaskSet.existing({name: modules[name] for name in layers})
+        step_optimizer = type(optimizer)(copy_.parameters(), **optimizer.defaults)
+        if kernels:
+            installed = [SparseKernel(modules[name]) for name in sparse]
+            for kernel in installed:
+                kernel.compact = compact
+            if compact:
+                SparseUpdate(step_optimizer, installed)
+
+        def step() -> None:
+            step_optimizer.zero_grad(set_to_none=True)
+            out = copy_(x)
+            getattr(out, "logits", out).float().square().mean().backward()
+            masks.mask_grads()
+            step_optimizer.step()
+            masks.apply()
+
+        return step
+
+    fns = {"dense": arm(False), "sparse": arm(True)}
+    timings, noise = time_interleaved(fns, torch.get_num_threads(), 1, 0.5, 2.0)
+    dense, sparse_ = timings["dense"].p50, timings["sparse"].p50
+    tags = {"train/step_noisy": str(noise.noisy).lower()}
+    if noise.noisy:
+        tags["train/step_noise"] = "; ".join(noise.reasons)
+    return {
+        "metrics": {
+            "speedup/train_measured": dense / sparse_,
+            "time/dense_step_ms": dense * 1e3,
+            "time/sparse_step_ms": sparse_ * 1e3,
+        },
+        "tags": tags,
+    }

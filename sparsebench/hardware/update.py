@@ -1,11 +1,11 @@
 """The optimizer's update at a sparse layer's nonzeros: the last part of a sparse training step
-(:mod:`sparsebench.sparsity.kernels` computes the forward and both gradients)."""
+(:mod:`sparsebench.hardware.training` computes the forward and both gradients)."""
 
 from __future__ import annotations
 
 import torch
 
-from sparsebench.sparsity.kernels import SparseKernel
+from sparsebench.hardware.training import SparseKernel
 
 
 def update_refusal(optimizer: torch.optim.Optimizer) -> str | None:

@@ -11,14 +11,13 @@ import torch
 from torch import nn
 
 from sparsebench.errors import ConfigError
+from sparsebench.hardware import sparse_products as kernels
+from sparsebench.hardware.training import SparseKernel
+from sparsebench.hardware.update import SparseUpdate, update_refusal
 from sparsebench.record.identity import run_hash
-from sparsebench.sparsity import kernels
-from sparsebench.sparsity.kernels import SparseKernel
 from sparsebench.sparsity.masks import MASK, MaskSet
-from sparsebench.sparsity.sparse_update import SparseUpdate, update_refusal
 from sparsebench.training.kernels import SparseKernels
 from tests.fixtures import compose_config, fit_method
-
 
 LAYERS = {  # (layer, input shape): Linear on tokens, and every convolution case of the kernels
     "linear": (lambda: nn.Linear(40, 30), (7, 5, 40)),
