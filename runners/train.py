@@ -17,7 +17,7 @@ from sparsebench.record.resume import resume_point, resumed_by_rank_zero
 from sparsebench.training.build import Run
 from sparsebench.training.checkpoints import load_checkpoint
 from sparsebench.training.fit import fit, sparsity_callbacks
-from sparsebench.training.kernels import SparseKernels
+from sparsebench.training.kernels import SparseKernels, require_kernels
 from sparsebench.training.measure import check_finite, final_val, measure
 from sparsebench.training.progress import RunProgress
 
@@ -46,6 +46,7 @@ def run(
             f"method '{method.name}' prunes a trained model: run it with "
             f"runner=prune (the train runner would train dense)."
         )
+    require_kernels(cfg.trainer.get("sparse_kernels", "off"))
     checkpoint = _resume_from(parts, resume)
     parts.seed()
     datamodule = parts.build_data()

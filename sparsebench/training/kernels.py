@@ -18,12 +18,28 @@ import lightning as L
 import torch
 from torch import nn
 
+from sparsebench.errors import ConfigError
 from sparsebench.hardware.cpu import layer_inputs
+from sparsebench.hardware.direct import KernelUnavailable, sparse_rows_op
 from sparsebench.hardware.timing import time_interleaved
 from sparsebench.hardware.training import SparseKernel, refusal
 from sparsebench.hardware.update import SparseUpdate, update_refusal
 from sparsebench.sparsity.masks import MaskSet
 from sparsebench.sparsity.methods.base import SparsityMethod
+
+
+def require_kernels(mode: str) -> None:
+    """Build the kernels' library now (on first use; cached), before anything is trained or
+    recorded: a machine without a C++ compiler gets one sentence."""
+    if mode == "off":
+        return
+    try:
+        sparse_rows_op()
+    except KernelUnavailable as exc:
+        raise ConfigError(
+            f"trainer.sparse_kernels={mode} needs the sparse training kernels, but {exc}; "
+            "or train with dense kernels: trainer.sparse_kernels=off."
+        ) from None
 
 
 class SparseKernels(L.Callback):

@@ -11,12 +11,14 @@ import torch
 from torch import nn
 
 from sparsebench.errors import ConfigError
+from sparsebench.hardware import direct
 from sparsebench.hardware import sparse_products as kernels
 from sparsebench.hardware.training import SparseKernel
 from sparsebench.hardware.update import SparseUpdate, update_refusal
 from sparsebench.record.identity import run_hash
 from sparsebench.sparsity.masks import MASK, MaskSet
-from sparsebench.training.kernels import SparseKernels
+from sparsebench.training import kernels as kernels_callback
+from sparsebench.training.kernels import SparseKernels, require_kernels
 from tests.fixtures import compose_config, fit_method
 
 LAYERS = {  # (layer, input shape): Linear on tokens, and every convolution case of the kernels
@@ -181,6 +183,17 @@ def test_the_option_is_checked() -> None:
         from sparsebench.config.checks import validate
 
         validate(compose_config(["trainer.sparse_kernels=fast"]))
+
+
+def test_without_a_compiler_the_kernels_are_refused_in_one_sentence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    uncached = direct.sparse_rows_op.__wrapped__  # the build itself, not its cached result
+    monkeypatch.setattr(kernels_callback, "sparse_rows_op", uncached)
+    with pytest.raises(ConfigError, match=r"'no-such-compiler' is not on PATH.*sparse_kernels=off"):
+        require_kernels("on")
+    require_kernels("off")  # dense training needs no compiler
 
 
 def test_auto_times_each_layer_at_its_shape_and_says_why_a_layer_stays_dense(
