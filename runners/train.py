@@ -81,9 +81,10 @@ def run(
         results.update(final_val(trainer, results))
         for callback in kernels:  # the sparse training kernels' choice per layer
             if isinstance(callback, SparseKernels):
-                results.attach("kernels_train", callback.choices)
-                if callback.measured:  # its step timed against a dense one
-                    results.update(callback.measured["metrics"], callback.measured["tags"])
+                results.attach("kernels_train", callback.section())
+                measured = callback.measure()  # its step timed against a dense one
+                if measured:
+                    results.update(measured["metrics"], measured["tags"])
         (test,) = trainer.test(module, datamodule=datamodule, verbose=False)
         results.update(test)
         check_finite(test)

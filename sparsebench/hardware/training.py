@@ -69,15 +69,18 @@ class _SparseStep(torch.autograd.Function):
             dx = dx4[0, :, 0].t().reshape(x.shape) if linear else dx4
         if ctx.needs_input_grad[1]:
             if ctx.dense_grad:  # every weight's gradient (RigL's grow step)
-                dw = _denseweight_grad(module, x, grad)
+                dw = _dense_weight_grad(module, x, grad)
+                if kernel.plan.grad is not None:  # accumulated over earlier micro-batches
+                    dw.view(-1).index_add_(0, kernel.plan.flat, kernel.plan.grad)
+                    kernel.plan.grad = None
             else:
-                kernel.deliver(weight_grad(plan, inp[0] if inp else None, x4, dy4))
+                kernel.deliver(weight_grad(plan, inp[0] if inp else None, x4, dy4), plan)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = grad.reshape(-1, grad.shape[-1]).sum(0) if linear else grad.sum((0, 2, 3))
         return dx, dw, db, None
 
 
-def _denseweight_grad(module: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+def _dense_weight_grad(module: nn.Module, x: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
     if isinstance(module, nn.Linear):
         return dy.reshape(-1, dy.shape[-1]).t() @ x.reshape(-1, x.shape[-1])
     return torch.nn.grad.conv2d_weight(
@@ -103,6 +106,9 @@ class SparseKernel:
         self.active = True
         self.dense_grad = False
         self.compact = False
+        # Training forwards by how they ran: sparse; dense (masks soft, nothing masked yet);
+        # sparse with the dense weight gradient (RigL's grow steps).
+        self.steps = {"sparse": 0, "dense": 0, "dense gradient": 0}
         module.forward = self.forward  # an instance attribute: shadows the class's forward
         setattr(module, ZEROED, None)  # masks.apply() may skip this layer (see ZEROED)
 
@@ -113,8 +119,11 @@ class SparseKernel:
         mask = getattr(self.module, MASK)
         if self.plan.version != mask._version:  # the method changed the mask
             self.rebuild(mask)
+        training = torch.is_grad_enabled() and self.module.training
         if not self.active or len(self.plan.flat) == mask.numel():  # nothing masked yet
+            self.steps["dense"] += training
             return self.dense(x)
+        self.steps["dense gradient" if self.dense_grad else "sparse"] += training
         module = self.module
         return _SparseStep.apply(x, module.weight, module.bias, self)
 
@@ -128,10 +137,14 @@ class SparseKernel:
         if old.buffer is not None:
             old.buffer.zero_()  # its nonzeros were the old mask's
 
-    def deliver(self, kept: torch.Tensor) -> None:
-        """The kept weights' gradient of a backward: kept compact for :class:`SparseUpdate`,
-        or added into ``weight.grad`` (zero at masked weights)."""
+    def deliver(self, kept: torch.Tensor, source: Plan) -> None:
+        """The kept weights' gradient of a backward (in ``source``'s order): kept compact for
+        :class:`SparseUpdate`, or added into ``weight.grad`` (zero at masked weights)."""
         plan, weight = self.plan, self.module.weight
+        if source is not plan:  # the mask changed between the forward and its backward
+            kept = torch.take(
+                torch.zeros(weight.numel()).index_copy_(0, source.flat, kept), plan.flat
+            )
         if self.compact:
             plan.grad = kept if plan.grad is None else plan.grad + kept
             return

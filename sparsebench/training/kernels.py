@@ -51,7 +51,13 @@ class SparseKernels(L.Callback):
         self.choices: dict[str, str] = {}
         self.update: SparseUpdate | None = None
         self.updates = 0  # layer updates made at the nonzeros in the last fit
-        self.measured: dict[str, dict] = {}  # the step timed against a dense one (results)
+        self.to_measure: tuple | None = None  # what measure() times, kept by on_train_end
+        self.steps: dict[str, dict[str, int]] = {}  # per kernel layer: its steps by how they ran
+
+    def section(self) -> dict:
+        """results.json's ``kernels_train``: per masked layer its choice, and per kernel layer
+        its training steps by how they ran (sparse, dense, with the dense weight gradient)."""
+        return {"layers": dict(self.choices), "steps": dict(self.steps)}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.method.masks is not None
@@ -94,21 +100,31 @@ class SparseKernels(L.Callback):
             kernel.active, kernel.dense_grad = active, dense_grad
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for kernel in self.kernels.values():
+        for name, kernel in self.kernels.items():
             kernel.remove()
+            self.steps[name] = dict(kernel.steps)
         if self.update is not None:
             self.update.remove()
             self.updates = self.update.updates
-        if self.kernels and self.method.hard_masks:
-            self.measured = measure_step(
+        if self.kernels and self.method.hard_masks:  # timed by measure(), after the fit
+            self.to_measure = (
                 pl_module.model,
                 dict(self.method.masks),
                 set(self.kernels),
                 trainer.optimizers[0],
                 trainer.datamodule.example_input(trainer.datamodule.batch_size),
-                compact=self.update is not None,
+                self.update is not None,
             )
         self.kernels, self.update = {}, None
+
+    def measure(self) -> dict[str, dict]:
+        """The last fit's step with its kernels timed against a dense one (:func:`measure_step`)
+        as results metrics and tags; empty when no layer took the kernels. Called after the fit,
+        so that the timing is not part of ``time/train_s``."""
+        if self.to_measure is None:
+            return {}
+        measured, self.to_measure = measure_step(*self.to_measure), None
+        return measured
 
 
 def faster(module: nn.Module, x: torch.Tensor) -> str:

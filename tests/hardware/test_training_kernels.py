@@ -168,6 +168,9 @@ def test_runs_with_the_kernels_reach_the_masks_and_weights_of_dense_kernels(
     (chosen,) = [c for c in trainer.callbacks if isinstance(c, SparseKernels)]
     assert chosen.choices == dict.fromkeys(dict(method.masks), "sparse")
     assert chosen.updates > 0  # the optimizer's update was made at the nonzeros
+    for steps in chosen.section()["steps"].values():  # RigL's grow steps: the dense gradient
+        assert (steps["dense gradient"] > 0) == (method_name == "rigl"), steps
+        assert steps["sparse"] > 0 and steps["dense"] == 0
     for (name, a), b in zip(off.named_modules(), on.modules(), strict=True):
         if hasattr(a, MASK):
             assert torch.equal(getattr(a, MASK), getattr(b, MASK)), name
@@ -209,3 +212,26 @@ def test_auto_times_each_layer_at_its_shape_and_says_why_a_layer_stays_dense(
     assert set(chosen.choices) == set(dict(method.masks))
     for choice in chosen.choices.values():  # either way, decided by its own timing
         assert choice == "sparse" or choice.startswith("dense (the sparse kernels were ")
+
+
+def test_a_run_records_its_training_speed_up_in_results_mlflow_and_the_leaderboard(
+    make_cfg, tmp_path: Path
+) -> None:
+    import json
+
+    from sparsebench.leaderboard.read import read_runs
+    from sparsebench.leaderboard.rows import aggregate
+    from sparsebench.runners.train import run
+
+    cfg = make_cfg("model=mlp", "dataset=digits", "+method=rigl", "method.sparsity=0.9")
+    cfg.method.update_interval, cfg.trainer.sparse_kernels = 1, "on"
+    run(cfg)
+    data = json.loads((tmp_path / "run/results.json").read_text())
+    metrics = data["metrics"]
+    ratio = metrics["time/dense_step_ms"] / metrics["time/sparse_step_ms"]
+    assert metrics["speedup/train_measured"] == pytest.approx(ratio)
+    assert data["tags"]["train/step_noisy"] in ("true", "false")
+    steps = data["kernels_train"]["steps"]
+    assert steps and all(s["sparse"] > 0 and s["dense gradient"] > 0 for s in steps.values())
+    (row,) = aggregate(read_runs(f"sqlite:///{tmp_path}/mlflow.db", None, {}))
+    assert row.train_speedup == pytest.approx(metrics["speedup/train_measured"])
