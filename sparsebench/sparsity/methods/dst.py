@@ -15,7 +15,9 @@ class DynamicSparseTraining(SparsityMethod):
     """Shared machinery: random ERK masks at init; every ``update_interval`` steps until ``end``
     (fraction of training), each layer drops the cosine-decayed fraction of its active units
     (weights; or whole blocks of a block pattern, scored by their sums) with the smallest |w|
-    and grows as many; grown weights start with no optimizer state.
+    and grows as many, as rigl's op does (:func:`drop_and_grow`): a unit dropped and grown again
+    in the same update keeps its value and optimizer state; only units that were not active
+    start anew (their value from :meth:`grow_values`, no optimizer state).
     """
 
     sparse_from_start = True
@@ -55,36 +57,61 @@ class DynamicSparseTraining(SparsityMethod):
         return torch.zeros(int(grown.sum()), dtype=self.masks.weight(name).dtype)
 
     def drop_and_grow(self, step: int) -> dict[str, int]:
-        """One mask update; returns the number of connections regrown per layer."""
+        """One mask update (:func:`drop_and_grow`, rigl's op); returns the connections moved per
+        layer (dropped and grown again, some in place)."""
         fraction = self.schedule.cosine(step, self.drop_fraction)
         moved = {}
         for name, module in self.masks:
             full = self.masks.mask(name)
             pattern = self.pattern
             mask = pattern.units(full.float()) > 0  # units: weights, or blocks of the pattern
-            active = int(mask.sum())
-            k = min(round(fraction * active), int((~mask).sum()))
+            magnitude = pattern.units(module.weight.detach().abs())
+            # rigl breaks ties in the drop scores with N(0, 1e-5) noise, seeded per (step, layer).
+            # rigl adds it to inactive units too (their score is then the noise alone, which can
+            # outrank an active |w| below 1e-5 and keep a unit that was never grown): here an
+            # inactive unit is never kept.
+            noise = torch.randn(
+                magnitude.shape,
+                generator=self.layer_generator(name, step + 2),
+                dtype=magnitude.dtype,
+            )
+            score_drop = torch.where(mask, magnitude + 1e-5 * noise, -torch.inf)
+            kept, grown, k = drop_and_grow(
+                score_drop, pattern.units(self.grow_scores(name, step)), mask, fraction
+            )
+            moved[name] = k
             if k == 0:
-                moved[name] = 0
                 continue
-            # Drop: the k active units of smallest magnitude (inactive ones can't be chosen).
-            magnitude = torch.where(mask, pattern.units(module.weight.detach().abs()), torch.inf)
-            dropped = torch.zeros_like(mask).view(-1)
-            dropped[torch.topk(magnitude.reshape(-1), k, largest=False).indices] = True
-            kept = mask & ~dropped.view_as(mask)
-            # Grow: the k best units not kept (dropped ones may come back, as in rigl).
-            scores = torch.where(kept, -torch.inf, pattern.units(self.grow_scores(name, step)))
-            grown = torch.zeros_like(mask).view(-1)
-            grown[torch.topk(scores.reshape(-1), k).indices] = True
             kept = pattern.expand(kept, full.shape)
-            grown = pattern.expand(grown.view_as(mask), full.shape)
+            grown = pattern.expand(grown, full.shape)
+            new = grown & ~full  # regrown in place: keeps its value and optimizer state
             with torch.no_grad():
-                module.weight[grown] = self.grow_values(name, grown, step)
+                module.weight[new] = self.grow_values(name, new, step)
             if self.optimizer is not None:
-                reset_optimizer_state(self.optimizer, module.weight, grown)
+                reset_optimizer_state(self.optimizer, module.weight, new)
             self.masks.set(name, kept | grown)
-            moved[name] = int(grown.sum())
         return moved
+
+
+def drop_and_grow(
+    score_drop: torch.Tensor, score_grow: torch.Tensor, mask: torch.Tensor, fraction: float
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """rigl's mask update (google-research/rigl, ``SparseSETOptimizer._get_update_op``): of the
+    ``n = mask.sum()`` active units, ``floor(n * fraction)`` are moved: the ``n - k`` best by
+    ``score_drop`` are kept, then the ``k`` best by ``score_grow`` among the rest (the dropped
+    ones included) are grown. Ties go to the lower flat index, as tf.math.top_k orders them.
+    Returns (kept, grown, k)."""
+    n_total, n_ones = mask.numel(), int(mask.sum())
+    k = int(n_ones * fraction)  # rigl casts to int32: the floor
+    order = torch.sort(score_drop.reshape(-1), descending=True, stable=True).indices
+    kept = torch.zeros(n_total, dtype=torch.bool)
+    kept[order[: n_ones - k]] = True
+    grow = score_grow.reshape(-1).float()
+    lifted = torch.where(kept, grow.min() - 1, grow)  # kept units rank last
+    order = torch.sort(lifted, descending=True, stable=True).indices
+    grown = torch.zeros(n_total, dtype=torch.bool)
+    grown[order[:k]] = True
+    return kept.view_as(mask), grown.view_as(mask), k
 
 
 GROW_INITS = ("random", "zeros")
