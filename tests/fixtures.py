@@ -291,3 +291,14 @@ def search(args: list[str], cwd: Path, timeout: float = 400) -> subprocess.Compl
         timeout=timeout,
         env=env,
     )
+
+
+def toy_model() -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(6, 12),
+        torch.nn.ReLU(),
+        torch.nn.Linear(12, 12),
+        torch.nn.ReLU(),
+        torch.nn.Linear(12, 3),
+    )
