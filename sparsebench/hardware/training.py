@@ -130,9 +130,7 @@ class SparseKernel:
     def rebuild(self, mask: torch.Tensor) -> None:
         old, self.plan = self.plan, Plan(self.module, mask)
         if old.grad is not None:  # gradient accumulation across a mask update: carried over
-            dense = torch.zeros(mask.numel(), dtype=old.grad.dtype)
-            dense[old.flat] = old.grad
-            self.plan.grad = torch.take(dense, self.plan.flat)
+            self.plan.grad = _reindex(old.grad, old, self.plan, mask.numel())
         self.plan.buffer = old.buffer
         if old.buffer is not None:
             old.buffer.zero_()  # its nonzeros were the old mask's
@@ -142,9 +140,7 @@ class SparseKernel:
         :class:`SparseUpdate`, or added into ``weight.grad`` (zero at masked weights)."""
         plan, weight = self.plan, self.module.weight
         if source is not plan:  # the mask changed between the forward and its backward
-            kept = torch.take(
-                torch.zeros(weight.numel()).index_copy_(0, source.flat, kept), plan.flat
-            )
+            kept = _reindex(kept, source, plan, weight.numel())
         if self.compact:
             plan.grad = kept if plan.grad is None else plan.grad + kept
             return
@@ -185,6 +181,13 @@ class SparseKernel:
     def remove(self) -> None:
         del self.module.forward
         delattr(self.module, ZEROED)
+
+
+def _reindex(kept: torch.Tensor, source: Plan, target: Plan, numel: int) -> torch.Tensor:
+    """Kept-weight values in ``source``'s order moved to ``target``'s (zero where ``target``
+    keeps a weight ``source`` did not)."""
+    dense = kept.new_zeros(numel).index_copy_(0, source.flat, kept)
+    return torch.take(dense, target.flat)
 
 
 def refusal(module: nn.Module) -> str | None:
