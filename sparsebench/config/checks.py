@@ -50,10 +50,29 @@ def _check_task(cfg: DictConfig) -> None:
         )
 
 
+def _check_optimizer(cfg: DictConfig) -> None:
+    """A method that reads the optimizer's step direction (HESSO) names the optimizers it
+    knows (its class's ``optimizers``); any other is refused, not silently read as SGD."""
+    method, trainer = cfg.get("method"), cfg.get("trainer")
+    target = method.get("_target_") if method is not None else None
+    if target is None or trainer is None or "optimizer" not in trainer:
+        return
+    from hydra.utils import get_class
+
+    allowed = getattr(get_class(str(target)), "optimizers", None)
+    chosen = str(trainer.optimizer.get("_target_", ""))
+    if allowed is not None and chosen not in allowed:
+        raise ConfigError(
+            f"method '{method.get('name')}' reads the optimizer's step direction, which it "
+            f"knows for {', '.join(allowed)}; trainer.optimizer is '{chosen}'."
+        )
+
+
 def validate(cfg: DictConfig) -> SparsebenchConfig:
     """Check every key and range of the composed config; raises :class:`ConfigError`."""
     _check_unknown_keys(cfg)
     _check_task(cfg)
+    _check_optimizer(cfg)
     try:
         return OmegaConf.to_object(cfg)  # runs each schema's __post_init__
     except ConfigError:

@@ -47,6 +47,9 @@ class SparsityCallback(Callback):
         if self.method.update_due(step):
             self.method.update(step)
 
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss) -> None:
+        self.method.observe_loss(trainer.global_step, loss.detach())
+
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.method.after_backward(trainer.global_step)
         if self.method.hard_masks:

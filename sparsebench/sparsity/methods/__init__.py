@@ -6,6 +6,7 @@ from sparsebench.sparsity.methods.dass import SearchedMasks
 from sparsebench.sparsity.methods.dst import SET, RigL
 from sparsebench.sparsity.methods.gmp import GradualMagnitudePruning
 from sparsebench.sparsity.methods.hesso import HESSO
+from sparsebench.sparsity.methods.hesso_cric import HESSOCRIC
 from sparsebench.sparsity.methods.imp import IterativeMagnitudePruning
 from sparsebench.sparsity.methods.iss_p import ISSP
 from sparsebench.sparsity.methods.magnitude import MagnitudePruning
@@ -23,6 +24,7 @@ __all__ = [
     "ChannelPruning",
     "GradualMagnitudePruning",
     "HESSO",
+    "HESSOCRIC",
     "ISSP",
     "IterativeMagnitudePruning",
     "MagnitudePruning",

@@ -8,6 +8,7 @@ sparsity is spread over layers (the distribution), and when masks change (a
 
 - ``init_masks()``: at fit start (default: dense, all ones);
 - ``update_due(step)`` / ``update(step)``: mask changes on chosen steps (before the forward);
+- ``observe_loss(step, loss)``: the step's training loss, before its backward;
 - ``after_backward(step)``: gradient-time work (RigL's growth) before gradients are masked;
 - ``after_step(step)``: after the optimizer step, before masked weights are zeroed again (ISS-P);
 - ``finalize()``: at the end of training (soft methods hard-prune here).
@@ -51,6 +52,9 @@ class SparsityMethod:
     fit_strategy: str = "single"
     #: Patterns the method can produce; None: any.
     patterns: tuple[type[Pattern], ...] | None = None
+    #: The optimizers (``_target_``) a method that reads the optimizer's state works with;
+    #: None: any (checked when the config is validated).
+    optimizers: tuple[str, ...] | None = None
 
     def __init__(
         self,
@@ -174,6 +178,9 @@ class SparsityMethod:
 
     def update(self, step: int) -> None:
         """Change masks before the forward pass of ``step``."""
+
+    def observe_loss(self, step: int, loss: torch.Tensor) -> None:
+        """The training loss of ``step``'s forward, before its backward (HESSO-CRIC reads it)."""
 
     def after_backward(self, step: int) -> None:
         """Gradient-time work on ``step`` before gradients are masked."""

@@ -2,262 +2,306 @@
 
 from __future__ import annotations
 
+import copy
+import logging
+from collections.abc import Mapping
+
+import numpy as np
 import torch
+from torch import nn
 
 from sparsebench.errors import ConfigError
-from sparsebench.sparsity.methods.channel import ChannelPruning
+from sparsebench.sparsity.groups import (
+    CRITERIA,
+    ChannelGroup,
+    channel_groups,
+    criteria,
+    direction,
+    remove_channels,
+    saliency,
+)
+from sparsebench.sparsity.masks import MaskSet
+from sparsebench.sparsity.methods.base import SparsityMethod
+from sparsebench.sparsity.patterns import Channel
+from sparsebench.sparsity.prunable import prunable_layers
+from sparsebench.sparsity.schedules import Schedule
+
+log = logging.getLogger(__name__)
 
 
-class HESSO(ChannelPruning):
-    """Chen et al. 2024, "HESSO: Towards Automatic Efficient and User Friendly Any Neural Network
-    Training and Pruning" (Only-Train-Once series), on the removal groups of ``channel``: each
-    output channel of a layer whose channels can be removed alone (Torch-Pruning's dependency
-    graph) is a group of its filter, conv bias and following BatchNorm's weight and bias.
+class HESSO(SparsityMethod):
+    """Chen et al. 2024, "HESSO: Towards Automatic Efficient and User Friendly Any Neural
+    Network Training and Pruning" (Only-Train-Once), as ``only_train_once/optimizer/hesso.py``
+    does it, on the run's own optimizer (SGD, Adam or AdamW):
 
-    - Warm-up: until ``start`` (a fraction of training) the optimizer trains everything.
-    - ``periods`` pruning periods between ``start`` and ``end``: at the first step of period p
-      each layer picks, among its groups not yet redundant, the lowest-saliency ones so that
-      ``sparsity * (p + 1) / periods`` of its channels are redundant (at least one is kept).
-      Saliency (our reading of the paper's several criteria): the group's L2 norm and its
-      first-order Taylor score |sum g * x|, each divided by the layer's largest, averaged.
-    - Within the period the redundant groups get no gradient and are projected onto zero
-      linearly: after each optimizer step x <- x * r / (r + 1), r steps being left, so they are
-      exactly zero at the period's end and stay zero (masked) from then on. The other groups
-      train with the run's optimizer throughout; there is no fine-tuning stage.
-    - CRIC (``cric=true``), the Corrective Redundant Identification Cycle, as we read it: for
-      the first ``cric_cycles`` steps of a period the candidates are held at zero, and at each
-      step the gradient at that projected point is read; a candidate whose restoring would
-      lower the loss (first order: g . x < 0) by more than the median |g . x| of the layer's
-      kept groups is marked indispensable, restored, and replaced by the next-lowest-saliency
-      group. The survivors then shrink from their saved values over the rest of the period.
+    - Groups: every channel group of the network (``sparsebench.sparsity.groups``), residual
+      streams included; a group of ``group_divisible`` channels or fewer is not pruned.
+    - Budget: K = floor(sparsity x all channels) channels over the whole network, K / periods
+      per period (the remainder in the last), so layers lose different fractions.
+    - Steps (OTO's counter n = steps taken + 1): from ``start`` (a fraction of training) for
+      ``end - start`` of it in ``periods`` periods of D steps; a period starts when
+      (n - start - 1) mod D = 0: saliency (OTO's five criteria on the optimizer's direction,
+      normalised over all channels) picks the period's channels globally (OTO's own rule: the
+      lowest-scored K_so_far + K_period, minus those already taken, the lowest indices first),
+      each group keeping at least ``group_divisible`` channels.
+    - Projection: the chosen channels train on and after each step are scaled by
+      (D - t - 1) / (D - t), t = (n - start) mod D, so they are exactly zero at t = D - 1,
+      then masked for good. There is no fine-tuning stage.
 
-    The result is physically smaller (``deployed_model``: the zero groups removed by
-    Torch-Pruning) and ``flops/sparse`` is that network's FLOPs, as for ``channel``.
+    The result is physically smaller (``deployed_model``: Torch-Pruning removes the zero
+    channels, consumers' inputs included) and ``flops/sparse`` is that network's FLOPs.
     """
+
+    kind = "structured"
+    patterns = (Channel,)
+    optimizers = ("torch.optim.SGD", "torch.optim.Adam", "torch.optim.AdamW")
 
     def __init__(
         self,
         name: str = "hesso",
         sparsity: float = 0.5,
         start: float = 0.1,
-        end: float = 0.7,
-        periods: int = 5,
-        cric: bool = False,
-        cric_cycles: int = 3,
+        end: float = 0.2,
+        periods: int = 10,
+        group_divisible: int = 1,
+        criteria: Mapping[str, float] = CRITERIA,
+        pattern: str = "channel",
+        distribution: str = "global",
+        dense_stem: bool = False,
+        dense_head: bool = True,
         **kwargs,
     ) -> None:
-        super().__init__(name=name, sparsity=sparsity, start=start, end=end, **kwargs)
-        if int(periods) < 1 or int(cric_cycles) < 1:
+        if distribution != "global":
             raise ConfigError(
-                f"method.periods and method.cric_cycles must be >= 1, got {periods} and {cric_cycles}."
+                f"method '{name}' chooses channels over the whole network (OTO's global "
+                f"selection): method.distribution must be global, got '{distribution}'."
             )
-        self.periods, self.cric, self.cric_cycles = int(periods), bool(cric), int(cric_cycles)
-        # Per layer: rows redundant in the current period (shrinking), their saved values while
-        # CRIC holds them at zero, and rows CRIC found indispensable.
-        self.shrinking: dict[str, torch.Tensor] = {}
-        self.saved: dict[str, torch.Tensor] = {}
-        self.protected: dict[str, torch.Tensor] = {}
-        self.cycles_left = 0
-        self.period = 0  # the current (or last) pruning period
-
-    # -- the schedule ---------------------------------------------------------------------------
-    def period_of(self, step: int) -> tuple[int, int, int] | None:
-        """(period, first step, end step) of the period ``step`` is in, or None."""
-        start, end = (
-            self.schedule.start_step,
-            max(self.schedule.start_step + self.periods, self.schedule.end_step),
+        if not dense_head:
+            raise ConfigError(
+                f"method '{name}' never removes the classifier's outputs (the classes): "
+                "method.dense_head must be true."
+            )
+        super().__init__(
+            name=name,
+            sparsity=sparsity,
+            pattern=pattern,
+            distribution=distribution,
+            dense_stem=dense_stem,
+            **kwargs,
         )
-        if not start <= step < end:
+        if int(periods) < 1 or int(group_divisible) < 1:
+            raise ConfigError(
+                f"method.periods and method.group_divisible must be >= 1, got {periods} and "
+                f"{group_divisible}."
+            )
+        unknown = sorted(set(criteria) - set(CRITERIA))
+        if unknown:
+            raise ConfigError(
+                f"method.criteria has unknown criteria {unknown}; allowed: {', '.join(CRITERIA)}."
+            )
+        self.schedule = Schedule(start=start, end=end)
+        self.start, self.end, self.periods = start, end, int(periods)
+        self.group_divisible, self.weights = int(group_divisible), dict(criteria)
+        self.groups: list[ChannelGroup] = []
+        self.example: torch.Tensor | None = None
+        self.pruned: list[torch.Tensor] = []  # per group: channels zero for good
+        self.active: list[torch.Tensor] = []  # per group: channels being projected now
+        self.taken: list[int] = []  # OTO's pruned_group_idxes (global channel indices)
+        self.period = 0  # periods started
+        self.target = 0  # OTO's target_num_redundant_groups
+        self.per_period: list[int] = []
+
+    # -- groups ---------------------------------------------------------------------------------
+    def select(self, model: nn.Module, example: torch.Tensor | None = None) -> dict[str, nn.Module]:
+        if example is None:
+            raise ConfigError(f"method '{self.name}' needs an example input to trace the model.")
+        self.example = example
+        candidates = prunable_layers(model, **self.layer_options)
+        groups = [
+            g for g in channel_groups(model, example, candidates) if g.size > self.group_divisible
+        ]
+        self.groups = self.runnable(model, groups)
+        if not self.groups:
+            raise ConfigError(f"method '{self.name}' found no channel group it can remove.")
+        self.pruned = [torch.zeros(g.size, dtype=torch.bool) for g in self.groups]
+        self.active = [torch.zeros(g.size, dtype=torch.bool) for g in self.groups]
+        total = sum(g.size for g in self.groups)
+        self.target = int(total * min(self.sparsity, 0.999))
+        share = self.target // self.periods
+        self.per_period = [share] * (self.periods - 1) + [self.target - share * (self.periods - 1)]
+        return {name: model.get_submodule(name) for g in self.groups for name in g.layers}
+
+    def runnable(self, model: nn.Module, groups: list[ChannelGroup]) -> list[ChannelGroup]:
+        """The groups whose removal leaves a network that still runs (one channel of each
+        removed from a copy, all at once, one group at a time if that fails). A group whose
+        channels are reshaped by a count (attention's qkv into heads) stays dense, said once."""
+
+        def runs(chosen: list[ChannelGroup]) -> str | None:
+            probe = copy.deepcopy(model).eval()
+            keep = [torch.arange(g.size) != 0 for g in chosen]
+            try:
+                remove_channels(probe, self.example, chosen, keep)
+                with torch.no_grad():
+                    probe(self.example)
+            except Exception as exc:  # noqa: BLE001 (any failure means: not removable)
+                return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return None
-        length = (end - start) / self.periods
-        p = min(self.periods - 1, int((step - start) / length))
-        return p, start + round(p * length), start + round((p + 1) * length)
+
+        if runs(groups) is None:
+            return groups
+        problems = [runs([g]) for g in groups]
+        broken = [
+            g.layers[0] for g, problem in zip(groups, problems, strict=True) if problem is not None
+        ]
+        log.warning(
+            "method '%s': %d channel group(s) stay dense (rooted at %s): removing their channels "
+            "breaks the network (%s).",
+            self.name,
+            len(broken),
+            ", ".join(broken),
+            next(p for p in problems if p is not None),
+        )
+        return [g for g, problem in zip(groups, problems, strict=True) if problem is None]
+
+    def kept(self) -> list[torch.Tensor]:
+        return [~p for p in self.pruned]
+
+    @property
+    def channel_sparsity(self) -> float:
+        """The fraction of the groups' channels removed (``sparsity`` asks for this one)."""
+        return sum(int(p.sum()) for p in self.pruned) / sum(g.size for g in self.groups)
+
+    # -- OTO's step, around the run's optimizer ---------------------------------------------------
+    @property
+    def span(self) -> tuple[int, int]:
+        """(start step, D: steps per period), OTO's start_pruning_step and period duration."""
+        start = self.schedule.start_step
+        steps = max(self.periods, max(1, self.schedule.end_step) - start)
+        return start, steps // self.periods
+
+    def scores(self) -> list[torch.Tensor]:
+        """Each group's channel saliency now (the optimizer's direction from this gradient)."""
+        raw = [criteria(g, [direction(self.optimizer, p) for p in g.params]) for g in self.groups]
+        return saliency(raw, self.weights)
 
     def update_due(self, step: int) -> bool:
-        return False  # selection happens in after_backward, where this step's gradient is
+        return False  # channels are chosen in after_backward, where this step's gradient is
 
-    # -- per-row quantities (rows and params: channel's groups) --------------------------------------
-    def per_row(self, name: str, values: list[torch.Tensor]) -> torch.Tensor:
-        rows = self.masks.layers[name].weight.shape[0]
-        return torch.stack([v.reshape(rows, -1).sum(1) for v in values]).sum(0)
-
-    def saliency(self, name: str) -> torch.Tensor:
-        params = self.params(name)
-        norm = self.per_row(name, [p.detach() ** 2 for p in params]).sqrt()
-        taylor = self.first_order(name).abs()
-        scale = lambda v: v / v.max() if v.max() > 0 else v  # noqa: E731
-        return (scale(norm) + scale(taylor)) / 2
-
-    def first_order(self, name: str, values: torch.Tensor | None = None) -> torch.Tensor:
-        """g . x per row (``values``: saved row values instead of the current ones)."""
-        params = self.params(name)
-        current = [p.detach() for p in params]
-        if values is not None:
-            current = self.unflatten(name, values)
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        return self.per_row(name, [g * x for g, x in zip(grads, current, strict=True)])
-
-    def flatten(self, name: str) -> torch.Tensor:
-        rows = self.masks.layers[name].weight.shape[0]
-        return torch.cat([p.detach().reshape(rows, -1) for p in self.params(name)], dim=1).clone()
-
-    def unflatten(self, name: str, flat: torch.Tensor) -> list[torch.Tensor]:
-        out, col = [], 0
-        for p in self.params(name):
-            width = p[0].numel() if p.dim() > 1 else 1
-            out.append(flat[:, col : col + width].reshape(p.shape))
-            col += width
-        return out
-
-    @torch.no_grad()
-    def set_rows(self, name: str, rows: torch.Tensor, flat: torch.Tensor) -> None:
-        for p, value in zip(self.params(name), self.unflatten(name, flat), strict=True):
-            p[rows] = value[rows]
-
-    @torch.no_grad()
-    def zero_rows(self, name: str, rows: torch.Tensor) -> None:
-        for p in self.params(name):
-            p[rows] = 0
-
-    # -- the hybrid optimizer -----------------------------------------------------------------------
-    def select(self, model, example=None):
-        chosen = super().select(model, example)
-        self.protected = {
-            n: torch.zeros(m.weight.shape[0], dtype=torch.bool) for n, m in chosen.items()
-        }
-        return chosen
-
-    def choose(self, name: str, period: int, exclude: torch.Tensor) -> torch.Tensor:
-        """Rows to make redundant now: the lowest-saliency kept rows not excluded, enough for
-        the period's share of the layer."""
-        kept = self.rows(name)
-        total = kept.numel()
-        target = min(total - 1, round(self.sparsity * total * (period + 1) / self.periods))
-        removed = int((~kept).sum()) + int(self.shrinking.get(name, torch.zeros_like(kept)).sum())
-        need = max(0, target - removed)
-        free = kept & ~exclude & ~self.shrinking.get(name, torch.zeros_like(kept))
-        score = torch.where(free, self.saliency(name), torch.inf)
-        pick = torch.zeros_like(kept)
-        if need:
-            pick[torch.topk(score, min(need, int(free.sum())), largest=False).indices] = True
-        return pick
-
-    @torch.no_grad()
     def after_backward(self, step: int) -> None:
-        period = self.period_of(step)
-        if period is None:
-            return
-        p, first, end = period
-        if step == first:
-            self.period = p
-            for name, _ in self.masks:
-                self.shrinking[name] = self.choose(name, p, self.protected[name])
-            if self.cric:
-                self.cycles_left = min(self.cric_cycles, end - first - 1)  # leave a step to shrink
-                for name, _ in self.masks:  # hold the candidates at zero, saving their values
-                    self.saved[name] = self.flatten(name)
-                    self.zero_rows(name, self.shrinking[name])
-            return
-        if self.cycles_left > 0:
-            self.correct()
+        n, (start, length) = step + 1, self.span
+        if n >= start and self.period < self.periods and (n - start - 1) % length == 0:
+            self.commit()
+            self.identify(torch.cat(self.scores()), self.per_period[self.period])
+            self.period += 1
 
     @torch.no_grad()
-    def correct(self) -> None:
-        """One CRIC cycle at the projected point: restore the violating candidates, replace them."""
-        self.cycles_left -= 1
-        for name, _ in self.masks:
-            candidates = self.shrinking[name]
-            if not candidates.any():
-                continue
-            restore_gain = self.first_order(name, self.saved[name])  # loss(x) - loss(0) ~ g . x
-            kept = self.rows(name) & ~candidates
-            typical = (
-                self.first_order(name)[kept].abs().median() if kept.any() else torch.tensor(0.0)
-            )
-            violating = candidates & (restore_gain < -typical)
-            if violating.any():
-                self.protected[name] |= violating
-                self.set_rows(name, violating, self.saved[name])
-                self.shrinking[name] = candidates & ~violating
-                more = self.choose(name, self.period, self.protected[name])
-                self.saved[name] = torch.where(more[:, None], self.flatten(name), self.saved[name])
-                self.zero_rows(name, more)
-                self.shrinking[name] |= more
-        if self.cycles_left == 0:  # the survivors shrink from their saved values from now on
-            for name, _ in self.masks:
-                self.set_rows(name, self.shrinking[name], self.saved[name])
-            self.saved = {}
-
-    def mask_grads(self) -> None:
-        super().mask_grads()
-        for name, rows in self.shrinking.items():  # redundant groups get no gradient
-            for p in self.params(name):
-                if p.grad is not None:
-                    p.grad[rows] = 0
+    def identify(self, scores: torch.Tensor, count: int) -> None:
+        """OTO's identify_redundant_groups: ``count`` more channels from the lowest-scored."""
+        top = torch.topk(-scores, min(len(self.taken) + count, scores.numel())).indices.numpy()
+        new = np.setdiff1d(top, self.taken)[:count]
+        self.taken.extend(int(i) for i in new)
+        offset = 0
+        for g, group in enumerate(self.groups):
+            local = new[(new >= offset) & (new < offset + group.size)] - offset
+            offset += group.size
+            pruned = int(self.pruned[g].sum())
+            trial = group.size - pruned - len(local)  # channels this group would keep
+            if trial % self.group_divisible != 0 or trial <= 0:  # keep a multiple, at least one
+                ratio = trial // self.group_divisible + 1
+                keep = (
+                    max(self.group_divisible, 1)
+                    if ratio <= 1 or trial == 0
+                    else max(ratio * self.group_divisible, self.group_divisible)
+                )
+                allowed = group.size - pruned - min(group.size, keep)
+                self.target += allowed - len(local)
+                local = local[:allowed]
+            self.active[g][torch.as_tensor(local, dtype=torch.long)] = True
 
     @torch.no_grad()
     def after_step(self, step: int) -> None:
-        period = self.period_of(step - 1)  # the step just taken
-        if period is None or not self.shrinking:
-            return
-        _, _, end = period
-        if self.cycles_left > 0 and end - step > 0:  # CRIC holds the candidates at zero
-            for name, rows in self.shrinking.items():
-                self.zero_rows(name, rows)
-            return
-        left = end - step
-        for name, rows in self.shrinking.items():
-            factor = left / (left + 1) if left > 0 else 0.0
-            for p in self.params(name):
-                p[rows] *= factor
-        if left <= 0:
-            self.retire()
+        n, (start, length) = step, self.span
+        t = (n - start) % length
+        factor = (length - t - 1.0) / (length - t)
+        for group, active in zip(self.groups, self.active, strict=True):
+            if active.any():
+                for p in group.params:
+                    p[active] *= factor
+        if n >= start and t == length - 1:
+            self.commit()
 
-    def retire(self) -> None:
-        """The period's redundant groups are zero: mask them for good."""
-        for name, rows in self.shrinking.items():
-            module = self.masks.layers[name]
-            keep = self.rows(name) & ~rows
-            self.masks.set(
-                name,
-                keep.view(-1, *([1] * (module.weight.dim() - 1))).expand_as(module.weight).clone(),
-            )
-        self.shrinking = {}
+    def commit(self) -> None:
+        """The channels being projected are zero: mask them for good."""
+        if not any(a.any() for a in self.active):
+            return
+        for g, group in enumerate(self.groups):
+            self.pruned[g] |= self.active[g]
+            self.active[g] = torch.zeros_like(self.active[g])
+            for name in group.layers:
+                weight = self.masks.layers[name].weight
+                keep = ~self.pruned[g]
+                self.masks.set(
+                    name, keep.view(-1, *([1] * (weight.dim() - 1))).expand_as(weight).clone()
+                )
         self.apply()
 
+    # -- what masking means: a channel's bias and norms are zero too -------------------------------
+    @torch.no_grad()
+    def zero_channels(self, grads: bool = False) -> None:
+        for group, pruned in zip(self.groups, self.pruned, strict=True):
+            if pruned.any():
+                for p in group.params:
+                    target = p.grad if grads else p
+                    if target is not None:
+                        target[pruned] = 0
+
+    def mask_grads(self) -> None:
+        super().mask_grads()
+        self.zero_channels(grads=True)
+
+    def apply(self) -> None:
+        super().apply()
+        self.zero_channels()
+
+    @torch.no_grad()
     def finalize(self) -> None:
-        if self.shrinking:  # a run that ended inside a period: its groups go to zero now
-            for name, rows in self.shrinking.items():
-                self.zero_rows(name, rows)
-            self.retire()
+        """A run that ended inside a period: its channels go to zero now."""
+        for group, active in zip(self.groups, self.active, strict=True):
+            for p in group.params:
+                p[active] = 0
+        self.commit()
 
-    def update(self, step: int) -> None:
-        pass
+    def deployed_model(self, model: nn.Module) -> nn.Module:
+        """A copy of ``model`` with the pruned channels physically removed."""
+        slim = copy.deepcopy(model).eval()
+        MaskSet.detach(slim)  # Torch-Pruning reshapes parameters, not our mask buffers
+        remove_channels(slim, self.example, self.groups, self.kept())
+        return slim
 
+    # -- resume and accounting ----------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "shrinking": {k: v.clone() for k, v in self.shrinking.items()},
-            "protected": {k: v.clone() for k, v in self.protected.items()},
-            "saved": {k: v.clone() for k, v in self.saved.items()},
-            "cycles_left": self.cycles_left,
+            "pruned": [p.clone() for p in self.pruned],
+            "active": [a.clone() for a in self.active],
+            "taken": list(self.taken),
             "period": self.period,
+            "target": self.target,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.shrinking = dict(state.get("shrinking", {}))
-        self.protected.update(state.get("protected", {}))
-        self.saved = dict(state.get("saved", {}))
-        self.cycles_left = int(state.get("cycles_left", 0))
-        self.period = int(state.get("period", 0))
+        if "pruned" in state:
+            self.pruned = [p.clone() for p in state["pruned"]]
+            self.active = [a.clone() for a in state["active"]]
+            self.taken = [int(i) for i in state["taken"]]
+            self.period, self.target = int(state["period"]), int(state["target"])
 
     def train_flops(self, dense_flops: float, sparse_flops: float, samples: int) -> float:
-        # The full network trains; each period's groups stop costing at its end (as GMP's ramp).
-        grid = 1000
-        start, end = self.start * grid, max(self.end * grid, self.start * grid + self.periods)
-        length = (end - start) / self.periods
-        fraction = [
-            min(self.periods, max(0, int((t - start) // length))) / self.periods
-            for t in range(grid)
+        # The full network trains; each period's channels stop costing at its end.
+        total = max(1, self.schedule.total_steps)
+        start, length = self.span
+        done = [
+            min(self.periods, max(0, (t - start + 1) // length)) / self.periods
+            for t in range(total)
         ]
-        mean = sum(fraction) / grid
+        mean = sum(done) / total
         return 3 * samples * (dense_flops - (dense_flops - sparse_flops) * mean)
