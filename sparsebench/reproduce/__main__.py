@@ -7,6 +7,8 @@ sparse-training literature (sweeps/claims/NAME.yaml) with the normal runners.
         hydra/launcher=submitit_slurm                                 # one cluster job per run
     python -m sparsebench.reproduce claim=rigl_vs_static tier=full     # then: statistics, report
 
+    python -m sparsebench.reproduce check report=docs/claims.md        # is the report current?
+
 Without ``job``, the runs of each claim run here one after the other (finished ones are
 skipped, so the command resumes), then each claim's effects, intervals and verdicts are
 computed, logged to its MLflow parent run, and the report is written to ROOT/TIER/claims.md and
@@ -43,6 +45,7 @@ def _main(cfg: DictConfig) -> None:
         root, extra = Path(str(cfg.root)), [str(o) for o in cfg.overrides]
         plan = [(claim, job) for claim in claims for job in claim.jobs(root, cfg.tier, cfg.seeds)]
         check_plan(plan, extra)  # every run composes, before anything runs
+        check_versions(claims, cfg)
         if cfg.job is not None:
             if cfg.job >= len(plan):
                 raise ConfigError(
@@ -78,6 +81,26 @@ def check_plan(plan, extra: list[str]) -> None:
             raise ConfigError(
                 f"claim {claim.name}, arm {job.arm} does not compose ({first_line(exc)})."
             ) from None
+
+
+def check_versions(claims, cfg: DictConfig) -> None:
+    """Refuse a claim whose content changed under the same version: against the version and
+    digest its run folder records and those of the report it rewrites; then stamp them."""
+    from sparsebench.reproduce.report import meta_of
+    from sparsebench.reproduce.suite import refuse_changed, stamp
+
+    root = Path(str(cfg.root))
+    for path in {root / cfg.tier / "claims.md", *([Path(str(cfg.report))] if cfg.report else [])}:
+        try:
+            meta = meta_of(path.read_text()) or {}
+        except OSError:
+            continue
+        for claim in claims:
+            entry = (meta.get("claims") or {}).get(claim.name) or {}
+            if entry.get("version") == claim.version:
+                refuse_changed(claim, entry.get("digest"), str(path))
+    for claim in claims:
+        stamp(claim, claim.folder(root, cfg.tier))
 
 
 def run_plan(plan, cfg: DictConfig, extra: list[str]):
@@ -128,12 +151,19 @@ def run_plan(plan, cfg: DictConfig, extra: list[str]):
 
 def write_report(sections, cfg: DictConfig, base: DictConfig) -> None:
     """The report files, logged to the tracking store of ``base`` (a run of the plan)."""
+    from sparsebench.config.resources import CONF_DIR
+    from sparsebench.reproduce.check import commit_of
     from sparsebench.reproduce.report import html_page, markdown
+    from sparsebench.reproduce.suite import correct
 
+    correct([result for _, _, results, _ in sections for result in results])
+    extra = [str(o) for o in cfg.overrides]
     command = f"python -m sparsebench.reproduce claim={cfg.claim} tier={cfg.tier}"
     if cfg.seeds is not None:
         command += f" seeds={cfg.seeds}"
-    text = markdown(cfg.tier, sections, command, cfg.seeds)
+    if extra:
+        command += " 'overrides=[" + ",".join(extra) + "]'"
+    text = markdown(cfg.tier, sections, command, cfg.seeds, extra, commit_of(CONF_DIR.parent))
     folder = Path(str(cfg.root)) / cfg.tier
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "claims.md").write_text(text)
@@ -168,7 +198,31 @@ def log_report(cfg: DictConfig, base: DictConfig, folder: Path, page: Path) -> N
         print(f"warning: the report was not logged to MLflow ({exc})", file=sys.stderr)
 
 
+def check(args: list[str]) -> int:
+    """``check [report=PATH]``: whether the report is current for HEAD (exit 0) or not (1)."""
+    from sparsebench.config.resources import CONF_DIR
+    from sparsebench.reproduce.check import commit_of, problems
+
+    report = Path("docs/claims.md")
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if key != "report" or not sep or not value:
+            print(f"error: check takes report=PATH, got '{arg}'.", file=sys.stderr)
+            return 2
+        report = Path(value)
+    repo = CONF_DIR.parent
+    found = problems(report, repo)
+    head = commit_of(repo)[0][:12]
+    if found:
+        print(f"{report} is not current for HEAD {head}: " + "; ".join(found) + ".")
+        return 1
+    print(f"{report} is current for HEAD {head}.")
+    return 0
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["check"]:
+        raise SystemExit(check(sys.argv[2:]))
     register()
     hydra_app("reproduce", _main, lambda args: check_composition(args, "reproduce"))
 

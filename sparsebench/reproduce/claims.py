@@ -11,13 +11,20 @@
       erk: [+method=rigl, method.sparsity=0.95, method.distribution=erk]
       uniform: [+method=rigl, method.sparsity=0.95, method.distribution=uniform]
     comparisons:                    # effect = sum of arms a - sum of arms b, paired by seed
-      - {a: erk, b: uniform, direction: greater, delta: 0.005}
+      - {a: erk, b: uniform, direction: greater, delta: 0.005, detect: 0.0105}
+      # delta: the smallest effect that counts (the margin); detect: the effect the claim is
+      # meant to detect (the report says when n is too small to detect it)
     tiers:
       quick: {seeds: 5, budget: "MLP on MNIST-1D, 10 epochs", overrides: [model=mlp, ...]}
       full: {seeds: 3, budget: "resnet20 on CIFAR-10, 160 epochs", overrides: [...]}
       # a tier may replace arms' overrides (``arms: {dense: [...]}``): a pretrained checkpoint's
       # tier prunes the checkpoint itself instead of a dense arm's run
     changes: []                     # one line per version after the first: what and why
+
+What decides a verdict (arms, metrics, comparisons with their directions, margins and
+``detect``, tiers' seeds and overrides) is hashed into the claim's :attr:`Claim.digest`; the
+suite refuses a claim whose digest differs from the one recorded for the same version in its
+run folder or in the report it rewrites (a changed margin is a new version, with its reason).
 
 An arm's override ``NAME=@ARM`` takes the run folder of arm ARM with the same seed (a
 post-training arm pruning the dense arm's checkpoint: ``checkpoint=@dense``). An arm can also be
@@ -31,7 +38,9 @@ all of them is counted.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +70,7 @@ class Comparison:
     delta: float
     metric: str
     label: str
+    detect: float  # the effect (A - B, the metric's units) the claim is meant to detect
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,23 @@ class Claim:
     changes: tuple[str, ...]
     path: Path
     searches: dict[str, Search]
+
+    @property
+    def digest(self) -> str:
+        """A hash of what decides the claim's verdicts (not its prose): arms and searches,
+        comparisons (sides, metric, direction, margin, detect), tiers' seeds and overrides."""
+        content = {
+            "metric": self.metric,
+            "arms": self.arms,
+            "searches": {k: asdict(v) for k, v in self.searches.items()},
+            "comparisons": [asdict(c) for c in self.comparisons],
+            "tiers": {
+                k: {"seeds": t.seeds, "overrides": t.overrides, "arms": t.arms}
+                for k, t in self.tiers.items()
+            },
+        }
+        text = json.dumps(content, sort_keys=True, default=list)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def folder(self, root: Path, tier: str) -> Path:
         return root / tier / self.name
@@ -255,6 +282,12 @@ def load_claim(name: str) -> Claim:
                 f"{where}: comparison {i + 1}: delta (the smallest effect that "
                 f"counts) must be a number >= 0, got {delta!r}."
             )
+        detect = item.get("detect")
+        if not isinstance(detect, (int, float)) or isinstance(detect, bool):
+            raise ConfigError(
+                f"{where}: comparison {i + 1}: detect (the effect A - B the claim is meant to "
+                f"detect, for the report's power column) must be a number, got {detect!r}."
+            )
         label = item.get("label") or f"{' + '.join(sides[0])} vs {' + '.join(sides[1])}"
         comparisons.append(
             Comparison(
@@ -264,6 +297,7 @@ def load_claim(name: str) -> Claim:
                 float(delta),
                 str(item.get("metric") or metric),
                 str(label),
+                float(detect),
             )
         )
     if not comparisons:

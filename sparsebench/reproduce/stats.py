@@ -5,18 +5,32 @@ arm B (same data split, same initialisation where the arms share a model) and th
 mean of the paired differences ``A_i - B_i``, with a confidence interval from the t
 distribution (``scipy.stats.ttest_rel``) or a BCa bootstrap (``scipy.stats.bootstrap``).
 
-A claim says how A relates to B and names the smallest effect that counts, ``delta`` (>= 0):
+A claim says how A relates to B and names the smallest effect that counts, ``delta`` (>= 0),
+which puts one threshold on the effect's axis; the verdict is read off the interval alone:
 
-============  ==========================  ======================  =======================
-direction     the claim                   reproduced when         contradicted when
-============  ==========================  ======================  =======================
-greater       A beats B by at least delta  low > 0 and mean >= delta  high < delta
-less          A is below B by delta        high < 0 and mean <= -delta  low > -delta
-not_less      A at least matches B         low > -delta            high < -delta
-not_greater   A is no better than B        high < delta            low > delta
-============  ==========================  ======================  =======================
+============  ==========================  =========  ====================  ==================
+direction     the claim                   threshold  reproduced when       contradicted when
+============  ==========================  =========  ====================  ==================
+greater       A beats B by more than delta  +delta   low > +delta          high < +delta
+less          A is below B by more than d   -delta   high < -delta         low > -delta
+not_less      A at least matches B          -delta   low > -delta          high < -delta
+not_greater   A is no better than B         +delta   high < +delta         low > +delta
+============  ==========================  =========  ====================  ==================
 
-and inconclusive otherwise: the interval does not decide at this n.
+and inconclusive otherwise: the interval does not decide at this n. (A superiority claim is
+reproduced only when the whole interval lies beyond its margin; a non-inferiority claim when
+it lies on the right side of its margin.)
+
+A report makes many comparisons, so its verdicts are also given under Holm's step-down
+correction (Holm 1979, "A simple sequentially rejective multiple test procedure"): with m
+comparisons ordered by the p-value of their decision (the t test of the effect against the
+threshold, two-sided), the k-th is decided only at the level 0.05 / (m - k + 1), i.e. with its
+interval at confidence 1 - 0.05 / (m - k + 1), and only if every one before it was decided.
+
+Power: :func:`detectable` is the smallest distance from the threshold that a paired t test at
+this n and the observed spread detects with 80% power (two-sided 0.05, the noncentral t's exact power); a comparison whose
+claim file's ``detect`` (the effect it is meant to detect) lies closer to the threshold than
+that is underpowered: n cannot decide it.
 """
 
 from __future__ import annotations
@@ -84,27 +98,83 @@ def paired_effect(
     return Effect(mean, float(interval.low), float(interval.high), len(diff), confidence, method)
 
 
-def verdict(effect: Effect, direction: str, delta: float) -> str:
-    """``reproduced``, ``contradicted`` or ``inconclusive`` (the table above)."""
+def threshold(direction: str, delta: float) -> tuple[float, int]:
+    """The threshold a direction puts on the effect's axis, and the side (+1: above it, -1:
+    below it) on which the claim is reproduced."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got '{direction}'")
     if delta < 0 or math.isnan(delta):
         raise ValueError(f"the smallest effect that counts must be >= 0, got {delta}")
-    low, high, mean = effect.low, effect.high, effect.mean
-    if direction == "greater":
-        decided = (
-            "reproduced" if low > 0 and mean >= delta else "contradicted" if high < delta else None
-        )
-    elif direction == "less":
-        decided = (
-            "reproduced"
-            if high < 0 and mean <= -delta
-            else "contradicted"
-            if low > -delta
-            else None
-        )
-    elif direction == "not_less":
-        decided = "reproduced" if low > -delta else "contradicted" if high < -delta else None
-    else:
-        decided = "reproduced" if high < delta else "contradicted" if low > delta else None
-    return decided or "inconclusive"
+    return {
+        "greater": (delta, 1),
+        "less": (-delta, -1),
+        "not_less": (-delta, 1),
+        "not_greater": (delta, -1),
+    }[direction]
+
+
+def verdict(effect: Effect, direction: str, delta: float) -> str:
+    """``reproduced``, ``contradicted`` or ``inconclusive`` (the table above)."""
+    tau, side = threshold(direction, delta)
+    low, high = (effect.low, effect.high) if side > 0 else (-effect.high, -effect.low)
+    tau *= side
+    return "reproduced" if low > tau else "contradicted" if high < tau else "inconclusive"
+
+
+def decision_p(diffs: list[float], direction: str, delta: float) -> float:
+    """The two-sided p-value of the paired t test of the mean difference against the
+    direction's threshold: the level below which the interval excludes it (1 when the
+    differences have no spread and sit on it, 0 when they have none and do not)."""
+    import numpy as np
+    from scipy import stats
+
+    tau, _ = threshold(direction, delta)
+    d = np.asarray(diffs, dtype=float)
+    sd = float(d.std(ddof=1))
+    if sd == 0.0:
+        return 1.0 if float(d.mean()) == tau else 0.0
+    t = (float(d.mean()) - tau) / (sd / math.sqrt(len(d)))
+    return float(2 * stats.t.sf(abs(t), len(d) - 1))
+
+
+def holm_levels(pvalues: list[float], alpha: float = 0.05) -> list[float | None]:
+    """Holm's step-down levels: per comparison the level it is decided at, or None where an
+    earlier one in the order (ascending p) was not decided (so this one is not either)."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    levels: list[float | None] = [None] * len(pvalues)
+    for k, i in enumerate(order):
+        level = alpha / (len(pvalues) - k)
+        if pvalues[i] > level:
+            break
+        levels[i] = level
+    return levels
+
+
+def detectable(diffs: list[float], alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest effect (distance from the threshold) a two-sided paired t test at ``alpha``
+    detects with ``power``, at this n and the observed standard deviation: the exact power
+    (the noncentral t's, as an integral over the chi-square of the variance, which stays
+    finite where ``scipy.stats.nct`` returns NaN at one degree of freedom), solved for it."""
+    import numpy as np
+    from scipy import integrate, optimize, stats
+
+    d = np.asarray(diffs, dtype=float)
+    n, sd = len(d), float(d.std(ddof=1))
+    if sd == 0.0:
+        return 0.0
+    df = n - 1
+    critical = stats.t.ppf(1 - alpha / 2, df)
+
+    def shortfall(shift: float) -> float:  # shift: the effect in standard errors
+        def given(v: float) -> float:  # P(reject | the variance's chi-square is v)
+            edge = critical * math.sqrt(v / df)
+            return (stats.norm.sf(edge - shift) + stats.norm.cdf(-edge - shift)) * stats.chi2.pdf(
+                v, df
+            )
+
+        return integrate.quad(given, 0, np.inf, limit=200)[0] - power
+
+    high = 1.0
+    while shortfall(high) < 0:
+        high *= 2
+    return optimize.brentq(shortfall, 0.0, high, xtol=1e-10) * sd / math.sqrt(n)

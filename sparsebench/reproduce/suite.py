@@ -21,7 +21,17 @@ from sparsebench.errors import ConfigError, first_line
 from sparsebench.record.parents import PARENT_FILE, ParentRun
 from sparsebench.record.results import status_of
 from sparsebench.reproduce.claims import Claim, Comparison, Job
-from sparsebench.reproduce.stats import Effect, paired_effect, verdict
+from sparsebench.reproduce.stats import (
+    Effect,
+    decision_p,
+    detectable,
+    holm_levels,
+    paired_effect,
+    threshold,
+    verdict,
+)
+
+STAMP = "claim.json"  # in a claim's run folder: the version and digest its runs were made for
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +55,17 @@ class Result:
     effect: Effect | None
     verdict: str
     missing: list[str]  # "ARM-sSEED (status)" of the runs without the metric
+    p: float = 1.0  # the two-sided p of the decision (the effect against the threshold)
+    detectable: float = math.inf  # smallest distance from the threshold detectable, 80% power
+    holm_level: float | None = None  # the level Holm decides it at (None: not decided)
+    holm_effect: Effect | None = None  # the interval at that level
+    holm_verdict: str = "inconclusive"
+
+    @property
+    def underpowered(self) -> bool:
+        """Whether n is too small to detect the effect the claim file says it is meant to."""
+        c = self.comparison
+        return self.detectable > abs(c.detect - threshold(c.direction, c.delta)[0])
 
 
 def compose(job: Job, extra: list[str]) -> DictConfig:
@@ -149,14 +170,51 @@ def analyse(claim: Claim, outcomes: list[Outcome], method: str = "t") -> list[Re
             if len(values) == len(set(arms)):
                 diff = sum(values[a] for a in comparison.a) - sum(values[b] for b in comparison.b)
                 pairs.append((seed, diff))
+        result = Result(comparison, pairs, None, "inconclusive", sorted(set(missing)))
         if len(pairs) >= 2:
             diffs = [d for _, d in pairs]
-            effect = paired_effect(diffs, [0.0] * len(diffs), method=method)
-            decided = verdict(effect, comparison.direction, comparison.delta)
-        else:
-            effect, decided = None, "inconclusive"
-        results.append(Result(comparison, pairs, effect, decided, sorted(set(missing))))
+            result.effect = paired_effect(diffs, [0.0] * len(diffs), method=method)
+            result.verdict = verdict(result.effect, comparison.direction, comparison.delta)
+            result.p = decision_p(diffs, comparison.direction, comparison.delta)
+            result.detectable = detectable(diffs)
+        results.append(result)
     return results
+
+
+def correct(results: list[Result], method: str = "t", alpha: float = 0.05) -> None:
+    """Holm's correction over every comparison of a report (in place): each result's level,
+    its interval at that level and the verdict read off it (inconclusive where Holm stops)."""
+    for result, level in zip(results, holm_levels([r.p for r in results], alpha), strict=True):
+        result.holm_level, result.holm_effect, result.holm_verdict = level, None, "inconclusive"
+        if level is None or result.effect is None:
+            continue
+        diffs = [d for _, d in result.pairs]
+        result.holm_effect = paired_effect(diffs, [0.0] * len(diffs), 1 - level, method)
+        c = result.comparison
+        result.holm_verdict = verdict(result.holm_effect, c.direction, c.delta)
+
+
+def stamp(claim: Claim, folder: Path) -> None:
+    """Record the claim's version and digest in its run folder, refusing a claim whose content
+    changed under the same version (its runs would be reused under other margins)."""
+    path = folder / STAMP
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        recorded = None
+    if recorded is not None and recorded.get("version") == claim.version:
+        refuse_changed(claim, recorded.get("digest"), str(path))
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"version": claim.version, "digest": claim.digest}))
+
+
+def refuse_changed(claim: Claim, digest: str | None, where: str) -> None:
+    if digest is not None and digest != claim.digest:
+        raise ConfigError(
+            f"claim file {claim.path} changed (digest {digest} in {where}, {claim.digest} now) "
+            f"but still says version {claim.version}; raise its version and say what changed "
+            "and why under 'changes'."
+        )
 
 
 def log_results(

@@ -29,7 +29,7 @@ TINY = {
         "random": ["model=mlp", "+method=random", "method.sparsity=0.95"],
     },
     "comparisons": [
-        {"a": "dense", "b": "random", "direction": "greater", "delta": 0.0},
+        {"a": "dense", "b": "random", "direction": "greater", "delta": 0.0, "detect": 0.05},
         {
             "a": "random",
             "b": "dense",
@@ -37,6 +37,7 @@ TINY = {
             "delta": 0.0,
             "metric": "flops/sparse",
             "label": "FLOPs",
+            "detect": -1000.0,
         },
     ],
     "tiers": {
@@ -77,6 +78,10 @@ def write(tmp_path: Path, **changes) -> Path:
             "tier full: arms must map arms of the file (dense, random; not searches)",
         ),
         ({"seed": 3}, "unknown field(s) seed"),
+        (
+            {"comparisons": [{"a": "dense", "b": "random", "direction": "greater", "delta": 0}]},
+            "comparison 1: detect (the effect A - B the claim is meant to detect",
+        ),
     ],
 )
 def test_claim_files_are_checked_in_one_sentence(tmp_path: Path, changes, message) -> None:
@@ -142,9 +147,9 @@ def test_a_tiny_claim_end_to_end(tmp_path: Path) -> None:
     expected = verdict(effect, "greater", 0.0)
     report = (tmp_path / "claims.md").read_text()
     assert f"{effect.describe()} → " in report
-    assert f"| {expected} |" in report or f"**{expected}**" in report
+    assert f"| {expected} " in report or f"**{expected}**" in report
     # FLOPs of 95% sparse vs dense: the same every seed, so a point interval: reproduced.
-    assert "**FLOPs** (flops/sparse, less, smallest effect 0): " in report
+    assert "**FLOPs** (flops/sparse, less, smallest effect 0, meant to detect -1000): " in report
     assert report.count("reproduced") >= 1
     assert (tmp_path / "outputs/claims/quick/claims.html").stat().st_size > 1000
     # MLflow: one parent per claim holding the verdicts; every run nested under it.
@@ -163,6 +168,55 @@ def test_a_tiny_claim_end_to_end(tmp_path: Path) -> None:
         "claims.md",
         "claims.html",
     }
+    # Both verdicts and the power column; the claim's identity; a changed margin under the same
+    # version is refused before anything runs.
+    assert "Holm: level, verdict" in report and "detectable (80% power)" in report
+    assert load_claim(str(claim)).digest in report
+    claim.write_text(claim.read_text().replace("delta: 0.0", "delta: 0.01", 1))
+    refused = reproduce()
+    assert refused.returncode == 2 and "still says version 1" in refused.stderr
+    check_a_one_claim_report(tmp_path, report)
+
+
+def check_a_one_claim_report(tmp_path: Path, report: str) -> None:
+    """``reproduce check`` on the report just made, in a repository of its own: current at the
+    commit it names (the report itself may be committed after), stale after any other change."""
+    from sparsebench.reproduce.check import problems
+    from sparsebench.reproduce.report import META, meta_of
+
+    repo, claims = tmp_path / "repo", tmp_path / "claims"
+    (repo / "docs").mkdir(parents=True)
+    claims.mkdir()
+    (claims / "tiny.yaml").write_text(yaml.safe_dump(TINY))  # the version the report was of
+
+    def git(*args: str) -> str:
+        out = subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+
+    git("init", "-q")
+    (repo / "code.py").write_text("x = 1\n")
+    git("add", "-A")
+    git("commit", "-qm", "code")
+    meta = {**meta_of(report), "commit": git("rev-parse", "HEAD"), "dirty": False}
+    text = META.sub(f"<!-- sparsebench-claims {json.dumps(meta)} -->", report, count=1)
+    (repo / "docs/claims.md").write_text(text)
+    git("add", "-A")
+    git("commit", "-qm", "the report")
+    assert problems(repo / "docs/claims.md", repo, claims) == []
+    (repo / "code.py").write_text("x = 2\n")
+    git("commit", "-qam", "a change")
+    (found,) = problems(repo / "docs/claims.md", repo, claims)
+    assert "1 file(s) changed since" in found and "code.py" in found
+    (claims / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "version": 2, "changes": ["x"]}))
+    assert any(
+        "claim tiny is version 2" in p for p in problems(repo / "docs/claims.md", repo, claims)
+    )
 
 
 def test_a_search_arm_is_the_best_of_its_candidates(tmp_path: Path) -> None:
@@ -177,7 +231,9 @@ def test_a_search_arm_is_the_best_of_its_candidates(tmp_path: Path) -> None:
         },
         "random": ["+method=random"],
     }
-    comparisons = [{"a": "searched", "b": "random", "direction": "not_greater", "delta": 0.0}]
+    comparisons = [
+        {"a": "searched", "b": "random", "direction": "not_greater", "delta": 0.0, "detect": 0.0}
+    ]
     claim = load_claim(str(write(tmp_path, arms=arms, comparisons=comparisons)))
     jobs = claim.jobs(tmp_path, "quick")
     searched = [j for j in jobs if j.arm == "searched"]

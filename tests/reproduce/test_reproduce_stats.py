@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sparsebench.reproduce.stats import Effect, paired_effect, verdict
+from sparsebench.reproduce.stats import (
+    Effect,
+    decision_p,
+    detectable,
+    holm_levels,
+    paired_effect,
+    verdict,
+)
 
 
 def test_the_t_interval_is_the_textbook_one() -> None:
@@ -61,6 +68,7 @@ def e(mean: float, low: float, high: float) -> Effect:
         (e(0.02, 0.01, 0.03), "greater", 0.005, "reproduced"),
         (e(0.003, 0.001, 0.0045), "greater", 0.005, "contradicted"),  # real but too small
         (e(0.003, 0.001, 0.02), "greater", 0.005, "inconclusive"),
+        (e(0.008, 0.002, 0.014), "greater", 0.005, "inconclusive"),  # not all beyond the margin
         (e(-0.02, -0.03, -0.01), "greater", 0.0, "contradicted"),
         (e(0.01, -0.01, 0.03), "greater", 0.0, "inconclusive"),
         (e(-0.02, -0.03, -0.01), "less", 0.005, "reproduced"),
@@ -74,3 +82,33 @@ def e(mean: float, low: float, high: float) -> Effect:
 )
 def test_verdicts(effect: Effect, direction: str, delta: float, expected: str) -> None:
     assert verdict(effect, direction, delta) == expected
+
+
+def test_the_decision_p_is_the_level_at_which_the_interval_touches_the_threshold() -> None:
+    diffs = [0.012, 0.02, 0.009, 0.016, 0.011]
+    p = decision_p(diffs, "greater", 0.005)
+    expected = stats.ttest_1samp(diffs, 0.005).pvalue  # two-sided, against the threshold
+    assert p == pytest.approx(expected)
+    at = paired_effect(diffs, [0.0] * 5, confidence=1 - p)
+    assert at.low == pytest.approx(0.005)  # the interval at level p ends on the threshold
+
+
+def test_holm_steps_down_and_stops_at_the_first_undecided() -> None:
+    # m = 4: levels 0.0125, 0.0167, 0.025, 0.05 in order of p.
+    assert holm_levels([0.04, 0.001, 0.012, 0.03]) == [None, 0.0125, 0.05 / 3, None]
+    assert holm_levels([0.001, 0.01, 0.02, 0.04]) == [0.0125, 0.05 / 3, 0.025, 0.05]
+    assert holm_levels([0.03, 0.03]) == [None, None]
+    assert holm_levels([0.02, 0.02]) == [0.025, 0.05]
+
+
+@pytest.mark.parametrize("n", [3, 5, 10])
+def test_the_detectable_effect_has_80_percent_power(n: int) -> None:
+    rng = np.random.default_rng(n)
+    diffs = list(rng.normal(0.0, 0.01, n))
+    d = detectable(diffs)
+    sd = float(np.std(diffs, ddof=1))
+    critical = stats.t.ppf(0.975, n - 1)
+    noncentral = stats.nct(n - 1, d / (sd / math.sqrt(n)))
+    assert noncentral.sf(critical) + noncentral.cdf(-critical) == pytest.approx(0.8, abs=1e-6)
+    if n == 10:  # R's pwr.t.test(n = 10, power = 0.8, type = 'one.sample'): d = 0.9959
+        assert d / sd == pytest.approx(0.9959, abs=0.0005)
