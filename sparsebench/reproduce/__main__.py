@@ -32,10 +32,13 @@ from sparsebench.record.logs import quiet_lightning
 
 def _main(cfg: DictConfig) -> None:
     from sparsebench.config.checks import validate
+    from sparsebench.config.resources import CONF_DIR
+    from sparsebench.reproduce.check import commit_of
     from sparsebench.reproduce.claims import load_claims
     from sparsebench.reproduce.suite import compose
 
     quiet_lightning()
+    commit = commit_of(CONF_DIR.parent)  # the code the runs are made with: at the start
     try:
         validate(cfg)
         claims = load_claims(str(cfg.claim))
@@ -54,7 +57,7 @@ def _main(cfg: DictConfig) -> None:
             run_plan([plan[cfg.job]], cfg, extra)
             return
         sections = run_plan(plan, cfg, extra)
-        write_report(sections, cfg, compose(plan[0][1], extra))
+        write_report(sections, cfg, compose(plan[0][1], extra), commit)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -149,10 +152,8 @@ def run_plan(plan, cfg: DictConfig, extra: list[str]):
     return sections
 
 
-def write_report(sections, cfg: DictConfig, base: DictConfig) -> None:
+def write_report(sections, cfg: DictConfig, base: DictConfig, commit: tuple[str, bool]) -> None:
     """The report files, logged to the tracking store of ``base`` (a run of the plan)."""
-    from sparsebench.config.resources import CONF_DIR
-    from sparsebench.reproduce.check import commit_of
     from sparsebench.reproduce.report import html_page, markdown
     from sparsebench.reproduce.suite import correct
 
@@ -163,7 +164,7 @@ def write_report(sections, cfg: DictConfig, base: DictConfig) -> None:
         command += f" seeds={cfg.seeds}"
     if extra:
         command += " 'overrides=[" + ",".join(extra) + "]'"
-    text = markdown(cfg.tier, sections, command, cfg.seeds, extra, commit_of(CONF_DIR.parent))
+    text = markdown(cfg.tier, sections, command, cfg.seeds, extra, commit)
     folder = Path(str(cfg.root)) / cfg.tier
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "claims.md").write_text(text)

@@ -119,6 +119,10 @@ def _check(program: str, args: list[str], tmp_path: Path, monkeypatch) -> None:
             if (spec.name, *extra) not in CHECKED_SPACES:  # workers, storage: the same space
                 check_space(spec, extra)
                 CHECKED_SPACES.add((spec.name, *extra))
+    elif program == "sparsebench.reproduce" and args[:1] == ["check"]:
+        from sparsebench.reproduce.__main__ import check
+
+        assert check(args[1:]) in (0, 1)  # its arguments are taken (current or not: a verdict)
     elif program == "sparsebench.reproduce":
         # job=I picks one run of the plan that check_plan composes whole: one value suffices
         args = [re.sub(r"^job=.*", "job=0", a) for a in args]
